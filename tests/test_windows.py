@@ -487,7 +487,7 @@ def _check_resampled(ts: np.ndarray, src: np.ndarray, t: np.ndarray, vals: np.nd
     st.integers(0, 2**31),
     st.sampled_from(["linear", "nearest"]),
 )
-def test_property_resampling_hits_source_timestamps(t_start, rate, O, seed, mode):  # noqa: N803
+def test_property_resampling_hits_source_timestamps(t_start, rate, O, seed, mode):  # noqa: E741
     """Observation times that coincide with resample times give exactly the source values (linear and nearest)."""
     rng = np.random.default_rng(seed)
     t = t_start + np.arange(O, dtype=np.float64) / rate  # the same formula observation_rows uses
@@ -514,7 +514,7 @@ def test_property_resampling_hits_source_timestamps(t_start, rate, O, seed, mode
     st.integers(1, 5),
     st.booleans(),
 )
-def test_property_window_index_bijection(n_actions, A, stride, full):  # noqa: N803
+def test_property_window_index_bijection(n_actions, A, stride, full):
     rspec = ResolvedSpec(spec=WindowSpec(1.0, 1.0, stride=stride, full_windows_only=full), A=A, O=1, obs_rate_hz=1.0)
     index = WindowIndex(n_actions, rspec)
     expected = [(e, int(k)) for e, n in enumerate(n_actions) for k in anchors(n, A, stride, full)]
@@ -529,7 +529,7 @@ def test_property_window_index_bijection(n_actions, A, stride, full):  # noqa: N
     if len(index):
         ep, j, k = index.locate(np.arange(len(index)))  # vectorised agrees with scalar
         assert list(zip(ep.tolist(), k.tolist())) == expected
-    for e, n in enumerate(n_actions):
+    for n in n_actions:
         ks = anchors(n, A, stride, full)
         assert all(0 <= k < n for k in ks)
         if full:
