@@ -1,0 +1,424 @@
+"""Validation of a whole table against the version-1 schema (DESIGN.md "The table").
+
+`validate_table` reads one row group at a time (memory bounded by a row group) and checks every column
+with vectorised numpy; only episodes that violate a rule are visited one by one, to name them. Every
+violation names the file, the episode (id and row number) and the column. `check_timestamps` is the
+same per-episode timestamp rule, shared with the builders so they refuse what validation would refuse.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import av
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .errors import MediaError, SchemaError
+from .media import decode_image
+from .schema import COLUMNS, TableMeta, read_meta, table_schema
+
+MAX_REPORTED = 50  # violations kept in full on the error (the message shows the first)
+PER_CHECK = 5  # offending episodes named per check and row group
+
+FLOAT32_HINT = (
+    "this looks like float32-collapsed epoch timestamps (float32 has a resolution of 128 s at epoch "
+    "times, so every timestamp of a session becomes one value); re-convert the source logs with "
+    "`wdspq build hdf5`, which keeps nanosecond timestamps as float64 seconds"
+)
+
+
+class _Report:
+    """Collects violations; the first one becomes the error message, the rest are counted."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.messages: list[str] = []
+        self.count = 0
+
+    def add(self, message: str) -> None:
+        self.count += 1
+        if len(self.messages) < MAX_REPORTED:
+            self.messages.append(f"{self.path}: {message}")
+
+    def episode(self, ep_id: object, row: int, column: str, what: str) -> None:
+        self.add(f"episode {ep_id!r} (row {row}), column {column!r}: {what}")
+
+    def raise_if_any(self) -> None:
+        if not self.count:
+            return
+        msg = self.messages[0]
+        if self.count > 1:
+            msg += f" (and {self.count - 1} more violation{'s' if self.count > 2 else ''})"
+        err = SchemaError(msg)
+        err.violations = list(self.messages)  # type: ignore[attr-defined]
+        raise err
+
+
+def timestamp_problem(ts: np.ndarray) -> str | None:
+    """What is wrong with one episode's timestamps (None if finite and strictly increasing)."""
+    ts = np.asarray(ts)
+    if ts.size == 0:
+        return "empty episode: no timestamps"
+    finite = np.isfinite(ts)
+    if not finite.all():
+        i = int(np.argmin(finite))
+        return f"timestamp {i} is {float(ts[i])!r}; timestamps must be finite"
+    d = np.diff(ts)
+    bad = d <= 0
+    if not bad.any():
+        return None
+    return _not_increasing_message(ts, d, int(np.argmax(bad)))
+
+
+def _not_increasing_message(ts: np.ndarray, d: np.ndarray, i: int) -> str:
+    msg = f"timestamps are not strictly increasing: timestamp {i + 1} ({float(ts[i + 1])!r}) <= timestamp {i} ({float(ts[i])!r})"
+    n_equal = int(np.count_nonzero(d == 0))
+    if ts.size >= 2 and n_equal == ts.size - 1:
+        msg = f"timestamps are not increasing: all {ts.size} timestamps equal {float(ts[0])!r}; {FLOAT32_HINT}"
+    elif ts.size >= 3 and n_equal >= 0.9 * (ts.size - 1):
+        msg += f"; {n_equal} of {ts.size - 1} steps are zero: {FLOAT32_HINT}"
+    return msg
+
+
+def check_timestamps(ts: np.ndarray, where: str) -> None:
+    """Raise SchemaError (prefixed by `where`) unless `ts` is non-empty, finite and strictly increasing."""
+    problem = timestamp_problem(ts)
+    if problem:
+        raise SchemaError(f"{where}: {problem}")
+
+
+def _offsets(lengths: np.ndarray) -> np.ndarray:
+    off = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=off[1:])
+    return off
+
+
+def _rows_of(positions: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Row index of each flat position, given row offsets (vectorised)."""
+    return np.searchsorted(offsets, positions, side="right") - 1
+
+
+def _list_lengths(arr: pa.Array) -> np.ndarray:
+    return pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _first_rows(mask: np.ndarray) -> Iterable[int]:
+    return (int(r) for r in np.flatnonzero(mask)[:PER_CHECK])
+
+
+def _check_nulls(arr: pa.Array, rep: _Report, ids: list, start: int, column: str, what: str) -> np.ndarray:
+    nulls = arr.is_null().to_numpy(zero_copy_only=False)
+    if nulls.any():
+        for r in _first_rows(nulls):
+            rep.episode(ids[r], start + r, column, what)
+        rep.count += max(0, int(nulls.sum()) - PER_CHECK)
+    return nulls
+
+
+def _check_ts_column(
+    arr: pa.Array, rep: _Report, ids: list, start: int, column: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nulls, emptiness, finiteness, strict increase. Returns (lengths, offsets, values)."""
+    _check_nulls(arr, rep, ids, start, column, "is null; every episode needs timestamps")
+    lengths = _list_lengths(arr)
+    off = _offsets(lengths)
+    values = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    valid = ~arr.is_null().to_numpy(zero_copy_only=False)
+    empty = (lengths == 0) & valid
+    for r in _first_rows(empty):
+        rep.episode(ids[r], start + r, column, "empty episode: no timestamps (every episode needs at least one row)")
+    finite = np.isfinite(values)
+    bad_rows = np.zeros(len(lengths), dtype=bool)
+    if not finite.all():
+        pos = np.flatnonzero(~finite)
+        rows = _rows_of(pos, off)
+        bad_rows[rows] = True
+        seen: set[int] = set()
+        for p, r in zip(pos, rows):
+            if r in seen:
+                continue
+            seen.add(int(r))
+            if len(seen) > PER_CHECK:
+                break
+            rep.episode(ids[r], start + r, column, f"timestamp {p - off[r]} is {float(values[p])!r}; timestamps must be finite")
+    if values.size > 1:
+        d = np.diff(values)
+        bad = ~(d > 0)
+        bounds = off[1:-1]
+        bad[bounds[(bounds > 0) & (bounds < values.size)] - 1] = False  # steps across rows are not steps
+        bad &= finite[:-1] & finite[1:]
+        if bad.any():
+            pos = np.flatnonzero(bad)
+            rows = _rows_of(pos, off)
+            seen = set()
+            for p, r in zip(pos, rows):
+                if r in seen or bad_rows[r]:
+                    continue
+                seen.add(int(r))
+                if len(seen) > PER_CHECK:
+                    break
+                ts = values[off[r] : off[r + 1]]
+                rep.episode(ids[r], start + r, column, _not_increasing_message(ts, np.diff(ts), int(p - off[r])))
+    return lengths, off, values
+
+
+def _check_matrix_column(
+    arr: pa.Array,
+    rep: _Report,
+    ids: list,
+    start: int,
+    column: str,
+    ts_column: str,
+    dim: int,
+    dim_name: str,
+    ts_lengths: np.ndarray | None,
+) -> None:
+    """A list<fixed_size_list<float32, dim>> (or a mistyped list<list<float>>): nulls, dims, lengths, NaN/inf."""
+    nulls = _check_nulls(arr, rep, ids, start, column, "is null; every episode needs rows")
+    lengths = _list_lengths(arr)
+    if ts_lengths is not None:
+        mismatch = (lengths != ts_lengths) & ~nulls
+        for r in _first_rows(mismatch):
+            rep.episode(
+                ids[r], start + r, column, f"has {lengths[r]} rows but {ts_column!r} has {ts_lengths[r]} timestamps"
+            )
+    off = _offsets(lengths)
+    items = arr.flatten()
+    if items.null_count:
+        pos = np.flatnonzero(items.is_null().to_numpy(zero_copy_only=False))
+        for r in sorted(set(_rows_of(pos, off).tolist()))[:PER_CHECK]:
+            rep.episode(ids[r], start + r, column, "has null rows")
+        return
+    if pa.types.is_fixed_size_list(items.type):
+        item_dims = np.full(len(items), items.type.list_size, dtype=np.int64)
+    else:
+        item_dims = _list_lengths(items)
+    wrong = item_dims != dim
+    if wrong.any():
+        pos = np.flatnonzero(wrong)
+        rows = _rows_of(pos, off)
+        seen: set[int] = set()
+        for p, r in zip(pos, rows):
+            if r in seen:
+                continue
+            seen.add(int(r))
+            if len(seen) > PER_CHECK:
+                break
+            rep.episode(
+                ids[r],
+                start + r,
+                column,
+                f"row {p - off[r]} has {item_dims[p]} values, expected {dim} ({dim_name} in the table metadata)",
+            )
+        return
+    vals = items.flatten().to_numpy(zero_copy_only=False)  # null values become NaN: reported as non-finite
+    if vals.size == 0:
+        return
+    bad_items = ~np.isfinite(vals.reshape(-1, dim)).all(axis=1)
+    if bad_items.any():
+        pos = np.flatnonzero(bad_items)
+        rows = _rows_of(pos, off)
+        seen = set()
+        for p, r in zip(pos, rows):
+            if r in seen:
+                continue
+            seen.add(int(r))
+            if len(seen) > PER_CHECK:
+                break
+            row_vals = vals.reshape(-1, dim)[p]
+            k = int(np.argmin(np.isfinite(row_vals)))
+            rep.episode(
+                ids[r], start + r, column, f"row {p - off[r]}, dimension {k} is {float(row_vals[k])!r}; values must be finite"
+            )
+
+
+def _first_video_frame(data: bytes, full: bool) -> tuple[int, int, float, int]:
+    """(height, width, fps, frames decoded) of a clip, decoding the first frame (or all with `full`)."""
+    with av.open(io.BytesIO(data), "r") as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        s = container.streams.video[0]
+        rate = s.average_rate or s.base_rate or s.guessed_rate
+        n = 0
+        h = w = 0
+        for frame in container.decode(s):
+            if n == 0:
+                h, w = frame.height, frame.width
+            n += 1
+            if not full:
+                break
+        if n == 0:
+            raise ValueError("no frame decodes")
+        return h, w, float(rate or 0.0), n
+
+
+class _SizeTracker:
+    """Checks that every image (or every clip's frames) has one size, matching the metadata when it says."""
+
+    def __init__(self, rep: _Report, column: str, meta_hw: tuple[int, int], meta_name: str) -> None:
+        self.rep, self.column, self.meta_name = rep, column, meta_name
+        self.expected: tuple[int, int] | None = meta_hw if meta_hw[0] and meta_hw[1] else None
+        self.first_from: str | None = None if self.expected is None else "the table metadata"
+
+    def check(self, hw: tuple[int, int], ep_id: object, row: int) -> None:
+        if self.expected is None:
+            self.expected, self.first_from = hw, f"episode {ep_id!r} (row {row})"
+        elif hw != self.expected:
+            self.rep.episode(
+                ep_id,
+                row,
+                self.column,
+                f"size {hw[0]}x{hw[1]} differs from {self.expected[0]}x{self.expected[1]} ({self.meta_name} of {self.first_from})",
+            )
+
+
+def validate_table(path: str | os.PathLike, full_media: bool = False) -> TableMeta:
+    """Check a table against schema version 1 and return its metadata; raise SchemaError naming each violation.
+
+    Images are decoded; each clip is opened and its first frame decoded (every frame with `full_media`).
+    """
+    path = Path(path)
+    where = str(path)
+    meta = read_meta(path)  # missing file, not Parquet, missing/invalid 'wdspq' metadata
+    rep = _Report(where)
+    D, S = meta.action_dim, meta.obs_dim
+    for name, value in (("action_dim", D), ("obs_dim", S)):
+        if not isinstance(value, int) or value < 1:
+            raise SchemaError(f"{where}: metadata 'wdspq': {name} is {value!r}, expected a positive integer")
+    for name in ("action_rate_hz", "observation_rate_hz"):
+        value = getattr(meta, name)
+        if not isinstance(value, (int, float)) or not np.isfinite(value) or value <= 0:
+            rep.add(f"metadata 'wdspq': {name} is {value!r}, expected a positive finite rate")
+
+    pf = pq.ParquetFile(path)
+    schema = pf.schema_arrow
+    expected = table_schema(D, S)
+    ok: set[str] = set()
+    deferred: list[str] = []
+    names = set(schema.names)
+    seed_like = "action_ts" not in names and "actions" in names and _is_seed_matrix(schema.field("actions").type)
+    for f in expected:
+        if f.name not in names:
+            hint = (
+                "; this looks like a seed-layout table (timestamps in column 0, media as paths): "
+                "convert it with `wdspq build seed`"
+                if seed_like
+                else ""
+            )
+            rep.add(f"column {f.name!r}: missing (expected type {f.type}){hint}")
+            continue
+        got = schema.field(f.name).type
+        if got.equals(f.type):
+            ok.add(f.name)
+            continue
+        if f.name in ("actions", "observations") and _is_float_matrix(got):
+            dim, dim_name = (D, "action_dim") if f.name == "actions" else (S, "obs_dim")
+            size = got.value_type.list_size if pa.types.is_fixed_size_list(got.value_type) else None
+            if size is not None and got.value_type.value_type == pa.float32():
+                rep.add(f"column {f.name!r}: dimension {size} does not match {dim_name}={dim} in the table metadata")
+            else:
+                # still check per-row dimensions to name the episodes; the type message comes after them
+                deferred.append(f"column {f.name!r}: wrong type {got}, expected {f.type}")
+                ok.add(f.name + ":loose")
+            continue
+        rep.add(f"column {f.name!r}: wrong type {got}, expected {f.type}")
+
+    if "episode_id" not in ok:
+        for m in deferred:
+            rep.add(m)
+        rep.raise_if_any()  # cannot name episodes without ids
+
+    images = _SizeTracker(rep, "image", (meta.image_height, meta.image_width), "image size")
+    frames = _SizeTracker(rep, "video", (meta.frame_height, meta.frame_width), "frame size")
+    seen_ids: dict[str, int] = {}
+    start = 0
+    read_cols = [c for c in COLUMNS if c in ok or c + ":loose" in ok]
+    for g in range(pf.num_row_groups):
+        tbl = pf.read_row_group(g, columns=read_cols)
+        n = tbl.num_rows
+        col = _columns(tbl)
+        ids = col("episode_id").to_pylist()
+        for r, ep_id in enumerate(ids):
+            if ep_id is None:
+                rep.add(f"row {start + r}, column 'episode_id': is null")
+            elif ep_id in seen_ids:
+                rep.episode(ep_id, start + r, "episode_id", f"duplicate id (first at row {seen_ids[ep_id]})")
+            else:
+                seen_ids[ep_id] = start + r
+        if "text" in ok:
+            _check_nulls(col("text"), rep, ids, start, "text", "is null; use an empty string for no task text")
+        ts_len: dict[str, np.ndarray] = {}
+        for ts_name in ("action_ts", "observation_ts"):
+            if ts_name in ok:
+                ts_len[ts_name] = _check_ts_column(col(ts_name), rep, ids, start, ts_name)[0]
+        for name, ts_name, dim, dim_name in (
+            ("actions", "action_ts", D, "action_dim"),
+            ("observations", "observation_ts", S, "obs_dim"),
+        ):
+            if name in ok or name + ":loose" in ok:
+                _check_matrix_column(col(name), rep, ids, start, name, ts_name, dim, dim_name, ts_len.get(ts_name))
+        if "video_t0" in ok:
+            t0 = col("video_t0").to_numpy(zero_copy_only=False).astype(np.float64)
+            has_video = (
+                ~col("video").is_null().to_numpy(zero_copy_only=False) if "video" in ok else np.ones(n, dtype=bool)
+            )
+            for r in _first_rows(~np.isfinite(t0) & has_video):
+                rep.episode(ids[r], start + r, "video_t0", f"is {float(t0[r])!r}; the clip's start time must be finite")
+        if "image" in ok:
+            for r, data in enumerate(col("image").to_pylist()):
+                if data is None:
+                    continue
+                try:
+                    img = decode_image(data)
+                except MediaError as e:
+                    rep.episode(ids[r], start + r, "image", f"undecodable image: {_short(e)}")
+                    continue
+                images.check((img.shape[1], img.shape[2]), ids[r], start + r)
+        if "video" in ok:
+            for r, data in enumerate(col("video").to_pylist()):
+                if data is None:
+                    continue
+                try:
+                    h, w, fps, _ = _first_video_frame(data, full_media)
+                except Exception as e:  # PyAV raises many types on bad bytes
+                    rep.episode(ids[r], start + r, "video", f"undecodable video ({len(data)} bytes): {_short(e)}")
+                    continue
+                frames.check((h, w), ids[r], start + r)
+                if meta.video_fps and abs(fps - meta.video_fps) > 1e-6 * meta.video_fps:
+                    rep.episode(ids[r], start + r, "video", f"clip is {fps:g} fps, metadata video_fps is {meta.video_fps:g}")
+        start += n
+        del tbl
+    for m in deferred:
+        rep.add(m)
+    if meta.num_episodes and meta.num_episodes != start:
+        rep.add(f"metadata 'wdspq': num_episodes is {meta.num_episodes} but the table has {start} rows")
+    rep.raise_if_any()
+    return meta
+
+
+def _columns(tbl: pa.Table) -> Callable[[str], pa.Array]:
+    return lambda c: tbl.column(c).combine_chunks()
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return text if len(text) < 200 else text[:197] + "..."
+
+
+def _is_float_matrix(t: pa.DataType) -> bool:
+    if not pa.types.is_list(t) and not pa.types.is_large_list(t):
+        return False
+    inner = t.value_type
+    if not (pa.types.is_list(inner) or pa.types.is_fixed_size_list(inner) or pa.types.is_large_list(inner)):
+        return False
+    return pa.types.is_floating(inner.value_type)
+
+
+def _is_seed_matrix(t: pa.DataType) -> bool:
+    return _is_float_matrix(t) and not pa.types.is_fixed_size_list(t.value_type)
