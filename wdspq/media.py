@@ -44,6 +44,11 @@ def encode_mp4(frames: np.ndarray, fps: int = 20, codec: str | None = None, crf:
     frames = np.asarray(frames, dtype=np.uint8)
     if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
         raise MediaError(f"encode_mp4 expects (N, H, W, 3) uint8 frames with N > 0, got {frames.shape}")
+    if frames.shape[1] % 2 or frames.shape[2] % 2:
+        raise MediaError(
+            f"encode_mp4: frame size {frames.shape[1]}x{frames.shape[2]} (HxW) is odd; yuv420p video needs an even "
+            "height and width"
+        )
     codec = codec or _pick_codec()
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4", options={"fflags": "+bitexact"}) as out:
