@@ -329,6 +329,8 @@ class Plan:
         if order_arr.shape != (n,) or not np.array_equal(np.sort(order_arr), np.arange(n)):
             raise StateError(f"shard order is not a permutation of {n} shards")
         for s, (b, size) in enumerate(zip(base, shard_sizes)):
+            if int(size) < 0:
+                raise StateError(f"shard {s} has a negative sample count {size}")
             if not 0 <= int(b) <= int(size):
                 raise StateError(f"base {b} of shard {s} is outside [0, {size}]")
         self.shard_sizes: tuple[int, ...] = tuple(int(x) for x in shard_sizes)
@@ -847,9 +849,10 @@ def resume(
     st = CursorState.from_dict(state)  # type: ignore[arg-type]
     if len(st.base) != len(shard_sizes):
         raise StateError(f"state covers {len(st.base)} shards, the manifest has {len(shard_sizes)}")
-    old = Plan.for_state(st, shard_sizes)
     W = topology.world_size
     if st.topology.key() == topology.key():
+        st = CursorState(**{**st.__dict__, "topology": topology})  # num_workers 0 and 1 plan alike
+        old = Plan.for_state(st, shard_sizes)
         if rank is not None and rank not in st.known_ranks():
             raise StateError(
                 f"this state does not hold rank {rank}'s position (it knows ranks {st.known_ranks()}): "
@@ -858,7 +861,6 @@ def resume(
         start: list[int | None] = [None] * W
         for r in st.known_ranks():
             start[r] = old.next_worker(r, st.delivered)
-        st = CursorState(**{**st.__dict__, "topology": topology})
         return Resume(plan=old, state=st, skip=list(st.delivered), start_worker=start, elastic=False)
     if not st.is_full():
         raise StateError(
@@ -866,6 +868,7 @@ def resume(
             f"rank's position, this state knows ranks {st.known_ranks()}: merge the per-rank states with "
             "wdspq.cursor.merge_states"
         )
+    old = Plan.for_state(st, shard_sizes)
     base = old.consumed_after(st.delivered)
     new = Plan(shard_sizes, base, old.order, topology)
     folded = CursorState(
