@@ -14,6 +14,8 @@ from .errors import (
     TokenizerError,
     WdspqError,
 )
+from .seed_compat import TimeSeriesParquetDataset, to_device
+from .table_dataset import ParquetWindowDataset
 from .windows import WindowSpec
 
 __version__ = "0.1.0"
@@ -28,4 +30,7 @@ __all__ = [
     "TokenizerError",
     "WdspqError",
     "WindowSpec",
+    "ParquetWindowDataset",
+    "TimeSeriesParquetDataset",
+    "to_device",
 ]
