@@ -59,6 +59,13 @@ How a stream uses it
   ``r.plan.slot_sequence(r.plan.topology.slot(rank, w), skip=r.skip[slot])``.
 * Main process: ``cur = RankCursor(r.plan, rank, r.state)``; for every batch handed to the training
   loop ``cur.record(len(batch), window_index)``; ``cur.state().to_dict()`` is the rank's state dict.
+  Before the first batch of a resumed or fresh segment, return the loaded (or start-of-epoch) state
+  itself: it may know more ranks than ``cur.state()`` does.
+* The rotation rule assumes the DataLoader returns batches in task order (``in_order=True``, the
+  default) and that its worker cycle restarts at worker 0 for each new iterator (true with and
+  without persistent workers); `test_rotation_matches_torch_dataloader` pins this down.
+* A state whose ``complete`` is true has nothing left: the stream should move to the next epoch
+  (``new_epoch_state(..., epoch + 1, ...)``) rather than replay.
 """
 
 from __future__ import annotations
