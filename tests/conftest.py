@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from s3_fixtures import *  # noqa: F401,F403
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
