@@ -1,0 +1,320 @@
+"""Convert HDF5 robot logs (one file = one episode) into the canonical table.
+
+The default layout is the seed's: one dataset per sample, named by its integer timestamp in nanoseconds,
+under `hand/right/policy_output` (actions), `right/franka/end_effector_pose` (observations) and
+`oakd_front_view/color` (H, W, 3 uint8 camera frames); the task sentence is `task_description`.
+Timestamps become float64 seconds rounded once from the exact value (never via float32, which
+collapses every epoch timestamp of a session to one value).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from ..errors import MediaError, SchemaError
+from ..media import encode_mp4, encode_png
+from ..schema import Episode, TableMeta, TableWriter
+from ..validate import check_timestamps
+
+_INT_NAME = re.compile(r"^[+-]?\d+$")
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
+
+
+@dataclass
+class Hdf5Layout:
+    """Where an episode's streams live inside an HDF5 file. Empty/None frames or text disables that part."""
+
+    actions_group: str = "hand/right/policy_output"
+    observations_group: str = "right/franka/end_effector_pose"
+    frames_group: str | None = "oakd_front_view/color"
+    text_dataset: str | None = "task_description"
+    fps: int | None = None  # clip frame rate; default: 1 / median frame interval, rounded
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> Hdf5Layout:
+        """Read a layout file: a JSON object with any of the field names above."""
+        try:
+            d = json.loads(Path(path).read_text())
+        except OSError as e:
+            raise SchemaError(f"{path}: cannot read layout file: {e.strerror or e}") from None
+        except ValueError as e:
+            raise SchemaError(f"{path}: layout file is not valid JSON: {e}") from None
+        if not isinstance(d, dict):
+            raise SchemaError(f"{path}: layout file must hold a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise SchemaError(f"{path}: unknown layout keys {unknown}; known keys: {sorted(known)}")
+        return cls().replace(**d)
+
+    def replace(self, **changes: Any) -> Hdf5Layout:
+        """A copy with the given fields changed (None values are ignored, so CLI flags can override)."""
+        d = asdict(self)
+        d.update({k: v for k, v in changes.items() if v is not None})
+        for k in ("frames_group", "text_dataset"):
+            if d[k] == "":
+                d[k] = None
+        return Hdf5Layout(**d)
+
+
+def ns_to_seconds(ns: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Integer nanoseconds -> float64 seconds, each the float64 nearest the exact value.
+
+    `np.float64(ns) / 1e9` rounds twice (ns itself is not exact in float64 above 2**53); Python's int / int
+    division is correctly rounded, so each timestamp is rounded exactly once.
+    """
+    values = ns.tolist() if isinstance(ns, np.ndarray) else list(ns)
+    return np.array([int(n) / 1_000_000_000 for n in values], dtype=np.float64)
+
+
+def _seconds(ns: list[int], where: str) -> np.ndarray:
+    """Sorted, distinct ns -> float64 seconds, refusing stamps that float64 cannot tell apart."""
+    ts = ns_to_seconds(ns)
+    try:
+        check_timestamps(ts, where)
+    except SchemaError as e:
+        raise SchemaError(
+            f"{e}; the nanosecond stamps differ but are closer than float64 resolution at this epoch "
+            f"(about {np.spacing(abs(ts[-1])) * 1e9:.0f} ns)"
+        ) from None
+    return ts
+
+
+def _timed_datasets(f: h5py.File, group: str, where: str, role: str) -> tuple[list[int], list[h5py.Dataset]]:
+    """The datasets of a group named by integer ns timestamps, sorted by timestamp (not by name)."""
+    obj = f.get(group)
+    if obj is None:
+        top = ", ".join(sorted(f.keys())[:10])
+        raise SchemaError(
+            f"{where}: group {group!r} ({role}) not found (top-level entries: {top or 'none'}); "
+            "set the group path with a layout file or a --*-group flag"
+        )
+    if not isinstance(obj, h5py.Group):
+        raise SchemaError(f"{where}: {group!r} ({role}) is a dataset, expected a group of per-timestamp datasets")
+    stamps: list[tuple[int, str]] = []
+    for name in obj.keys():
+        if not _INT_NAME.match(name):
+            raise SchemaError(
+                f"{where}: dataset {group}/{name} ({role}): name is not an integer timestamp in nanoseconds"
+            )
+        stamps.append((int(name), name))
+    if not stamps:
+        raise SchemaError(f"{where}: group {group!r} ({role}) is empty")
+    stamps.sort()
+    for (n0, name0), (n1, name1) in zip(stamps, stamps[1:]):
+        if n0 == n1:
+            raise SchemaError(f"{where}: datasets {group}/{name0} and {group}/{name1} ({role}) have the same timestamp")
+    out = []
+    for _, name in stamps:
+        ds = obj[name]
+        if not isinstance(ds, h5py.Dataset):
+            raise SchemaError(f"{where}: {group}/{name} ({role}) is a group, expected a dataset")
+        out.append(ds)
+    return [s for s, _ in stamps], out
+
+
+def _read_vectors(datasets: list[h5py.Dataset], where: str, role: str) -> np.ndarray:
+    """Each dataset holds one sample vector; all must have the same size."""
+    first = np.asarray(datasets[0][()])
+    dim = first.size
+    out = np.empty((len(datasets), dim), dtype=np.float32)
+    for i, ds in enumerate(datasets):
+        v = np.asarray(ds[()])
+        if v.size != dim:
+            raise SchemaError(
+                f"{where}: dataset {ds.name} ({role}) has {v.size} values, the first ({datasets[0].name}) has {dim}"
+            )
+        if not np.issubdtype(v.dtype, np.number):
+            raise SchemaError(f"{where}: dataset {ds.name} ({role}) has dtype {v.dtype}, expected numbers")
+        out[i] = v.reshape(-1)
+    if dim == 0:
+        raise SchemaError(f"{where}: dataset {datasets[0].name} ({role}) is empty")
+    bad = ~np.isfinite(out).all(axis=1)
+    if bad.any():
+        raise SchemaError(f"{where}: dataset {datasets[int(np.argmax(bad))].name} ({role}) has NaN or infinite values")
+    return out
+
+
+def _read_frames(datasets: list[h5py.Dataset], where: str) -> np.ndarray:
+    first = datasets[0]
+    if first.ndim != 3 or first.shape[2] != 3 or first.dtype != np.uint8:
+        raise SchemaError(
+            f"{where}: dataset {first.name} (frames): shape {first.shape} dtype {first.dtype}, expected (H, W, 3) uint8"
+        )
+    frames = np.empty((len(datasets), *first.shape), dtype=np.uint8)
+    for i, ds in enumerate(datasets):
+        if ds.shape != first.shape or ds.dtype != np.uint8:
+            raise SchemaError(
+                f"{where}: frames of varying size: dataset {ds.name} is {ds.shape} {ds.dtype}, the first frame "
+                f"({first.name}) is {first.shape} uint8"
+            )
+        ds.read_direct(frames, dest_sel=np.s_[i])
+    return frames
+
+
+def _read_text(f: h5py.File, name: str, where: str) -> str:
+    obj = f.get(name)
+    if obj is None or not isinstance(obj, h5py.Dataset):
+        raise SchemaError(
+            f"{where}: text dataset {name!r} not found; set it with --text-dataset (or '' for no text)"
+        )
+    value = obj[()]
+    if isinstance(value, np.ndarray):
+        if value.size == 0:
+            return ""
+        value = value.reshape(-1)[0]
+    if isinstance(value, (bytes, np.bytes_)):
+        return bytes(value).decode("utf-8", errors="replace")
+    return str(value)
+
+
+def read_hdf5_episode(
+    path: str | os.PathLike, layout: Hdf5Layout, episode_id: str
+) -> tuple[Episode, tuple[int, int, int] | None]:
+    """One HDF5 file -> (Episode, (frame height, width, fps) or None). Errors name the file and group/dataset."""
+    where = str(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise SchemaError(f"{where}: not a readable HDF5 file: {e}") from None
+    with f:
+        a_ns, a_ds = _timed_datasets(f, layout.actions_group, where, "actions")
+        o_ns, o_ds = _timed_datasets(f, layout.observations_group, where, "observations")
+        action_ts = _seconds(a_ns, f"{where}: group {layout.actions_group!r}")
+        obs_ts = _seconds(o_ns, f"{where}: group {layout.observations_group!r}")
+        actions = _read_vectors(a_ds, where, "actions")
+        observations = _read_vectors(o_ds, where, "observations")
+        text = _read_text(f, layout.text_dataset, where) if layout.text_dataset else ""
+        image = video = None
+        video_t0 = 0.0
+        clip = None
+        if layout.frames_group:
+            f_ns, f_ds = _timed_datasets(f, layout.frames_group, where, "frames")
+            frame_ts = _seconds(f_ns, f"{where}: group {layout.frames_group!r}")
+            frames = _read_frames(f_ds, where)
+            if layout.fps:
+                fps = int(layout.fps)
+            elif len(frame_ts) >= 2:
+                # the median of integer ns intervals is exact; rounding it gives the nominal rate
+                fps = int(round(1e9 / float(np.median(np.diff(np.asarray(f_ns, dtype=np.int64))))))
+            else:
+                fps = 20
+            if fps < 1:
+                raise SchemaError(f"{where}: group {layout.frames_group!r}: frame interval gives {fps} fps")
+            try:
+                video = encode_mp4(frames, fps=fps)
+                image = encode_png(frames[0])
+            except MediaError as e:
+                raise SchemaError(f"{where}: group {layout.frames_group!r}: {e}") from None
+            video_t0 = float(frame_ts[0])
+            clip = (int(frames.shape[1]), int(frames.shape[2]), fps)
+            del frames
+    ep = Episode(
+        episode_id=episode_id,
+        text=text,
+        action_ts=action_ts,
+        actions=actions,
+        observation_ts=obs_ts,
+        observations=observations,
+        image=image,
+        video=video,
+        video_t0=video_t0,
+    )
+    return ep, clip
+
+
+def expand_inputs(files: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files as given, folders expanded to their HDF5 files (sorted); missing paths are an error listing them."""
+    out: list[Path] = []
+    missing: list[str] = []
+    for item in files:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.suffix.lower() in HDF5_SUFFIXES and q.is_file())
+            if not found:
+                raise SchemaError(f"{p}: folder holds no HDF5 files ({', '.join(HDF5_SUFFIXES)})")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            missing.append(str(p))
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise SchemaError(f"HDF5 input not found: {', '.join(missing[:5])}{more}")
+    if not out:
+        raise SchemaError("no HDF5 input files given")
+    return out
+
+
+def _episode_ids(paths: list[Path]) -> list[str]:
+    """File stems, made unique with a numeric suffix when two files share a stem."""
+    seen: dict[str, int] = {}
+    ids = []
+    for p in paths:
+        n = seen.get(p.stem, 0)
+        seen[p.stem] = n + 1
+        ids.append(p.stem if n == 0 else f"{p.stem}-{n + 1}")
+    return ids
+
+
+def build_from_hdf5(
+    files: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    layout: Hdf5Layout | None = None,
+    row_group_size: int = 8,
+    progress: bool = True,
+) -> TableMeta:
+    """Convert HDF5 logs (one file per episode; folders are expanded) to a version-1 table at `out`, atomically."""
+    layout = layout or Hdf5Layout()
+    paths = expand_inputs(files)
+    ids = _episode_ids(paths)
+    writer: TableWriter | None = None
+    first: tuple[Path, int, int, tuple[int, int, int] | None] | None = None
+    try:
+        for path, ep_id in tqdm(list(zip(paths, ids)), desc=f"build {Path(out).name}", unit="ep", disable=not progress):
+            ep, clip = read_hdf5_episode(path, layout, ep_id)
+            D, S = ep.actions.shape[1], ep.observations.shape[1]
+            if first is None:
+                first = (path, D, S, clip)
+                writer = TableWriter(out, D, S, row_group_size=row_group_size)
+            else:
+                fpath, fD, fS, fclip = first
+                if (D, S) != (fD, fS):
+                    raise SchemaError(
+                        f"{path}: actions have {D} and observations {S} dimensions; the first file ({fpath}) has {fD} and {fS}"
+                    )
+                if clip != fclip:
+                    raise SchemaError(
+                        f"{path}: group {layout.frames_group!r}: frames are {_clip_text(clip)}, the first file's "
+                        f"({fpath}) are {_clip_text(fclip)}; every episode needs one frame size and rate (set the rate with --fps)"
+                    )
+            assert writer is not None
+            writer.add(ep)
+        assert writer is not None and first is not None
+        clip = first[3]
+        return writer.close(
+            video_fps=float(clip[2]) if clip else None,
+            frame_height=clip[0] if clip else 0,
+            frame_width=clip[1] if clip else 0,
+            image_height=clip[0] if clip else 0,
+            image_width=clip[1] if clip else 0,
+            source=f"hdf5({len(paths)} files, layout={json.dumps(asdict(layout), sort_keys=True)})",
+        )
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+
+
+def _clip_text(clip: tuple[int, int, int] | None) -> str:
+    return "absent" if clip is None else f"{clip[0]}x{clip[1]} (HxW) at {clip[2]} fps"

@@ -1,0 +1,235 @@
+"""Import the seed project's table layout into the canonical table.
+
+The seed table (written by its `parquet_create.py`) has one row per episode with `text`, `actions` and
+`observations` as list<list<double>> whose column 0 is the timestamp, and `image`/`video` as file paths
+relative to the directory the seed ran in (or to the table's folder). Media bytes are inlined here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from ..errors import SchemaError
+from ..media import decode_image, encode_png, probe_video
+from ..schema import Episode, TableMeta, TableWriter
+from ..validate import check_timestamps
+
+REQUIRED = ("text", "actions", "observations")
+MEDIA = ("image", "video")
+SHOW_MISSING = 5
+
+
+def _resolve(value: str, table_dir: Path) -> Path | None:
+    """A seed media path: absolute, or relative to the working directory, or to the table's folder."""
+    p = Path(value)
+    if p.is_absolute():
+        return p if p.is_file() else None
+    for base in (Path.cwd(), table_dir):
+        cand = base / p
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _media_column(pf: pq.ParquetFile, name: str) -> pa.DataType | None:
+    if name not in pf.schema_arrow.names:
+        return None
+    t = pf.schema_arrow.field(name).type
+    if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t)):
+        raise SchemaError(f"{pf.reader_path}: column {name!r}: type {t}, expected a file path (string) or bytes")
+    return t
+
+
+def _check_media_paths(pf: pq.ParquetFile, table_dir: Path, where: str) -> None:
+    """Fail before writing anything if media paths do not exist; list the first few missing."""
+    missing: list[str] = []
+    total = 0
+    for name in MEDIA:
+        t = _media_column(pf, name)
+        if t is None or not (pa.types.is_string(t) or pa.types.is_large_string(t)):
+            continue
+        row = 0
+        for g in range(pf.num_row_groups):
+            values = pf.read_row_group(g, columns=[name]).column(0).to_pylist()
+            for v in values:
+                if v is not None and _resolve(v, table_dir) is None:
+                    total += 1
+                    if len(missing) < SHOW_MISSING:
+                        missing.append(f"row {row} {name} {v!r}")
+                row += 1
+    if total:
+        more = f" and {total - len(missing)} more" if total > len(missing) else ""
+        raise SchemaError(
+            f"{where}: {total} media file(s) not found (looked relative to the working directory {str(Path.cwd())!r} "
+            f"and to the table's folder {str(table_dir)!r}): {'; '.join(missing)}{more}"
+        )
+
+
+def _split_matrix(arr: pa.Array, where: str, column: str, start: int) -> list[np.ndarray]:
+    """list<list<double>> rows -> one (n, width) float64 array per row, vectorised over the row group."""
+    if arr.null_count:
+        r = int(np.argmax(arr.is_null().to_numpy(zero_copy_only=False)))
+        raise SchemaError(f"{where}: row {start + r}, column {column!r}: is null")
+    lengths = np.asarray(pc.list_value_length(arr).to_numpy(zero_copy_only=False), dtype=np.int64)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    items = arr.flatten()
+    if items.null_count:
+        p = int(np.argmax(items.is_null().to_numpy(zero_copy_only=False)))
+        r = int(np.searchsorted(offsets, p, side="right") - 1)
+        raise SchemaError(f"{where}: row {start + r}, column {column!r}: has a null row")
+    widths = np.asarray(pc.list_value_length(items).to_numpy(zero_copy_only=False), dtype=np.int64)
+    if widths.size == 0:
+        return [np.zeros((0, 0)) for _ in range(len(lengths))]
+    if (widths != widths[0]).any() or widths[0] < 2:
+        p = int(np.argmax(widths != widths[0])) if (widths != widths[0]).any() else 0
+        r = int(np.searchsorted(offsets, p, side="right") - 1)
+        raise SchemaError(
+            f"{where}: row {start + r}, column {column!r}: inner row {p - offsets[r]} has {widths[p]} values; "
+            f"every row must be [timestamp, v1, ..., vD] with one width (first row has {widths[0]})"
+        )
+    flat = items.flatten().to_numpy(zero_copy_only=False).astype(np.float64, copy=False).reshape(-1, int(widths[0]))
+    return [flat[offsets[r] : offsets[r + 1]] for r in range(len(lengths))]
+
+
+def _read_media(value: object, table_dir: Path) -> bytes | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value
+    p = _resolve(str(value), table_dir)
+    if p is None:  # vanished since the pre-scan
+        raise SchemaError(f"media file {value!r} not found")
+    return p.read_bytes()
+
+
+def build_from_seed(
+    seed_table: str | os.PathLike,
+    out: str | os.PathLike,
+    row_group_size: int = 16,
+    progress: bool = True,
+) -> TableMeta:
+    """Convert a seed-layout table into a version-1 table at `out` (atomically); ids are `seed-000000`, ...
+
+    Timestamps are column 0 of each action/observation row; clips keep their own encoding, `video_t0` = 0.
+    """
+    seed_table = Path(seed_table)
+    where = str(seed_table)
+    if not seed_table.is_file():
+        raise SchemaError(f"{where}: seed table does not exist")
+    try:
+        pf = pq.ParquetFile(seed_table)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise SchemaError(f"{where}: not a readable Parquet file: {e}") from None
+    names = pf.schema_arrow.names
+    for name in REQUIRED:
+        if name not in names:
+            raise SchemaError(f"{where}: column {name!r} missing; a seed table has columns {', '.join(REQUIRED + MEDIA)}")
+    for name in ("actions", "observations"):
+        t = pf.schema_arrow.field(name).type
+        if not (pa.types.is_list(t) or pa.types.is_large_list(t)) or not (
+            pa.types.is_list(t.value_type) or pa.types.is_large_list(t.value_type) or pa.types.is_fixed_size_list(t.value_type)
+        ):
+            raise SchemaError(f"{where}: column {name!r}: type {t}, expected list<list<double>> (timestamp in column 0)")
+    media_cols = [m for m in MEDIA if _media_column(pf, m) is not None]
+    table_dir = seed_table.resolve().parent
+    _check_media_paths(pf, table_dir, where)
+
+    writer: TableWriter | None = None
+    image_hw: tuple[int, int] | None = None
+    video_info: tuple[int, int, float] | None = None
+    dims: tuple[int, int] | None = None
+    row = 0
+    bar = tqdm(total=pf.metadata.num_rows, desc=f"build {Path(out).name}", unit="ep", disable=not progress)
+    try:
+        for g in range(pf.num_row_groups):
+            tbl = pf.read_row_group(g, columns=list(REQUIRED) + media_cols)
+            texts = tbl.column("text").to_pylist()
+            acts = _split_matrix(tbl.column("actions").combine_chunks(), where, "actions", row)
+            obs = _split_matrix(tbl.column("observations").combine_chunks(), where, "observations", row)
+            media = {m: tbl.column(m).to_pylist() for m in media_cols}
+            del tbl
+            for r in range(len(texts)):
+                ep_id = f"seed-{row:06d}"
+                here = f"{where}: row {row} (episode {ep_id!r})"
+                a, o = acts[r], obs[r]
+                if a.shape[0] == 0 or o.shape[0] == 0:
+                    col = "actions" if a.shape[0] == 0 else "observations"
+                    raise SchemaError(f"{here}, column {col!r}: empty episode")
+                ep_dims = (a.shape[1] - 1, o.shape[1] - 1)
+                if dims is None:
+                    dims = ep_dims
+                    writer = TableWriter(out, dims[0], dims[1], row_group_size=row_group_size)
+                elif ep_dims != dims:
+                    raise SchemaError(
+                        f"{here}: dimensions D={ep_dims[0]}, S={ep_dims[1]} differ from the first episode's "
+                        f"D={dims[0]}, S={dims[1]}"
+                    )
+                for col, m in (("actions", a), ("observations", o)):
+                    check_timestamps(m[:, 0], f"{here}, column {col!r} (timestamps in column 0)")
+                    if not np.isfinite(m[:, 1:]).all():
+                        raise SchemaError(f"{here}, column {col!r}: NaN or infinite values")
+                image = video = None
+                if "image" in media:
+                    value = media["image"][r]
+                    image = _read_media(value, table_dir)
+                    if image is not None:
+                        rgb = decode_image(image, where=f"{here}, column 'image' ({value!r})")
+                        hw = (rgb.shape[1], rgb.shape[2])
+                        if image_hw is None:
+                            image_hw = hw
+                        elif hw != image_hw:
+                            raise SchemaError(f"{here}, column 'image': size {hw} differs from the first image's {image_hw}")
+                        if not (image.startswith(b"\x89PNG") or image.startswith(b"\xff\xd8")):
+                            image = encode_png(rgb.transpose(1, 2, 0))  # the table holds PNG or JPEG
+                if "video" in media:
+                    value = media["video"][r]
+                    video = _read_media(value, table_dir)
+                    if video is not None:
+                        info = probe_video(video, where=f"{here}, column 'video' ({value!r})")
+                        if video_info is None:
+                            video_info = info
+                        elif info != video_info:
+                            raise SchemaError(
+                                f"{here}, column 'video': clip is {info[0]}x{info[1]} at {info[2]:g} fps, the first "
+                                f"clip is {video_info[0]}x{video_info[1]} at {video_info[2]:g} fps"
+                            )
+                assert writer is not None
+                writer.add(
+                    Episode(
+                        episode_id=ep_id,
+                        text=texts[r] if texts[r] is not None else "",
+                        action_ts=np.ascontiguousarray(a[:, 0]),
+                        actions=np.ascontiguousarray(a[:, 1:], dtype=np.float32),
+                        observation_ts=np.ascontiguousarray(o[:, 0]),
+                        observations=np.ascontiguousarray(o[:, 1:], dtype=np.float32),
+                        image=image,
+                        video=video,
+                        video_t0=0.0,
+                    )
+                )
+                row += 1
+                bar.update(1)
+        if writer is None:
+            raise SchemaError(f"{where}: the seed table has no rows")
+        return writer.close(
+            video_fps=video_info[2] if video_info else None,
+            frame_height=video_info[0] if video_info else 0,
+            frame_width=video_info[1] if video_info else 0,
+            image_height=image_hw[0] if image_hw else 0,
+            image_width=image_hw[1] if image_hw else 0,
+            source=f"seed({seed_table.name})",
+        )
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    finally:
+        bar.close()
