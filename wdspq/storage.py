@@ -710,6 +710,12 @@ class _S3RangeRaw(_RangeRaw):
                                    f"(at byte offset {self._pos})") from exc
             raise
         body = resp["Body"]
+        if "Range" in kwargs:
+            content_range = str(resp.get("ContentRange") or "")
+            if not content_range.startswith(f"bytes {self._pos}-"):
+                body.close()
+                raise StorageError(f"{self.url}: the server answered the range request at byte offset "
+                                   f"{self._pos} with Content-Range {content_range!r}")
         self._etag = self._etag or resp.get("ETag")
         length = int(resp.get("ContentLength", 0))
         if self._open_ended:
@@ -729,7 +735,12 @@ class _S3RangeRaw(_RangeRaw):
                            f"({size} bytes)") from exc
 
     def open_first(self) -> None:
-        """The first GetObject: a missing object or bucket fails at once, network faults are retried."""
+        """The first GetObject: a missing object or bucket fails at once, network faults are retried.
+
+        An empty range [start, start) makes no request.
+        """
+        if self._end is not None and self._end <= self._pos:
+            return
         self._with_retries(self._get)
         if self._end is None:
             self._end = self._pos
