@@ -33,10 +33,14 @@ HOST = "127.0.0.1"
 
 
 def moto_server_command() -> list[str]:
-    """The command that runs moto's standalone server: the entry point next to this Python first."""
+    """The command that runs moto's standalone server with this Python.
+
+    The `moto_server` entry script next to sys.executable is run by sys.executable itself, not through
+    its shebang: a venv that was moved after creation keeps shebangs pointing at its old location.
+    """
     exe = Path(sys.executable).parent / "moto_server"
-    if exe.is_file() and os.access(exe, os.X_OK):
-        return [str(exe)]
+    if exe.is_file():
+        return [sys.executable, str(exe)]
     found = shutil.which("moto_server")
     if found:
         return [found]
@@ -150,6 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default=HOST, help=f"address to listen on (default {HOST})")
     parser.add_argument("--verbose", action="store_true", help="show the server's request log")
     args = parser.parse_args(argv)
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # `kill PID` stops the server too, like Ctrl-C
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # background jobs of scripts ignore SIGINT
+        signal.signal(signal.SIGINT, stop)
     try:
         with run_moto_server(args.port or None, args.host, log="-" if args.verbose else os.devnull) as url:
             print(f"S3 server (moto) listening on {url}\n"
