@@ -4,6 +4,8 @@ The map-style `ParquetWindowDataset` is the reference; `export_shards` writes pr
 shards; `ShardStream`/`StreamLoader` stream them with an exactly resumable cursor.
 """
 
+from ._version import __version__ as __version__
+from .cursor import merge_states
 from .errors import (
     MediaError,
     SchemaError,
@@ -14,11 +16,11 @@ from .errors import (
     TokenizerError,
     WdspqError,
 )
+from .export import export_shards
 from .seed_compat import TimeSeriesParquetDataset, to_device
+from .stream import ShardStream, StreamLoader
 from .table_dataset import ParquetWindowDataset
 from .windows import WindowSpec
-
-__version__ = "0.1.0"
 
 __all__ = [
     "MediaError",
@@ -33,4 +35,8 @@ __all__ = [
     "ParquetWindowDataset",
     "TimeSeriesParquetDataset",
     "to_device",
+    "export_shards",
+    "ShardStream",
+    "StreamLoader",
+    "merge_states",
 ]

@@ -30,18 +30,16 @@ import numpy as np
 import webdataset as wds
 from tqdm import tqdm
 
-from . import __version__
+from ._version import __version__
 from .codec import MEMBER, SampleCodec, key_of
 from .errors import ShardError, WdspqError
+from .manifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION
 from .schema import read_meta
 from .storage import open_storage
 from .table_dataset import ParquetWindowDataset
 from .text import DEFAULT_TOKENIZER
 from .windows import WindowSpec
 
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "wdspq-shards"
-MANIFEST_VERSION = 1
 JOURNAL_NAME = ".wdspq-export-journal.jsonl"
 EPISODES_PER_CHUNK = 8
 FEATURES = ("actions", "observations")
@@ -317,7 +315,7 @@ def export_shards(
         "spec": spec.to_dict(),
         "resolved": {"A": ds.rspec.A, "O": ds.rspec.O, "obs_rate_hz": ds.rspec.obs_rate_hz},
         "tokenizer": {k: v for k, v in ds.tokenizer_id.items() if k != "requested"},
-        "sample_schema": ds.sample_schema(),
+        "sample_schema": [{"key": k, **v} for k, v in ds.sample_schema().items()],  # ordered: the record layout
         "encoding": {
             "member": MEMBER,
             "layout": "one 0-d structured npy record per sample, one aligned field per sample key",

@@ -1,0 +1,137 @@
+"""The shard manifest: loading, validation, identity, and reading a run of samples from one shard."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import webdataset as wds
+
+from .codec import MEMBER, SampleCodec
+from .errors import ShardError, WdspqError
+from .storage import open_storage
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "wdspq-shards"
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class Manifest:
+    """A parsed manifest plus the storage it lives in; `id` is the sha256 of the manifest bytes."""
+
+    data: dict[str, Any]
+    storage: Any
+    id: str
+    url: str
+
+    @property
+    def shards(self) -> list[dict[str, Any]]:
+        return self.data["shards"]
+
+    @property
+    def shard_sizes(self) -> list[int]:
+        return [int(s["samples"]) for s in self.shards]
+
+    @property
+    def num_windows(self) -> int:
+        return int(self.data["num_windows"])
+
+    @property
+    def spec_id(self) -> str:
+        return hashlib.sha256(json.dumps(self.data["spec"], sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def sample_schema(self) -> dict[str, dict[str, Any]]:
+        """Keys in record order -> {dtype, shape} (stored as a list: JSON objects are sorted on write)."""
+        return {e["key"]: {"dtype": e["dtype"], "shape": e["shape"]} for e in self.data["sample_schema"]}
+
+    def codec(self) -> SampleCodec:
+        return SampleCodec(self.sample_schema)
+
+
+def split_source(source: str) -> tuple[str, str]:
+    """A shard folder, a manifest path, or `s3://bucket/prefix[/manifest.json]` -> (root, manifest name)."""
+    s = str(source).rstrip("/")
+    if s.endswith(".json"):
+        root, _, name = s.rpartition("/")
+        return (root or "."), name
+    return s, MANIFEST_NAME
+
+
+def load_manifest(source: str, storage_options: dict[str, Any] | None = None) -> Manifest:
+    """Read and check a manifest; errors name the manifest URL and what is wrong."""
+    root, name = split_source(str(source))
+    storage = open_storage(root, **(storage_options or {}))
+    url = storage.url(name)
+    try:
+        raw = storage.read_bytes(name)
+    except WdspqError as e:
+        raise ShardError(f"{url}: cannot read the manifest ({e}); is this an exported shard folder?") from None
+    try:
+        data = json.loads(raw)
+    except ValueError as e:
+        raise ShardError(f"{url}: manifest is not valid JSON: {e}") from None
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+        raise ShardError(f"{url}: not a wdspq manifest (format {data.get('format') if isinstance(data, dict) else None!r})")
+    if data.get("version") != MANIFEST_VERSION:
+        raise ShardError(
+            f"{url}: manifest format version {data.get('version')!r} is not supported (this wdspq reads {MANIFEST_VERSION})"
+        )
+    for key in ("shards", "sample_schema", "spec", "num_windows"):
+        if key not in data:
+            raise ShardError(f"{url}: manifest has no {key!r}")
+    for i, s in enumerate(data["shards"]):
+        if not isinstance(s, dict) or len(s.get("offsets", ())) != int(s.get("samples", -1)) + 1:
+            raise ShardError(f"{url}: shard entry {i} is incomplete (needs name, samples and samples+1 offsets)")
+    return Manifest(data=data, storage=storage, id=hashlib.sha256(raw).hexdigest(), url=url)
+
+
+def read_run(
+    manifest: Manifest, shard: int, start: int, stop: int, codec: SampleCodec | None = None
+) -> Iterator[dict[str, np.ndarray]]:
+    """Samples `start .. stop-1` of one shard, read sequentially from the byte offset of `start`.
+
+    Opens exactly the byte range of those samples (a Range request on S3), so skipped samples are never
+    read or decoded (R5). Uses webdataset's tar reader; raises ShardError naming the shard and member
+    when a sample is missing, malformed or the shard is truncated.
+    """
+    if stop <= start:
+        return
+    entry = manifest.shards[shard]
+    name = entry["name"]
+    offsets = entry["offsets"]
+    codec = codec or manifest.codec()
+    url = manifest.storage.url(name)
+    try:
+        f = manifest.storage.open_read(name, offsets[start], offsets[stop])
+    except WdspqError as e:
+        raise ShardError(f"{url}: cannot open shard: {e}") from None
+    expected = start
+    try:
+        members = wds.tariterators.tar_file_expander([{"url": url, "stream": f}], eof_value=None)
+        for sample in wds.tariterators.group_by_keys(members):
+            where = f"{url}, sample {expected} (key {sample.get('__key__')!r})"
+            data = sample.get(MEMBER)
+            if data is None:
+                extra = sorted(k for k in sample if not k.startswith("__"))
+                raise ShardError(f"{where}: member {MEMBER!r} is missing (found {extra})")
+            yield codec.decode(data, where=where)
+            expected += 1
+            if expected == stop:
+                break
+    except WdspqError:
+        raise
+    except Exception as e:  # tarfile / webdataset errors on corrupt bytes
+        raise ShardError(f"{url}, sample {expected}: cannot read the tar stream: {type(e).__name__}: {e}") from None
+    finally:
+        f.close()
+    if expected != stop:
+        raise ShardError(
+            f"{url}: shard is truncated or corrupt: expected samples {start}..{stop - 1}, "
+            f"the stream ended after sample {expected - 1} (byte offset {offsets[expected] if expected < len(offsets) else '?'})"
+        )

@@ -1,0 +1,340 @@
+"""Streaming the shards into training: `ShardStream` (an IterableDataset) and `StreamLoader` (a DataLoader).
+
+The order of an epoch is a pure function of the manifest, seed, epoch and topology (wdspq.cursor): each
+(rank, worker) slot reads its shards sequentially, interleaving `interleave` open shards, starting at
+byte offsets from the manifest (R5). `StreamLoader` counts, in the main process, the batches it hands
+to the training loop; its `state_dict()` is a small JSON-able dict from which a fresh process continues
+with exactly the batches an uninterrupted run would have produced (R3), or, under another world size,
+worker count or batch size, finishes the epoch exactly once (R4).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .cursor import (
+    CursorState,
+    Plan,
+    RankCursor,
+    Resume,
+    Topology,
+    check_compatible,
+    epoch_shard_order,
+    merge_states,
+    new_epoch_state,
+    resume,
+)
+from .errors import StateError, WdspqError
+from .manifest import Manifest, load_manifest, read_run
+
+
+def dist_topology(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """(rank, world_size): explicit values, else torch.distributed when initialised, else RANK/WORLD_SIZE, else (0, 1)."""
+    if rank is not None and world_size is not None:
+        r, w = int(rank), int(world_size)
+    elif torch.distributed.is_available() and torch.distributed.is_initialized():
+        r, w = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    else:
+        r, w = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if not 0 <= r < w:
+        raise WdspqError(f"rank {r} is outside world size {w}")
+    return r, w
+
+
+def _to_torch(sample: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v) for k, v in sample.items()}
+
+
+class ShardStream(IterableDataset):
+    """Stream the samples of an export (a shard folder, a manifest path, or `s3://bucket/prefix`).
+
+    Yields the same sample dicts (torch tensors, same keys, dtypes, shapes and values) as
+    `ParquetWindowDataset[window_index]`. Iterated directly (or by a plain DataLoader) it delivers one
+    epoch of this rank's share, batch size 1; use `StreamLoader` for batching and resumable state.
+    Pad samples (repeats that keep ranks even, `even="pad"`) carry `window_index == -1`.
+    """
+
+    def __init__(
+        self,
+        source: str | os.PathLike,
+        shuffle: bool = True,
+        seed: int = 0,
+        interleave: int = 4,
+        even: str = "pad",
+        rank: int | None = None,
+        world_size: int | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.source = str(source)
+        self.manifest: Manifest = load_manifest(self.source, storage_options)
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        if self.seed < 0:
+            raise WdspqError(f"seed must be >= 0, got {seed}")
+        self.interleave = int(interleave)
+        self.even = even
+        self.rank, self.world_size = dist_topology(rank, world_size)
+        self.epoch = 0
+        self._codec = self.manifest.codec()
+        self._control: torch.Tensor | None = None  # set by StreamLoader: the plan of the next iteration
+        self._topology: Topology | None = None
+        Topology(world_size=self.world_size, interleave=self.interleave, even=even)  # validate early
+
+    # -- identity ------------------------------------------------------------------------------------
+    @property
+    def shard_sizes(self) -> list[int]:
+        return self.manifest.shard_sizes
+
+    def __len__(self) -> int:
+        """Windows in the export (all ranks together, pads excluded)."""
+        return self.manifest.num_windows
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch of the next direct iteration (StreamLoader has its own `set_epoch`)."""
+        self.epoch = int(epoch)
+
+    def fresh_state(self, epoch: int, topology: Topology) -> CursorState:
+        m = self.manifest
+        return new_epoch_state(m.id, m.spec_id, self.seed, self.shuffle, epoch, len(m.shards), topology)
+
+    # -- reading -------------------------------------------------------------------------------------
+    def _slot_samples(self, plan: Plan, slot: int, skip: int) -> Iterator[dict[str, torch.Tensor]]:
+        """The samples of one slot from entry `skip` on, reading each shard run with one ranged read."""
+        shards, pos, pad = plan.slot_arrays(slot, skip)
+        if len(shards) == 0:
+            return
+        real = ~pad
+        # Each shard's real entries are consecutive positions [lo, hi): open one reader per shard run.
+        u, inv = np.unique(shards[real], return_inverse=True)
+        last = np.full(len(u), -1, dtype=np.int64)
+        np.maximum.at(last, inv, pos[real])
+        ends = dict(zip(u.tolist(), (last + 1).tolist()))
+        readers: dict[int, Iterator[dict[str, np.ndarray]]] = {}
+        pad_reader: Iterator[dict[str, np.ndarray]] | None = None
+        next_pad = (-1, -1)
+        try:
+            for s, p, is_pad in zip(shards.tolist(), pos.tolist(), pad.tolist()):
+                if not is_pad:
+                    it = readers.get(s)
+                    if it is None:
+                        it = readers[s] = read_run(self.manifest, s, p, ends[s], self._codec)
+                    sample = next(it, None)
+                    if p + 1 == ends[s]:
+                        _close(readers.pop(s))
+                else:
+                    if (s, p) != next_pad:
+                        _close(pad_reader)
+                        src = plan.pad_source(slot)
+                        assert src is not None
+                        pad_reader = read_run(self.manifest, s, p, src.end, self._codec)
+                    sample = next(pad_reader, None)  # type: ignore[arg-type]
+                    next_pad = (s, p + 1)
+                if sample is None:
+                    raise WdspqError(f"{self.manifest.storage.url(self.manifest.shards[s]['name'])}: sample {p} missing")
+                t = _to_torch(sample)
+                if is_pad:
+                    t["window_index"] = torch.tensor(-1, dtype=torch.int64)
+                yield t
+        finally:
+            for it in readers.values():
+                _close(it)
+            _close(pad_reader)
+
+    def _current_plan(self) -> tuple[Plan, list[int | None], list[int | None], int, int]:
+        """Plan, skips and start workers for this iteration, from the loader's control block or fresh."""
+        info = get_worker_info()
+        n_workers = info.num_workers if info is not None else 1
+        j = info.id if info is not None else 0
+        if self._control is None:
+            topo = Topology(world_size=self.world_size, num_workers=n_workers if info else 0, batch_size=1,
+                            interleave=self.interleave, even=self.even)
+            r = resume(self.fresh_state(self.epoch, topo), self.shard_sizes, topo, self.rank)
+            return r.plan, r.skip, r.start_worker, j, n_workers
+        c = self._control.tolist()
+        n = len(self.shard_sizes)
+        topo = self._topology
+        assert topo is not None
+        epoch, base = int(c[1]), c[2 : 2 + n]
+        skip = c[2 + n : 2 + n + topo.n_slots]
+        start = c[2 + n + topo.n_slots :]
+        order = epoch_shard_order(n, self.seed, epoch, self.shuffle)
+        return Plan.build(self.shard_sizes, base, order, topo), skip, start, j, n_workers
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        plan, skip, start, j, n_workers = self._current_plan()
+        N = plan.topology.workers
+        if n_workers != N:
+            raise StateError(f"the stream was planned for {N} workers but runs in {n_workers}")
+        w = (j + int(start[self.rank] or 0)) % N
+        slot = plan.topology.slot(self.rank, w)
+        yield from self._slot_samples(plan, slot, int(skip[slot] or 0))
+
+
+def _close(it: Any) -> None:
+    if it is not None and hasattr(it, "close"):
+        it.close()
+
+
+class StreamLoader(DataLoader):
+    """A DataLoader over a ShardStream with exact, self-checking resume (DESIGN.md R1-R7).
+
+    - `state_dict()`: a plain JSON-serialisable dict counting the batches this loader handed to the
+      caller (not what workers prefetched). With torch.distributed initialised and world size > 1 it
+      is a collective call: every rank must call it, and each gets the merged state of all ranks.
+      Without torch.distributed each rank's state holds its own position; merge them with
+      `wdspq.merge_states` to resume under another topology.
+    - `load_state_dict(state)`: checks manifest, window spec, seed and shuffle (StateError naming the
+      difference) and takes effect at the next `iter()`. Loading while an iteration is running makes
+      that iteration raise at its next batch (never a silent restart).
+    - `set_epoch(e)`: another epoch starts it fresh at the next `iter()`; the current epoch keeps its
+      position (so a loop `for e in range(state_epoch, E): set_epoch(e)` resumes correctly). An
+      `iter()` after a completed epoch without `set_epoch` moves to the next epoch.
+    - Every rank yields the same number of batches (`even="pad"`: flagged repeats with window_index -1;
+      `"drop"`: surplus dropped; `"none"`: no balancing).
+    """
+
+    def __init__(
+        self,
+        stream: ShardStream,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        even: str | None = None,
+        interleave: int | None = None,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+        **dataloader_kwargs: Any,
+    ) -> None:
+        for bad in ("shuffle", "sampler", "batch_sampler", "drop_last"):
+            if dataloader_kwargs.get(bad):
+                raise WdspqError(f"StreamLoader does not take {bad}=: the stream orders and batches itself")
+        if batch_size is None or int(batch_size) < 1:
+            raise WdspqError(f"batch_size must be >= 1, got {batch_size}")
+        view = copy.copy(stream)
+        topo = Topology(
+            world_size=stream.world_size,
+            num_workers=int(num_workers),
+            batch_size=int(batch_size),
+            interleave=int(interleave if interleave is not None else stream.interleave),
+            even=even if even is not None else stream.even,
+        )
+        n = len(stream.shard_sizes)
+        view._topology = topo
+        view._control = torch.zeros(2 + n + topo.n_slots + topo.world_size, dtype=torch.int64).share_memory_()
+        super().__init__(view, batch_size=int(batch_size), num_workers=int(num_workers), collate_fn=collate_fn,
+                         **dataloader_kwargs)
+        self.stream = stream
+        self.topology = topo
+        self.rank = stream.rank
+        self._epoch = 0
+        self._state: CursorState = stream.fresh_state(0, topo)  # what the next iter() continues from
+        self._explicit_epoch = False
+        self._cursor: RankCursor | None = None
+        self._generation = 0
+
+    # -- state ---------------------------------------------------------------------------------------
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def _local_state(self) -> CursorState:
+        return self._cursor.state() if self._cursor is not None else self._state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where this loader stands (see the class doc; a collective call under torch.distributed)."""
+        st = self._local_state().to_dict()
+        if self.topology.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, st)
+            return merge_states(gathered)
+        return st
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state` at the next iter() (see the class doc)."""
+        m = self.stream.manifest
+        st = check_compatible(state, m.id, m.spec_id, self.stream.seed, self.stream.shuffle, len(m.shards))
+        resume(st, self.stream.shard_sizes, self.topology, self.rank)  # fail now, not at iter(), if unusable
+        self._state = st
+        self._epoch = st.epoch
+        self._cursor = None
+        self._explicit_epoch = True
+        self._generation += 1
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch of the next iter(); the current epoch keeps its position."""
+        epoch = int(epoch)
+        if epoch < 0:
+            raise WdspqError(f"epoch must be >= 0, got {epoch}")
+        if epoch != self._epoch:
+            self._state = self.stream.fresh_state(epoch, self.topology)
+            self._cursor = None
+            self._epoch = epoch
+            self._generation += 1
+        else:
+            self._state = self._local_state()
+            self._cursor = None
+            self._generation += 1
+        self._explicit_epoch = True
+
+    # -- iteration -----------------------------------------------------------------------------------
+    def _prepare(self) -> Resume:
+        st = self._local_state()
+        if st.complete and not self._explicit_epoch:
+            st = self.stream.fresh_state(st.epoch + 1, self.topology)
+            self._epoch = st.epoch
+        self._explicit_epoch = False
+        r = resume(st, self.stream.shard_sizes, self.topology, self.rank)
+        n = len(self.stream.shard_sizes)
+        c = [self._generation, r.state.epoch, *r.plan.base, *[int(x or 0) for x in r.skip],
+             *[int(x or 0) for x in r.start_worker]]
+        self.dataset._control.copy_(torch.tensor(c, dtype=torch.int64))  # type: ignore[attr-defined]
+        assert len(c) == 2 + n + self.topology.n_slots + self.topology.world_size
+        self._state = r.state
+        self._cursor = RankCursor(r.plan, self.rank, r.state)
+        return r
+
+    def __iter__(self) -> Iterator[Any]:
+        self._generation += 1
+        self._prepare()
+        generation = self._generation
+        cursor = self._cursor
+        assert cursor is not None
+        if cursor.done:
+            return
+        it = super().__iter__()
+        try:
+            for batch in it:
+                if self._generation != generation:
+                    raise StateError(
+                        "the loader state was changed (load_state_dict/set_epoch) during this iteration; "
+                        "start a new iteration to continue from it"
+                    )
+                wi = batch["window_index"] if isinstance(batch, dict) and "window_index" in batch else None
+                n = len(wi) if wi is not None else _batch_len(batch)
+                cursor.record(n, None if wi is None else np.asarray(wi))
+                yield batch
+                if cursor.done:
+                    break
+        finally:
+            del it
+
+    def __len__(self) -> int:
+        """Batches this rank yields in the current segment (the whole epoch when starting fresh)."""
+        r = resume(self._local_state(), self.stream.shard_sizes, self.topology, self.rank)
+        return r.plan.rank_batches(self.rank)
+
+
+def _batch_len(batch: Any) -> int:
+    if isinstance(batch, torch.Tensor):
+        return len(batch)
+    if isinstance(batch, dict):
+        return _batch_len(next(iter(batch.values())))
+    if isinstance(batch, (list, tuple)):
+        return _batch_len(batch[0])
+    raise StateError("cannot count the samples of a batch from a custom collate_fn; return a dict with window_index")
