@@ -1,0 +1,436 @@
+"""The `wdspq` command line: `wdspq build synthetic|seed|hdf5`, `wdspq validate`, `wdspq info`.
+
+To add a command, write `def add_X(sub)` that adds one subparser to `sub` with `set_defaults(func=run_X)`
+(where `run_X(args) -> int`) and append it to `COMMANDS`; `wdspq build` sources go in `BUILD_SOURCES`.
+Errors from wdspq (and bad-input OSError/ValueError) print one line, `wdspq: error: ...`, and exit with
+code 2; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import textwrap
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import WdspqError
+
+Register = Callable[[Any], None]
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """Bad command-line syntax or values (raised instead of argparse's multi-line usage message)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+def _desc(text: str) -> str:
+    """Wrap each paragraph of a description (the raw formatter keeps our paragraph breaks)."""
+    return "\n\n".join(textwrap.fill(" ".join(par.split()), 88) for par in text.split("\n\n"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# argument types: reject bad values with a one-line message
+
+
+def _int_at_least(lo: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"{v} is too small (minimum {lo})")
+        return v
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not np.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return v
+
+
+def _even_size(text: str) -> int:
+    v = _int_at_least(2)(text)
+    if v % 2:
+        raise argparse.ArgumentTypeError(f"{v} is odd; video frames need an even size (yuv420p)")
+    return v
+
+
+def _add_progress(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--progress", dest="progress", action="store_true", default=None, help="show a progress bar (default: on a terminal)"
+    )
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="do not show the progress bar")
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars go to stderr; by default only when it is a terminal, so logs and errors stay clean."""
+    if args.progress is None:
+        return sys.stderr.isatty()
+    return bool(args.progress)
+
+
+# ---------------------------------------------------------------------------------------------------
+# wdspq build ...
+
+
+def add_build_synthetic(sub: Any) -> None:
+    p = sub.add_parser(
+        "synthetic",
+        help="generate a deterministic synthetic table",
+        description=_desc(
+            "Generate a synthetic table: 100 Hz actions (D=7), 50 Hz observations (S=12), a PNG image and a "
+            "20 fps mp4 clip per episode with the frame number drawn in, varied episode lengths (0.6-1.4 x "
+            "--seconds) and several task sentences. The same --seed gives a byte-identical file."
+        ),
+        formatter_class=_formatter,
+    )
+    p.add_argument("out", metavar="OUT", help="table file to write (e.g. data/table.parquet)")
+    p.add_argument("--episodes", type=_int_at_least(1), default=20, help="number of episodes (default 20)")
+    p.add_argument("--seconds", type=_positive_float, default=5.0, help="mean episode length in seconds (default 5)")
+    p.add_argument("--image-size", type=_int_at_least(1), default=64, help="image height = width in pixels (default 64)")
+    p.add_argument("--video-size", type=_even_size, default=96, help="video frame height = width, even (default 96)")
+    p.add_argument("--fps", type=_int_at_least(1), default=20, help="video frame rate (default 20)")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed (default 0)")
+    p.add_argument("--workers", type=_int_at_least(1), default=1, help="encoding processes (default 1)")
+    p.add_argument("--row-group-size", type=_int_at_least(1), default=16, help="episodes per row group (default 16)")
+    _add_progress(p)
+    p.set_defaults(func=run_build_synthetic)
+
+
+def run_build_synthetic(args: argparse.Namespace) -> int:
+    from .build import build_synthetic
+
+    build_synthetic(
+        args.out,
+        episodes=args.episodes,
+        seconds=args.seconds,
+        image_size=args.image_size,
+        video_size=args.video_size,
+        fps=args.fps,
+        seed=args.seed,
+        workers=args.workers,
+        row_group_size=args.row_group_size,
+        progress=_progress(args),
+    )
+    return _report_built(args.out)
+
+
+def add_build_seed(sub: Any) -> None:
+    p = sub.add_parser(
+        "seed",
+        help="import a table in the seed project's layout",
+        description=_desc(
+            "Import a table written by the seed project's parquet_create.py: columns text, actions and "
+            "observations (list<list<double>>, timestamp in column 0 of every row), image and video as file "
+            "paths relative to the working directory or to the table's folder. Media bytes are inlined; "
+            "clips keep their encoding and video_t0 is 0. Episode ids are seed-000000, seed-000001, ..."
+        ),
+        formatter_class=_formatter,
+    )
+    p.add_argument("seed_table", metavar="SEED_TABLE", help="the seed-layout Parquet file")
+    p.add_argument("out", metavar="OUT", help="table file to write")
+    _add_progress(p)
+    p.set_defaults(func=run_build_seed)
+
+
+def run_build_seed(args: argparse.Namespace) -> int:
+    from .build import build_from_seed
+
+    build_from_seed(args.seed_table, args.out, progress=_progress(args))
+    return _report_built(args.out)
+
+
+def add_build_hdf5(sub: Any) -> None:
+    p = sub.add_parser(
+        "hdf5",
+        help="convert HDF5 robot logs (one file per episode)",
+        description=_desc(
+            "Convert HDF5 logs, one file per episode (folders are searched for *.h5/*.hdf5). Each stream is a "
+            "group holding one dataset per sample, named by its integer timestamp in nanoseconds; timestamps "
+            "become float64 seconds (exact to float64 rounding). Camera frames (H, W, 3 uint8) are encoded into "
+            "the episode's mp4 clip (fps from the median frame interval) and the first frame is kept as the "
+            "image. The default layout is the seed's; change it with --layout and/or the group flags.\n\n"
+            "layout file (JSON, any subset): {\"actions_group\": ..., \"observations_group\": ..., "
+            "\"frames_group\": ..., \"text_dataset\": ..., \"fps\": ...}"
+        ),
+        formatter_class=_formatter,
+    )
+    p.add_argument("inputs", metavar="FILES", nargs="+", help="HDF5 files or folders, then OUT (the table to write)")
+    p.add_argument("--layout", metavar="FILE", help="JSON layout file (flags below override it)")
+    p.add_argument("--actions-group", metavar="PATH", help="group of action datasets (default hand/right/policy_output)")
+    p.add_argument(
+        "--observations-group", metavar="PATH", help="group of observation datasets (default right/franka/end_effector_pose)"
+    )
+    p.add_argument("--frames-group", metavar="PATH", help="group of camera frames (default oakd_front_view/color; '' for none)")
+    p.add_argument("--text-dataset", metavar="PATH", help="task sentence dataset (default task_description; '' for none)")
+    p.add_argument("--fps", type=_int_at_least(1), help="clip frame rate (default: from the median frame interval)")
+    _add_progress(p)
+    p.set_defaults(func=run_build_hdf5)
+
+
+def run_build_hdf5(args: argparse.Namespace) -> int:
+    from .build import Hdf5Layout, build_from_hdf5
+
+    if len(args.inputs) < 2:
+        raise UsageError("wdspq build hdf5: give one or more HDF5 files (or folders) and then OUT")
+    *files, out = args.inputs
+    if Path(out).suffix.lower() in (".h5", ".hdf5", ".hdf", ".he5") or Path(out).is_dir():
+        raise UsageError(f"wdspq build hdf5: the last argument is the table to write, got {out!r}")
+    layout = Hdf5Layout.from_json(args.layout) if args.layout else Hdf5Layout()
+    layout = layout.replace(
+        actions_group=args.actions_group,
+        observations_group=args.observations_group,
+        frames_group=args.frames_group,
+        text_dataset=args.text_dataset,
+        fps=args.fps,
+    )
+    build_from_hdf5(files, out, layout=layout, progress=_progress(args))
+    return _report_built(out)
+
+
+BUILD_SOURCES: list[Register] = [add_build_synthetic, add_build_seed, add_build_hdf5]
+
+
+def add_build(sub: Any) -> None:
+    p = sub.add_parser(
+        "build",
+        help="write a table (synthetic, seed layout, HDF5 logs)",
+        description=_desc(
+            "Write the canonical episode table. The file appears under its final name only when complete: "
+            "a failed or interrupted build leaves nothing there."
+        ),
+        formatter_class=_formatter,
+    )
+    bsub = p.add_subparsers(dest="source", metavar="SOURCE", required=True)
+    for register in BUILD_SOURCES:
+        register(bsub)
+
+
+def _report_built(out: str | os.PathLike) -> int:
+    print(f"wrote {out}")
+    print(format_summary(table_summary(out)))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# wdspq validate / info
+
+
+def add_validate(sub: Any) -> None:
+    p = sub.add_parser(
+        "validate",
+        help="check a table against the schema",
+        description=_desc(
+            "Check a table against schema version 1: columns and types, dimensions, timestamps (finite, "
+            "strictly increasing), NaN/inf values, empty episodes, stream/timestamp lengths, duplicate ids, "
+            "image and video bytes (images decoded; clips opened and their first frame decoded, every frame "
+            "with --full-media), frame sizes. Exits 0 if valid, 2 with the first violation otherwise."
+        ),
+        formatter_class=_formatter,
+    )
+    p.add_argument("table", metavar="TABLE", help="the table file")
+    p.add_argument("--full-media", action="store_true", help="decode every video frame, not only the first")
+    p.add_argument("--all", action="store_true", help="list every violation found (one per line), not only the first")
+    p.set_defaults(func=run_validate)
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    from .validate import validate_table
+
+    try:
+        meta = validate_table(args.table, full_media=args.full_media)
+    except WdspqError as e:
+        violations = getattr(e, "violations", None)
+        if args.all and violations:
+            for v in violations:
+                print(f"wdspq: error: {v}", file=sys.stderr)
+            return EXIT_ERROR
+        raise
+    print(f"{args.table}: valid ({meta.num_episodes} episodes, D={meta.action_dim}, S={meta.obs_dim})")
+    return 0
+
+
+def add_info(sub: Any) -> None:
+    p = sub.add_parser(
+        "info",
+        help="print a short summary of a table",
+        description=_desc("Print a table's episodes, dimensions, rates, frame and image sizes, total duration and file size."),
+        formatter_class=_formatter,
+    )
+    p.add_argument("table", metavar="TABLE", help="the table file")
+    p.set_defaults(func=run_info)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    print(format_summary(table_summary(args.table)))
+    return 0
+
+
+def table_summary(path: str | os.PathLike) -> dict[str, Any]:
+    """Facts about a table for humans: metadata plus durations, read from the `action_ts` column only."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from .schema import read_meta
+
+    meta = read_meta(path)
+    pf = pq.ParquetFile(path)
+    durations = []
+    for g in range(pf.num_row_groups):
+        arr = pf.read_row_group(g, columns=["action_ts"]).column(0).combine_chunks()
+        lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        values = arr.flatten().to_numpy(zero_copy_only=False)
+        off = np.concatenate([[0], np.cumsum(lengths)])
+        ok = lengths > 0
+        durations.append(values[off[1:][ok] - 1] - values[off[:-1][ok]])
+    d = np.concatenate(durations) if durations else np.zeros(0)
+    return {
+        "path": str(path),
+        "file_bytes": Path(path).stat().st_size,
+        "row_groups": pf.num_row_groups,
+        "episodes": pf.metadata.num_rows,
+        "meta": meta,
+        "duration_total_s": float(d.sum()),
+        "duration_min_s": float(d.min()) if d.size else 0.0,
+        "duration_mean_s": float(d.mean()) if d.size else 0.0,
+        "duration_max_s": float(d.max()) if d.size else 0.0,
+    }
+
+
+def _bytes_text(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _duration_text(s: float) -> str:
+    h, rem = divmod(int(round(s)), 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h {m:02d}m {sec:02d}s" if h else f"{m}m {sec:02d}s"
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """Render `table_summary` as a few aligned lines."""
+    m = s["meta"]
+    video = f"{m.frame_height}x{m.frame_width} (HxW) at {m.video_fps:g} fps" if m.video_fps else "none"
+    image = f"{m.image_height}x{m.image_width} (HxW)" if m.image_height else "none"
+    lines = [
+        ("table", f"{s['path']} ({_bytes_text(s['file_bytes'])}, {s['row_groups']} row groups, format v{m.format_version})"),
+        ("episodes", str(s["episodes"])),
+        ("actions", f"D={m.action_dim} at {m.action_rate_hz:.6g} Hz"),
+        ("observations", f"S={m.obs_dim} at {m.observation_rate_hz:.6g} Hz"),
+        ("video", video),
+        ("image", image),
+        (
+            "duration",
+            f"{_duration_text(s['duration_total_s'])} total; per episode {s['duration_min_s']:.1f} s min, "
+            f"{s['duration_mean_s']:.1f} s mean, {s['duration_max_s']:.1f} s max",
+        ),
+    ]
+    if m.source:
+        lines.append(("source", m.source))
+    return "\n".join(f"{k:<13}{v}" for k, v in lines)
+
+
+COMMANDS: list[Register] = [add_build, add_validate, add_info]
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The full parser: every function in COMMANDS adds its subcommand."""
+    parser = _Parser(
+        prog="wdspq",
+        description=_desc(
+            "wdspq: robot-learning episodes from one Parquet table into PyTorch training windows.\n"
+            "Run `wdspq COMMAND --help` for each command."
+        ),
+        formatter_class=_formatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors (accepted anywhere on the line)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for register in COMMANDS:
+        register(sub)
+    return parser
+
+
+def _one_line(message: str) -> str:
+    return " ".join(str(message).split()) or "unknown error"
+
+
+def _os_error_text(e: OSError) -> str:
+    if e.filename is not None and e.strerror:
+        return f"{e.filename}: {e.strerror}"
+    return str(e)
+
+
+class _Terminated(BaseException):
+    """SIGTERM, turned into an exception so builders clean up their temporary files."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 2 error, 130 interrupted)."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    cut = args_list.index("--") if "--" in args_list else len(args_list)
+    debug = "--debug" in args_list[:cut]
+    if debug:
+        args_list = [a for i, a in enumerate(args_list) if not (a == "--debug" and i < cut)]
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread
+        pass
+    try:
+        args = make_parser().parse_args(args_list)
+        return int(args.func(args) or 0)
+    except SystemExit as e:  # --help
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_ERROR)
+    except UsageError as e:
+        print(f"wdspq: error: {_one_line(str(e))}", file=sys.stderr)
+        return EXIT_ERROR
+    except (WdspqError, OSError, ValueError) as e:
+        if debug:
+            traceback.print_exc()
+        text = _os_error_text(e) if isinstance(e, OSError) and not isinstance(e, WdspqError) else str(e)
+        print(f"wdspq: error: {_one_line(text)}", file=sys.stderr)
+        return EXIT_ERROR
+    except (KeyboardInterrupt, _Terminated):
+        if debug:
+            traceback.print_exc()
+        print("wdspq: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
