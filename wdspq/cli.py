@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .demo import add_demo
 from .errors import WdspqError
 
 Register = Callable[[Any], None]
@@ -359,7 +360,7 @@ def format_summary(s: dict[str, Any]) -> str:
     return "\n".join(f"{k:<13}{v}" for k, v in lines)
 
 
-COMMANDS: list[Register] = [add_build, add_validate, add_info]
+COMMANDS: list[Register] = [add_build, add_validate, add_info, add_demo]
 
 
 # ---------------------------------------------------------------------------------------------------
