@@ -32,7 +32,8 @@ from .cursor import (
     resume,
 )
 from .errors import StateError, WdspqError
-from .manifest import Manifest, load_manifest, read_run
+from .manifest import Manifest, load_manifest
+from .reader import SampleReader
 
 
 def dist_topology(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -59,6 +60,12 @@ class ShardStream(IterableDataset):
     `ParquetWindowDataset[window_index]`. Iterated directly (or by a plain DataLoader) it delivers one
     epoch of this rank's share, batch size 1; use `StreamLoader` for batching and resumable state.
     Pad samples (repeats that keep ranks even, `even="pad"`) carry `window_index == -1`.
+
+    `on_error`: `"raise"` (default) raises ShardError naming the shard and member of a bad sample;
+    `"skip"` replaces each bad sample by a placeholder (zeros, masks false, `window_index` and
+    `episode_index` -1) so batches and the cursor stay exact, warns once per worker and logs the count
+    (wdspq.reader). `verify_checksums=True` checks each shard's size and sha256 against the manifest
+    before its first read in a process.
     """
 
     def __init__(
@@ -71,6 +78,8 @@ class ShardStream(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         storage_options: dict[str, Any] | None = None,
+        on_error: str = "raise",
+        verify_checksums: bool = False,
     ) -> None:
         super().__init__()
         self.source = str(source)
@@ -84,6 +93,7 @@ class ShardStream(IterableDataset):
         self.rank, self.world_size = dist_topology(rank, world_size)
         self.epoch = 0
         self._codec = self.manifest.codec()
+        self._reader = SampleReader(self.manifest, self._codec, on_error, verify_checksums)
         self._control: torch.Tensor | None = None  # set by StreamLoader: the plan of the next iteration
         self._topology: Topology | None = None
         Topology(world_size=self.world_size, interleave=self.interleave, even=even)  # validate early
@@ -125,7 +135,7 @@ class ShardStream(IterableDataset):
                 if not is_pad:
                     it = readers.get(s)
                     if it is None:
-                        it = readers[s] = read_run(self.manifest, s, p, ends[s], self._codec)
+                        it = readers[s] = self._reader.run(s, p, ends[s])
                     sample = next(it, None)
                     if p + 1 == ends[s]:
                         _close(readers.pop(s))
@@ -134,7 +144,7 @@ class ShardStream(IterableDataset):
                         _close(pad_reader)
                         src = plan.pad_source(slot)
                         assert src is not None
-                        pad_reader = read_run(self.manifest, s, p, src.end, self._codec)
+                        pad_reader = self._reader.run(s, p, src.end)
                     sample = next(pad_reader, None)  # type: ignore[arg-type]
                     next_pad = (s, p + 1)
                 if sample is None:
@@ -147,6 +157,7 @@ class ShardStream(IterableDataset):
             for it in readers.values():
                 _close(it)
             _close(pad_reader)
+            self._reader.end_iteration()
 
     def _current_plan(self) -> tuple[Plan, list[int | None], list[int | None], int, int]:
         """Plan, skips and start workers for this iteration, from the loader's control block or fresh."""

@@ -1,0 +1,244 @@
+"""Reading runs of samples from shards under an error policy (DESIGN.md "Errors", issue 8).
+
+`SampleReader.run(shard, start, stop)` wraps `manifest.read_run` and always yields exactly
+`stop - start` samples or raises:
+
+- `on_error="raise"` (default): the first bad sample raises `ShardError` (a `WdspqError`) naming the
+  shard URL, the sample and the member. Any unexpected exception from the tar/npy layers is mapped
+  to `ShardError` too.
+- `on_error="skip"`: a bad sample (member that does not decode, sample missing its member, truncated
+  shard, missing shard file, checksum mismatch, storage failure after retries) is replaced by a
+  *placeholder*: a sample of the same schema, all zeros (every `*_mask` false) with `window_index`,
+  `episode_index` and `anchor_index` -1. `window_index == -1` is the flag pads already use, so batch
+  sizes and the cursor's accounting stay exact and every good window is still delivered exactly once;
+  `episode_index == -1` tells a placeholder from a pad. After an error the reader reopens at the next
+  sample's manifest offset; once a shard is known to be short (truncated) or unreadable, the samples it
+  cannot hold become placeholders without further reads. Skips are counted (`skipped`); the first one
+  in an iteration warns once (`SkippedSamplesWarning`, naming the shard and sample), and
+  `end_iteration()` logs the total on the `wdspq` logger.
+- `verify_checksums=True`: before the first read of a shard in a process, the whole shard object is
+  hashed and its size and sha256 compared with the manifest; a mismatch raises, or (skip) replaces
+  every sample of that shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
+
+from .codec import SampleCodec
+from .errors import ShardError, WdspqError
+from .manifest import Manifest, read_run
+
+logger = logging.getLogger("wdspq")
+
+POLICIES = ("raise", "skip")
+PLACEHOLDER_INDEX = -1
+_INDEX_KEYS = ("window_index", "episode_index", "anchor_index")
+
+
+class SkippedSamplesWarning(UserWarning):
+    """Bad samples were replaced by placeholders (`on_error="skip"`)."""
+
+
+class SampleReader:
+    """Read runs of samples of one export under an error policy (see the module doc)."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        codec: SampleCodec | None = None,
+        on_error: str = "raise",
+        verify_checksums: bool = False,
+    ) -> None:
+        if on_error not in POLICIES:
+            raise WdspqError(f"on_error must be one of {POLICIES}, got {on_error!r}")
+        self.manifest = manifest
+        self.codec = codec or manifest.codec()
+        self.on_error = on_error
+        self.verify_checksums = bool(verify_checksums)
+        self.skipped = 0  # samples replaced by placeholders in the current iteration of this process
+        self.first_skip: str | None = None
+        self._warned = False
+        self._pid = os.getpid()
+        self._checked: dict[int, ShardError | None] = {}  # shard -> checksum verdict (this process)
+        self._bad_from: dict[int, tuple[int, str]] = {}  # shard -> (first unreadable sample, why)
+
+    # -- public --------------------------------------------------------------------------------------
+    def run(self, shard: int, start: int, stop: int) -> Iterator[dict[str, np.ndarray]]:
+        """Samples `start .. stop-1` of `shard`: exactly `stop - start` of them (placeholders when skipping)."""
+        self._same_process()
+        if stop <= start:
+            return
+        if self.on_error == "raise":
+            if self.verify_checksums:
+                err = self._checksum_error(shard)
+                if err is not None:
+                    raise err
+            yield from self._read(shard, start, stop)
+            return
+        yield from self._run_skipping(shard, start, stop)
+
+    def placeholder(self) -> dict[str, np.ndarray]:
+        """A fresh placeholder sample: zeros of the schema, masks false, index keys -1."""
+        rec = np.zeros((), dtype=self.codec.dtype)
+        for k in _INDEX_KEYS:
+            if k in self.codec.schema:
+                rec[k] = PLACEHOLDER_INDEX
+        return {k: rec[k] for k in self.codec.schema}
+
+    def end_iteration(self) -> None:
+        """Log the number of samples skipped in this iteration (if any) and reset the count and warning."""
+        if self.skipped:
+            logger.warning(
+                "wdspq: on_error='skip': %d bad sample(s) replaced by placeholders (window_index -1) in this "
+                "iteration (process %d); first: %s",
+                self.skipped,
+                os.getpid(),
+                self.first_skip,
+            )
+        self.skipped = 0
+        self.first_skip = None
+        self._warned = False
+
+    # -- internals -----------------------------------------------------------------------------------
+    def _same_process(self) -> None:
+        """Checksum verdicts and counts belong to one process: a worker starts with its own."""
+        pid = os.getpid()
+        if pid != self._pid:
+            self._pid = pid
+            self._checked.clear()
+            self._bad_from.clear()
+            self.skipped, self.first_skip, self._warned = 0, None, False
+
+    def _url(self, shard: int) -> str:
+        return self.manifest.storage.url(self.manifest.shards[shard]["name"])
+
+    def _read(self, shard: int, start: int, stop: int) -> Iterator[dict[str, np.ndarray]]:
+        """`read_run`, with any non-wdspq exception mapped to ShardError naming the shard."""
+        it = read_run(self.manifest, shard, start, stop, self.codec)
+        try:
+            yield from it
+        except WdspqError:
+            raise
+        except Exception as e:
+            raise ShardError(
+                f"{self._url(shard)}, samples {start}..{stop - 1}: cannot read: {type(e).__name__}: {e}"
+            ) from None
+        finally:
+            it.close()
+
+    def _checksum_error(self, shard: int) -> ShardError | None:
+        """Hash the whole shard once per process; a ShardError naming the shard if it differs from the manifest."""
+        if shard in self._checked:
+            return self._checked[shard]
+        entry = self.manifest.shards[shard]
+        name, url = entry["name"], self._url(shard)
+        want_size, want_sha = entry.get("bytes"), entry.get("sha256")
+        err: ShardError | None = None
+        h = hashlib.sha256()
+        size = 0
+        try:
+            with self.manifest.storage.open_read(name) as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+                    size += len(chunk)
+        except WdspqError as e:
+            err = ShardError(f"{url}: cannot verify the checksum: {e}")
+        except Exception as e:
+            err = ShardError(f"{url}: cannot verify the checksum: {type(e).__name__}: {e}")
+        if err is None and (want_size is None or want_sha is None):
+            err = ShardError(f"{url}: the manifest records no size/sha256 for this shard; cannot verify it")
+        if err is None and (size != int(want_size) or h.hexdigest() != want_sha):
+            err = ShardError(
+                f"{url}: checksum mismatch: the manifest records {want_size} bytes with sha256 {want_sha}, "
+                f"the shard has {size} bytes with sha256 {h.hexdigest()}"
+            )
+        self._checked[shard] = err
+        return err
+
+    def _probe(self, shard: int) -> None:
+        """After a read error: find (once) where the shard stops being readable (missing file or truncation)."""
+        if shard in self._bad_from:
+            return
+        entry = self.manifest.shards[shard]
+        offsets = entry["offsets"]
+        try:
+            size = self.manifest.storage.size(entry["name"])
+        except WdspqError as e:
+            self._bad_from[shard] = (0, f"{self._url(shard)}: cannot read the shard: {e}")
+            return
+        except Exception as e:
+            self._bad_from[shard] = (0, f"{self._url(shard)}: cannot read the shard: {type(e).__name__}: {e}")
+            return
+        if size < offsets[-1]:
+            first = int(np.searchsorted(np.asarray(offsets[1:], dtype=np.int64), size, side="right"))
+            self._bad_from[shard] = (
+                first,
+                f"{self._url(shard)}: shard is truncated to {size} bytes (the manifest's samples end at byte "
+                f"{offsets[-1]}): samples {first}..{len(offsets) - 2} are cut",
+            )
+
+    def _run_skipping(self, shard: int, start: int, stop: int) -> Iterator[dict[str, np.ndarray]]:
+        if self.verify_checksums and shard not in self._bad_from:
+            err = self._checksum_error(shard)
+            if err is not None:
+                self._bad_from[shard] = (0, str(err))
+        pos = start
+        while pos < stop:
+            bad = self._bad_from.get(shard)
+            if bad is not None and pos >= bad[0]:
+                self._skip(shard, pos, stop - pos, bad[1])
+                for _ in range(stop - pos):
+                    yield self.placeholder()
+                return
+            end = stop if bad is None else min(stop, bad[0])
+            it = self._read(shard, pos, end)
+            error: WdspqError | None = None
+            try:
+                while True:
+                    try:
+                        sample = next(it)
+                    except StopIteration:
+                        break
+                    except WdspqError as e:
+                        error = e
+                        break
+                    pos += 1
+                    yield sample
+            finally:
+                it.close()
+            if error is not None:  # sample `pos` is bad: replace it and reopen at the next one
+                self._probe(shard)
+                bad = self._bad_from.get(shard)
+                if bad is not None and pos >= bad[0]:
+                    continue  # the shard is missing or cut before `pos`: the loop's top replaces the rest
+                self._skip(shard, pos, 1, str(error))
+                yield self.placeholder()
+                pos += 1
+                self._probe(shard)
+            elif pos < end:  # defensive: read_run ended early without raising
+                self._skip(shard, pos, 1, f"{self._url(shard)}, sample {pos}: missing from the stream")
+                yield self.placeholder()
+                pos += 1
+
+    def _skip(self, shard: int, sample: int, n: int, why: str) -> None:
+        """Count `n` placeholders from `sample` on; warn at the first skip of the iteration."""
+        self.skipped += n
+        if self.first_skip is None:
+            self.first_skip = f"shard {self._url(shard)}, sample {sample}: {why}"
+        if not self._warned:
+            self._warned = True
+            warnings.warn(
+                SkippedSamplesWarning(
+                    f"wdspq: on_error='skip': replaced {n} bad sample(s) of shard {self._url(shard)} from "
+                    f"sample {sample} with placeholders (window_index -1): {why}. Further bad samples of this "
+                    "iteration are counted, not warned; the total is logged when the iteration ends."
+                ),
+                stacklevel=2,
+            )
