@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .cli_shards import add_export, add_verify
 from .demo import add_demo
 from .errors import WdspqError
 
@@ -360,7 +361,7 @@ def format_summary(s: dict[str, Any]) -> str:
     return "\n".join(f"{k:<13}{v}" for k, v in lines)
 
 
-COMMANDS: list[Register] = [add_build, add_validate, add_info, add_demo]
+COMMANDS: list[Register] = [add_build, add_export, add_verify, add_validate, add_info, add_demo]
 
 
 # ---------------------------------------------------------------------------------------------------
