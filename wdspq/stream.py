@@ -326,9 +326,8 @@ class StreamLoader(DataLoader):
                         "the loader state was changed (load_state_dict/set_epoch) during this iteration; "
                         "start a new iteration to continue from it"
                     )
-                wi = batch["window_index"] if isinstance(batch, dict) and "window_index" in batch else None
-                n = len(wi) if wi is not None else _batch_len(batch)
-                cursor.record(n, None if wi is None else np.asarray(wi))
+                n, wi = _batch_info(batch)
+                cursor.record(n, wi)
                 yield batch
                 if cursor.done:
                     break
@@ -339,6 +338,19 @@ class StreamLoader(DataLoader):
         """Batches this rank yields in the current segment (the whole epoch when starting fresh)."""
         r = resume(self._local_state(), self.stream.shard_sizes, self.topology, self.rank)
         return r.plan.rank_batches(self.rank)
+
+
+def _batch_info(batch: Any) -> tuple[int, np.ndarray | None]:
+    """(samples in the batch, its window_index values or None) for the default collation (a dict of
+    tensors), a collate_fn that keeps the list of sample dicts (`collate_fn=list`), or tensors/tuples."""
+    if isinstance(batch, dict) and "window_index" in batch:
+        wi = np.asarray(batch["window_index"]).reshape(-1)
+        return len(wi), wi
+    if isinstance(batch, (list, tuple)) and batch and all(isinstance(x, dict) for x in batch):
+        if all("window_index" in x for x in batch):
+            return len(batch), np.array([int(x["window_index"]) for x in batch], dtype=np.int64)
+        return len(batch), None
+    return _batch_len(batch), None
 
 
 def _batch_len(batch: Any) -> int:
