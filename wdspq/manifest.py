@@ -120,7 +120,7 @@ def read_run(
             if data is None:
                 extra = sorted(k for k in sample if not k.startswith("__"))
                 raise ShardError(f"{where}: member {MEMBER!r} is missing (found {extra})")
-            yield codec.decode(data, where=where)
+            yield codec.decode(data, where=f"{where}, member '{sample.get('__key__')}.{MEMBER}'")
             expected += 1
             if expected == stop:
                 break
