@@ -486,7 +486,7 @@ def export_shards(
             raise WdspqError(f"{out}: the output must be a folder (or s3://bucket/prefix), but it is a file")
     spec = spec if isinstance(spec, WindowSpec) else WindowSpec.from_dict(spec)
     read_meta(table)  # fail early, naming the file, on a non-wdspq table
-    storage = open_storage(out, **(storage_options or {}))
+    open_storage(out, **(storage_options or {}))  # fail early on a bad URL
     ds = ParquetWindowDataset(table, spec, tokenizer=tokenizer)
     n = len(ds)
     if n == 0:
@@ -502,6 +502,12 @@ def export_shards(
     }
     digest = _config_digest(config)
     shards_windows = shard_assignment(n, samples_per_shard, seed, bool(shuffle))
+    own_spill = spill_dir is None
+    spill_root = Path(spill_dir) if spill_dir is not None else _default_spill_dir(out, digest)
+    options = dict(storage_options or {})
+    if out.startswith("s3://"):  # S3 staging files inside the spill folder: removed with it, even after a kill
+        options.setdefault("staging_dir", str(spill_root))
+    storage = open_storage(out, **options)
 
     # An export already there: same configuration -> reuse; another -> refuse unless overwrite.
     candidates: dict[str, dict[str, Any]] = {}
@@ -521,8 +527,6 @@ def export_shards(
             )
         storage.delete(MANIFEST_NAME)  # from here on the folder is visibly an unfinished export
 
-    own_spill = spill_dir is None
-    spill_root = Path(spill_dir) if spill_dir is not None else _default_spill_dir(out, digest)
     spill_root.mkdir(parents=True, exist_ok=True)
     journal_path = spill_root / JOURNAL_NAME
     candidates.update(_read_journal(journal_path, digest))
@@ -597,6 +601,9 @@ def export_shards(
     storage.put_bytes(MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True).encode())
     if own_spill:
         shutil.rmtree(spill_root, ignore_errors=True)
+    if not out.startswith("s3://"):  # staging files left by a killed run (the storage layer's naming)
+        for p in Path(out).glob(".shard-*.tar.tmp-*"):
+            p.unlink(missing_ok=True)
     keep = {e["name"] for e in entries if e is not None}
     for name in storage.list("shard-"):
         if _SHARD_RE.match(name) and name not in keep:  # shards of a replaced, larger export

@@ -1,0 +1,321 @@
+"""Export: parity with the map-style dataset through plain webdataset, determinism, atomic restart after a
+real SIGKILL, manifest contents, overwrite rules, S3 output, and `wdspq verify` on clean and corrupt shards."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset as wds
+
+from wdspq import ParquetWindowDataset, WdspqError, WindowSpec, export_shards
+from wdspq.cli import main as cli_main
+from wdspq.codec import MEMBER, key_of
+from wdspq.export import SPILL_PREFIX, shard_assignment
+from wdspq.storage import open_storage
+from wdspq.text import load_tokenizer, tokenizer_identity
+
+SPEC = WindowSpec(acts_length_sec=0.5, obs_length_sec=0.5, obs_offset_sec=-0.1, video_frame_offsets=(-2, -1, 0), stride=4)
+SPP = 40  # samples per shard: ~300 windows -> 8 shards
+
+
+def export(table, out, tok, **kw):
+    kw.setdefault("samples_per_shard", SPP)
+    return export_shards(table, out, SPEC, tokenizer=tok, progress=False, **kw)
+
+
+def files_of(folder) -> dict[str, bytes]:
+    """Every visible file of an export folder (shards and manifest) by name."""
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.is_file() and not p.name.startswith(".")}
+
+
+def shard_paths(folder) -> list[str]:
+    m = json.loads((Path(folder) / "manifest.json").read_text())
+    return [str(Path(folder) / s["name"]) for s in m["shards"]]
+
+
+def verify_cli(capsys, *args) -> tuple[int, list[str]]:
+    capsys.readouterr()
+    rc = cli_main(["verify", *map(str, args), "--no-progress"])
+    return rc, capsys.readouterr().out.strip().splitlines()
+
+
+@pytest.fixture(scope="module")
+def ds(small_table, tokenizer_path) -> ParquetWindowDataset:
+    return ParquetWindowDataset(small_table, SPEC, tokenizer=tokenizer_path)
+
+
+@pytest.fixture(scope="module")
+def base(small_table, tokenizer_path, tmp_path_factory) -> Path:
+    """The reference export: workers=1, seed 0."""
+    out = tmp_path_factory.mktemp("export") / "base"
+    export(small_table, out, tokenizer_path)
+    return out
+
+
+def test_fixture_size(ds, base):
+    n = len(ds)
+    assert 100 <= n <= 400
+    assert len(shard_paths(base)) == -(-n // SPP) >= 3
+
+
+def test_every_window_equals_map_style_via_plain_webdataset(ds, base):
+    seen = set()
+    for s in wds.WebDataset(shard_paths(base), shardshuffle=False, empty_check=False).decode():
+        rec = s[MEMBER]
+        assert rec.dtype.names is not None and rec.shape == ()
+        wi = int(rec["window_index"])
+        assert s["__key__"] == key_of(wi)
+        ref = ds[wi]
+        assert set(rec.dtype.names) == set(ref)
+        for k, v in ref.items():
+            got = np.asarray(rec[k])
+            want = v.numpy()
+            assert got.dtype == want.dtype, (wi, k)
+            assert got.shape == want.shape, (wi, k)
+            assert np.array_equal(got, want), (wi, k)
+        seen.add(wi)
+    assert seen == set(range(len(ds)))
+
+
+def test_workers_and_seed_determinism(small_table, tokenizer_path, base, tmp_path):
+    export(small_table, tmp_path / "w2", tokenizer_path, workers=2)
+    assert files_of(tmp_path / "w2") == files_of(base)  # same seed, second export, other worker count
+    assert not any(p.name.startswith(SPILL_PREFIX) for p in (tmp_path / "w2").iterdir())  # spill removed
+
+    export(small_table, tmp_path / "s1", tokenizer_path, seed=1, workers=2)
+    other = files_of(tmp_path / "s1")
+    assert other.keys() == files_of(base).keys()
+    assert all(other[k] != v for k, v in files_of(base).items())
+
+    m = export(small_table, tmp_path / "canon", tokenizer_path, shuffle=False)
+    order = [int(s["window_index"]) for p in shard_paths(tmp_path / "canon")
+             for s in (r[MEMBER] for r in wds.WebDataset(p, shardshuffle=False, empty_check=False).decode())]
+    assert order == list(range(m["num_windows"]))
+
+
+def test_manifest_contents(ds, base, tokenizer_path):
+    m = json.loads((base / "manifest.json").read_text())
+    assert (m["format"], m["version"]) == ("wdspq-shards", 1)
+    assert m["spec"] == SPEC.to_dict()
+    tid = tokenizer_identity(load_tokenizer(tokenizer_path))
+    assert m["tokenizer"]["vocab_sha256"] == tid["vocab_sha256"]
+    assert m["tokenizer"]["class"] == tid["class"] and m["tokenizer"]["vocab_size"] == tid["vocab_size"]
+    assert m["sample_schema"] == [{"key": k, **v} for k, v in ds.sample_schema().items()]
+    assert m["num_windows"] == len(ds) and m["samples_per_shard"] == SPP
+    expect = shard_assignment(len(ds), SPP, 0, True)
+    assert [s["name"] for s in m["shards"]] == [f"shard-{i:06d}.tar" for i in range(len(expect))]
+    for s, wins in zip(m["shards"], expect):
+        data = (base / s["name"]).read_bytes()
+        assert s["samples"] == len(wins) and s["bytes"] == len(data)
+        assert s["sha256"] == hashlib.sha256(data).hexdigest()
+        assert len(s["offsets"]) == s["samples"] + 1
+        for off, w in zip(s["offsets"], wins.tolist()):  # each offset is the sample's tar header
+            ti = tarfile.TarInfo.frombuf(data[off : off + 512], "utf-8", "surrogateescape")
+            assert ti.name == f"{key_of(w)}.{MEMBER}" and ti.mtime == 0
+        assert not any(data[s["offsets"][-1] :])  # after the last sample: only the end-of-archive zeros
+    # statistics over the real rows of every window, computed directly
+    for feat in ("actions", "observations"):
+        rows = np.concatenate([(x := ds.sample_numpy(i))[feat][x[f"{feat}_mask"]] for i in range(len(ds))]).astype(np.float64)
+        st = m["stats"][feat]
+        assert st["count"] == len(rows)
+        np.testing.assert_allclose(st["mean"], rows.mean(0), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(st["std"], rows.std(0), rtol=1e-9, atol=1e-12)
+        assert st["min"] == rows.min(0).tolist() and st["max"] == rows.max(0).tolist()
+
+
+def test_argument_errors(small_table, tokenizer_path, tmp_path):
+    for kw, word in [({"samples_per_shard": 0}, "samples_per_shard"), ({"samples_per_shard": "10"}, "samples_per_shard"),
+                     ({"samples_per_shard": True}, "samples_per_shard"), ({"workers": 0}, "workers"), ({"seed": -1}, "seed")]:
+        with pytest.raises(WdspqError, match=word):
+            export(small_table, tmp_path / "x", tokenizer_path, **kw)
+    with pytest.raises(WdspqError, match="does not exist"):
+        export(tmp_path / "missing.parquet", tmp_path / "x", tokenizer_path)
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(WdspqError, match="is a file"):
+        export(small_table, tmp_path / "afile", tokenizer_path)
+
+
+def test_existing_export_same_config_reused_other_config_refused(small_table, tokenizer_path, base, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(base, out)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    export(small_table, out, tokenizer_path)  # same configuration: checked and returned as is
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    with pytest.raises(WdspqError, match=r"manifest\.json.*samples_per_shard.*overwrite"):
+        export(small_table, out, tokenizer_path, samples_per_shard=100)
+    assert files_of(out) == files_of(base)  # nothing damaged
+    m = export(small_table, out, tokenizer_path, samples_per_shard=100, overwrite=True)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(["manifest.json", *(s["name"] for s in m["shards"])])  # stale shards removed
+
+
+def test_repairs_a_corrupt_shard_of_a_finished_export(small_table, tokenizer_path, base, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(base, out)
+    victim = out / "shard-000001.tar"
+    victim.write_bytes(victim.read_bytes()[:1000])
+    export(small_table, out, tokenizer_path)
+    assert files_of(out) == files_of(base)
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from wdspq import WindowSpec, export_shards
+    from wdspq.storage import LocalStorage
+    real = LocalStorage.commit
+    def slow_commit(self, staging, name):  # widen the window in which the kill can land
+        time.sleep(0.15)
+        real(self, staging, name)
+    LocalStorage.commit = slow_commit
+    spec = WindowSpec.from_dict({spec!r})
+    export_shards(sys.argv[1], sys.argv[2], spec, tokenizer=sys.argv[3], samples_per_shard={spp}, workers=2,
+                  progress=False)
+    """
+)
+
+
+def _check_final_shards(out: Path, n_windows: int) -> int:
+    """Every file under a final shard name is a complete tar with the right sample count and journal sha."""
+    journal = {}
+    for j in out.glob(f"{SPILL_PREFIX}*/journal.jsonl"):
+        for line in j.read_text().splitlines():
+            try:
+                e = json.loads(line)["entry"]
+            except ValueError:
+                continue
+            journal[e["name"]] = e
+    expect = shard_assignment(n_windows, SPP, 0, True)
+    count = 0
+    for p in sorted(out.glob("shard-*.tar")):
+        i = int(p.name[6:12])
+        with tarfile.open(p) as tf:
+            names = tf.getnames()
+        assert names == [f"{key_of(w)}.{MEMBER}" for w in expect[i].tolist()], p
+        if p.name in journal:
+            assert hashlib.sha256(p.read_bytes()).hexdigest() == journal[p.name]["sha256"]
+        count += 1
+    return count
+
+
+@pytest.mark.slow
+def test_sigkill_midway_then_rerun_is_identical(small_table, tokenizer_path, base, ds, tmp_path):
+    out = tmp_path / "killed"
+    script = tmp_path / "child.py"
+    script.write_text(CHILD.format(spec=SPEC.to_dict(), spp=SPP))
+    proc = subprocess.Popen([sys.executable, str(script), small_table, str(out), tokenizer_path],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("shard-*.tar")):
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "no shard was committed in time"
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the export and its worker processes
+        proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "manifest.json").exists()
+    assert 1 <= _check_final_shards(out, len(ds)) < len(shard_paths(base))
+    assert list(out.glob(f"{SPILL_PREFIX}*")), "the spill folder is kept for the re-run"
+    export(small_table, out, tokenizer_path)
+    assert files_of(out) == files_of(base)
+    assert not list(out.glob(f"{SPILL_PREFIX}*")) and not list(out.glob(".*"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# wdspq export / verify (CLI)
+
+
+def test_cli_export_matches_library(small_table, tokenizer_path, base, tmp_path, capsys):
+    out = tmp_path / "cli"
+    rc = cli_main(["export", small_table, str(out), "--acts-length-sec", "0.5", "--obs-length-sec", "0.5",
+                   "--obs-offset-sec=-0.1", "--frame-offsets", "-2,-1,0", "--stride", "4", "--samples-per-shard",
+                   str(SPP), "--tokenizer", tokenizer_path, "--workers", "2", "--no-progress"])
+    assert rc == 0
+    assert "windows/s" in capsys.readouterr().out
+    assert files_of(out) == files_of(base)
+    assert cli_main(["export", small_table, str(out), "--seed", "3", "--tokenizer", tokenizer_path]) == 2
+    assert "overwrite" in capsys.readouterr().err
+
+
+def test_verify_clean_and_parity(base, small_table, tokenizer_path, capsys):
+    rc, lines = verify_cli(capsys, base)
+    assert rc == 0 and lines[-1].startswith("verify OK") and len(lines) == 1
+    rc, lines = verify_cli(capsys, base, "--table", small_table, "--tokenizer", tokenizer_path)
+    assert rc == 0 and "0 differ" in lines[-1]
+    rc, lines = verify_cli(capsys, base / "manifest.json", "--table", small_table, "--tokenizer", tokenizer_path,
+                           "--sample", "25")
+    assert rc == 0 and "25 windows compared" in lines[-1]
+
+
+def test_verify_reports_parity_mismatch_by_window_and_key(base, tokenizer_path, tmp_path, capsys):
+    from wdspq.build import build_synthetic
+
+    other = tmp_path / "other.parquet"
+    build_synthetic(other, episodes=6, seconds=2.0, image_size=16, video_size=32, seed=8, progress=False)
+    rc, lines = verify_cli(capsys, base, "--table", other, "--tokenizer", tokenizer_path, "--sample", "20")
+    assert rc == 1
+    assert any("window_index" in ln and "key 'actions'" in ln and "values differ" in ln for ln in lines)
+    assert lines[-1].startswith("verify FAILED")
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "flip-header", "delete"])
+def test_verify_names_a_corrupt_shard(base, tmp_path, capsys, damage):
+    out = tmp_path / "bad"
+    shutil.copytree(base, out)
+    victim = out / "shard-000002.tar"
+    data = bytearray(victim.read_bytes())
+    if damage == "flip":
+        data[len(data) // 3] ^= 0x40
+    elif damage == "flip-header":
+        data[json.loads((out / "manifest.json").read_text())["shards"][2]["offsets"][5] + 3] ^= 0x01
+    elif damage == "truncate":
+        data = data[: len(data) // 2]
+    victim.write_bytes(bytes(data))
+    if damage == "delete":
+        victim.unlink()
+    rc, lines = verify_cli(capsys, out)
+    assert rc == 1
+    assert lines[-1].startswith("verify FAILED")
+    problems = lines[:-1]
+    assert problems and all(ln.startswith("FAIL shard-000002.tar") for ln in problems), lines
+
+
+def test_verify_bad_manifest(base, tmp_path, capsys):
+    out = tmp_path / "bad"
+    shutil.copytree(base, out)
+    (out / "manifest.json").write_text("{not json")
+    rc, lines = verify_cli(capsys, out)
+    assert rc == 1 and "manifest" in lines[0]
+    assert cli_main(["verify", str(out), "--table", str(tmp_path / "nope.parquet")]) == 2
+
+
+# ---------------------------------------------------------------------------------------------------
+# S3
+
+
+def test_export_to_s3_same_bytes_and_verify(s3_bucket, small_table, tokenizer_path, base, capsys):
+    m = export(small_table, s3_bucket, tokenizer_path, workers=2)
+    st = open_storage(s3_bucket)
+    local = files_of(base)
+    assert sorted(st.list()) == sorted(local)  # no journal, staging or spill objects left
+    for name, data in local.items():
+        assert st.read_bytes(name) == data, name
+    assert m["num_windows"] == json.loads(local["manifest.json"])["num_windows"]
+    rc, lines = verify_cli(capsys, s3_bucket, "--table", small_table, "--tokenizer", tokenizer_path, "--sample", "10")
+    assert rc == 0, lines
