@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import warnings
 from collections.abc import Iterator
 
@@ -40,6 +41,24 @@ logger = logging.getLogger("wdspq")
 POLICIES = ("raise", "skip")
 PLACEHOLDER_INDEX = -1
 _INDEX_KEYS = ("window_index", "episode_index", "anchor_index")
+
+
+def _text(e: BaseException) -> str:
+    """An exception's message without the decorations webdataset adds to errors passing through it
+    (`' @ <stream>'` appended to the message, and (stream, url) appended to `args`)."""
+    msg = str(e.args[0]) if e.args else str(e)
+    msg = re.sub(r" @ <[^>]*>", "", msg)
+    return re.sub(r"\((['\"])(.*?)\1, <[^>]*>, (['\"]).*?\3\)", r"\2", msg)
+
+
+def _clean(e: WdspqError) -> WdspqError:
+    """The same error with a clean one-line message (same class)."""
+    if len(e.args) == 1 and isinstance(e.args[0], str) and " @ <" not in e.args[0] and ">, " not in e.args[0]:
+        return e
+    try:
+        return type(e)(_text(e))
+    except Exception:
+        return ShardError(_text(e))
 
 
 class SkippedSamplesWarning(UserWarning):
@@ -75,14 +94,13 @@ class SampleReader:
         self._same_process()
         if stop <= start:
             return
-        if self.on_error == "raise":
-            if self.verify_checksums:
-                err = self._checksum_error(shard)
-                if err is not None:
+        if self.verify_checksums and shard not in self._bad_from:
+            err = self._checksum_error(shard)
+            if err is not None:
+                if self.on_error == "raise":
                     raise err
-            yield from self._read(shard, start, stop)
-            return
-        yield from self._run_skipping(shard, start, stop)
+                self._bad_from[shard] = (0, str(err))
+        yield from self._run(shard, start, stop)
 
     def placeholder(self) -> dict[str, np.ndarray]:
         """A fresh placeholder sample: zeros of the schema, masks false, index keys -1."""
@@ -120,18 +138,30 @@ class SampleReader:
         return self.manifest.storage.url(self.manifest.shards[shard]["name"])
 
     def _read(self, shard: int, start: int, stop: int) -> Iterator[dict[str, np.ndarray]]:
-        """`read_run`, with any non-wdspq exception mapped to ShardError naming the shard."""
+        """`read_run`, with any exception mapped to a one-line WdspqError naming the shard."""
         it = read_run(self.manifest, shard, start, stop, self.codec)
         try:
             yield from it
-        except WdspqError:
-            raise
+        except WdspqError as e:
+            raise _clean(e) from None
         except Exception as e:
             raise ShardError(
-                f"{self._url(shard)}, samples {start}..{stop - 1}: cannot read: {type(e).__name__}: {e}"
+                f"{self._url(shard)}, samples {start}..{stop - 1}: cannot read: {type(e).__name__}: {_text(e)}"
             ) from None
         finally:
             it.close()
+
+    def _read_one(self, shard: int, pos: int) -> tuple[dict[str, np.ndarray] | None, WdspqError | None]:
+        """Sample `pos` read on its own: (sample, None) or (None, its error).
+
+        A run's error can be reported one sample early (the tar grouping looks one member ahead), so
+        the failing sample is isolated before it is blamed.
+        """
+        try:
+            out = list(self._read(shard, pos, pos + 1))
+        except WdspqError as e:
+            return None, e
+        return out[0], None
 
     def _checksum_error(self, shard: int) -> ShardError | None:
         """Hash the whole shard once per process; a ShardError naming the shard if it differs from the manifest."""
@@ -184,15 +214,12 @@ class SampleReader:
                 f"{offsets[-1]}): samples {first}..{len(offsets) - 2} are cut",
             )
 
-    def _run_skipping(self, shard: int, start: int, stop: int) -> Iterator[dict[str, np.ndarray]]:
-        if self.verify_checksums and shard not in self._bad_from:
-            err = self._checksum_error(shard)
-            if err is not None:
-                self._bad_from[shard] = (0, str(err))
+    def _run(self, shard: int, start: int, stop: int) -> Iterator[dict[str, np.ndarray]]:
+        """Read `start .. stop-1`; on an error isolate the failing sample, then raise or replace it and reopen."""
         pos = start
         while pos < stop:
             bad = self._bad_from.get(shard)
-            if bad is not None and pos >= bad[0]:
+            if bad is not None and pos >= bad[0]:  # the shard is missing or cut before `pos`: no more reads
                 self._skip(shard, pos, stop - pos, bad[1])
                 for _ in range(stop - pos):
                     yield self.placeholder()
@@ -213,31 +240,37 @@ class SampleReader:
                     yield sample
             finally:
                 it.close()
-            if error is not None:  # sample `pos` is bad: replace it and reopen at the next one
-                self._probe(shard)
-                bad = self._bad_from.get(shard)
-                if bad is not None and pos >= bad[0]:
-                    continue  # the shard is missing or cut before `pos`: the loop's top replaces the rest
-                self._skip(shard, pos, 1, str(error))
-                yield self.placeholder()
+            if error is None:
+                continue
+            single, error = self._read_one(shard, pos)
+            if single is not None:  # the run's error belongs to a later sample: go on from the next one
                 pos += 1
-                self._probe(shard)
-            elif pos < end:  # defensive: read_run ended early without raising
-                self._skip(shard, pos, 1, f"{self._url(shard)}, sample {pos}: missing from the stream")
-                yield self.placeholder()
-                pos += 1
+                yield single
+                continue
+            assert error is not None
+            if self.on_error == "raise":
+                raise error
+            self._probe(shard)
+            bad = self._bad_from.get(shard)
+            if bad is not None and pos >= bad[0]:
+                continue  # the loop's top replaces the rest of the run at once
+            self._skip(shard, pos, 1, str(error))
+            yield self.placeholder()
+            pos += 1
 
     def _skip(self, shard: int, sample: int, n: int, why: str) -> None:
         """Count `n` placeholders from `sample` on; warn at the first skip of the iteration."""
         self.skipped += n
         if self.first_skip is None:
-            self.first_skip = f"shard {self._url(shard)}, sample {sample}: {why}"
+            self.first_skip = (
+                why if self._url(shard) in why else f"{self._url(shard)}, sample {sample}: {why}"
+            )
         if not self._warned:
             self._warned = True
             warnings.warn(
                 SkippedSamplesWarning(
-                    f"wdspq: on_error='skip': replaced {n} bad sample(s) of shard {self._url(shard)} from "
-                    f"sample {sample} with placeholders (window_index -1): {why}. Further bad samples of this "
+                    f"wdspq: on_error='skip': replaced {n} bad sample(s) from sample {sample} of shard "
+                    f"{self._url(shard)} with placeholders (window_index -1): {why}. Further bad samples of this "
                     "iteration are counted, not warned; the total is logged when the iteration ends."
                 ),
                 stacklevel=2,
