@@ -107,21 +107,24 @@ def test_bad_input_one_line(inputs, capsys, name, argv, words):
     assert not (inputs / "out.parquet").exists()
 
 
-def test_subprocess_errors_are_one_line(tmp_path):
+# Each `python -m wdspq` start pays for importing the package, so the subprocess cases are few.
+def test_subprocess_error_is_one_line(tmp_path):
     r = run_cli("validate", "missing.parquet", cwd=tmp_path)
     assert_one_line_error(r.returncode, r.stderr)
     assert "missing.parquet: table file does not exist" in r.stderr
-    r = run_cli("build", "synthetic", "out.parquet", "--episodes", "-3", cwd=tmp_path)
-    assert_one_line_error(r.returncode, r.stderr)
-    assert not (tmp_path / "out.parquet").exists()
 
 
-def test_debug_shows_traceback(tmp_path):
+def test_subprocess_debug_shows_traceback(tmp_path):
     (tmp_path / "x.parquet").write_text("nope")
     r = run_cli("--debug", "info", "x.parquet", cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" in r.stderr and "SchemaError" in r.stderr
-    r = run_cli("info", "x.parquet", "--debug", cwd=tmp_path)  # accepted after the command too
-    assert r.returncode == 2 and "Traceback" in r.stderr
+
+
+def test_debug_accepted_after_the_command(tmp_path, capsys):
+    (tmp_path / "x.parquet").write_text("nope")
+    assert main(["info", str(tmp_path / "x.parquet"), "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("wdspq: error: ")
 
 
 def test_build_hdf5_command(tmp_path, capsys):

@@ -236,6 +236,7 @@ TABLE_FAULTS = [
     ("bad-rate", _meta(action_rate_hz=0.0), ["action_rate_hz is 0.0"]),
     ("version", _meta(format_version=99), ["format version 99 is not supported"]),
     ("meta-incomplete", lambda t, m: (t, {k: v for k, v in m.items() if k != "obs_dim"}), ["incomplete"]),
+    ("no-rows", lambda t, m: (t.slice(0, 0), {**m, "num_episodes": 0}), ["the table has no episodes"]),
     ("meta-missing", lambda t, m: (t, None), ["no 'wdspq' schema metadata", "wdspq build"]),
     ("meta-not-json", lambda t, m: (t, "{not json"), ["not valid JSON"]),
 ]

@@ -104,6 +104,16 @@ def _rows_of(positions: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return np.searchsorted(offsets, positions, side="right") - 1
 
 
+def _first_per_row(pos: np.ndarray, offsets: np.ndarray, skip: np.ndarray | None = None) -> list[tuple[int, int]]:
+    """(first flat position, row) for the first few distinct rows holding a bad position (vectorised)."""
+    rows = _rows_of(pos, offsets)
+    uniq, first = np.unique(rows, return_index=True)
+    if skip is not None:
+        keep = ~skip[uniq]
+        uniq, first = uniq[keep], first[keep]
+    return [(int(pos[i]), int(r)) for i, r in zip(first[:PER_CHECK], uniq[:PER_CHECK])]
+
+
 def _list_lengths(arr: pa.Array) -> np.ndarray:
     return pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False).astype(np.int64)
 
@@ -137,15 +147,8 @@ def _check_ts_column(
     bad_rows = np.zeros(len(lengths), dtype=bool)
     if not finite.all():
         pos = np.flatnonzero(~finite)
-        rows = _rows_of(pos, off)
-        bad_rows[rows] = True
-        seen: set[int] = set()
-        for p, r in zip(pos, rows):
-            if r in seen:
-                continue
-            seen.add(int(r))
-            if len(seen) > PER_CHECK:
-                break
+        bad_rows[_rows_of(pos, off)] = True
+        for p, r in _first_per_row(pos, off):
             rep.episode(ids[r], start + r, column, f"timestamp {p - off[r]} is {float(values[p])!r}; timestamps must be finite")
     if values.size > 1:
         d = np.diff(values)
@@ -154,15 +157,7 @@ def _check_ts_column(
         bad[bounds[(bounds > 0) & (bounds < values.size)] - 1] = False  # steps across rows are not steps
         bad &= finite[:-1] & finite[1:]
         if bad.any():
-            pos = np.flatnonzero(bad)
-            rows = _rows_of(pos, off)
-            seen = set()
-            for p, r in zip(pos, rows):
-                if r in seen or bad_rows[r]:
-                    continue
-                seen.add(int(r))
-                if len(seen) > PER_CHECK:
-                    break
+            for p, r in _first_per_row(np.flatnonzero(bad), off, skip=bad_rows):
                 ts = values[off[r] : off[r + 1]]
                 rep.episode(ids[r], start + r, column, _not_increasing_message(ts, np.diff(ts), int(p - off[r])))
     return lengths, off, values
@@ -201,15 +196,7 @@ def _check_matrix_column(
         item_dims = _list_lengths(items)
     wrong = item_dims != dim
     if wrong.any():
-        pos = np.flatnonzero(wrong)
-        rows = _rows_of(pos, off)
-        seen: set[int] = set()
-        for p, r in zip(pos, rows):
-            if r in seen:
-                continue
-            seen.add(int(r))
-            if len(seen) > PER_CHECK:
-                break
+        for p, r in _first_per_row(np.flatnonzero(wrong), off):
             rep.episode(
                 ids[r],
                 start + r,
@@ -222,15 +209,7 @@ def _check_matrix_column(
         return
     bad_items = ~np.isfinite(vals.reshape(-1, dim)).all(axis=1)
     if bad_items.any():
-        pos = np.flatnonzero(bad_items)
-        rows = _rows_of(pos, off)
-        seen = set()
-        for p, r in zip(pos, rows):
-            if r in seen:
-                continue
-            seen.add(int(r))
-            if len(seen) > PER_CHECK:
-                break
+        for p, r in _first_per_row(np.flatnonzero(bad_items), off):
             row_vals = vals.reshape(-1, dim)[p]
             k = int(np.argmin(np.isfinite(row_vals)))
             rep.episode(
@@ -396,6 +375,8 @@ def validate_table(path: str | os.PathLike, full_media: bool = False) -> TableMe
         del tbl
     for m in deferred:
         rep.add(m)
+    if start == 0:
+        rep.add("the table has no episodes")
     if meta.num_episodes and meta.num_episodes != start:
         rep.add(f"metadata 'wdspq': num_episodes is {meta.num_episodes} but the table has {start} rows")
     rep.raise_if_any()

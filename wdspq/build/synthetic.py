@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -138,9 +140,22 @@ def build_synthetic(
     def produce() -> Iterator[Episode]:
         if workers <= 1:
             yield from map(_make_star, jobs)
-        else:
-            with ProcessPoolExecutor(workers) as pool:
-                yield from pool.map(_make_star, jobs, chunksize=4)
+            return
+        # Executor.map would submit every job at once and keep finished episodes until the writer takes
+        # them: memory would grow with the episode count. Keep a bounded window in flight instead, in order.
+        with ProcessPoolExecutor(workers) as pool:
+            todo = iter(jobs)
+            pending = deque(pool.submit(_make_star, job) for job in islice(todo, 2 * workers))
+            try:
+                while pending:
+                    ep = pending.popleft().result()
+                    job = next(todo, None)
+                    if job is not None:
+                        pending.append(pool.submit(_make_star, job))
+                    yield ep
+            finally:
+                for fut in pending:
+                    fut.cancel()
 
     with TableWriter(out, ACTION_DIM, OBS_DIM, row_group_size=row_group_size) as writer:
         for ep in tqdm(produce(), total=episodes, desc=f"build {Path(out).name}", unit="ep", disable=not progress):
