@@ -320,12 +320,15 @@ class StreamLoader(DataLoader):
             return
         it = super().__iter__()
         try:
-            for batch in it:
-                if self._generation != generation:
-                    raise StateError(
-                        "the loader state was changed (load_state_dict/set_epoch) during this iteration; "
-                        "start a new iteration to continue from it"
-                    )
+            while True:
+                # Check before fetching: with persistent workers a newer iteration shares the worker
+                # iterator, and a stale fetch would steal (and lose) one of its batches.
+                self._check_generation(generation)
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    break
+                self._check_generation(generation)
                 n, wi = _batch_info(batch)
                 cursor.record(n, wi)
                 yield batch
@@ -334,10 +337,22 @@ class StreamLoader(DataLoader):
         finally:
             del it
 
+    def _check_generation(self, generation: int) -> None:
+        if self._generation != generation:
+            raise StateError(
+                "the loader state changed (load_state_dict, set_epoch or a newer iter()) while this iteration "
+                "was running; this iteration stops here, start a new one to continue from the new state"
+            )
+
     def __len__(self) -> int:
-        """Batches this rank yields in the current segment (the whole epoch when starting fresh)."""
-        r = resume(self._local_state(), self.stream.shard_sizes, self.topology, self.rank)
-        return r.plan.rank_batches(self.rank)
+        """Batches this rank still yields in the current epoch: what an iter() started now would yield
+        (the whole epoch when starting fresh, the rest after a resume; during an iteration, the batches
+        still to come)."""
+        st = self._local_state()
+        if st.complete and not self._explicit_epoch:
+            st = self.stream.fresh_state(st.epoch + 1, self.topology)
+        r = resume(st, self.stream.shard_sizes, self.topology, self.rank)
+        return RankCursor(r.plan, self.rank, r.state).batches_left
 
 
 def _batch_info(batch: Any) -> tuple[int, np.ndarray | None]:
