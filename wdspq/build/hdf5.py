@@ -258,12 +258,15 @@ def expand_inputs(files: Sequence[str | os.PathLike]) -> list[Path]:
 
 def _episode_ids(paths: list[Path]) -> list[str]:
     """File stems, made unique with a numeric suffix when two files share a stem."""
-    seen: dict[str, int] = {}
+    used: set[str] = set()
     ids = []
     for p in paths:
-        n = seen.get(p.stem, 0)
-        seen[p.stem] = n + 1
-        ids.append(p.stem if n == 0 else f"{p.stem}-{n + 1}")
+        candidate, n = p.stem, 1
+        while candidate in used:
+            n += 1
+            candidate = f"{p.stem}-{n}"
+        used.add(candidate)
+        ids.append(candidate)
     return ids
 
 
