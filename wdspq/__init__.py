@@ -2,10 +2,17 @@
 
 The map-style `ParquetWindowDataset` is the reference; `export_shards` writes pre-windowed WebDataset
 shards; `ShardStream`/`StreamLoader` stream them with an exactly resumable cursor.
+
+Heavy names (anything that needs torch, webdataset or transformers) load on first use, so `import wdspq`
+and the command line start fast.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from ._version import __version__ as __version__
-from .cursor import merge_states
 from .errors import (
     MediaError,
     SchemaError,
@@ -16,11 +23,19 @@ from .errors import (
     TokenizerError,
     WdspqError,
 )
-from .export import export_shards
-from .seed_compat import TimeSeriesParquetDataset, to_device
-from .stream import ShardStream, StreamLoader
-from .table_dataset import ParquetWindowDataset
 from .windows import WindowSpec
+
+_LAZY = {
+    "merge_states": "cursor",
+    "export_shards": "export",
+    "TimeSeriesParquetDataset": "seed_compat",
+    "to_device": "seed_compat",
+    "ShardStream": "stream",
+    "StreamLoader": "stream",
+    "ParquetWindowDataset": "table_dataset",
+}
+_SUBMODULES = ("build", "codec", "cursor", "export", "manifest", "media", "schema", "storage", "stream",
+               "table_dataset", "text", "validate", "windows")
 
 __all__ = [
     "MediaError",
@@ -32,11 +47,19 @@ __all__ = [
     "TokenizerError",
     "WdspqError",
     "WindowSpec",
-    "ParquetWindowDataset",
-    "TimeSeriesParquetDataset",
-    "to_device",
-    "export_shards",
-    "ShardStream",
-    "StreamLoader",
-    "merge_states",
+    *_LAZY,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'wdspq' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))

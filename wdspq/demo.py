@@ -12,20 +12,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .build import build_synthetic
 from .errors import WdspqError
-from .export import export_shards
-from .stream import ShardStream, StreamLoader
-from .text import DEFAULT_TOKENIZER, bundled_bert_uncased_path
 from .windows import WindowSpec
 
 
 def default_tokenizer() -> str:
     """The installed offline BERT-uncased folder when present, else the Hugging Face name."""
+    from .text import DEFAULT_TOKENIZER, bundled_bert_uncased_path
+
     return bundled_bert_uncased_path() or DEFAULT_TOKENIZER
 
 
-def _epoch(loader: StreamLoader, stop_after: int | None = None) -> tuple[list[list[int]], int, float]:
+def _epoch(loader: Any, stop_after: int | None = None) -> tuple[list[list[int]], int, float]:
     batches: list[list[int]] = []
     samples = 0
     t = time.perf_counter()
@@ -49,6 +47,10 @@ def run_demo(
     log: Any = print,
 ) -> dict[str, Any]:
     """Build -> export -> stream -> checkpoint mid-epoch -> resume in a fresh loader; returns the figures."""
+    from .build import build_synthetic
+    from .export import export_shards
+    from .stream import ShardStream, StreamLoader
+
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     table, shards = work / "table.parquet", work / "shards"
