@@ -203,11 +203,15 @@ class StreamLoader(DataLoader):
       Without torch.distributed each rank's state holds its own position; merge them with
       `wdspq.merge_states` to resume under another topology.
     - `load_state_dict(state)`: checks manifest, window spec, seed and shuffle (StateError naming the
-      difference) and takes effect at the next `iter()`. Loading while an iteration is running makes
-      that iteration raise at its next batch (never a silent restart).
+      difference) and takes effect at the next `iter()` (an iterator that has not yet produced a batch
+      starts from it too). Loading while an iteration is running makes that iteration raise StateError
+      at its next batch (never a silent restart); so does `set_epoch` or starting another `iter()`.
+      Loading twice: the last state wins.
     - `set_epoch(e)`: another epoch starts it fresh at the next `iter()`; the current epoch keeps its
       position (so a loop `for e in range(state_epoch, E): set_epoch(e)` resumes correctly). An
-      `iter()` after a completed epoch without `set_epoch` moves to the next epoch.
+      `iter()` after a completed epoch without `set_epoch` moves to the next epoch; an `iter()` after
+      an interrupted one continues it. The epoch reaches every worker, persistent or not.
+    - `len(loader)`: the batches an `iter()` started now would yield (the rest of a resumed epoch).
     - Every rank yields the same number of batches (`even="pad"`: flagged repeats with window_index -1;
       `"drop"`: surplus dropped; `"none"`: no balancing).
     """
