@@ -139,8 +139,9 @@ def test_stream_delivers_the_plan(export, wmap, world_size, num_workers, even):
     for rank in range(world_size):
         stream = wdspq.ShardStream(export, seed=4, interleave=3, even=even, rank=rank, world_size=world_size)
         loader = wdspq.StreamLoader(stream, batch_size=B, num_workers=num_workers)
-        assert indices(take(loader)) == expected(export, wmap, topo, rank, seed=4)
-        assert len(loader) == len(expected(export, wmap, topo, rank, seed=4))
+        want = expected(export, wmap, topo, rank, seed=4)
+        assert len(loader) == len(want)
+        assert indices(take(loader)) == want
 
 
 # ----------------------------------------------------------------------------------------------
