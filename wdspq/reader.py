@@ -33,7 +33,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from .codec import SampleCodec
-from .errors import ShardError, WdspqError
+from .errors import ShardError, StorageError, WdspqError
 from .manifest import Manifest, read_run
 
 logger = logging.getLogger("wdspq")
@@ -242,6 +242,8 @@ class SampleReader:
                 it.close()
             if error is None:
                 continue
+            if self.on_error == "raise" and isinstance(error, StorageError):
+                raise error  # storage failed after its retries: not a fault of one sample, nothing to isolate
             single, error = self._read_one(shard, pos)
             if single is not None:  # the run's error belongs to a later sample: go on from the next one
                 pos += 1
