@@ -789,16 +789,21 @@ class _S3RangeRaw(_RangeRaw):
         return n
 
     def readinto(self, b: Any) -> int:
+        """Read what the connection has ready (at least one byte unless at the end), reopening after faults.
+
+        Short reads, like a socket's: the buffered reader above asks again, so the caller decodes the first
+        samples while the rest of the range is still arriving, and a fault is met only by the read that
+        needs bytes past it (every byte before it has been handed out).
+        """
         mv = memoryview(b).cast("B")
-        want = min(len(mv), self._end - self._pos)
-        got = 0
-        while got < want:
+        while self._pos < self._end and len(mv):
             try:
                 if self._body is None:
                     self._get()
                     if self._body is None:  # 416 exactly at the end
                         break
-                n = self._read1(mv[got:want])
+                    continue  # _get may have clipped the end
+                n = self._read1(mv[: self._end - self._pos])
             except StorageError:
                 raise
             except Exception as exc:
@@ -807,13 +812,15 @@ class _S3RangeRaw(_RangeRaw):
                     raise self._s._error(exc, self._name, f"read at byte offset {self._pos}") from exc
                 self._failed(exc)
                 continue
-            got += n
             self._pos += n
             self.bytes_read += n
             self._failures = 0
+            if self._pos >= self._end:
+                self._close_body()
+            return n
         if self._pos >= self._end:
             self._close_body()
-        return got
+        return 0
 
     def close(self) -> None:
         self._close_body()
