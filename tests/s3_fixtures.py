@@ -7,6 +7,7 @@ or AWS instead. Imported by conftest.py.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 from faultproxy import FaultProxy
 
-__all__ = ["s3_endpoint", "s3_bucket", "fault_proxy"]
+__all__ = ["s3_endpoint", "s3_bucket", "s3_module_bucket", "fault_proxy"]
 
 _TOOLS = Path(__file__).resolve().parent.parent / "tools"
 
@@ -33,8 +34,10 @@ def s3_server_module():
     return sys.modules[name]
 
 
-def _external() -> bool:
+def is_external() -> bool:
+    """Whether the tests run against an external endpoint ($WDSPQ_TEST_S3_ENDPOINT)."""
     return bool(os.environ.get(s3_server_module().EXTERNAL_ENDPOINT_VAR))
+
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +50,7 @@ def s3_endpoint() -> Iterator[str]:
 def _set_aws_env(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
-    if not _external():  # moto accepts any credentials; never pick up a developer's real ones
+    if not is_external():  # moto accepts any credentials; never pick up a developer's real ones
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
         monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
@@ -66,14 +69,14 @@ def _admin_client(endpoint: str):
                         config=Config(s3={"addressing_style": "path"}))
 
 
-@pytest.fixture
-def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A fresh, uniquely named bucket: yields 's3://<bucket>/data' with the AWS variables pointing at it.
+@contextlib.contextmanager
+def fresh_bucket(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Create a uniquely named bucket, yield 's3://<bucket>/data', then delete it and its objects.
 
-    The bucket and everything in it are deleted afterwards (matters for external endpoints).
+    Sets the AWS variables (through `monkeypatch`) so that default-configured clients reach `endpoint`.
     """
-    _set_aws_env(monkeypatch, s3_endpoint)
-    client = _admin_client(s3_endpoint)
+    _set_aws_env(monkeypatch, endpoint)
+    client = _admin_client(endpoint)
     bucket = f"wdspq-test-{uuid.uuid4().hex[:16]}"
     region = client.meta.region_name
     if region and region != "us-east-1":
@@ -94,6 +97,26 @@ def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str
             client.delete_bucket(Bucket=bucket)
         except Exception:  # cleanup is best effort; a local moto forgets everything anyway
             pass
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh, uniquely named bucket: yields 's3://<bucket>/data' with the AWS variables pointing at it.
+
+    The bucket and everything in it are deleted afterwards (matters for external endpoints).
+    """
+    with fresh_bucket(s3_endpoint, monkeypatch) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def s3_module_bucket(s3_endpoint: str) -> Iterator[str]:
+    """Like `s3_bucket`, shared by the tests of one module (for data exported once per module).
+
+    The AWS variables stay set for the whole module and are restored after it.
+    """
+    with pytest.MonkeyPatch.context() as mp, fresh_bucket(s3_endpoint, mp) as url:
+        yield url
 
 
 @pytest.fixture
