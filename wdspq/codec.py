@@ -54,6 +54,17 @@ class SampleCodec:
             rec[k] = v
         return {"__key__": key_of(int(sample["window_index"])), MEMBER: self.header + rec.tobytes()}
 
+    def record_bytes(self, data: bytes | bytearray | memoryview, where: str = "sample") -> memoryview:
+        """Member bytes -> the record's raw bytes (a view when the header is ours), checked against the schema."""
+        hlen = len(self.header)
+        mv = memoryview(data)
+        if len(mv) == hlen + self.dtype.itemsize and mv[:hlen] == self.header:
+            return mv[hlen:]
+        rec = decode_record(data, where)
+        if rec.dtype != self.dtype:
+            raise ShardError(f"{where}: record layout differs from the manifest's sample schema")
+        return memoryview(rec.tobytes())
+
     def decode(self, data: bytes | bytearray | memoryview, where: str = "sample") -> dict[str, np.ndarray]:
         """Member bytes -> dict of arrays viewing one private, writable copy of the payload."""
         hlen = len(self.header)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -91,36 +92,93 @@ def load_manifest(source: str, storage_options: dict[str, Any] | None = None) ->
     return Manifest(data=data, storage=storage, id=hashlib.sha256(raw).hexdigest(), url=url)
 
 
-def read_run(
+TAR_BLOCK = 512
+
+
+def _member_span(payload_len: int) -> int:
+    """Bytes one single-member sample takes in a tar: the 512-byte header plus the payload padded to 512."""
+    return TAR_BLOCK + -(-payload_len // TAR_BLOCK) * TAR_BLOCK
+
+
+def read_payloads(
     manifest: Manifest, shard: int, start: int, stop: int, codec: SampleCodec | None = None
-) -> Iterator[dict[str, np.ndarray]]:
-    """Samples `start .. stop-1` of one shard, read sequentially from the byte offset of `start`.
+) -> Iterator[tuple[str, bytes | memoryview]]:
+    """(member name, payload) of the `sample.npy` members of samples `start .. stop-1` of one shard, read from the byte offset of `start`.
 
     Opens exactly the byte range of those samples (a Range request on S3), so skipped samples are never
-    read or decoded (R5). Uses webdataset's tar reader; raises ShardError naming the shard and member
-    when a sample is missing, malformed or the shard is truncated.
+    read (R5). Hot path: wdspq shards hold one fixed-size member per sample, so each sample is one read of
+    a known span at its manifest offset, with its tar header checked by `tarfile.TarInfo.frombuf`
+    (measured about twice as fast as a tar-stream iterator; README "Performance"). A yielded memoryview is
+    valid until the next one is requested: copy it (or decode it) first. Shards laid out otherwise (more
+    members per sample, other sizes) are read with webdataset's tar reader. Errors are ShardErrors naming
+    the shard, sample and member.
     """
     if stop <= start:
         return
     entry = manifest.shards[shard]
-    name = entry["name"]
-    offsets = entry["offsets"]
+    name, offsets = entry["name"], entry["offsets"]
     codec = codec or manifest.codec()
     url = manifest.storage.url(name)
+    payload_len = len(codec.header) + codec.dtype.itemsize
+    span = _member_span(payload_len)
+    uniform = bool(np.all(np.diff(np.asarray(offsets[start : stop + 1], dtype=np.int64)) == span))
     try:
         f = manifest.storage.open_read(name, offsets[start], offsets[stop])
     except WdspqError as e:
         raise ShardError(f"{url}: cannot open shard: {e}") from None
+    try:
+        if uniform:
+            yield from _fixed_span_payloads(f, url, start, stop, span, payload_len, offsets)
+        else:
+            yield from _tar_payloads(f, url, start, stop, offsets)
+    finally:
+        f.close()
+
+
+def _fixed_span_payloads(
+    f: Any, url: str, start: int, stop: int, span: int, payload_len: int, offsets: list[int]
+) -> Iterator[tuple[str, memoryview]]:
+    buf = bytearray(span)
+    mv = memoryview(buf)
+    suffix = "." + MEMBER
+    for i in range(start, stop):
+        try:
+            n = f.readinto(mv)
+        except WdspqError:
+            raise
+        except Exception as e:
+            raise ShardError(f"{url}, sample {i}: read failed at byte {offsets[i]}: {type(e).__name__}: {e}") from None
+        if n != span:
+            raise ShardError(
+                f"{url}: shard is truncated or corrupt: sample {i} (byte offset {offsets[i]}) has {n} of its "
+                f"{span} bytes"
+            )
+        try:
+            info = tarfile.TarInfo.frombuf(bytes(mv[:TAR_BLOCK]), "utf-8", "surrogateescape")
+        except tarfile.HeaderError as e:
+            raise ShardError(f"{url}, sample {i} (byte offset {offsets[i]}): bad tar header: {e}") from None
+        if not info.name.endswith(suffix):
+            raise ShardError(f"{url}, sample {i}: member {MEMBER!r} is missing (found {info.name!r})")
+        if info.size != payload_len:
+            raise ShardError(
+                f"{url}, sample {i}: member '{info.name}' is {info.size} bytes, the manifest's schema needs {payload_len}"
+            )
+        yield info.name, mv[TAR_BLOCK : TAR_BLOCK + payload_len]
+
+
+def _tar_payloads(f: Any, url: str, start: int, stop: int, offsets: list[int]) -> Iterator[tuple[str, bytes]]:
     expected = start
     try:
         members = wds.tariterators.tar_file_expander([{"url": url, "stream": f}], eof_value=None)
         for sample in wds.tariterators.group_by_keys(members):
-            where = f"{url}, sample {expected} (key {sample.get('__key__')!r})"
             data = sample.get(MEMBER)
             if data is None:
                 extra = sorted(k for k in sample if not k.startswith("__"))
-                raise ShardError(f"{where}: member {MEMBER!r} is missing (found {extra})")
-            yield codec.decode(data, where=f"{where}, member '{sample.get('__key__')}.{MEMBER}'")
+                raise ShardError(
+                    f"{url}, sample {expected} (key {sample.get('__key__')!r}): member {MEMBER!r} is missing "
+                    f"(found {extra})"
+                )
+            yield f"{sample['__key__']}.{MEMBER}", data
             expected += 1
             if expected == stop:
                 break
@@ -128,10 +186,18 @@ def read_run(
         raise
     except Exception as e:  # tarfile / webdataset errors on corrupt bytes
         raise ShardError(f"{url}, sample {expected}: cannot read the tar stream: {type(e).__name__}: {e}") from None
-    finally:
-        f.close()
     if expected != stop:
         raise ShardError(
             f"{url}: shard is truncated or corrupt: expected samples {start}..{stop - 1}, "
             f"the stream ended after sample {expected - 1} (byte offset {offsets[expected] if expected < len(offsets) else '?'})"
         )
+
+
+def read_run(
+    manifest: Manifest, shard: int, start: int, stop: int, codec: SampleCodec | None = None
+) -> Iterator[dict[str, np.ndarray]]:
+    """Samples `start .. stop-1` of one shard as dicts of arrays (see `read_payloads` for how they are read)."""
+    codec = codec or manifest.codec()
+    url = manifest.storage.url(manifest.shards[shard]["name"]) if stop > start else ""
+    for i, (member, payload) in enumerate(read_payloads(manifest, shard, start, stop, codec), start):
+        yield codec.decode(payload, where=f"{url}, sample {i}, member '{member}'")

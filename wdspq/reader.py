@@ -29,12 +29,13 @@ import os
 import re
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
 from .codec import SampleCodec
 from .errors import ShardError, StorageError, WdspqError
-from .manifest import Manifest, read_run
+from .manifest import Manifest, read_payloads, read_run
 
 logger = logging.getLogger("wdspq")
 
@@ -91,6 +92,14 @@ class SampleReader:
     # -- public --------------------------------------------------------------------------------------
     def run(self, shard: int, start: int, stop: int) -> Iterator[dict[str, np.ndarray]]:
         """Samples `start .. stop-1` of `shard`: exactly `stop - start` of them (placeholders when skipping)."""
+        return self._policy_run(shard, start, stop, raw=False)
+
+    def run_records(self, shard: int, start: int, stop: int) -> Iterator[memoryview | bytes]:
+        """Like `run`, but each sample is its record's raw bytes (layout `codec.dtype`), checked against the
+        schema. A memoryview is valid until the next item is requested: copy it first."""
+        return self._policy_run(shard, start, stop, raw=True)
+
+    def _policy_run(self, shard: int, start: int, stop: int, raw: bool) -> Iterator[Any]:
         self._same_process()
         if stop <= start:
             return
@@ -100,14 +109,16 @@ class SampleReader:
                 if self.on_error == "raise":
                     raise err
                 self._bad_from[shard] = (0, str(err))
-        yield from self._run(shard, start, stop)
+        yield from self._run(shard, start, stop, raw)
 
-    def placeholder(self) -> dict[str, np.ndarray]:
-        """A fresh placeholder sample: zeros of the schema, masks false, index keys -1."""
+    def placeholder(self, raw: bool = False) -> Any:
+        """A fresh placeholder sample: zeros of the schema, masks false, index keys -1 (raw: its record bytes)."""
         rec = np.zeros((), dtype=self.codec.dtype)
         for k in _INDEX_KEYS:
             if k in self.codec.schema:
                 rec[k] = PLACEHOLDER_INDEX
+        if raw:
+            return rec.tobytes()
         return {k: rec[k] for k in self.codec.schema}
 
     def end_iteration(self) -> None:
@@ -137,9 +148,17 @@ class SampleReader:
     def _url(self, shard: int) -> str:
         return self.manifest.storage.url(self.manifest.shards[shard]["name"])
 
-    def _read(self, shard: int, start: int, stop: int) -> Iterator[dict[str, np.ndarray]]:
-        """`read_run`, with any exception mapped to a one-line WdspqError naming the shard."""
-        it = read_run(self.manifest, shard, start, stop, self.codec)
+    def _records(self, shard: int, start: int, stop: int) -> Iterator[memoryview | bytes]:
+        url = self._url(shard)
+        for i, (member, payload) in enumerate(read_payloads(self.manifest, shard, start, stop, self.codec), start):
+            yield self.codec.record_bytes(payload, where=f"{url}, sample {i}, member '{member}'")
+
+    def _read(self, shard: int, start: int, stop: int, raw: bool = False) -> Iterator[Any]:
+        """`read_run` (or raw records), with any exception mapped to a one-line WdspqError naming the shard."""
+        if raw:
+            it = self._records(shard, start, stop)
+        else:
+            it = read_run(self.manifest, shard, start, stop, self.codec)
         try:
             yield from it
         except WdspqError as e:
@@ -151,14 +170,14 @@ class SampleReader:
         finally:
             it.close()
 
-    def _read_one(self, shard: int, pos: int) -> tuple[dict[str, np.ndarray] | None, WdspqError | None]:
+    def _read_one(self, shard: int, pos: int, raw: bool) -> tuple[Any, WdspqError | None]:
         """Sample `pos` read on its own: (sample, None) or (None, its error).
 
         A run's error can be reported one sample early (the tar grouping looks one member ahead), so
         the failing sample is isolated before it is blamed.
         """
         try:
-            out = list(self._read(shard, pos, pos + 1))
+            out = [bytes(x) if raw else x for x in self._read(shard, pos, pos + 1, raw)]
         except WdspqError as e:
             return None, e
         return out[0], None
@@ -214,7 +233,7 @@ class SampleReader:
                 f"{offsets[-1]}): samples {first}..{len(offsets) - 2} are cut",
             )
 
-    def _run(self, shard: int, start: int, stop: int) -> Iterator[dict[str, np.ndarray]]:
+    def _run(self, shard: int, start: int, stop: int, raw: bool) -> Iterator[Any]:
         """Read `start .. stop-1`; on an error isolate the failing sample, then raise or replace it and reopen."""
         pos = start
         while pos < stop:
@@ -222,10 +241,10 @@ class SampleReader:
             if bad is not None and pos >= bad[0]:  # the shard is missing or cut before `pos`: no more reads
                 self._skip(shard, pos, stop - pos, bad[1])
                 for _ in range(stop - pos):
-                    yield self.placeholder()
+                    yield self.placeholder(raw)
                 return
             end = stop if bad is None else min(stop, bad[0])
-            it = self._read(shard, pos, end)
+            it = self._read(shard, pos, end, raw)
             error: WdspqError | None = None
             try:
                 while True:
@@ -244,7 +263,7 @@ class SampleReader:
                 continue
             if self.on_error == "raise" and isinstance(error, StorageError):
                 raise error  # storage failed after its retries: not a fault of one sample, nothing to isolate
-            single, error = self._read_one(shard, pos)
+            single, error = self._read_one(shard, pos, raw)
             if single is not None:  # the run's error belongs to a later sample: go on from the next one
                 pos += 1
                 yield single
@@ -257,7 +276,7 @@ class SampleReader:
             if bad is not None and pos >= bad[0]:
                 continue  # the loop's top replaces the rest of the run at once
             self._skip(shard, pos, 1, str(error))
-            yield self.placeholder()
+            yield self.placeholder(raw)
             pos += 1
 
     def _skip(self, shard: int, sample: int, n: int, why: str) -> None:

@@ -11,6 +11,7 @@ worker count or batch size, finishes the epoch exactly once (R4).
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -95,6 +96,7 @@ class ShardStream(IterableDataset):
         self._codec = self.manifest.codec()
         self._reader = SampleReader(self.manifest, self._codec, on_error, verify_checksums)
         self._control: torch.Tensor | None = None  # set by StreamLoader: the plan of the next iteration
+        self._batched = False  # set by StreamLoader: collate in the worker (default collation only)
         self._topology: Topology | None = None
         Topology(world_size=self.world_size, interleave=self.interleave, even=even)  # validate early
 
@@ -116,48 +118,84 @@ class ShardStream(IterableDataset):
         return new_epoch_state(m.id, m.spec_id, self.seed, self.shuffle, epoch, len(m.shards), topology)
 
     # -- reading -------------------------------------------------------------------------------------
-    def _slot_samples(self, plan: Plan, slot: int, skip: int) -> Iterator[dict[str, torch.Tensor]]:
-        """The samples of one slot from entry `skip` on, reading each shard run with one ranged read."""
+    def _slot_items(self, plan: Plan, slot: int, skip: int, raw: bool) -> Iterator[tuple[Any, bool]]:
+        """(sample, is_pad) of one slot from entry `skip` on, reading each shard run with one ranged read.
+
+        A sample is a dict of arrays, or with `raw` its record bytes (valid until the next item).
+        """
         shards, pos, pad = plan.slot_arrays(slot, skip)
         if len(shards) == 0:
             return
+        run = self._reader.run_records if raw else self._reader.run
         real = ~pad
         # Each shard's real entries are consecutive positions [lo, hi): open one reader per shard run.
         u, inv = np.unique(shards[real], return_inverse=True)
         last = np.full(len(u), -1, dtype=np.int64)
         np.maximum.at(last, inv, pos[real])
         ends = dict(zip(u.tolist(), (last + 1).tolist()))
-        readers: dict[int, Iterator[dict[str, np.ndarray]]] = {}
-        pad_reader: Iterator[dict[str, np.ndarray]] | None = None
+        readers: dict[int, Iterator[Any]] = {}
+        pad_reader: Iterator[Any] | None = None
         next_pad = (-1, -1)
         try:
             for s, p, is_pad in zip(shards.tolist(), pos.tolist(), pad.tolist()):
                 if not is_pad:
                     it = readers.get(s)
                     if it is None:
-                        it = readers[s] = self._reader.run(s, p, ends[s])
+                        it = readers[s] = run(s, p, ends[s])
                     sample = next(it, None)
                     if p + 1 == ends[s]:
-                        _close(readers.pop(s))
+                        readers.pop(s)  # closed below, after the sample was used
                 else:
                     if (s, p) != next_pad:
                         _close(pad_reader)
                         src = plan.pad_source(slot)
                         assert src is not None
-                        pad_reader = self._reader.run(s, p, src.end)
+                        pad_reader = run(s, p, src.end)
                     sample = next(pad_reader, None)  # type: ignore[arg-type]
                     next_pad = (s, p + 1)
                 if sample is None:
                     raise WdspqError(f"{self.manifest.storage.url(self.manifest.shards[s]['name'])}: sample {p} missing")
-                t = _to_torch(sample)
-                if is_pad:
-                    t["window_index"] = torch.tensor(-1, dtype=torch.int64)
-                yield t
+                yield sample, is_pad
+                if not is_pad and p + 1 == ends[s]:
+                    _close(it)
         finally:
             for it in readers.values():
                 _close(it)
             _close(pad_reader)
             self._reader.end_iteration()
+
+    def _slot_samples(self, plan: Plan, slot: int, skip: int) -> Iterator[dict[str, torch.Tensor]]:
+        """One slot's samples as dicts of tensors (pads get window_index -1)."""
+        for sample, is_pad in self._slot_items(plan, slot, skip, raw=False):
+            t = _to_torch(sample)
+            if is_pad:
+                t["window_index"] = torch.tensor(-1, dtype=torch.int64)
+            yield t
+
+    def _slot_batches(self, plan: Plan, slot: int, skip: int, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+        """One slot's entries collated in the worker, `batch_size` at a time (the last batch may be short).
+
+        Equal to default collation of `_slot_samples`, but each sample costs one copy of its record into a
+        batch row and each key one vectorised copy per batch, instead of per-sample tensors and stacking.
+        """
+        dtype = self._codec.dtype
+        items = self._slot_items(plan, slot, skip, raw=True)
+        shared = get_worker_info() is not None
+        while True:
+            rec = np.empty(batch_size, dtype=dtype)
+            rows = rec.view(np.uint8).reshape(batch_size, dtype.itemsize)
+            n, pads = 0, []
+            for record, is_pad in itertools.islice(items, batch_size):
+                rows[n] = np.frombuffer(record, dtype=np.uint8)
+                if is_pad:
+                    pads.append(n)
+                n += 1
+            if n == 0:
+                return
+            rec = rec[:n]
+            if pads:
+                rec["window_index"][pads] = -1
+            yield {k: _copy_to_tensor(rec[k], shared) for k in self._codec.schema}
 
     def _current_plan(self) -> tuple[Plan, list[int | None], list[int | None], int, int]:
         """Plan, skips and start workers for this iteration, from the loader's control block or fresh."""
@@ -186,7 +224,27 @@ class ShardStream(IterableDataset):
             raise StateError(f"the stream was planned for {N} workers but runs in {n_workers}")
         w = (j + int(start[self.rank] or 0)) % N
         slot = plan.topology.slot(self.rank, w)
-        yield from self._slot_samples(plan, slot, int(skip[slot] or 0))
+        if self._batched:
+            yield from self._slot_batches(plan, slot, int(skip[slot] or 0), plan.topology.batch_size)
+        else:
+            yield from self._slot_samples(plan, slot, int(skip[slot] or 0))
+
+
+def _copy_to_tensor(src: np.ndarray, shared: bool) -> torch.Tensor:
+    """A contiguous tensor copy of `src`; in a DataLoader worker allocated in shared memory, as default
+    collation does, so handing the batch to the main process costs no further copy."""
+    dt = torch.from_numpy(np.empty(0, dtype=src.dtype)).dtype
+    out = None
+    if shared:
+        try:
+            storage = torch.empty(0, dtype=dt)._typed_storage()._new_shared(src.size, device="cpu")
+            out = torch.empty(0, dtype=dt).new(storage).resize_(src.shape)
+        except Exception:  # private API: fall back to a plain allocation (the pickler then copies once)
+            out = None
+    if out is None:
+        out = torch.empty(src.shape, dtype=dt)
+    np.copyto(out.numpy(), src)
+    return out
 
 
 def _close(it: Any) -> None:
@@ -242,8 +300,11 @@ class StreamLoader(DataLoader):
         n = len(stream.shard_sizes)
         view._topology = topo
         view._control = torch.zeros(2 + n + topo.n_slots + topo.world_size, dtype=torch.int64).share_memory_()
-        super().__init__(view, batch_size=int(batch_size), num_workers=int(num_workers), collate_fn=collate_fn,
-                         **dataloader_kwargs)
+        # Default collation happens inside the stream (vectorised, in the workers); a custom collate_fn
+        # gets the per-sample path with the DataLoader's own batching.
+        view._batched = collate_fn is None
+        super().__init__(view, batch_size=None if view._batched else int(batch_size), num_workers=int(num_workers),
+                         collate_fn=collate_fn, **dataloader_kwargs)
         self.stream = stream
         self.topology = topo
         self.rank = stream.rank
