@@ -332,6 +332,14 @@ def test_spec_lengths_rounding_to_zero_fail_at_resolve():
     assert issubclass(SpecError, WdspqError)
 
 
+def test_spec_lengths_round_halves_up_and_rate_needs_resampling():
+    # 0.25 s at 10 Hz is 2.5 rows: halves round up (as frame indices do), not to even.
+    assert WindowSpec(acts_length_sec=0.25, obs_length_sec=0.25).resolve(10.0, 10.0).A == 3
+    assert WindowSpec(acts_length_sec=0.35, obs_length_sec=0.45).resolve(10.0, 10.0).O == 5
+    with pytest.raises(SpecError, match="only used when resampling"):
+        WindowSpec(acts_length_sec=1.0, obs_length_sec=1.0, obs_rate_hz=20.0)
+
+
 def test_spec_round_trip_and_unknown_field():
     spec = WindowSpec(1.0, 0.5, obs_offset_sec=-0.5, video_frame_offsets=[-2, -1, 0], stride=3, obs_resample="linear")
     assert WindowSpec.from_dict(spec.to_dict()) == spec
@@ -391,8 +399,8 @@ def specs(draw) -> WindowSpec:
         video_frame_offsets=draw(st.lists(st.integers(-5, 5), min_size=1, max_size=4)),
         stride=draw(st.integers(1, 4)),
         full_windows_only=draw(st.booleans()),
-        obs_resample=draw(st.sampled_from(["none", "linear", "nearest"])),
-        obs_rate_hz=draw(st.none() | st.floats(2.0, 120.0)),
+        obs_resample=(mode := draw(st.sampled_from(["none", "linear", "nearest"]))),
+        obs_rate_hz=None if mode == "none" else draw(st.none() | st.floats(2.0, 120.0)),
     )
 
 

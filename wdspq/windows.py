@@ -20,6 +20,11 @@ from .errors import SpecError
 RESAMPLE_MODES = ("none", "linear", "nearest")
 
 
+def round_half_up(x: float) -> int:
+    """Lengths round to the nearest row count, halves up (0.25 s at 10 Hz is 3 rows), like frame indices."""
+    return int(math.floor(x + 0.5))
+
+
 @dataclass(frozen=True)
 class WindowSpec:
     """What one training window holds; lengths are in seconds and turned into counts by `resolve`.
@@ -73,6 +78,11 @@ class WindowSpec:
             if not isinstance(r, (int, float, np.number)) or not math.isfinite(r) or r <= 0:
                 raise SpecError(f"obs_rate_hz must be a positive number of Hz, got {r!r}")
             object.__setattr__(self, "obs_rate_hz", float(r))
+            if self.obs_resample == "none":
+                raise SpecError(
+                    f"obs_rate_hz={r} is only used when resampling; set obs_resample='linear' or 'nearest' "
+                    "(with obs_resample='none' observations keep their recorded rate)"
+                )
         m = self.max_text_tokens
         if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
             raise SpecError(f"max_text_tokens must be an integer >= 1, got {m!r}")
@@ -105,12 +115,12 @@ class WindowSpec:
 
     def resolve(self, action_rate_hz: float, observation_rate_hz: float) -> ResolvedSpec:
         """Turn seconds into row counts with the table's rates (rounded, never truncated)."""
-        A = int(round(self.acts_length_sec * action_rate_hz))
+        A = round_half_up(self.acts_length_sec * action_rate_hz)
         if self.obs_resample == "none":
             obs_rate = observation_rate_hz
         else:
             obs_rate = self.obs_rate_hz if self.obs_rate_hz is not None else action_rate_hz
-        O = int(round(self.obs_length_sec * obs_rate))  # noqa: E741
+        O = round_half_up(self.obs_length_sec * obs_rate)  # noqa: E741
         if A < 1:
             raise SpecError(
                 f"acts_length_sec={self.acts_length_sec} at the action rate {action_rate_hz:g} Hz "
