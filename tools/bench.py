@@ -512,7 +512,7 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
-        print(json.dumps(child_main(args.child[0], json.loads(args.child[1]))))
+        print(json.dumps({"ok": child_main(args.child[0], json.loads(args.child[1]))}))
         return 0
     t_start = time.perf_counter()
     # import what every measurement needs once, before forking (no data is touched here)
