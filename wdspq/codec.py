@@ -65,15 +65,22 @@ class SampleCodec:
             raise ShardError(f"{where}: record layout differs from the manifest's sample schema")
         return memoryview(rec.tobytes())
 
-    def decode(self, data: bytes | bytearray | memoryview, where: str = "sample") -> dict[str, np.ndarray]:
-        """Member bytes -> dict of arrays viewing one private, writable copy of the payload."""
+    def decode(
+        self, data: bytes | bytearray | memoryview, where: str = "sample", owned: bool = False
+    ) -> dict[str, np.ndarray]:
+        """Member bytes -> dict of arrays viewing one private, writable copy of the payload.
+
+        `owned=True` says `data` is a writable buffer nobody else uses: the arrays then view it, no copy.
+        """
         hlen = len(self.header)
-        if len(data) != hlen + self.dtype.itemsize or bytes(data[:hlen]) != self.header:
+        mv = memoryview(data)
+        if len(mv) != hlen + self.dtype.itemsize or mv[:hlen] != self.header:
             rec = decode_record(data, where)
             if rec.dtype != self.dtype:
                 raise ShardError(f"{where}: record layout differs from the manifest's sample schema")
         else:
-            rec = np.frombuffer(bytearray(memoryview(data)[hlen:]), dtype=self.dtype, count=1).reshape(())
+            body = mv[hlen:] if owned and not mv.readonly else bytearray(mv[hlen:])
+            rec = np.frombuffer(body, dtype=self.dtype, count=1).reshape(())
         return {k: rec[k] for k in self.schema}
 
 
