@@ -413,13 +413,9 @@ def _shard_intact(storage: Storage, entry: dict[str, Any]) -> bool:
     try:
         if not storage.exists(name) or storage.size(name) != entry["bytes"]:
             return False
-        h = hashlib.sha256()
-        with storage.open_read(name) as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
+        return storage.sha256(name) == (entry["bytes"], entry["sha256"])
     except WdspqError:
         return False
-    return h.hexdigest() == entry["sha256"]
 
 
 def _existing_manifest(storage: Storage) -> tuple[dict[str, Any] | None, str | None]:

@@ -23,7 +23,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -190,23 +189,19 @@ class SampleReader:
         name, url = entry["name"], self._url(shard)
         want_size, want_sha = entry.get("bytes"), entry.get("sha256")
         err: ShardError | None = None
-        h = hashlib.sha256()
-        size = 0
+        size, digest = 0, ""
         try:
-            with self.manifest.storage.open_read(name) as f:
-                while chunk := f.read(1 << 20):
-                    h.update(chunk)
-                    size += len(chunk)
+            size, digest = self.manifest.storage.sha256(name)
         except WdspqError as e:
             err = ShardError(f"{url}: cannot verify the checksum: {e}")
         except Exception as e:
             err = ShardError(f"{url}: cannot verify the checksum: {type(e).__name__}: {e}")
         if err is None and (want_size is None or want_sha is None):
             err = ShardError(f"{url}: the manifest records no size/sha256 for this shard; cannot verify it")
-        if err is None and (size != int(want_size) or h.hexdigest() != want_sha):
+        if err is None and (size != int(want_size) or digest != want_sha):
             err = ShardError(
                 f"{url}: checksum mismatch: the manifest records {want_size} bytes with sha256 {want_sha}, "
-                f"the shard has {size} bytes with sha256 {h.hexdigest()}"
+                f"the shard has {size} bytes with sha256 {digest}"
             )
         self._checked[shard] = err
         return err

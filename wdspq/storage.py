@@ -20,6 +20,7 @@ DataLoader workers and never shares a client across `fork`.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -181,6 +182,16 @@ class Storage(ABC):
         """The whole content of `name`."""
         with self.open_read(name) as f:
             return f.read()
+
+    def sha256(self, name: str) -> tuple[int, str]:
+        """(size in bytes, sha256 hex digest) of `name`, read once sequentially."""
+        h = hashlib.sha256()
+        size = 0
+        with self.open_read(name) as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+                size += len(chunk)
+        return size, h.hexdigest()
 
     @abstractmethod
     def size(self, name: str) -> int:
