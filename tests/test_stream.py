@@ -393,3 +393,11 @@ def test_epoch_after_a_resume_equals_the_uninterrupted_one(export):
         got.append(indices(take(resumed)))
     assert head + got[0] == epochs[0] and got[1] == epochs[1]
     assert set_digest_of(real(got[1])) == resumed.state_dict()["digest"]["set"][0]
+
+
+@pytest.mark.parametrize("kwargs", [dict(in_order=False), dict(shuffle=True), dict(drop_last=True)])
+def test_loader_refuses_arguments_that_break_the_plan(export, kwargs):
+    """in_order=False hands batches over in completion order: the main-process cursor would credit them
+    to the wrong workers (R2 order and R3 state silently wrong), so it is refused like shuffle/drop_last."""
+    with pytest.raises(wdspq.WdspqError, match=next(iter(kwargs))):
+        wdspq.StreamLoader(wdspq.ShardStream(export, seed=1), batch_size=B, num_workers=2, **kwargs)

@@ -285,6 +285,8 @@ class StreamLoader(DataLoader):
       `iter()` after a completed epoch without `set_epoch` moves to the next epoch; an `iter()` after
       an interrupted one continues it. The epoch reaches every worker, persistent or not.
     - `len(loader)`: the batches an `iter()` started now would yield (the rest of a resumed epoch).
+    - DataLoader arguments that reorder or rebatch (`shuffle`, `sampler`, `batch_sampler`, `drop_last`,
+      `in_order=False`) are refused.
     - Every rank yields the same number of batches (`even="pad"`: flagged repeats with window_index -1;
       `"drop"`: surplus dropped; `"none"`: no balancing).
     """
@@ -302,6 +304,8 @@ class StreamLoader(DataLoader):
         for bad in ("shuffle", "sampler", "batch_sampler", "drop_last"):
             if dataloader_kwargs.get(bad):
                 raise WdspqError(f"StreamLoader does not take {bad}=: the stream orders and batches itself")
+        if not dataloader_kwargs.get("in_order", True):
+            raise WdspqError("StreamLoader does not take in_order=False: the state counts batches in the plan's order")
         if batch_size is None or int(batch_size) < 1:
             raise WdspqError(f"batch_size must be >= 1, got {batch_size}")
         view = copy.copy(stream)
