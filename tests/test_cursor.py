@@ -488,7 +488,7 @@ class _PlanWorkers:
     [(0, [9, 2, 14, 5, 3, 8, 1]), (2, [9, 2, 14, 5, 3, 8, 1]), (3, [9, 2, 14, 5, 3, 8, 1]), (3, [7, 4])],
 )
 def test_rotation_matches_torch_dataloader(num_workers, sizes):
-    torch = pytest.importorskip("torch")
+    import torch
 
     class DS(_PlanWorkers, torch.utils.data.IterableDataset):
         pass
