@@ -401,3 +401,22 @@ def test_loader_refuses_arguments_that_break_the_plan(export, kwargs):
     to the wrong workers (R2 order and R3 state silently wrong), so it is refused like shuffle/drop_last."""
     with pytest.raises(wdspq.WdspqError, match=next(iter(kwargs))):
         wdspq.StreamLoader(wdspq.ShardStream(export, seed=1), batch_size=B, num_workers=2, **kwargs)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_in_worker_collation_equals_default_collate(export, num_workers):
+    """The in-worker batched path (one shared block per batch) equals default_collate of the per-sample
+    path: keys, dtypes, shapes, strides and values, pads (window_index -1) and short last batches included."""
+    from torch.utils.data import default_collate
+
+    def run(collate_fn):
+        stream = wdspq.ShardStream(export, seed=2, rank=1, world_size=2, even="pad")
+        return take(wdspq.StreamLoader(stream, batch_size=B, num_workers=num_workers, collate_fn=collate_fn))
+
+    batched, reference = run(None), run(default_collate)
+    assert_batches_equal(batched, reference)
+    assert any((b["window_index"] == -1).any() for b in batched)  # pads are covered
+    assert any(len(b["window_index"]) < B for b in batched)  # short batches are covered
+    for x, y in zip(batched, reference):
+        for k in x:
+            assert x[k].shape == y[k].shape and x[k].stride() == y[k].stride() and x[k].is_contiguous(), k
