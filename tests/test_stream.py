@@ -420,3 +420,13 @@ def test_in_worker_collation_equals_default_collate(export, num_workers):
     for x, y in zip(batched, reference):
         for k in x:
             assert x[k].shape == y[k].shape and x[k].stride() == y[k].stride() and x[k].is_contiguous(), k
+
+
+def test_loader_reports_its_batch_size(export):
+    """The DataLoader underneath batches nothing itself (the stream does), yet `loader.batch_size` is the
+    loader's batch size for tools that read it, and it cannot be changed after construction."""
+    loader = wdspq.StreamLoader(wdspq.ShardStream(export, seed=1), batch_size=B, num_workers=0)
+    assert loader.batch_size == B
+    assert len(next(iter(loader))["window_index"]) == B
+    with pytest.raises(ValueError):
+        loader.batch_size = B + 1

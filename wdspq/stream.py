@@ -121,7 +121,7 @@ class ShardStream(IterableDataset):
     def _slot_items(self, plan: Plan, slot: int, skip: int, raw: bool) -> Iterator[tuple[Any, bool]]:
         """(sample, is_pad) of one slot from entry `skip` on, reading each shard run with one ranged read.
 
-        A sample is a dict of arrays, or with `raw` its record bytes (valid until the next item).
+        A sample is a dict of arrays, or with `raw` its record bytes; each sample owns its buffer.
         """
         shards, pos, pad = plan.slot_arrays(slot, skip)
         if len(shards) == 0:
@@ -144,7 +144,7 @@ class ShardStream(IterableDataset):
                         it = readers[s] = run(s, p, ends[s])
                     sample = next(it, None)
                     if p + 1 == ends[s]:
-                        readers.pop(s)  # closed below, after the sample was used
+                        _close(readers.pop(s))  # the run is done; the sample keeps its own buffer
                 else:
                     if (s, p) != next_pad:
                         _close(pad_reader)
@@ -156,8 +156,6 @@ class ShardStream(IterableDataset):
                 if sample is None:
                     raise WdspqError(f"{self.manifest.storage.url(self.manifest.shards[s]['name'])}: sample {p} missing")
                 yield sample, is_pad
-                if not is_pad and p + 1 == ends[s]:
-                    _close(it)
         finally:
             for it in readers.values():
                 _close(it)
@@ -181,21 +179,24 @@ class ShardStream(IterableDataset):
         dtype = self._codec.dtype
         items = self._slot_items(plan, slot, skip, raw=True)
         shared = get_worker_info() is not None
-        while True:
-            rec = np.empty(batch_size, dtype=dtype)
-            rows = rec.view(np.uint8).reshape(batch_size, dtype.itemsize)
-            n, pads = 0, []
-            for record, is_pad in itertools.islice(items, batch_size):
-                rows[n] = np.frombuffer(record, dtype=np.uint8)
-                if is_pad:
-                    pads.append(n)
-                n += 1
-            if n == 0:
-                return
-            rec = rec[:n]
-            if pads:
-                rec["window_index"][pads] = -1
-            yield _batch_tensors(rec, self._codec.schema, shared)
+        try:
+            while True:
+                rec = np.empty(batch_size, dtype=dtype)
+                rows = rec.view(np.uint8).reshape(batch_size, dtype.itemsize)
+                n, pads = 0, []
+                for record, is_pad in itertools.islice(items, batch_size):
+                    rows[n] = np.frombuffer(record, dtype=np.uint8)
+                    if is_pad:
+                        pads.append(n)
+                    n += 1
+                if n == 0:
+                    return
+                rec = rec[:n]
+                if pads:
+                    rec["window_index"][pads] = -1
+                yield _batch_tensors(rec, self._codec.schema, shared)
+        finally:
+            items.close()  # closes the shard readers now, not when the generator is collected
 
     def _current_plan(self) -> tuple[Plan, list[int | None], list[int | None], int, int]:
         """Plan, skips and start workers for this iteration, from the loader's control block or fresh."""
@@ -332,6 +333,17 @@ class StreamLoader(DataLoader):
         self._explicit_epoch = False
         self._cursor: RankCursor | None = None
         self._generation = 0
+
+    @property
+    def batch_size(self) -> int | None:  # type: ignore[override]
+        """Samples per batch. The stream batches in its workers, so the DataLoader underneath has none of its
+        own; this reports the loader's batch size all the same (tools that read `loader.batch_size`)."""
+        topo = self.__dict__.get("topology")
+        return topo.batch_size if topo is not None else self.__dict__.get("_dataloader_batch_size")
+
+    @batch_size.setter
+    def batch_size(self, value: int | None) -> None:
+        self.__dict__["_dataloader_batch_size"] = value
 
     # -- state ---------------------------------------------------------------------------------------
     @property
