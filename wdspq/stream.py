@@ -24,7 +24,6 @@ from .cursor import (
     CursorState,
     Plan,
     RankCursor,
-    Resume,
     Topology,
     check_compatible,
     epoch_shard_order,
@@ -212,9 +211,9 @@ class ShardStream(IterableDataset):
         n = len(self.shard_sizes)
         topo = self._topology
         assert topo is not None
-        epoch, base = int(c[1]), c[2 : 2 + n]
-        skip = c[2 + n : 2 + n + topo.n_slots]
-        start = c[2 + n + topo.n_slots :]
+        epoch, base = int(c[0]), c[1 : 1 + n]
+        skip = c[1 + n : 1 + n + topo.n_slots]
+        start = c[1 + n + topo.n_slots :]
         order = epoch_shard_order(n, self.seed, epoch, self.shuffle)
         return Plan.build(self.shard_sizes, base, order, topo), skip, start, j, n_workers
 
@@ -319,7 +318,9 @@ class StreamLoader(DataLoader):
         )
         n = len(stream.shard_sizes)
         view._topology = topo
-        view._control = torch.zeros(2 + n + topo.n_slots + topo.world_size, dtype=torch.int64).share_memory_()
+        # The plan of the next iteration, [epoch, base per shard, skip per slot, start worker per rank], written
+        # by the main process before each iter() and read by every worker (persistent ones too) at __iter__.
+        view._control = torch.zeros(1 + n + topo.n_slots + topo.world_size, dtype=torch.int64).share_memory_()
         # Default collation happens inside the stream (vectorised, in the workers); a custom collate_fn
         # gets the per-sample path with the DataLoader's own batching.
         view._batched = collate_fn is None
@@ -390,21 +391,18 @@ class StreamLoader(DataLoader):
         self._explicit_epoch = True
 
     # -- iteration -----------------------------------------------------------------------------------
-    def _prepare(self) -> Resume:
+    def _prepare(self) -> None:
+        """Choose the segment the next iteration continues, publish its plan to the workers, start counting."""
         st = self._local_state()
         if st.complete and not self._explicit_epoch:
             st = self.stream.fresh_state(st.epoch + 1, self.topology)
             self._epoch = st.epoch
         self._explicit_epoch = False
         r = resume(st, self.stream.shard_sizes, self.topology, self.rank)
-        n = len(self.stream.shard_sizes)
-        c = [self._generation, r.state.epoch, *r.plan.base, *[int(x or 0) for x in r.skip],
-             *[int(x or 0) for x in r.start_worker]]
+        c = [r.state.epoch, *r.plan.base, *[int(x or 0) for x in r.skip], *[int(x or 0) for x in r.start_worker]]
         self.dataset._control.copy_(torch.tensor(c, dtype=torch.int64))  # type: ignore[attr-defined]
-        assert len(c) == 2 + n + self.topology.n_slots + self.topology.world_size
         self._state = r.state
         self._cursor = RankCursor(r.plan, self.rank, r.state)
-        return r
 
     def __iter__(self) -> Iterator[Any]:
         self._generation += 1
