@@ -169,9 +169,9 @@ class _ReadCounter:
 
 
 def _tokenizer() -> str:
-    from wdspq.text import DEFAULT_TOKENIZER, bundled_bert_uncased_path
+    from wdspq.text import default_tokenizer
 
-    return bundled_bert_uncased_path() or DEFAULT_TOKENIZER
+    return default_tokenizer()
 
 
 def _spec(stride: int) -> Any:

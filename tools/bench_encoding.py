@@ -96,13 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     from wdspq import ParquetWindowDataset, WindowSpec
     from wdspq.build import build_synthetic
     from wdspq.codec import MEMBER, SampleCodec
-    from wdspq.text import DEFAULT_TOKENIZER, bundled_bert_uncased_path
+    from wdspq.text import default_tokenizer
 
     tmp = Path(tempfile.mkdtemp(prefix="wdspq-bench-enc-"))
     table = tmp / "table.parquet"
     build_synthetic(table, episodes=4, seconds=10.0, video_size=args.video_size, seed=0, progress=False)
     spec = WindowSpec(acts_length_sec=1.0, obs_length_sec=1.0, video_frame_offsets=(-2, -1, 0))
-    ds = ParquetWindowDataset(table, spec, tokenizer=bundled_bert_uncased_path() or DEFAULT_TOKENIZER)
+    ds = ParquetWindowDataset(table, spec, tokenizer=default_tokenizer())
     step = max(1, len(ds) // args.windows)
     samples = [ds.sample_numpy(i) for i in range(0, len(ds), step)][: args.windows]
     n = len(samples)

@@ -33,7 +33,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from wdspq.build import build_synthetic  # noqa: E402
 from wdspq.table_dataset import DEFAULT_CACHE_BYTES, ParquetWindowDataset  # noqa: E402
-from wdspq.text import DEFAULT_TOKENIZER, bundled_bert_uncased_path  # noqa: E402
+from wdspq.text import default_tokenizer  # noqa: E402
 from wdspq.windows import WindowSpec  # noqa: E402
 
 
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         build_synthetic(table, episodes=args.episodes, seconds=args.seconds, image_size=args.image_size,
                         video_size=args.video_size, fps=args.fps, seed=args.seed, workers=1, progress=False)
         built_s = time.perf_counter() - t
-    tokenizer = args.tokenizer or bundled_bert_uncased_path() or DEFAULT_TOKENIZER
+    tokenizer = args.tokenizer or default_tokenizer()
     offsets = [int(x) for x in args.offsets.split(",")]
     spec = WindowSpec(acts_length_sec=args.acts_sec, obs_length_sec=args.obs_sec, video_frame_offsets=offsets)
     cache_bytes = int(args.cache_mb * 2**20)

