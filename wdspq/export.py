@@ -46,13 +46,11 @@ from .manifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION
 from .schema import read_meta
 from .storage import Storage, open_storage
 from .table_dataset import ParquetWindowDataset
-from .text import DEFAULT_TOKENIZER
 from .windows import WindowSpec
 
 JOURNAL_NAME = "journal.jsonl"  # inside the spill folder (local), one line per committed shard
 SPILL_PREFIX = ".wdspq-spill-"
 EPISODES_PER_CHUNK = 8
-FEATURES = ("actions", "observations")
 _OPEN_SPILLS = 64  # spill files a shard writer keeps open at once
 _STATS_FLUSH_ROWS = 1 << 16
 _SHARD_RE = re.compile(r"^shard-\d{6}\.tar$")
@@ -189,13 +187,18 @@ def _chunk_paths(spill_root: str | Path, chunk: int) -> tuple[Path, Path, Path]:
     return base.with_suffix(".bin"), base.with_suffix(".idx.npy"), base.with_suffix(".stats.npz")
 
 
-def _load_chunk(chunk: int, spill_root: str) -> dict[str, Any] | None:
+def _features(ds: ParquetWindowDataset) -> dict[str, int]:
+    """The numeric streams that get normalisation statistics: actions and every signal stream (name -> width)."""
+    return {"actions": ds.meta.actions.width, **{s.name: s.width for s in ds.meta.signals}}
+
+
+def _load_chunk(chunk: int, spill_root: str, features: Iterable[str]) -> dict[str, Any] | None:
     """A chunk spilled by an earlier run, or None when it is missing or damaged (then it is redone)."""
     data, idx, st = _chunk_paths(spill_root, chunk)
     try:
         index = np.load(idx)
         with np.load(st) as d:
-            stats = {f: _Stats.from_arrays(d, f) for f in FEATURES}
+            stats = {f: _Stats.from_arrays(d, f) for f in features}
         size = data.stat().st_size
     except (OSError, ValueError, KeyError, EOFError):
         return None
@@ -210,7 +213,8 @@ def _spill_chunk(job: tuple[int, int, int]) -> dict[str, Any]:
     chunk, e0, e1 = job
     ds: ParquetWindowDataset = _W["ds"]
     spill_root: str = _W["spill_root"]
-    done = _load_chunk(chunk, spill_root)
+    features = _features(ds)
+    done = _load_chunk(chunk, spill_root, features)
     if done is not None:
         return done
     codec = SampleCodec(ds.sample_schema())
@@ -220,8 +224,8 @@ def _spill_chunk(job: tuple[int, int, int]) -> dict[str, Any]:
     tmp_idx = idx_path.with_name(idx_path.name + suffix)
     tmp_stats = stats_path.with_name(stats_path.name + suffix)
     rows: list[tuple[int, int, int]] = []
-    stats = {"actions": _Stats.empty(ds.meta.action_dim), "observations": _Stats.empty(ds.meta.obs_dim)}
-    pending: dict[str, list[np.ndarray]] = {f: [] for f in FEATURES}
+    stats = {f: _Stats.empty(dim) for f, dim in features.items()}
+    pending: dict[str, list[np.ndarray]] = {f: [] for f in features}
     n_pending = 0
     with open(tmp_data, "wb") as f:
         for ep in range(e0, e1):
@@ -236,19 +240,19 @@ def _spill_chunk(job: tuple[int, int, int]) -> dict[str, Any]:
                     raise ShardError(f"{where} could not be windowed: {type(e).__name__}: {e}") from e
                 if s is None:
                     break
-                for feat in FEATURES:
+                for feat in features:
                     real = s[feat][s[f"{feat}_mask"]]
                     pending[feat].append(real)
                     n_pending += len(real)
                 if n_pending >= _STATS_FLUSH_ROWS:
-                    for feat in FEATURES:
+                    for feat in features:
                         stats[feat].add(np.concatenate(pending[feat]))
                         pending[feat].clear()
                     n_pending = 0
                 payload = codec.encode(s)[MEMBER]
                 rows.append((int(s["window_index"]), f.tell(), len(payload)))
                 f.write(payload)
-        for feat in FEATURES:
+        for feat in features:
             if pending[feat]:
                 stats[feat].add(np.concatenate(pending[feat]))
         f.flush()
@@ -257,7 +261,7 @@ def _spill_chunk(job: tuple[int, int, int]) -> dict[str, Any]:
     with open(tmp_idx, "wb") as f:
         np.save(f, index)
     with open(tmp_stats, "wb") as f:
-        np.savez(f, **stats["actions"].arrays("actions"), **stats["observations"].arrays("observations"))
+        np.savez(f, **{k: v for feat in features for k, v in stats[feat].arrays(feat).items()})
     os.replace(tmp_data, data_path)
     os.replace(tmp_idx, idx_path)
     os.replace(tmp_stats, stats_path)  # last: its presence marks the chunk complete
@@ -445,7 +449,7 @@ def export_shards(
     table: str | os.PathLike,
     out: str | os.PathLike,
     spec: WindowSpec | dict[str, Any],
-    tokenizer: Any = DEFAULT_TOKENIZER,
+    tokenizer: Any = None,
     samples_per_shard: int = 1000,
     seed: int = 0,
     shuffle: bool = True,
@@ -543,10 +547,11 @@ def export_shards(
                 loc[idx[:, 0], 1:] = idx[:, 1:]
                 chunk_stats[res["chunk"]] = res["stats"]
                 bar.update(len(idx))
-        stats = {"actions": _Stats.empty(ds.meta.action_dim), "observations": _Stats.empty(ds.meta.obs_dim)}
+        features = _features(ds)
+        stats = {f: _Stats.empty(dim) for f, dim in features.items()}
         for cs in chunk_stats:  # fixed chunk order: identical floats whatever the worker count
             assert cs is not None
-            for f in FEATURES:
+            for f in features:
                 stats[f].merge(cs[f])
 
         # Phase 2: assemble shards, reusing those committed intact before.
@@ -578,7 +583,7 @@ def export_shards(
         "table": {"name": Path(table).name, **config["table"]},
         "table_meta": json.loads(ds.meta.to_json()),
         "spec": spec.to_dict(),
-        "resolved": {"A": ds.rspec.A, "O": ds.rspec.O, "obs_rate_hz": ds.rspec.obs_rate_hz},
+        "resolved": ds.rspec.summary(),
         "tokenizer": {k: v for k, v in ds.tokenizer_id.items() if k != "requested"},
         "sample_schema": [{"key": k, **v} for k, v in ds.sample_schema().items()],  # ordered: the record layout
         "encoding": {
@@ -591,7 +596,7 @@ def export_shards(
         "seed": seed,
         "shuffle": bool(shuffle),
         "samples_per_shard": samples_per_shard,
-        "stats": {f: stats[f].to_dict() for f in FEATURES},
+        "stats": {f: stats[f].to_dict() for f in features},
         "shards": entries,
     }
     storage.put_bytes(MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True).encode())

@@ -29,45 +29,75 @@ def decode_image(data: bytes, where: str = "image") -> np.ndarray:
     return np.ascontiguousarray(rgb.transpose(2, 0, 1))
 
 
-def _pick_codec() -> str:
-    for name in ("libx264", "h264", "mpeg4"):
-        try:
-            av.codec.Codec(name, "w")
-            return name
-        except Exception:
-            continue
-    raise MediaError("PyAV has no usable video encoder (tried libx264, h264, mpeg4)")
+VIDEO_CODECS = ("ffv1", "h264")  # ffv1: lossless RGB in Matroska; h264: lossy yuv420p in MP4 (crf, default 18)
 
 
-def encode_mp4(frames: np.ndarray, fps: int = 20, codec: str | None = None, crf: int = 18) -> bytes:
-    """(N, H, W, 3) uint8 -> mp4 bytes, byte-deterministic (single-threaded encoder, bitexact muxer)."""
+def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (H * 3 / 2, W) uint8 planar yuv420p (BT.601, limited range) in numpy.
+
+    Doing the conversion here instead of in swscale keeps libx264 builds byte-deterministic (swscale's
+    SIMD conversion was seen to give different bytes for identical frames from run to run).
+    """
+    x = rgb.astype(np.float32)
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    y = 16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0
+    u = 128.0 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255.0
+    v = 128.0 + (112.0 * r - 93.786 * g - 18.214 * b) / 255.0
+    h, w = y.shape
+    u = u.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+    v = v.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+    planes = [np.clip(np.rint(p), 0, 255).astype(np.uint8) for p in (y, u, v)]
+    return np.concatenate([planes[0], planes[1].reshape(h // 4, w), planes[2].reshape(h // 4, w)])
+
+
+def encode_clip(frames: np.ndarray, codec: str = "ffv1", fps: int = 20, crf: int = 18) -> bytes:
+    """(N, H, W, 3) uint8 -> one encoded clip, byte-deterministic (one thread, bitexact muxer).
+
+    `ffv1` is lossless (frames decode exactly); `h264` is lossy (yuv420p: chroma is subsampled, max
+    error ~100 on coloured edges at any crf) and ~10x smaller on camera images. The container's frame
+    times are nominal (`fps`); the table keeps each frame's real time in its `<camera>_ts` column.
+    """
     frames = np.asarray(frames, dtype=np.uint8)
     if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
-        raise MediaError(f"encode_mp4 expects (N, H, W, 3) uint8 frames with N > 0, got {frames.shape}")
-    if frames.shape[1] % 2 or frames.shape[2] % 2:
+        raise MediaError(f"encode_clip expects (N, H, W, 3) uint8 frames with N > 0, got {frames.shape}")
+    if codec not in VIDEO_CODECS:
+        raise MediaError(f"video codec {codec!r} is not one of {VIDEO_CODECS}")
+    if codec == "h264" and (frames.shape[1] % 2 or frames.shape[2] % 2):
         raise MediaError(
-            f"encode_mp4: frame size {frames.shape[1]}x{frames.shape[2]} (HxW) is odd; yuv420p video needs an even "
-            "height and width"
+            f"frame size {frames.shape[1]}x{frames.shape[2]} (HxW) is odd; h264 (yuv420p) needs an even height and "
+            "width (use --video-codec ffv1)"
         )
-    codec = codec or _pick_codec()
     buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4", options={"fflags": "+bitexact"}) as out:
-        stream = out.add_stream(codec, rate=Fraction(int(fps), 1))
+    container = "matroska" if codec == "ffv1" else "mp4"
+    with av.open(buf, "w", format=container, options={"fflags": "+bitexact"}) as out:
+        stream = out.add_stream("ffv1" if codec == "ffv1" else "libx264", rate=Fraction(int(fps), 1))
         stream.width, stream.height = int(frames.shape[2]), int(frames.shape[1])
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"threads": "1"}
-        if codec in ("libx264", "h264"):
+        stream.codec_context.thread_count = 1
+        if codec == "ffv1":
+            stream.pix_fmt = "bgr0"
+            stream.options = {"threads": "1"}
+        else:
+            stream.pix_fmt = "yuv420p"
             stream.options = {"threads": "1", "crf": str(crf), "preset": "veryfast"}
         for arr in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+            if codec == "ffv1":
+                frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
+            else:
+                frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(arr), format="yuv420p")
+            for packet in stream.encode(frame):
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
     return buf.getvalue()
 
 
+def encode_mp4(frames: np.ndarray, fps: int = 20, crf: int = 18) -> bytes:
+    """(N, H, W, 3) uint8 -> lossy H.264 mp4 bytes (see `encode_clip`)."""
+    return encode_clip(frames, codec="h264", fps=fps, crf=crf)
+
+
 def decode_video(data: bytes, where: str = "video") -> tuple[np.ndarray, float]:
-    """Encoded clip -> ((N, 3, H, W) uint8 frames, fps). Decodes the whole clip once (small clips)."""
+    """Encoded clip -> ((N, 3, H, W) uint8 frames, nominal fps or 0). Decodes the whole clip once."""
     try:
         with av.open(io.BytesIO(data), "r") as container:
             stream = container.streams.video[0]
@@ -77,18 +107,38 @@ def decode_video(data: bytes, where: str = "video") -> tuple[np.ndarray, float]:
         raise MediaError(f"{where}: cannot decode video bytes ({len(data)} bytes): {e}") from None
     if not frames:
         raise MediaError(f"{where}: video has no frames")
-    if not rate:
-        raise MediaError(f"{where}: video stream has no frame rate")
     clip = np.stack(frames).transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(clip), float(rate)
+    return np.ascontiguousarray(clip), float(rate or 0.0)
 
 
-def probe_video(data: bytes, where: str = "video") -> tuple[int, int, float]:
-    """(height, width, fps) of a clip without decoding its frames."""
-    try:
-        with av.open(io.BytesIO(data), "r") as container:
-            s = container.streams.video[0]
-            rate = s.average_rate or s.base_rate or s.guessed_rate
-            return int(s.codec_context.height), int(s.codec_context.width), float(rate or 0.0)
-    except Exception as e:
-        raise MediaError(f"{where}: cannot read video bytes ({len(data)} bytes): {e}") from None
+def probe_clip(data: bytes, full: bool) -> tuple[int, int, float, int]:
+    """(height, width, fps, frames) of a clip: the first frame is decoded, the frames are counted from the
+    demuxed packets (every frame decoded with `full`)."""
+    with av.open(io.BytesIO(data), "r") as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        s = container.streams.video[0]
+        rate = float(s.average_rate or s.base_rate or s.guessed_rate or 0.0)
+        h = w = n = 0
+        if full:
+            for frame in container.decode(s):
+                if n == 0:
+                    h, w = frame.height, frame.width
+                n += 1
+        else:
+            for packet in container.demux(s):
+                if packet.size == 0:
+                    continue
+                if n == 0:
+                    frames = packet.decode()
+                    if frames:
+                        h, w = frames[0].height, frames[0].width
+                n += 1
+            if n and not h:  # a codec with delay: decode the start properly
+                container.seek(0)
+                for frame in container.decode(s):
+                    h, w = frame.height, frame.width
+                    break
+        if n == 0 or not h:
+            raise ValueError("no frame decodes")
+        return h, w, rate, n

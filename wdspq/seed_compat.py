@@ -29,7 +29,6 @@ import torch
 
 from .errors import SpecError, StateError
 from .table_dataset import DEFAULT_CACHE_BYTES, ParquetWindowDataset
-from .text import DEFAULT_TOKENIZER
 from .windows import WindowSpec
 
 CHECKPOINT_FORMAT = "wdspq.sampler-checkpoint/1"
@@ -211,7 +210,7 @@ class TimeSeriesParquetDataset(ParquetWindowDataset):
         video_frame_offsets: list[int] | tuple[int, ...] | None = None,
         device: str | torch.device | None = None,
         checkpoint_path: str | os.PathLike | None = None,
-        tokenizer: Any = DEFAULT_TOKENIZER,
+        tokenizer: Any = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         **spec_options: Any,
     ) -> None:

@@ -17,8 +17,8 @@ import torch
 from .errors import SchemaError
 from .media import decode_image, decode_video
 from .schema import TableMeta, read_meta
-from .text import DEFAULT_TOKENIZER, load_tokenizer, tokenize, tokenizer_identity
-from .windows import EpisodeArrays, SampleShapes, WindowIndex, WindowSpec, cut_window, sample_schema
+from .text import load_tokenizer, tokenize, tokenizer_identity
+from .windows import CameraClip, EpisodeArrays, WindowIndex, WindowSpec, cut_window, sample_schema
 
 DEFAULT_CACHE_BYTES = 512 * 2**20
 
@@ -74,18 +74,18 @@ class ParquetWindowDataset(torch.utils.data.Dataset):
         self,
         table: str | os.PathLike,
         spec: WindowSpec | dict[str, Any],
-        tokenizer: Any = DEFAULT_TOKENIZER,
+        tokenizer: Any = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
     ) -> None:
         self.path = str(table)
         self.spec = spec if isinstance(spec, WindowSpec) else WindowSpec.from_dict(spec)
         self.meta: TableMeta = read_meta(self.path)
-        self.rspec = self.spec.resolve(self.meta.action_rate_hz, self.meta.observation_rate_hz)
+        self.rspec = self.spec.resolve(self.meta.layout())
         pf = pq.ParquetFile(self.path)
-        cols = pf.read(columns=["episode_id", "text", "action_ts"])
+        cols = pf.read(columns=["episode_id", "text", self.meta.actions.ts_column])
         self.episode_ids: list[str] = cols.column("episode_id").to_pylist()
         texts = cols.column("text").to_pylist()
-        lengths = pc.list_value_length(cols.column("action_ts")).to_numpy(zero_copy_only=False)
+        lengths = pc.list_value_length(cols.column(self.meta.actions.ts_column)).to_numpy(zero_copy_only=False)
         self.n_actions = np.asarray(lengths, dtype=np.int64)
         if (self.n_actions == 0).any():
             bad = int(np.flatnonzero(self.n_actions == 0)[0])
@@ -96,13 +96,6 @@ class ParquetWindowDataset(torch.utils.data.Dataset):
         tok = load_tokenizer(tokenizer)
         self.tokenizer_id = tokenizer_identity(tok, tokenizer if isinstance(tokenizer, str) else None)
         self.tokens = tokenize(tok, texts, self.spec.max_text_tokens)
-        m = self.meta
-        self.shapes = SampleShapes(
-            action_dim=m.action_dim,
-            obs_dim=m.obs_dim,
-            frame_hw=(m.frame_height, m.frame_width),
-            image_hw=(m.image_height, m.image_width) if m.image_height > 0 else None,
-        )
         self.cache_bytes = cache_bytes
         self._local: dict[str, Any] | None = None
 
@@ -129,7 +122,7 @@ class ParquetWindowDataset(torch.utils.data.Dataset):
         return len(self.n_actions)
 
     def sample_schema(self) -> dict[str, dict]:
-        return sample_schema(self.rspec, self.shapes, list(self.tokens))
+        return sample_schema(self.rspec, list(self.tokens))
 
     def _row(self, episode: int) -> dict[str, Any]:
         loc = self._proc()
@@ -150,41 +143,58 @@ class ParquetWindowDataset(torch.utils.data.Dataset):
         row = self._row(episode)
         eid = self.episode_ids[episode]
         where = f"{self.path}: episode {eid!r} (row {episode})"
-        m = self.meta
-        frames, fps = None, 0.0
-        video = row.column("video")[0].as_py()
-        if video is not None and m.frame_height > 0:
-            frames, fps = decode_video(video, where=f"{where}, column 'video'")
-            if frames.shape[2:] != (m.frame_height, m.frame_width):
-                raise SchemaError(
-                    f"{where}, column 'video': frames are {frames.shape[2]}x{frames.shape[3]}, "
-                    f"the table says {m.frame_height}x{m.frame_width}"
-                )
-        image = None
-        if self.shapes.image_hw is not None:
-            img = row.column("image")[0].as_py()
+        signals = {
+            s.name: (_list_to_numpy(row.column(s.ts_column), None, np.float64),
+                     _list_to_numpy(row.column(s.column), s.width, np.float32))
+            for s in self.meta.signals
+        }
+        cameras = {s.name: self._camera(row, s, where) for s in self.meta.cameras}
+        images = {}
+        for s in self.meta.images:
+            img = row.column(s.column)[0].as_py()
+            images[s.name] = None
             if img is not None:
-                image = decode_image(img, where=f"{where}, column 'image'")
-                if image.shape[1:] != self.shapes.image_hw:
+                images[s.name] = decode_image(img, where=f"{where}, image {s.name!r}")
+                if images[s.name].shape[1:] != s.hw:
                     raise SchemaError(
-                        f"{where}, column 'image': image is {image.shape[1]}x{image.shape[2]}, "
-                        f"the table says {self.shapes.image_hw[0]}x{self.shapes.image_hw[1]}"
+                        f"{where}, image {s.name!r}: image is {images[s.name].shape[1]}x{images[s.name].shape[2]}, "
+                        f"the table says {s.height}x{s.frame_width}"
                     )
         ep = EpisodeArrays(
-            action_ts=_list_to_numpy(row.column("action_ts"), None, np.float64),
-            actions=_list_to_numpy(row.column("actions"), m.action_dim, np.float32),
-            observation_ts=_list_to_numpy(row.column("observation_ts"), None, np.float64),
-            observations=_list_to_numpy(row.column("observations"), m.obs_dim, np.float32),
-            frames=frames,
-            fps=fps,
-            video_t0=float(row.column("video_t0")[0].as_py() or 0.0),
-            image=image,
+            action_ts=_list_to_numpy(row.column(self.meta.actions.ts_column), None, np.float64),
+            actions=_list_to_numpy(row.column(self.meta.actions.column), self.meta.actions.width, np.float32),
+            signals=signals,
+            cameras=cameras,
+            images=images,
             tokens={k: v[episode] for k, v in self.tokens.items()},
         )
-        nbytes = sum(a.nbytes for a in (ep.action_ts, ep.actions, ep.observation_ts, ep.observations))
-        nbytes += 0 if frames is None else frames.nbytes
+        nbytes = ep.action_ts.nbytes + ep.actions.nbytes + sum(t.nbytes + v.nbytes for t, v in signals.values())
+        nbytes += sum(c.frames.nbytes + c.ts.nbytes for c in cameras.values() if c is not None)
         cache.put(episode, ep, nbytes)
         return ep
+
+    def _camera(self, row: pa.Table, s: Any, where: str) -> CameraClip | None:
+        """Decode one camera clip of a row and check it against its timestamps and the table's frame size."""
+        clip = row.column(s.column)[0].as_py()
+        if clip is None:
+            return None
+        frames, fps = decode_video(clip, where=f"{where}, camera {s.name!r}")
+        if frames.shape[2:] != s.hw:
+            raise SchemaError(
+                f"{where}, camera {s.name!r}: frames are {frames.shape[2]}x{frames.shape[3]}, "
+                f"the table says {s.height}x{s.frame_width}"
+            )
+        if s.ts_column is None:  # version 1: constant rate from video_t0
+            t0 = float(row.column(s.t0_column)[0].as_py() or 0.0)
+            rate = s.fps or fps
+            return CameraClip(ts=t0 + np.arange(len(frames), dtype=np.float64) / rate, frames=frames, fps=rate)
+        ts = _list_to_numpy(row.column(s.ts_column), None, np.float64)
+        if len(ts) != len(frames):
+            raise SchemaError(
+                f"{where}, camera {s.name!r}: the clip decodes to {len(frames)} frames but column "
+                f"{s.ts_column!r} has {len(ts)} timestamps"
+            )
+        return CameraClip(ts=ts, frames=frames)
 
     # -- windows -----------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -206,14 +216,14 @@ class ParquetWindowDataset(torch.utils.data.Dataset):
         """Window `i` as numpy arrays (what the exporter writes)."""
         i = self._check_index(i)
         ep, _, k = self.index.locate(i)
-        return cut_window(self.episode(int(ep)), int(k), self.rspec, self.shapes, i, int(ep))
+        return cut_window(self.episode(int(ep)), int(k), self.rspec, i, int(ep))
 
     def episode_windows(self, episode: int) -> Iterator[dict[str, np.ndarray]]:
         """Every window of one episode, anchors ascending (numpy samples)."""
         arrays = self.episode(episode)
         first = int(self.index.starts[episode])
         for j in range(int(self.index.counts[episode])):
-            yield cut_window(arrays, j * self.index.stride, self.rspec, self.shapes, first + j, episode)
+            yield cut_window(arrays, j * self.index.stride, self.rspec, first + j, episode)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {k: torch.from_numpy(v) for k, v in self.sample_numpy(i).items()}
@@ -221,5 +231,5 @@ class ParquetWindowDataset(torch.utils.data.Dataset):
     def __repr__(self) -> str:
         return (
             f"ParquetWindowDataset({Path(self.path).name!r}, episodes={self.num_episodes}, windows={len(self)}, "
-            f"A={self.rspec.A}, O={self.rspec.O}, frames={len(self.rspec.offsets)})"
+            f"A={self.rspec.A}, streams={[s.name for s in self.meta.streams]})"
         )

@@ -35,12 +35,16 @@ def default_tokenizer() -> str:
     return bundled_bert_uncased_path() or DEFAULT_TOKENIZER
 
 
-def load_tokenizer(name_or_path: str | os.PathLike | Any = DEFAULT_TOKENIZER) -> Any:
+def load_tokenizer(name_or_path: str | os.PathLike | Any = None) -> Any:
     """Load a Hugging Face tokenizer offline: a local folder, or a name already in the HF cache.
+
+    None means `default_tokenizer()`, the one default of the library, the command line and the tools.
 
     Never falls back to another tokenizer: when the requested one is missing, the error says how to get it.
     An already-constructed tokenizer object is returned as is.
     """
+    if name_or_path is None:
+        name_or_path = default_tokenizer()
     if not isinstance(name_or_path, (str, os.PathLike)):
         return name_or_path
     from transformers import AutoTokenizer

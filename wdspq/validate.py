@@ -1,4 +1,4 @@
-"""Validation of a whole table against the version-1 schema (DESIGN.md "The table").
+"""Validation of a whole table against its metadata (docs/table.md): schema version 2, and 1 read as 2.
 
 `validate_table` reads one row group at a time (memory bounded by a row group) and checks every column
 with vectorised numpy; only episodes that violate a rule are visited one by one, to name them. Every
@@ -8,20 +8,18 @@ same per-episode timestamp rule, shared with the builders so they refuse what va
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import av
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import MediaError, SchemaError
-from .media import decode_image
-from .schema import COLUMNS, TableMeta, read_meta, table_schema
+from .media import decode_image, probe_clip
+from .schema import TableMeta, arrow_schema, read_meta
 
 MAX_REPORTED = 50  # violations kept in full on the error (the message shows the first)
 PER_CHECK = 5  # offending episodes named per check and row group
@@ -217,107 +215,71 @@ def _check_matrix_column(
             )
 
 
-def _first_video_frame(data: bytes, full: bool) -> tuple[int, int, float, int]:
-    """(height, width, fps, frames decoded) of a clip, decoding the first frame (or all with `full`)."""
-    with av.open(io.BytesIO(data), "r") as container:
-        if not container.streams.video:
-            raise ValueError("no video stream")
-        s = container.streams.video[0]
-        rate = s.average_rate or s.base_rate or s.guessed_rate
-        n = 0
-        h = w = 0
-        for frame in container.decode(s):
-            if n == 0:
-                h, w = frame.height, frame.width
-            n += 1
-            if not full:
-                break
-        if n == 0:
-            raise ValueError("no frame decodes")
-        return h, w, float(rate or 0.0), n
-
-
-class _SizeTracker:
-    """Checks that every image (or every clip's frames) has one size, matching the metadata when it says."""
-
-    def __init__(self, rep: _Report, column: str, meta_hw: tuple[int, int], meta_name: str) -> None:
-        self.rep, self.column, self.meta_name = rep, column, meta_name
-        self.expected: tuple[int, int] | None = meta_hw if meta_hw[0] and meta_hw[1] else None
-        self.first_from: str | None = None if self.expected is None else "the table metadata"
-
-    def check(self, hw: tuple[int, int], ep_id: object, row: int) -> None:
-        if self.expected is None:
-            self.expected, self.first_from = hw, f"episode {ep_id!r} (row {row})"
-        elif hw != self.expected:
-            self.rep.episode(
-                ep_id,
-                row,
-                self.column,
-                f"size {hw[0]}x{hw[1]} differs from {self.expected[0]}x{self.expected[1]} ({self.meta_name} of {self.first_from})",
-            )
-
-
 def validate_table(path: str | os.PathLike, full_media: bool = False) -> TableMeta:
-    """Check a table against schema version 1 and return its metadata; raise SchemaError naming each violation.
+    """Check a table against its metadata (schema version 2, or version 1 read as 2); return the metadata.
 
-    Images are decoded; each clip is opened and its first frame decoded (every frame with `full_media`).
+    Raises SchemaError naming each violation (file, episode id and row, stream, column). Images are
+    decoded; each clip's first frame is decoded and its frames counted (every frame decoded with
+    `full_media`). One row group is read at a time.
     """
     path = Path(path)
     where = str(path)
     meta = read_meta(path)  # missing file, not Parquet, missing/invalid 'wdspq' metadata
     rep = _Report(where)
-    D, S = meta.action_dim, meta.obs_dim
-    for name, value in (("action_dim", D), ("obs_dim", S)):
-        if not isinstance(value, int) or value < 1:
-            raise SchemaError(f"{where}: metadata 'wdspq': {name} is {value!r}, expected a positive integer")
-    for name in ("action_rate_hz", "observation_rate_hz"):
-        value = getattr(meta, name)
-        if not isinstance(value, (int, float)) or not np.isfinite(value) or value <= 0:
-            rep.add(f"metadata 'wdspq': {name} is {value!r}, expected a positive finite rate")
+    for st in meta.streams:
+        if st.timed and not (isinstance(st.rate_hz, (int, float)) and np.isfinite(st.rate_hz) and st.rate_hz > 0):
+            if st.kind != "camera" or st.rate_hz is not None:
+                rep.add(f"metadata 'wdspq': stream {st.name!r} rate is {st.rate_hz!r}, expected a positive finite rate")
 
     pf = pq.ParquetFile(path)
     schema = pf.schema_arrow
-    expected = table_schema(D, S)
+    expected = arrow_schema(meta.streams)
     ok: set[str] = set()
     deferred: list[str] = []
     names = set(schema.names)
+    owner = {c: st for st in meta.streams for c in (st.column, st.ts_column, st.t0_column) if c}
     seed_like = "action_ts" not in names and "actions" in names and _is_seed_matrix(schema.field("actions").type)
     for f in expected:
+        label = f"column {f.name!r}" + (f" (stream {owner[f.name].name!r})" if f.name in owner and owner[f.name].name != f.name else "")
         if f.name not in names:
+            if f.name == "split":
+                continue  # optional
             hint = (
                 "; this looks like a seed-layout table (timestamps in column 0, media as paths): "
                 "convert it with `wdspq build seed`"
                 if seed_like
                 else ""
             )
-            rep.add(f"column {f.name!r}: missing (expected type {f.type}){hint}")
+            rep.add(f"{label}: missing (expected type {f.type}){hint}")
             continue
         got = schema.field(f.name).type
         if got.equals(f.type):
             ok.add(f.name)
             continue
-        if f.name in ("actions", "observations") and _is_float_matrix(got):
-            dim, dim_name = (D, "action_dim") if f.name == "actions" else (S, "obs_dim")
+        st = owner.get(f.name)
+        if st is not None and st.kind in ("actions", "signal") and f.name == st.column and _is_float_matrix(got):
             size = got.value_type.list_size if pa.types.is_fixed_size_list(got.value_type) else None
             if size is not None and got.value_type.value_type == pa.float32():
-                rep.add(f"column {f.name!r}: dimension {size} does not match {dim_name}={dim} in the table metadata")
+                rep.add(f"{label}: dimension {size} does not match the width {st.width} of stream {st.name!r} in the table metadata")
             else:
-                # still check per-row dimensions to name the episodes; the type message comes after them
-                deferred.append(f"column {f.name!r}: wrong type {got}, expected {f.type}")
+                deferred.append(f"{label}: wrong type {got}, expected {f.type}")
                 ok.add(f.name + ":loose")
             continue
-        rep.add(f"column {f.name!r}: wrong type {got}, expected {f.type}")
+        rep.add(f"{label}: wrong type {got}, expected {f.type}")
+    if meta.read_as == 1:
+        for col, kind in (("video", "camera"), ("image", "image")):
+            if col in names and not meta.of_kind(kind) and pf.read(columns=[col]).column(0).null_count < pf.metadata.num_rows:
+                rep.add(f"column {col!r}: holds media but the table metadata describes no {kind} (no frame size); "
+                        "rebuild the table with `wdspq build`")
 
     if "episode_id" not in ok:
         for m in deferred:
             rep.add(m)
         rep.raise_if_any()  # cannot name episodes without ids
 
-    images = _SizeTracker(rep, "image", (meta.image_height, meta.image_width), "image size")
-    frames = _SizeTracker(rep, "video", (meta.frame_height, meta.frame_width), "frame size")
     seen_ids: dict[str, int] = {}
     start = 0
-    read_cols = [c for c in COLUMNS if c in ok or c + ":loose" in ok]
+    read_cols = [c for c in expected.names if c in ok or c + ":loose" in ok]
     for g in range(pf.num_row_groups):
         tbl = pf.read_row_group(g, columns=read_cols)
         n = tbl.num_rows
@@ -332,45 +294,26 @@ def validate_table(path: str | os.PathLike, full_media: bool = False) -> TableMe
                 seen_ids[ep_id] = start + r
         if "text" in ok:
             _check_nulls(col("text"), rep, ids, start, "text", "is null; use an empty string for no task text")
-        ts_len: dict[str, np.ndarray] = {}
-        for ts_name in ("action_ts", "observation_ts"):
-            if ts_name in ok:
-                ts_len[ts_name] = _check_ts_column(col(ts_name), rep, ids, start, ts_name)[0]
-        for name, ts_name, dim, dim_name in (
-            ("actions", "action_ts", D, "action_dim"),
-            ("observations", "observation_ts", S, "obs_dim"),
-        ):
-            if name in ok or name + ":loose" in ok:
-                _check_matrix_column(col(name), rep, ids, start, name, ts_name, dim, dim_name, ts_len.get(ts_name))
-        if "video_t0" in ok:
-            t0 = col("video_t0").to_numpy(zero_copy_only=False).astype(np.float64)
-            has_video = (
-                ~col("video").is_null().to_numpy(zero_copy_only=False) if "video" in ok else np.ones(n, dtype=bool)
-            )
-            for r in _first_rows(~np.isfinite(t0) & has_video):
-                rep.episode(ids[r], start + r, "video_t0", f"is {float(t0[r])!r}; the clip's start time must be finite")
-        if "image" in ok:
-            for r, data in enumerate(col("image").to_pylist()):
-                if data is None:
-                    continue
-                try:
-                    img = decode_image(data)
-                except MediaError as e:
-                    rep.episode(ids[r], start + r, "image", f"undecodable image: {_short(e)}")
-                    continue
-                images.check((img.shape[1], img.shape[2]), ids[r], start + r)
-        if "video" in ok:
-            for r, data in enumerate(col("video").to_pylist()):
-                if data is None:
-                    continue
-                try:
-                    h, w, fps, _ = _first_video_frame(data, full_media)
-                except Exception as e:  # PyAV raises many types on bad bytes
-                    rep.episode(ids[r], start + r, "video", f"undecodable video ({len(data)} bytes): {_short(e)}")
-                    continue
-                frames.check((h, w), ids[r], start + r)
-                if meta.video_fps and abs(fps - meta.video_fps) > 1e-6 * meta.video_fps:
-                    rep.episode(ids[r], start + r, "video", f"clip is {fps:g} fps, metadata video_fps is {meta.video_fps:g}")
+        for st in meta.streams:
+            if st.kind in ("actions", "signal"):
+                ts_len = _check_ts_column(col(st.ts_column), rep, ids, start, st.ts_column)[0] if st.ts_column in ok else None
+                if st.column in ok or st.column + ":loose" in ok:
+                    _check_matrix_column(col(st.column), rep, ids, start, st.column, st.ts_column, st.width,
+                                         f"the width of stream {st.name!r}", ts_len)
+            elif st.kind == "camera" and st.column in ok:
+                _check_camera(st, col, ok, rep, ids, start, n, full_media)
+            elif st.kind == "image" and st.column in ok:
+                for r, data in enumerate(col(st.column).to_pylist()):
+                    if data is None:
+                        continue
+                    try:
+                        img = decode_image(data)
+                    except MediaError as e:
+                        rep.episode(ids[r], start + r, st.column, f"undecodable image: {_short(e)}")
+                        continue
+                    if (img.shape[1], img.shape[2]) != st.hw:
+                        rep.episode(ids[r], start + r, st.column, f"size {img.shape[1]}x{img.shape[2]} differs from "
+                                    f"{st.height}x{st.frame_width} (the image size in the table metadata)")
         start += n
         del tbl
     for m in deferred:
@@ -381,6 +324,46 @@ def validate_table(path: str | os.PathLike, full_media: bool = False) -> TableMe
         rep.add(f"metadata 'wdspq': num_episodes is {meta.num_episodes} but the table has {start} rows")
     rep.raise_if_any()
     return meta
+
+
+def _check_camera(st, col, ok: set[str], rep: _Report, ids: list, start: int, n: int, full: bool) -> None:
+    """One camera in one row group: clips decode, have the metadata's frame size, one timestamp per frame."""
+    clips = col(st.column).to_pylist()
+    has = np.array([c is not None for c in clips], dtype=bool)
+    ts_len = None
+    if st.ts_column is not None and st.ts_column in ok:
+        arr = col(st.ts_column)
+        ts_len = _list_lengths(arr)
+        off = _offsets(ts_len)
+        values = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+        for r in range(n):
+            if not has[r]:
+                if ts_len[r]:
+                    rep.episode(ids[r], start + r, st.ts_column, f"has {ts_len[r]} frame timestamps but the episode has no clip")
+                continue
+            problem = timestamp_problem(values[off[r] : off[r + 1]])
+            if problem:
+                rep.episode(ids[r], start + r, st.ts_column, problem)
+    if st.t0_column is not None and st.t0_column in ok:
+        t0 = col(st.t0_column).to_numpy(zero_copy_only=False).astype(np.float64)
+        for r in _first_rows(~np.isfinite(t0) & has):
+            rep.episode(ids[r], start + r, st.t0_column, f"is {float(t0[r])!r}; the clip's start time must be finite")
+    for r, data in enumerate(clips):
+        if data is None:
+            continue
+        try:
+            h, w, fps, frames = probe_clip(data, full)
+        except Exception as e:  # PyAV raises many types on bad bytes
+            rep.episode(ids[r], start + r, st.column, f"undecodable video ({len(data)} bytes): {_short(e)}")
+            continue
+        if (h, w) != st.hw:
+            rep.episode(ids[r], start + r, st.column,
+                        f"size {h}x{w} differs from {st.height}x{st.frame_width} (the frame size of camera {st.name!r} in the table metadata)")
+        if ts_len is not None and ts_len[r] and frames != ts_len[r]:
+            rep.episode(ids[r], start + r, st.column,
+                        f"the clip has {frames} frames but {st.ts_column!r} has {ts_len[r]} timestamps (one per frame)")
+        if st.fps and abs(fps - st.fps) > 1e-6 * st.fps:
+            rep.episode(ids[r], start + r, st.column, f"clip is {fps:g} fps, metadata video_fps is {st.fps:g}")
 
 
 def _columns(tbl: pa.Table) -> Callable[[str], pa.Array]:

@@ -232,9 +232,8 @@ def _parity(
     where_of: np.ndarray, report: VerifyReport,
 ) -> None:
     from .table_dataset import ParquetWindowDataset
-    from .text import DEFAULT_TOKENIZER
 
-    ds = ParquetWindowDataset(table, m.data["spec"], tokenizer=tokenizer or DEFAULT_TOKENIZER)
+    ds = ParquetWindowDataset(table, m.data["spec"], tokenizer=tokenizer)
     want = m.data.get("tokenizer", {}).get("vocab_sha256")
     if want and ds.tokenizer_id["vocab_sha256"] != want:
         report.problems.append(Problem(

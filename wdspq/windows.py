@@ -43,6 +43,7 @@ class WindowSpec:
     obs_resample: str = "none"
     obs_rate_hz: float | None = None
     max_text_tokens: int = 32
+    overrides: Mapping[str, Mapping[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         offsets = self.video_frame_offsets
@@ -88,6 +89,7 @@ class WindowSpec:
             raise SpecError(f"max_text_tokens must be an integer >= 1, got {m!r}")
         object.__setattr__(self, "max_text_tokens", int(m))
         object.__setattr__(self, "full_windows_only", bool(self.full_windows_only))
+        object.__setattr__(self, "overrides", _check_overrides(self, self.overrides))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -100,6 +102,7 @@ class WindowSpec:
             "obs_resample": self.obs_resample,
             "obs_rate_hz": self.obs_rate_hz,
             "max_text_tokens": self.max_text_tokens,
+            **({"overrides": {k: dict(v) for k, v in self.overrides.items()}} if self.overrides else {}),
         }
 
     @classmethod
@@ -113,39 +116,108 @@ class WindowSpec:
         """A stable hash of the spec (for manifests and loader states)."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
-    def resolve(self, action_rate_hz: float, observation_rate_hz: float) -> ResolvedSpec:
-        """Turn seconds into row counts with the table's rates (rounded, never truncated)."""
-        A = round_half_up(self.acts_length_sec * action_rate_hz)
-        if self.obs_resample == "none":
-            obs_rate = observation_rate_hz
-        else:
-            obs_rate = self.obs_rate_hz if self.obs_rate_hz is not None else action_rate_hz
-        O = round_half_up(self.obs_length_sec * obs_rate)  # noqa: E741
+    def for_stream(self, name: str) -> WindowSpec:
+        """The spec with stream `name`'s overrides applied (observation fields or frame offsets)."""
+        o = (self.overrides or {}).get(name)
+        if not o:
+            return self
+        d = {k: v for k, v in self.to_dict().items() if k != "overrides"}
+        d.update(o)
+        return WindowSpec(**d)
+
+    def resolve(self, layout: SampleLayout) -> ResolvedSpec:
+        """Turn seconds into row counts with the table's rates (rounded halves up, never truncated)."""
+        unknown = sorted(set(self.overrides or {}) - {n for n, _, _ in layout.signals} - {n for n, _, _ in layout.cameras})
+        if unknown:
+            raise SpecError(
+                f"overrides name {unknown}, which are not signal streams or cameras of the table "
+                f"(signals: {[n for n, _, _ in layout.signals]}, cameras: {[n for n, _, _ in layout.cameras]})"
+            )
+        A = round_half_up(self.acts_length_sec * layout.action_rate_hz)
         if A < 1:
             raise SpecError(
-                f"acts_length_sec={self.acts_length_sec} at the action rate {action_rate_hz:g} Hz "
+                f"acts_length_sec={self.acts_length_sec} at the action rate {layout.action_rate_hz:g} Hz "
                 f"gives {A} action rows; use a longer window"
             )
-        if O < 1:
-            raise SpecError(
-                f"obs_length_sec={self.obs_length_sec} at {obs_rate:g} Hz gives {O} observation rows; "
-                "use a longer window"
-            )
-        return ResolvedSpec(spec=self, A=A, O=O, obs_rate_hz=float(obs_rate))
+        signals = {}
+        for name, width, rate in layout.signals:
+            sp = self.for_stream(name)
+            if sp.obs_resample == "none":
+                obs_rate = rate
+            else:
+                obs_rate = sp.obs_rate_hz if sp.obs_rate_hz is not None else layout.action_rate_hz
+            O = round_half_up(sp.obs_length_sec * obs_rate)  # noqa: E741
+            if O < 1:
+                raise SpecError(
+                    f"stream {name!r}: obs_length_sec={sp.obs_length_sec} at {obs_rate:g} Hz gives {O} rows; "
+                    "use a longer window"
+                )
+            signals[name] = SignalWindow(O=O, width=width, rate_hz=float(obs_rate), mode=sp.obs_resample,
+                                         offset_sec=sp.obs_offset_sec)
+        cameras = {name: (np.asarray(self.for_stream(name).video_frame_offsets, dtype=np.int64), h, w)
+                   for name, h, w in layout.cameras}
+        return ResolvedSpec(spec=self, layout=layout, A=A, signals=signals, cameras=cameras)
+
+
+def _check_overrides(spec: WindowSpec, overrides: Any) -> dict[str, dict[str, Any]] | None:
+    """Per-stream overrides: {stream: {field: value}} with observation fields or `video_frame_offsets`."""
+    if not overrides:
+        return None
+    if not isinstance(overrides, Mapping):
+        raise SpecError(f"overrides must map stream names to fields, got {overrides!r}")
+    allowed = {"obs_length_sec", "obs_offset_sec", "obs_resample", "obs_rate_hz", "video_frame_offsets"}
+    out = {}
+    for name, fields_ in sorted(overrides.items()):
+        if not isinstance(fields_, Mapping) or set(fields_) - allowed:
+            bad = sorted(set(fields_) - allowed) if isinstance(fields_, Mapping) else fields_
+            raise SpecError(f"overrides[{name!r}]: {bad!r} cannot be overridden per stream (allowed: {sorted(allowed)})")
+        d = {k: v for k, v in spec.to_dict().items() if k != "overrides"}
+        d.update(fields_)
+        checked = WindowSpec(**d)  # validates the merged fields
+        out[str(name)] = {k: getattr(checked, k) if k != "video_frame_offsets" else list(checked.video_frame_offsets)
+                          for k in fields_}
+    return out
+
+
+@dataclass(frozen=True)
+class SampleLayout:
+    """What the table contributes to a sample: the action width and rate, and every stream's shape.
+
+    `signals` are (name, S, rate Hz), `cameras` and `images` (name, H, W), in table order.
+    """
+
+    action_dim: int
+    action_rate_hz: float
+    signals: tuple[tuple[str, int, float], ...] = ()
+    cameras: tuple[tuple[str, int, int], ...] = ()
+    images: tuple[tuple[str, int, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class SignalWindow:
+    """One signal stream's window: O rows of width S, at `rate_hz` (resampled when mode != none)."""
+
+    O: int  # noqa: E741
+    width: int
+    rate_hz: float
+    mode: str
+    offset_sec: float
 
 
 @dataclass(frozen=True)
 class ResolvedSpec:
-    """A spec with its lengths in rows for one table's rates."""
+    """A spec with its lengths in rows for one table: A, each signal's window, each camera's offsets."""
 
     spec: WindowSpec
+    layout: SampleLayout
     A: int
-    O: int  # noqa: E741
-    obs_rate_hz: float
-    offsets: np.ndarray = field(init=False, repr=False, compare=False)
+    signals: Mapping[str, SignalWindow]
+    cameras: Mapping[str, tuple[np.ndarray, int, int]]
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "offsets", np.asarray(self.spec.video_frame_offsets, dtype=np.int64))
+    def summary(self) -> dict[str, Any]:
+        """JSON-able row counts (recorded in the manifest)."""
+        return {"A": self.A, "signals": {n: {"O": w.O, "rate_hz": w.rate_hz} for n, w in self.signals.items()},
+                "cameras": {n: len(o) for n, (o, _, _) in self.cameras.items()}}
 
 
 def anchors(n_actions: int, A: int, stride: int, full_windows_only: bool) -> np.ndarray:
@@ -186,44 +258,62 @@ class WindowIndex:
 
 
 @dataclass
+class CameraClip:
+    """One episode's decoded camera: frames (n, 3, H, W) uint8 and each frame's time (n,) float64.
+
+    `fps` is set for version 1 clips (constant rate from `ts[0]`): their base frame keeps the version 1
+    rule `floor((t0 - ts[0]) * fps + 0.5)`, so their samples are unchanged.
+    """
+
+    ts: np.ndarray
+    frames: np.ndarray
+    fps: float | None = None
+
+
+@dataclass
 class EpisodeArrays:
-    """The numeric content of one episode as the window function needs it (already decoded)."""
+    """The decoded content of one episode as the window function needs it, streams by name."""
 
     action_ts: np.ndarray  # (n_a,) float64
     actions: np.ndarray  # (n_a, D) float32
-    observation_ts: np.ndarray  # (n_o,) float64
-    observations: np.ndarray  # (n_o, S) float32
-    frames: np.ndarray | None = None  # decoded clip (n_f, 3, H, W) uint8, or None when the episode has no video
-    fps: float = 0.0
-    video_t0: float = 0.0
-    image: np.ndarray | None = None  # (3, H, W) uint8, or None when the episode has no image
+    signals: Mapping[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # name -> (ts, (n, S))
+    cameras: Mapping[str, CameraClip | None] = field(default_factory=dict)  # None: no clip in this episode
+    images: Mapping[str, np.ndarray | None] = field(default_factory=dict)  # (3, H, W) uint8 or None
     tokens: Mapping[str, np.ndarray] = field(default_factory=dict)  # each (max_text_tokens,) int64
 
 
-@dataclass(frozen=True)
-class SampleShapes:
-    """Shapes that do not come from the spec: frame and image sizes, whether the table has images."""
-
-    action_dim: int
-    obs_dim: int
-    frame_hw: tuple[int, int]
-    image_hw: tuple[int, int] | None  # None: the table has no image column content -> no image keys
-
-
 def frame_indices(t0: float, video_t0: float, fps: float, offsets: np.ndarray) -> np.ndarray:
-    """`floor((t0 - video_t0) * fps + 0.5) + offsets` (DESIGN.md "Frames")."""
+    """Version 1 constant-rate clips: `floor((t0 - video_t0) * fps + 0.5) + offsets`."""
     base = math.floor((t0 - video_t0) * fps + 0.5)
     return base + offsets
 
 
+def nearest_frame(ts: np.ndarray, t: float) -> int:
+    """Index of the frame whose time is nearest to `t`; ties go to the later frame (ts non-empty, sorted)."""
+    n = len(ts)
+    j = int(np.searchsorted(ts, t, side="left"))  # ts[j - 1] < t <= ts[j]
+    if j == 0:
+        return 0
+    if j == n:
+        return n - 1
+    return j if ts[j] - t <= t - ts[j - 1] else j - 1
+
+
+def camera_indices(clip: CameraClip, t0: float, offsets: np.ndarray) -> np.ndarray:
+    """Frame index for each offset (may be outside the clip: those frames are masked)."""
+    if clip.fps:
+        return frame_indices(t0, float(clip.ts[0]), clip.fps, offsets)
+    return nearest_frame(clip.ts, t0) + offsets
+
+
 def observation_rows(
-    obs_ts: np.ndarray, observations: np.ndarray, t_start: float, rspec: ResolvedSpec
+    obs_ts: np.ndarray, observations: np.ndarray, t_start: float, win: SignalWindow
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Observation rows and mask for a window whose observation range starts at `t_start`."""
-    O, S = rspec.O, observations.shape[1]  # noqa: E741
+    """One signal stream's rows and mask for a window whose observation range starts at `t_start`."""
+    O, S = win.O, observations.shape[1]  # noqa: E741
     n = len(obs_ts)
     out = np.zeros((O, S), dtype=np.float32)
-    mode = rspec.spec.obs_resample
+    mode = win.mode
     if mode == "none":
         j0 = int(np.searchsorted(obs_ts, t_start, side="left"))
         j1 = min(j0 + O, n)
@@ -232,7 +322,7 @@ def observation_rows(
             out[: j1 - j0] = observations[j0:j1]
             mask[: j1 - j0] = True
         return out, mask
-    t = t_start + np.arange(O, dtype=np.float64) / rspec.obs_rate_hz
+    t = t_start + np.arange(O, dtype=np.float64) / win.rate_hz
     if n == 0:
         return out, np.zeros(O, dtype=bool)
     mask = (t >= obs_ts[0]) & (t <= obs_ts[-1])
@@ -267,58 +357,53 @@ def cut_window(
     ep: EpisodeArrays,
     k: int,
     rspec: ResolvedSpec,
-    shapes: SampleShapes,
     window_index: int,
     episode_index: int,
 ) -> dict[str, np.ndarray]:
-    """The sample dict (DESIGN.md "The sample") of the window anchored at action index `k`.
+    """The sample dict (docs/windows.md "The sample") of the window anchored at action index `k`.
 
     `anchor_index` in the sample is `k`, the anchor's action row. Every array is freshly allocated,
     so callers may hand them to torch without copies.
     """
-    A = rspec.A
+    A, layout = rspec.A, rspec.layout
     n_a = len(ep.action_ts)
     if not 0 <= k < n_a:
         raise SpecError(f"anchor action index {k} is outside the episode (it has {n_a} actions)")
     t0 = float(ep.action_ts[k])
 
-    actions = np.zeros((A, shapes.action_dim), dtype=np.float32)
+    actions = np.zeros((A, layout.action_dim), dtype=np.float32)
     actions_mask = np.zeros(A, dtype=bool)
     k1 = min(k + A, n_a)
     actions[: k1 - k] = ep.actions[k:k1]
     actions_mask[: k1 - k] = True
+    sample: dict[str, np.ndarray] = {"actions": actions, "actions_mask": actions_mask}
 
-    observations, observations_mask = observation_rows(
-        ep.observation_ts, ep.observations, t0 + rspec.spec.obs_offset_sec, rspec
-    )
+    for name, win in rspec.signals.items():
+        ts, values = ep.signals[name]
+        sample[name], sample[f"{name}_mask"] = observation_rows(ts, values, t0 + win.offset_sec, win)
 
-    F = len(rspec.offsets)
-    H, W = shapes.frame_hw
-    frames = np.zeros((F, 3, H, W), dtype=np.uint8)
-    frames_mask = np.zeros(F, dtype=bool)
-    if ep.frames is not None and len(ep.frames):
-        idx = frame_indices(t0, ep.video_t0, ep.fps, rspec.offsets)
-        ok = (idx >= 0) & (idx < len(ep.frames))
-        if ok.any():
-            frames[ok] = ep.frames[idx[ok]]
-        frames_mask = ok
+    for name, (offsets, h, w) in rspec.cameras.items():
+        F = len(offsets)
+        frames = np.zeros((F, 3, h, w), dtype=np.uint8)
+        mask = np.zeros(F, dtype=bool)
+        times = np.zeros(F, dtype=np.float64)
+        clip = ep.cameras.get(name)
+        if clip is not None and len(clip.frames):
+            idx = camera_indices(clip, t0, offsets)
+            mask = (idx >= 0) & (idx < len(clip.frames))
+            if mask.any():
+                frames[mask] = clip.frames[idx[mask]]
+                times[mask] = clip.ts[idx[mask]]
+        sample[name], sample[f"{name}_mask"], sample[f"{name}_ts"] = frames, mask, times
 
-    sample: dict[str, np.ndarray] = {
-        "actions": actions,
-        "actions_mask": actions_mask,
-        "observations": observations,
-        "observations_mask": observations_mask,
-        "frames": frames,
-        "frames_mask": frames_mask,
-    }
-    if shapes.image_hw is not None:
-        ih, iw = shapes.image_hw
-        if ep.image is not None:
-            sample["image"] = np.array(ep.image, dtype=np.uint8, copy=True)
-            sample["image_mask"] = np.array(True)
+    for name, h, w in layout.images:
+        img = ep.images.get(name)
+        if img is not None:
+            sample[name] = np.array(img, dtype=np.uint8, copy=True)
+            sample[f"{name}_mask"] = np.array(True)
         else:
-            sample["image"] = np.zeros((3, ih, iw), dtype=np.uint8)
-            sample["image_mask"] = np.array(False)
+            sample[name] = np.zeros((3, h, w), dtype=np.uint8)
+            sample[f"{name}_mask"] = np.array(False)
     for name, ids in ep.tokens.items():
         sample[name] = np.array(ids, dtype=np.int64, copy=True)
     sample["window_index"] = np.array(window_index, dtype=np.int64)
@@ -328,26 +413,26 @@ def cut_window(
     return sample
 
 
-def sample_schema(rspec: ResolvedSpec, shapes: SampleShapes, token_keys: Sequence[str]) -> dict[str, dict]:
-    """Keys, dtypes and shapes of every sample of a dataset (recorded in the shard manifest)."""
-    F = len(rspec.offsets)
-    H, W = shapes.frame_hw
+def sample_schema(rspec: ResolvedSpec, token_keys: Sequence[str]) -> dict[str, dict]:
+    """Keys, dtypes and shapes of every sample of a dataset, in `cut_window`'s order (the record layout)."""
     M = rspec.spec.max_text_tokens
     schema: dict[str, dict] = {
-        "actions": {"dtype": "float32", "shape": [rspec.A, shapes.action_dim]},
+        "actions": {"dtype": "float32", "shape": [rspec.A, rspec.layout.action_dim]},
         "actions_mask": {"dtype": "bool", "shape": [rspec.A]},
-        "observations": {"dtype": "float32", "shape": [rspec.O, shapes.obs_dim]},
-        "observations_mask": {"dtype": "bool", "shape": [rspec.O]},
-        "frames": {"dtype": "uint8", "shape": [F, 3, H, W]},
-        "frames_mask": {"dtype": "bool", "shape": [F]},
     }
-    if shapes.image_hw is not None:
-        schema["image"] = {"dtype": "uint8", "shape": [3, *shapes.image_hw]}
-        schema["image_mask"] = {"dtype": "bool", "shape": []}
+    for name, win in rspec.signals.items():
+        schema[name] = {"dtype": "float32", "shape": [win.O, win.width]}
+        schema[f"{name}_mask"] = {"dtype": "bool", "shape": [win.O]}
+    for name, (offsets, h, w) in rspec.cameras.items():
+        schema[name] = {"dtype": "uint8", "shape": [len(offsets), 3, h, w]}
+        schema[f"{name}_mask"] = {"dtype": "bool", "shape": [len(offsets)]}
+        schema[f"{name}_ts"] = {"dtype": "float64", "shape": [len(offsets)]}
+    for name, h, w in rspec.layout.images:
+        schema[name] = {"dtype": "uint8", "shape": [3, h, w]}
+        schema[f"{name}_mask"] = {"dtype": "bool", "shape": []}
     for name in token_keys:
         schema[name] = {"dtype": "int64", "shape": [M]}
     for name in ("window_index", "episode_index", "anchor_index"):
         schema[name] = {"dtype": "int64", "shape": []}
     schema["t0"] = {"dtype": "float64", "shape": []}
     return schema
-

@@ -1,10 +1,13 @@
-"""Convert HDF5 robot logs (one file = one episode) into the canonical table.
+"""Convert HDF5 robot logs (one file = one episode) into the canonical table (schema version 2).
 
 The default layout is the seed's: one dataset per sample, named by its integer timestamp in nanoseconds,
-under `hand/right/policy_output` (actions), `right/franka/end_effector_pose` (observations) and
-`oakd_front_view/color` (H, W, 3 uint8 camera frames); the task sentence is `task_description`.
-Timestamps become float64 seconds rounded once from the exact value (never via float32, which
-collapses every epoch timestamp of a session to one value).
+under `hand/right/policy_output` (actions), `right/franka/end_effector_pose` (signal `observations`) and
+`oakd_front_view/color` (camera `frames`, (H, W, 3) uint8); the task sentence is `task_description`.
+More signal streams and cameras come from the layout (`signals`, `cameras`: name -> group). Every
+timestamp becomes float64 seconds rounded once from the exact nanoseconds (never via float32); camera
+frames keep their own timestamps (a dropped frame stays a gap, nothing is re-timed). Clips are FFV1
+(lossless) by default; `video_codec="h264"` is ~10x smaller and lossy (yuv420p, max error ~100 on
+coloured edges).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import json
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +25,16 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import MediaError, SchemaError
-from ..media import encode_mp4, encode_png
-from ..schema import Episode, TableMeta, TableWriter
+from ..media import VIDEO_CODECS, encode_clip
+from ..schema import (
+    Episode,
+    TableMeta,
+    TableWriter,
+    actions_stream,
+    camera_stream,
+    check_output_path,
+    signal_stream,
+)
 from ..validate import check_timestamps
 
 _INT_NAME = re.compile(r"^[+-]?\d+$")
@@ -32,13 +43,19 @@ HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
 
 @dataclass
 class Hdf5Layout:
-    """Where an episode's streams live inside an HDF5 file. Empty/None frames or text disables that part."""
+    """Where an episode's streams live inside an HDF5 file. An empty/None group or text disables that part.
+
+    `observations_group` and `frames_group` are the seed's signal `observations` and camera `frames`;
+    `signals` and `cameras` add more streams (name -> group).
+    """
 
     actions_group: str = "hand/right/policy_output"
-    observations_group: str = "right/franka/end_effector_pose"
+    observations_group: str | None = "right/franka/end_effector_pose"
     frames_group: str | None = "oakd_front_view/color"
+    signals: dict[str, str] = field(default_factory=dict)
+    cameras: dict[str, str] = field(default_factory=dict)
     text_dataset: str | None = "task_description"
-    fps: int | None = None  # clip frame rate; default: 1 / median frame interval, rounded
+    video_codec: str = "ffv1"
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> Hdf5Layout:
@@ -55,16 +72,27 @@ class Hdf5Layout:
         unknown = sorted(set(d) - known)
         if unknown:
             raise SchemaError(f"{path}: unknown layout keys {unknown}; known keys: {sorted(known)}")
+        for k in ("signals", "cameras"):
+            if k in d and not (isinstance(d[k], dict) and all(isinstance(v, str) for v in d[k].values())):
+                raise SchemaError(f"{path}: layout key {k!r} must map stream names to HDF5 group paths")
         return cls().replace(**d)
 
     def replace(self, **changes: Any) -> Hdf5Layout:
         """A copy with the given fields changed (None values are ignored, so CLI flags can override)."""
         d = asdict(self)
         d.update({k: v for k, v in changes.items() if v is not None})
-        for k in ("frames_group", "text_dataset"):
+        for k in ("observations_group", "frames_group", "text_dataset"):
             if d[k] == "":
                 d[k] = None
+        if d["video_codec"] not in VIDEO_CODECS:
+            raise SchemaError(f"video codec {d['video_codec']!r} is not one of {', '.join(VIDEO_CODECS)}")
         return Hdf5Layout(**d)
+
+    def signal_groups(self) -> dict[str, str]:
+        return {**({"observations": self.observations_group} if self.observations_group else {}), **self.signals}
+
+    def camera_groups(self) -> dict[str, str]:
+        return {**({"frames": self.frames_group} if self.frames_group else {}), **self.cameras}
 
 
 def ns_to_seconds(ns: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -180,57 +208,46 @@ def _read_text(f: h5py.File, name: str, where: str) -> str:
 
 def read_hdf5_episode(
     path: str | os.PathLike, layout: Hdf5Layout, episode_id: str
-) -> tuple[Episode, tuple[int, int, int] | None]:
-    """One HDF5 file -> (Episode, (frame height, width, fps) or None). Errors name the file and group/dataset."""
+) -> tuple[Episode, dict[str, Any]]:
+    """One HDF5 file -> (Episode, shapes: {stream: width or (H, W)}). Errors name the file and group/dataset."""
     where = str(path)
     try:
         f = h5py.File(path, "r")
     except OSError as e:
         raise SchemaError(f"{where}: not a readable HDF5 file: {e}") from None
+    shapes: dict[str, Any] = {}
     with f:
         a_ns, a_ds = _timed_datasets(f, layout.actions_group, where, "actions")
-        o_ns, o_ds = _timed_datasets(f, layout.observations_group, where, "observations")
         action_ts = _seconds(a_ns, f"{where}: group {layout.actions_group!r}")
-        obs_ts = _seconds(o_ns, f"{where}: group {layout.observations_group!r}")
         actions = _read_vectors(a_ds, where, "actions")
-        observations = _read_vectors(o_ds, where, "observations")
+        shapes["actions"] = actions.shape[1]
+        signals = {}
+        for name, group in layout.signal_groups().items():
+            ns, ds = _timed_datasets(f, group, where, f"signal {name!r}")
+            signals[name] = (_seconds(ns, f"{where}: group {group!r}"), _read_vectors(ds, where, f"signal {name!r}"))
+            shapes[name] = signals[name][1].shape[1]
         text = _read_text(f, layout.text_dataset, where) if layout.text_dataset else ""
-        image = video = None
-        video_t0 = 0.0
-        clip = None
-        if layout.frames_group:
-            f_ns, f_ds = _timed_datasets(f, layout.frames_group, where, "frames")
-            frame_ts = _seconds(f_ns, f"{where}: group {layout.frames_group!r}")
+        cameras = {}
+        for name, group in layout.camera_groups().items():
+            f_ns, f_ds = _timed_datasets(f, group, where, f"camera {name!r}")
+            frame_ts = _seconds(f_ns, f"{where}: group {group!r}")
             frames = _read_frames(f_ds, where)
-            if layout.fps:
-                fps = int(layout.fps)
-            elif len(frame_ts) >= 2:
-                # the median of integer ns intervals is exact; rounding it gives the nominal rate
-                fps = int(round(1e9 / float(np.median(np.diff(np.asarray(f_ns, dtype=np.int64))))))
-            else:
-                fps = 20
-            if fps < 1:
-                raise SchemaError(f"{where}: group {layout.frames_group!r}: frame interval gives {fps} fps")
             try:
-                video = encode_mp4(frames, fps=fps)
-                image = encode_png(frames[0])
+                clip = encode_clip(frames, codec=layout.video_codec, fps=_nominal_fps(f_ns))
             except MediaError as e:
-                raise SchemaError(f"{where}: group {layout.frames_group!r}: {e}") from None
-            video_t0 = float(frame_ts[0])
-            clip = (int(frames.shape[1]), int(frames.shape[2]), fps)
+                raise SchemaError(f"{where}: group {group!r} (camera {name!r}): {e}") from None
+            cameras[name] = (clip, frame_ts)
+            shapes[name] = (int(frames.shape[1]), int(frames.shape[2]))
             del frames
-    ep = Episode(
-        episode_id=episode_id,
-        text=text,
-        action_ts=action_ts,
-        actions=actions,
-        observation_ts=obs_ts,
-        observations=observations,
-        image=image,
-        video=video,
-        video_t0=video_t0,
-    )
-    return ep, clip
+    ep = Episode(episode_id=episode_id, text=text, action_ts=action_ts, actions=actions, signals=signals, cameras=cameras)
+    return ep, shapes
+
+
+def _nominal_fps(ns: list[int]) -> int:
+    """The container's nominal frame rate (informational; the table keeps every frame's own time)."""
+    if len(ns) < 2:
+        return 30
+    return max(1, int(round(1e9 / float(np.median(np.diff(np.asarray(ns, dtype=np.int64)))))))
 
 
 def expand_inputs(files: Sequence[str | os.PathLike]) -> list[Path]:
@@ -276,48 +293,41 @@ def build_from_hdf5(
     layout: Hdf5Layout | None = None,
     row_group_size: int = 8,
     progress: bool = True,
+    overwrite: bool = True,
 ) -> TableMeta:
-    """Convert HDF5 logs (one file per episode; folders are expanded) to a version-1 table at `out`, atomically."""
+    """Convert HDF5 logs (one file per episode; folders are expanded) to a version 2 table at `out`, atomically."""
     layout = layout or Hdf5Layout()
     paths = expand_inputs(files)
+    check_output_path(Path(out), overwrite=overwrite, inputs=paths)
     ids = _episode_ids(paths)
     writer: TableWriter | None = None
-    first: tuple[Path, int, int, tuple[int, int, int] | None] | None = None
+    first: tuple[Path, dict[str, Any]] | None = None
     try:
         for path, ep_id in tqdm(list(zip(paths, ids)), desc=f"build {Path(out).name}", unit="ep", disable=not progress):
-            ep, clip = read_hdf5_episode(path, layout, ep_id)
-            D, S = ep.actions.shape[1], ep.observations.shape[1]
+            ep, shapes = read_hdf5_episode(path, layout, ep_id)
             if first is None:
-                first = (path, D, S, clip)
-                writer = TableWriter(out, D, S, row_group_size=row_group_size)
-            else:
-                fpath, fD, fS, fclip = first
-                if (D, S) != (fD, fS):
-                    raise SchemaError(
-                        f"{path}: actions have {D} and observations {S} dimensions; the first file ({fpath}) has {fD} and {fS}"
-                    )
-                if clip != fclip:
-                    raise SchemaError(
-                        f"{path}: group {layout.frames_group!r}: frames are {_clip_text(clip)}, the first file's "
-                        f"({fpath}) are {_clip_text(fclip)}; every episode needs one frame size and rate (set the rate with --fps)"
-                    )
+                first = (path, shapes)
+                streams = [actions_stream(shapes["actions"])]
+                streams += [signal_stream(n, shapes[n]) for n in layout.signal_groups()]
+                lossless = layout.video_codec == "ffv1"
+                streams += [camera_stream(n, *shapes[n], codec=layout.video_codec, lossless=lossless)
+                            for n in layout.camera_groups()]
+                writer = TableWriter(out, streams, row_group_size=row_group_size, overwrite=overwrite)
+            elif shapes != first[1]:
+                diff = sorted(k for k in shapes if shapes[k] != first[1].get(k))
+                raise SchemaError(
+                    f"{path}: stream {diff[0]!r} has shape {_shape_text(shapes[diff[0]])}, the first file's "
+                    f"({first[0]}) has {_shape_text(first[1][diff[0]])}; every episode needs one width and frame size per stream"
+                )
             assert writer is not None
             writer.add(ep)
-        assert writer is not None and first is not None
-        clip = first[3]
-        return writer.close(
-            video_fps=float(clip[2]) if clip else None,
-            frame_height=clip[0] if clip else 0,
-            frame_width=clip[1] if clip else 0,
-            image_height=clip[0] if clip else 0,
-            image_width=clip[1] if clip else 0,
-            source=f"hdf5({len(paths)} files, layout={json.dumps(asdict(layout), sort_keys=True)})",
-        )
+        assert writer is not None
+        return writer.close(source=f"hdf5({len(paths)} files, layout={json.dumps(asdict(layout), sort_keys=True)})")
     except BaseException:
         if writer is not None:
             writer.abort()
         raise
 
 
-def _clip_text(clip: tuple[int, int, int] | None) -> str:
-    return "absent" if clip is None else f"{clip[0]}x{clip[1]} (HxW) at {clip[2]} fps"
+def _shape_text(shape: Any) -> str:
+    return f"{shape[0]}x{shape[1]} (HxW) frames" if isinstance(shape, tuple) else f"width {shape}"

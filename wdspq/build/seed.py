@@ -16,9 +16,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from ..errors import SchemaError
-from ..media import decode_image, encode_png, probe_video
-from ..schema import Episode, TableMeta, TableWriter
+from ..errors import MediaError, SchemaError
+from ..media import decode_image, encode_png, probe_clip
+from ..schema import (
+    Episode,
+    TableMeta,
+    TableWriter,
+    actions_stream,
+    camera_stream,
+    check_output_path,
+    image_stream,
+    signal_stream,
+)
 from ..validate import check_timestamps
 
 REQUIRED = ("text", "actions", "observations")
@@ -110,20 +119,57 @@ def _read_media(value: object, table_dir: Path) -> bytes | None:
     return p.read_bytes()
 
 
+def _first_media_shapes(
+    pf: pq.ParquetFile, media_cols: list[str], table_dir: Path, where: str
+) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    """(image HxW, clip HxW) of the first image and clip in the table (they size the table's streams)."""
+    found: dict[str, tuple[int, int]] = {}
+    for name in media_cols:
+        for g in range(pf.num_row_groups):
+            values = [v for v in pf.read_row_group(g, columns=[name]).column(0).to_pylist() if v is not None]
+            if values:
+                data = _read_media(values[0], table_dir)
+                try:
+                    if name == "image":
+                        rgb = decode_image(data, where=f"{where}: column 'image' ({values[0]!r})")
+                        found[name] = (rgb.shape[1], rgb.shape[2])
+                    else:
+                        found[name] = probe_clip(data)[:2]
+                except MediaError:
+                    raise
+                except Exception as e:  # PyAV raises many types on bad bytes
+                    raise MediaError(f"{where}: column {name!r} ({values[0]!r}): cannot read the clip: {e}") from None
+                break
+    return found.get("image"), found.get("video")
+
+
+def _seed_streams(dims: tuple[int, int], image_hw: tuple[int, int] | None,
+                  video_hw: tuple[int, int] | None) -> list:
+    streams = [actions_stream(dims[0]), signal_stream("observations", dims[1])]
+    if video_hw is not None:
+        streams.append(camera_stream("frames", *video_hw))
+    if image_hw is not None:
+        streams.append(image_stream("image", *image_hw))
+    return streams
+
+
 def build_from_seed(
     seed_table: str | os.PathLike,
     out: str | os.PathLike,
     row_group_size: int = 16,
     progress: bool = True,
+    overwrite: bool = True,
 ) -> TableMeta:
-    """Convert a seed-layout table into a version-1 table at `out` (atomically); ids are `seed-000000`, ...
+    """Convert a seed-layout table into a version 2 table at `out` (atomically); ids are `seed-000000`, ...
 
-    Timestamps are column 0 of each action/observation row; clips keep their own encoding, `video_t0` = 0.
+    Timestamps are column 0 of each action/observation row (signal `observations`); clips keep their own
+    encoding as camera `frames`, frame j shown at j / fps (the seed's clips start at 0); `image` stays.
     """
     seed_table = Path(seed_table)
     where = str(seed_table)
     if not seed_table.is_file():
         raise SchemaError(f"{where}: seed table does not exist")
+    check_output_path(Path(out), overwrite=overwrite, inputs=[seed_table])
     try:
         pf = pq.ParquetFile(seed_table)
     except (pa.ArrowInvalid, OSError) as e:
@@ -142,6 +188,7 @@ def build_from_seed(
     table_dir = seed_table.resolve().parent
     _check_media_paths(pf, table_dir, where)
 
+    image_hw_first, video_first = _first_media_shapes(pf, media_cols, table_dir, where)
     writer: TableWriter | None = None
     image_hw: tuple[int, int] | None = None
     video_info: tuple[int, int, float] | None = None
@@ -166,7 +213,6 @@ def build_from_seed(
                 ep_dims = (a.shape[1] - 1, o.shape[1] - 1)
                 if dims is None:
                     dims = ep_dims
-                    writer = TableWriter(out, dims[0], dims[1], row_group_size=row_group_size)
                 elif ep_dims != dims:
                     raise SchemaError(
                         f"{here}: dimensions D={ep_dims[0]}, S={ep_dims[1]} differ from the first episode's "
@@ -177,6 +223,7 @@ def build_from_seed(
                     if not np.isfinite(m[:, 1:]).all():
                         raise SchemaError(f"{here}, column {col!r}: NaN or infinite values")
                 image = video = None
+                frame_ts = np.zeros(0)
                 if "image" in media:
                     value = media["image"][r]
                     image = _read_media(value, table_dir)
@@ -193,7 +240,14 @@ def build_from_seed(
                     value = media["video"][r]
                     video = _read_media(value, table_dir)
                     if video is not None:
-                        info = probe_video(video, where=f"{here}, column 'video' ({value!r})")
+                        try:
+                            h, w, fps, n_frames = probe_clip(video)
+                        except Exception as e:  # PyAV raises many types on bad bytes
+                            raise MediaError(f"{here}, column 'video' ({value!r}): cannot read the clip: {e}") from None
+                        if not fps:
+                            raise SchemaError(f"{here}, column 'video' ({value!r}): the clip has no frame rate")
+                        info = (h, w, fps)
+                        frame_ts = np.arange(n_frames, dtype=np.float64) / fps
                         if video_info is None:
                             video_info = info
                         elif info != video_info:
@@ -201,32 +255,24 @@ def build_from_seed(
                                 f"{here}, column 'video': clip is {info[0]}x{info[1]} at {info[2]:g} fps, the first "
                                 f"clip is {video_info[0]}x{video_info[1]} at {video_info[2]:g} fps"
                             )
-                assert writer is not None
-                writer.add(
-                    Episode(
-                        episode_id=ep_id,
-                        text=texts[r] if texts[r] is not None else "",
-                        action_ts=np.ascontiguousarray(a[:, 0]),
-                        actions=np.ascontiguousarray(a[:, 1:], dtype=np.float32),
-                        observation_ts=np.ascontiguousarray(o[:, 0]),
-                        observations=np.ascontiguousarray(o[:, 1:], dtype=np.float32),
-                        image=image,
-                        video=video,
-                        video_t0=0.0,
-                    )
+                if writer is None:
+                    writer = TableWriter(out, _seed_streams(dims, image_hw_first, video_first),
+                                         row_group_size=row_group_size, overwrite=overwrite)
+                ep = Episode(
+                    episode_id=ep_id,
+                    text=texts[r] if texts[r] is not None else "",
+                    action_ts=np.ascontiguousarray(a[:, 0]),
+                    actions=np.ascontiguousarray(a[:, 1:], dtype=np.float32),
+                    signals={"observations": (np.ascontiguousarray(o[:, 0]), np.ascontiguousarray(o[:, 1:], dtype=np.float32))},
+                    cameras={"frames": (video, frame_ts)} if video_first is not None else {},
+                    images={"image": image} if image_hw_first is not None else {},
                 )
+                writer.add(ep)
                 row += 1
                 bar.update(1)
         if writer is None:
             raise SchemaError(f"{where}: the seed table has no rows")
-        return writer.close(
-            video_fps=video_info[2] if video_info else None,
-            frame_height=video_info[0] if video_info else 0,
-            frame_width=video_info[1] if video_info else 0,
-            image_height=image_hw[0] if image_hw else 0,
-            image_width=image_hw[1] if image_hw else 0,
-            source=f"seed({seed_table.name})",
-        )
+        return writer.close(source=f"seed({seed_table.name})")
     except BaseException:
         if writer is not None:
             writer.abort()

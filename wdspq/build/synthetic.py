@@ -1,19 +1,37 @@
-"""Deterministic synthetic episodes: 100 Hz actions, 50 Hz observations, a PNG and a 20 fps clip each."""
+"""Deterministic synthetic episodes: 100 Hz actions, 50 Hz observations, an image and one clip per camera.
+
+Each camera runs on its own clock (its own start, fps, optional jitter and dropped frames); every frame
+carries its camera frame number as a bar code (`read_frame_counter`), so tests can check which frame a
+window delivered. An optional high-rate signal stream `force` exercises multi-rate windows. Clips are
+FFV1 (lossless, byte-deterministic) unless `video_codec="h264"`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from ..media import encode_mp4, encode_png
-from ..schema import Episode, TableMeta, TableWriter
+from ..errors import SchemaError
+from ..media import encode_clip, encode_png
+from ..schema import (
+    Episode,
+    TableMeta,
+    TableWriter,
+    actions_stream,
+    camera_stream,
+    image_stream,
+    signal_stream,
+)
 
 TASKS = (
     "pick up the red cube",
@@ -29,6 +47,7 @@ ACTION_DIM = 7
 OBS_DIM = 12
 ACTION_HZ = 100.0
 OBS_HZ = 50.0
+FORCE_DIM = 6
 EPOCH_BASE = 1_742_918_912.0  # recordings carry epoch timestamps; float64 keeps them exact to ~1e-7 s
 
 
@@ -41,6 +60,7 @@ def frame_code_pixels(index: int, height: int, width: int) -> tuple[slice, list[
 
 def read_frame_counter(frame_chw: np.ndarray) -> int:
     """Decode the counter `render_frames` drew into a (3, H, W) frame (robust to lossy compression)."""
+    frame_chw = np.asarray(frame_chw)  # a torch tensor works too
     _, h, w = frame_chw.shape
     rows, bars = frame_code_pixels(0, h, w)
     value = 0
@@ -65,19 +85,61 @@ def render_frames(n: int, height: int, width: int, rng: np.random.Generator) -> 
     return frames
 
 
-def make_episode(
-    index: int,
-    seed: int,
-    seconds: float,
-    image_size: int,
-    video_size: int,
-    fps: int,
-    with_video: bool = True,
-    with_image: bool = True,
-) -> Episode:
-    """One synthetic episode; a pure function of (index, seed, sizes), so builds are reproducible."""
-    rng = np.random.default_rng([seed, index])
-    length = seconds * float(rng.uniform(0.6, 1.4))
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Everything that shapes a synthetic table besides the episode index (one picklable job argument)."""
+
+    seed: int = 0
+    seconds: float = 5.0
+    image_size: int = 64
+    video_size: int = 96
+    cameras: tuple[str, ...] = ("frames",)
+    camera_fps: tuple[float, ...] = (20.0,)
+    frame_jitter: float = 0.0
+    frame_drop: float = 0.0
+    force_hz: float | None = None
+    video_codec: str = "ffv1"
+
+    def __post_init__(self) -> None:
+        if len(self.camera_fps) == 1 and len(self.cameras) > 1:
+            object.__setattr__(self, "camera_fps", tuple(self.camera_fps) * len(self.cameras))
+        if len(self.camera_fps) != len(self.cameras):
+            raise SchemaError(f"{len(self.cameras)} cameras but {len(self.camera_fps)} frame rates")
+        for name, fps in zip(self.cameras, self.camera_fps):
+            if not fps > 0:
+                raise SchemaError(f"camera {name!r}: fps must be > 0, got {fps}")
+            if not 0 <= self.frame_jitter < 0.5 / fps:
+                raise SchemaError(
+                    f"camera {name!r}: frame jitter {self.frame_jitter} s must be >= 0 and below half a frame "
+                    f"interval ({0.5 / fps:g} s at {fps:g} fps), so frames stay in order"
+                )
+        if not 0 <= self.frame_drop < 1:
+            raise SchemaError(f"frame drop probability must be in [0, 1), got {self.frame_drop}")
+        if self.force_hz is not None and not self.force_hz > 0:
+            raise SchemaError(f"the force stream's rate must be > 0 Hz, got {self.force_hz}")
+
+
+def camera_times(cfg: SyntheticConfig, index: int, c: int, t_start: float, t_end: float) -> tuple[np.ndarray, np.ndarray]:
+    """(frame numbers kept, their times) of camera `c`: its own start and fps, jitter, dropped frames."""
+    rng = np.random.default_rng([cfg.seed, index, 1000 + c])
+    fps = cfg.camera_fps[c]
+    t0 = t_start - 0.02 - 0.007 * c  # every camera starts on its own clock, before the first action
+    n = max(1, int(round((t_end - t0) * fps)) + 1)
+    numbers = np.arange(n, dtype=np.int64)
+    ts = t0 + numbers / fps
+    if cfg.frame_jitter:
+        ts = ts + rng.uniform(-cfg.frame_jitter, cfg.frame_jitter, size=n)
+    if cfg.frame_drop:
+        keep = rng.random(n) >= cfg.frame_drop
+        keep[0] = True
+        numbers, ts = numbers[keep], ts[keep]
+    return numbers, ts
+
+
+def make_episode(index: int, cfg: SyntheticConfig) -> Episode:
+    """One synthetic episode; a pure function of (index, config), so builds are reproducible."""
+    rng = np.random.default_rng([cfg.seed, index])
+    length = cfg.seconds * float(rng.uniform(0.6, 1.4))
     start = EPOCH_BASE + 1000.0 * index + float(rng.uniform(0, 1))
     n_a = max(2, int(round(length * ACTION_HZ)))
     n_o = max(2, int(round(length * OBS_HZ)))
@@ -92,24 +154,28 @@ def make_episode(
     ophase = rng.uniform(0, 2 * np.pi, size=OBS_DIM)
     observations = (np.cos(2 * np.pi * ofreq * to + ophase) * rng.uniform(0.5, 2.0, size=OBS_DIM)).astype(np.float32)
     text = TASKS[int(rng.integers(len(TASKS)))]
-    image = video = None
-    video_t0 = start - 0.02
-    if with_image:
-        img = render_frames(1, image_size, image_size, rng)[0]
-        image = encode_png(img)
-    if with_video:
-        n_f = max(1, int(round((action_ts[-1] - video_t0) * fps)) + 1)
-        video = encode_mp4(render_frames(n_f, video_size, video_size, rng), fps=fps)
+    img = render_frames(1, cfg.image_size, cfg.image_size, rng)[0]
+    signals = {"observations": (obs_ts, observations)}
+    if cfg.force_hz:
+        n_f = max(2, int(round(length * cfg.force_hz)))
+        force_ts = start + 0.001 + np.arange(n_f, dtype=np.float64) / cfg.force_hz
+        tf = np.arange(n_f)[:, None] / cfg.force_hz
+        force = (np.sin(2 * np.pi * rng.uniform(1, 5, size=FORCE_DIM) * tf) * 10).astype(np.float32)
+        signals["force"] = (force_ts, force)
+    cameras = {}
+    for c, name in enumerate(cfg.cameras):
+        numbers, ts = camera_times(cfg, index, c, start, float(action_ts[-1]))
+        crng = np.random.default_rng([cfg.seed, index, c])
+        frames = render_frames(int(numbers[-1]) + 1, cfg.video_size, cfg.video_size, crng)[numbers]
+        cameras[name] = (encode_clip(frames, codec=cfg.video_codec, fps=int(round(cfg.camera_fps[c]))), ts)
     return Episode(
-        episode_id=f"synthetic-{seed}-{index:06d}",
+        episode_id=f"synthetic-{cfg.seed}-{index:06d}",
         text=text,
         action_ts=action_ts,
         actions=actions,
-        observation_ts=obs_ts,
-        observations=observations,
-        image=image,
-        video=video,
-        video_t0=video_t0,
+        signals=signals,
+        cameras=cameras,
+        images={"image": encode_png(img)},
     )
 
 
@@ -123,19 +189,32 @@ def build_synthetic(
     seconds: float = 5.0,
     image_size: int = 64,
     video_size: int = 96,
-    fps: int = 20,
+    fps: float = 20,
     seed: int = 0,
     workers: int = 1,
     row_group_size: int = 16,
     progress: bool = True,
+    cameras: Sequence[str] = ("frames",),
+    camera_fps: Sequence[float] | None = None,
+    frame_jitter: float = 0.0,
+    frame_drop: float = 0.0,
+    force_hz: float | None = None,
+    video_codec: str = "ffv1",
+    overwrite: bool = True,
 ) -> TableMeta:
     """Write a synthetic table of `episodes` episodes (lengths vary 0.6-1.4 x `seconds`) to `out`, atomically.
 
-    Memory is bounded by one row group plus the episodes in flight, whatever `episodes` is.
+    `cameras` name the cameras (each at `camera_fps[i]`, default `fps`), `frame_jitter` (s) and
+    `frame_drop` (probability) perturb their clocks, `force_hz` adds a 6-D `force` signal at that rate.
+    Byte-deterministic for any `workers`. Memory is bounded by one row group plus the episodes in flight.
     """
     if episodes < 1:
-        raise ValueError("episodes must be >= 1")
-    jobs = [(i, seed, seconds, image_size, video_size, fps) for i in range(episodes)]
+        raise SchemaError("episodes must be >= 1")
+    cfg = SyntheticConfig(seed=seed, seconds=seconds, image_size=image_size, video_size=video_size,
+                          cameras=tuple(cameras), camera_fps=tuple(float(f) for f in (camera_fps or [fps])),
+                          frame_jitter=float(frame_jitter), frame_drop=float(frame_drop),
+                          force_hz=float(force_hz) if force_hz else None, video_codec=video_codec)
+    jobs = [(i, cfg) for i in range(episodes)]
 
     def produce() -> Iterator[Episode]:
         if workers <= 1:
@@ -157,16 +236,14 @@ def build_synthetic(
                 for fut in pending:
                     fut.cancel()
 
-    with TableWriter(out, ACTION_DIM, OBS_DIM, row_group_size=row_group_size) as writer:
+    streams = [actions_stream(ACTION_DIM, [f"a{i}" for i in range(ACTION_DIM)]),
+               signal_stream("observations", OBS_DIM, [f"s{i}" for i in range(OBS_DIM)])]
+    if cfg.force_hz:
+        streams.append(signal_stream("force", FORCE_DIM, ["fx", "fy", "fz", "tx", "ty", "tz"]))
+    lossless = video_codec == "ffv1"
+    streams += [camera_stream(name, video_size, video_size, codec=video_codec, lossless=lossless) for name in cfg.cameras]
+    streams.append(image_stream("image", image_size, image_size))
+    with TableWriter(out, streams, row_group_size=row_group_size, overwrite=overwrite) as writer:
         for ep in tqdm(produce(), total=episodes, desc=f"build {Path(out).name}", unit="ep", disable=not progress):
             writer.add(ep)
-        return writer.close(
-            video_fps=float(fps),
-            frame_height=video_size,
-            frame_width=video_size,
-            image_height=image_size,
-            image_width=image_size,
-            source=f"synthetic(seed={seed}, episodes={episodes}, seconds={seconds})",
-            action_names=[f"a{i}" for i in range(ACTION_DIM)],
-            observation_names=[f"s{i}" for i in range(OBS_DIM)],
-        )
+        return writer.close(source=f"synthetic({json.dumps(dataclasses.asdict(cfg), sort_keys=True)}, episodes={episodes})")
