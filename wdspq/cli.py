@@ -74,6 +74,24 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _names(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: give distinct comma-separated names")
+    return names
+
+
+def _floats(text: str) -> list[float]:
+    return [_positive_float(t) for t in text.split(",")]
+
+
+def _name_group(text: str) -> tuple[str, str]:
+    name, sep, group = text.partition("=")
+    if not sep or not name or not group:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=GROUP (e.g. front=oakd_front_view/color)")
+    return name, group
+
+
 def _even_size(text: str) -> int:
     v = _int_at_least(2)(text)
     if v % 2:
@@ -105,9 +123,11 @@ def add_build_synthetic(sub: Any) -> None:
         "synthetic",
         help="generate a deterministic synthetic table",
         description=_desc(
-            "Generate a synthetic table: 100 Hz actions (D=7), 50 Hz observations (S=12), a PNG image and a "
-            "20 fps mp4 clip per episode with the frame number drawn in, varied episode lengths (0.6-1.4 x "
-            "--seconds) and several task sentences. The same --seed gives a byte-identical file."
+            "Generate a synthetic table: 100 Hz actions (D=7), 50 Hz observations (S=12), a PNG image and one "
+            "lossless FFV1 clip per camera per episode (each camera on its own clock, with its frame number drawn "
+            "in and one timestamp per frame), varied episode lengths (0.6-1.4 x --seconds) and several task "
+            "sentences. --frame-jitter and --frame-drop perturb the camera clocks, --force-hz adds a 6-D `force` "
+            "signal at a high rate. The same --seed gives a byte-identical file for any --workers."
         ),
         formatter_class=_formatter,
     )
@@ -116,7 +136,16 @@ def add_build_synthetic(sub: Any) -> None:
     p.add_argument("--seconds", type=_positive_float, default=5.0, help="mean episode length in seconds (default 5)")
     p.add_argument("--image-size", type=_int_at_least(1), default=64, help="image height = width in pixels (default 64)")
     p.add_argument("--video-size", type=_even_size, default=96, help="video frame height = width, even (default 96)")
-    p.add_argument("--fps", type=_int_at_least(1), default=20, help="video frame rate (default 20)")
+    p.add_argument("--fps", type=_positive_float, default=20, help="camera frame rate (default 20)")
+    p.add_argument("--cameras", type=_names, default=["frames"], metavar="NAME,...",
+                   help="camera names (default: one camera named frames)")
+    p.add_argument("--camera-fps", type=_floats, metavar="FPS,...", help="frame rate per camera (default --fps for all)")
+    p.add_argument("--frame-jitter", type=float, default=0.0, metavar="SEC",
+                   help="uniform jitter of every frame time, in seconds (below half a frame interval; default 0)")
+    p.add_argument("--frame-drop", type=float, default=0.0, metavar="P", help="probability that a frame is dropped (default 0)")
+    p.add_argument("--force-hz", type=_positive_float, metavar="HZ", help="add a 6-D signal stream `force` at this rate")
+    p.add_argument("--video-codec", choices=("ffv1", "h264"), default="ffv1",
+                   help="ffv1: lossless, byte-deterministic (default); h264: ~10x smaller, lossy, not byte-deterministic")
     p.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed (default 0)")
     p.add_argument("--workers", type=_int_at_least(1), default=1, help="encoding processes (default 1)")
     p.add_argument("--row-group-size", type=_int_at_least(1), default=16, help="episodes per row group (default 16)")
@@ -138,6 +167,13 @@ def run_build_synthetic(args: argparse.Namespace) -> int:
         workers=args.workers,
         row_group_size=args.row_group_size,
         progress=_progress(args),
+        cameras=args.cameras,
+        camera_fps=args.camera_fps,
+        frame_jitter=args.frame_jitter,
+        frame_drop=args.frame_drop,
+        force_hz=args.force_hz,
+        video_codec=args.video_codec,
+        overwrite=args.overwrite,
     )
     return _report_built(args.out)
 
@@ -149,8 +185,9 @@ def add_build_seed(sub: Any) -> None:
         description=_desc(
             "Import a table written by the seed project's parquet_create.py: columns text, actions and "
             "observations (list<list<double>>, timestamp in column 0 of every row), image and video as file "
-            "paths relative to the working directory or to the table's folder. Media bytes are inlined; "
-            "clips keep their encoding and video_t0 is 0. Episode ids are seed-000000, seed-000001, ..."
+            "paths relative to the working directory or to the table's folder. Media bytes are inlined: the "
+            "signal `observations`, the camera `frames` (clips keep their encoding; frame j is at j / fps) and "
+            "the image `image`. Episode ids are seed-000000, seed-000001, ..."
         ),
         formatter_class=_formatter,
     )
@@ -163,7 +200,7 @@ def add_build_seed(sub: Any) -> None:
 def run_build_seed(args: argparse.Namespace) -> int:
     from .build import build_from_seed
 
-    build_from_seed(args.seed_table, args.out, progress=_progress(args))
+    build_from_seed(args.seed_table, args.out, progress=_progress(args), overwrite=args.overwrite)
     return _report_built(args.out)
 
 
@@ -174,11 +211,14 @@ def add_build_hdf5(sub: Any) -> None:
         description=_desc(
             "Convert HDF5 logs, one file per episode (folders are searched for *.h5/*.hdf5). Each stream is a "
             "group holding one dataset per sample, named by its integer timestamp in nanoseconds; timestamps "
-            "become float64 seconds (exact to float64 rounding). Camera frames (H, W, 3 uint8) are encoded into "
-            "the episode's mp4 clip (fps from the median frame interval) and the first frame is kept as the "
-            "image. The default layout is the seed's; change it with --layout and/or the group flags.\n\n"
+            "become float64 seconds (exact to float64 rounding). Each camera's frames (H, W, 3 uint8) keep "
+            "their own timestamps (dropped frames stay gaps) and are encoded into one clip per episode: FFV1, "
+            "lossless, by default; --video-codec h264 is ~10x smaller but lossy (yuv420p: max pixel error ~100 "
+            "on coloured edges). The default layout is the seed's (signal observations, camera frames); change "
+            "it with --layout and/or the flags.\n\n"
             "layout file (JSON, any subset): {\"actions_group\": ..., \"observations_group\": ..., "
-            "\"frames_group\": ..., \"text_dataset\": ..., \"fps\": ...}"
+            "\"frames_group\": ..., \"signals\": {NAME: GROUP}, \"cameras\": {NAME: GROUP}, "
+            "\"text_dataset\": ..., \"video_codec\": \"ffv1\"|\"h264\"}"
         ),
         formatter_class=_formatter,
     )
@@ -190,7 +230,11 @@ def add_build_hdf5(sub: Any) -> None:
     )
     p.add_argument("--frames-group", metavar="PATH", help="group of camera frames (default oakd_front_view/color; '' for none)")
     p.add_argument("--text-dataset", metavar="PATH", help="task sentence dataset (default task_description; '' for none)")
-    p.add_argument("--fps", type=_int_at_least(1), help="clip frame rate (default: from the median frame interval)")
+    p.add_argument("--camera", action="append", type=_name_group, metavar="NAME=GROUP",
+                   help="a camera and its group of frames (repeat for more; replaces the default camera frames)")
+    p.add_argument("--signal", action="append", type=_name_group, metavar="NAME=GROUP",
+                   help="one more signal stream and its group (repeat for more)")
+    p.add_argument("--video-codec", choices=("ffv1", "h264"), help="clip codec (default ffv1, lossless)")
     _add_progress(p)
     p.set_defaults(func=run_build_hdf5)
 
@@ -209,9 +253,13 @@ def run_build_hdf5(args: argparse.Namespace) -> int:
         observations_group=args.observations_group,
         frames_group=args.frames_group,
         text_dataset=args.text_dataset,
-        fps=args.fps,
+        video_codec=args.video_codec,
     )
-    build_from_hdf5(files, out, layout=layout, progress=_progress(args))
+    if args.camera:
+        layout = layout.replace(frames_group="", cameras=dict(args.camera))
+    if args.signal:
+        layout = layout.replace(signals={**layout.signals, **dict(args.signal)})
+    build_from_hdf5(files, out, layout=layout, progress=_progress(args), overwrite=args.overwrite)
     return _report_built(out)
 
 
@@ -231,6 +279,8 @@ def add_build(sub: Any) -> None:
     bsub = p.add_subparsers(dest="source", metavar="SOURCE", required=True)
     for register in BUILD_SOURCES:
         register(bsub)
+    for sp in bsub.choices.values():
+        sp.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (inputs are never overwritten)")
 
 
 def _report_built(out: str | os.PathLike) -> int:
@@ -248,10 +298,11 @@ def add_validate(sub: Any) -> None:
         "validate",
         help="check a table against the schema",
         description=_desc(
-            "Check a table against schema version 1: columns and types, dimensions, timestamps (finite, "
-            "strictly increasing), NaN/inf values, empty episodes, stream/timestamp lengths, duplicate ids, "
-            "image and video bytes (images decoded; clips opened and their first frame decoded, every frame "
-            "with --full-media), frame sizes. Exits 0 if valid, 2 with the first violation otherwise."
+            "Check a table against its metadata (schema version 2; version 1 tables are read as version 2): "
+            "every stream's columns and types, widths, timestamps (finite, strictly increasing), NaN/inf values, "
+            "empty episodes, stream/timestamp lengths, duplicate ids, image and clip bytes (images decoded; "
+            "clips opened, their first frame decoded and their frames counted against the frame timestamps, "
+            "every frame decoded with --full-media), frame sizes. Exits 0 if valid, 2 with the first violation."
         ),
         formatter_class=_formatter,
     )
@@ -273,7 +324,8 @@ def run_validate(args: argparse.Namespace) -> int:
                 print(f"wdspq: error: {v}", file=sys.stderr)
             return EXIT_ERROR
         raise
-    print(f"{args.table}: valid ({meta.num_episodes} episodes, D={meta.action_dim}, S={meta.obs_dim})")
+    streams = ", ".join(f"{st.name} ({st.kind})" for st in meta.streams)
+    print(f"{args.table}: valid ({meta.num_episodes} episodes; streams: {streams})")
     return 0
 
 
@@ -304,7 +356,7 @@ def table_summary(path: str | os.PathLike) -> dict[str, Any]:
     pf = pq.ParquetFile(path)
     durations = []
     for g in range(pf.num_row_groups):
-        arr = pf.read_row_group(g, columns=["action_ts"]).column(0).combine_chunks()
+        arr = pf.read_row_group(g, columns=[meta.actions.ts_column]).column(0).combine_chunks()
         lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False).astype(np.int64)
         values = arr.flatten().to_numpy(zero_copy_only=False)
         off = np.concatenate([[0], np.cumsum(lengths)])
@@ -341,15 +393,21 @@ def _duration_text(s: float) -> str:
 def format_summary(s: dict[str, Any]) -> str:
     """Render `table_summary` as a few aligned lines."""
     m = s["meta"]
-    video = f"{m.frame_height}x{m.frame_width} (HxW) at {m.video_fps:g} fps" if m.video_fps else "none"
-    image = f"{m.image_height}x{m.image_width} (HxW)" if m.image_height else "none"
     lines = [
-        ("table", f"{s['path']} ({_bytes_text(s['file_bytes'])}, {s['row_groups']} row groups, format v{m.format_version})"),
+        ("table", f"{s['path']} ({_bytes_text(s['file_bytes'])}, {s['row_groups']} row groups, format v{m.read_as})"),
         ("episodes", str(s["episodes"])),
-        ("actions", f"D={m.action_dim} at {m.action_rate_hz:.6g} Hz"),
-        ("observations", f"S={m.obs_dim} at {m.observation_rate_hz:.6g} Hz"),
-        ("video", video),
-        ("image", image),
+    ]
+    for st in m.streams:
+        rate = f" at {st.rate_hz:.6g} {'fps' if st.kind == 'camera' else 'Hz'}" if st.rate_hz else ""
+        if st.kind in ("actions", "signal"):
+            what = f"{st.kind}, {'D' if st.kind == 'actions' else 'S'}={st.width}{rate}"
+        elif st.kind == "camera":
+            codec = f", {st.codec}{' lossless' if st.lossless else ' lossy' if st.lossless is False else ''}" if st.codec else ""
+            what = f"camera, {st.height}x{st.frame_width} (HxW){rate}{codec}"
+        else:
+            what = f"image, {st.height}x{st.frame_width} (HxW)"
+        lines.append((st.name, what))
+    lines += [
         (
             "duration",
             f"{_duration_text(s['duration_total_s'])} total; per episode {s['duration_min_s']:.1f} s min, "

@@ -55,9 +55,12 @@ def run_demo(
     t = time.perf_counter()
     meta = build_synthetic(table, episodes=episodes, seconds=seconds, video_size=video_size, seed=0,
                            workers=min(2, os.cpu_count() or 1), progress=progress)
-    log(f"[1/4] built {table}: {meta.num_episodes} episodes, actions {meta.action_dim}-D at "
-        f"{meta.action_rate_hz:.0f} Hz, observations {meta.obs_dim}-D at {meta.observation_rate_hz:.0f} Hz, "
-        f"{video_size}x{video_size} video, {table.stat().st_size / 2**20:.1f} MiB in {time.perf_counter() - t:.1f} s")
+    streams = ", ".join(
+        f"{st.name} {st.width}-D at {st.rate_hz:g} Hz" if st.kind in ("actions", "signal")
+        else f"{st.kind} {st.name} {st.height}x{st.frame_width}" for st in meta.streams
+    )
+    log(f"[1/4] built {table}: {meta.num_episodes} episodes ({streams}), "
+        f"{table.stat().st_size / 2**20:.1f} MiB in {time.perf_counter() - t:.1f} s")
 
     t = time.perf_counter()
     manifest = export_shards(table, shards, spec, tokenizer=tokenizer, samples_per_shard=200, seed=0,
