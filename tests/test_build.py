@@ -15,7 +15,7 @@ import pytest
 
 from wdspq.build import Hdf5Layout, build_from_hdf5, build_from_seed, build_synthetic, ns_to_seconds
 from wdspq.errors import SchemaError
-from wdspq.media import decode_image, decode_video, encode_png
+from wdspq.media import decode_video, encode_png
 from wdspq.validate import validate_table
 
 # ---------------------------------------------------------------------------------------------------
@@ -24,8 +24,8 @@ from wdspq.validate import validate_table
 
 def test_synthetic_validates(small_table):
     meta = validate_table(small_table, full_media=True)
-    assert meta.num_episodes == 6 and meta.video_fps == 20.0
-    assert abs(meta.action_rate_hz - 100.0) < 1e-3 and abs(meta.observation_rate_hz - 50.0) < 1e-3
+    assert meta.num_episodes == 6 and meta.stream("frames").rate_hz == 20.0
+    assert meta.actions.rate_hz == 100.0 and meta.stream("observations").rate_hz == 50.0  # snapped, exact
 
 
 def test_synthetic_is_byte_deterministic(tmp_path):
@@ -89,24 +89,25 @@ def make_seed_table(root: Path, table_rel: str = "seed.parquet", n: int = 10) ->
 def _check_seed_import(out: Path, seed: dict, media_root: Path) -> None:
     meta = validate_table(out, full_media=True)
     rows = seed["rows"]
-    assert meta.num_episodes == 10 and meta.action_dim == 4 and meta.obs_dim == 6
-    assert (meta.frame_height, meta.frame_width, meta.video_fps) == (16, 24, 20.0)
-    assert (meta.image_height, meta.image_width) == (12, 10)
+    assert meta.num_episodes == 10 and meta.actions.width == 4 and meta.stream("observations").width == 6
+    assert (meta.stream("frames").hw, meta.stream("frames").rate_hz) == ((16, 24), 20.0)
+    assert meta.stream("image").hw == (12, 10)
     t = pq.read_table(out)
     assert t.column("episode_id").to_pylist() == [f"seed-{i:06d}" for i in range(10)]
     assert t.column("text").to_pylist() == rows["text"]
     for i in range(10):
         acts, obs = np.array(rows["actions"][i]), np.array(rows["observations"][i])
         np.testing.assert_array_equal(np.array(t.column("action_ts")[i].as_py()), acts[:, 0])
-        np.testing.assert_array_equal(np.array(t.column("observation_ts")[i].as_py()), obs[:, 0])
+        np.testing.assert_array_equal(np.array(t.column("observations_ts")[i].as_py()), obs[:, 0])
         np.testing.assert_array_equal(np.array(t.column("actions")[i].as_py(), np.float32), acts[:, 1:].astype(np.float32))
         np.testing.assert_array_equal(
             np.array(t.column("observations")[i].as_py(), np.float32), obs[:, 1:].astype(np.float32)
         )
         assert t.column("image")[i].as_py() == (media_root / rows["image"][i]).read_bytes()
-        assert t.column("video")[i].as_py() == (media_root / rows["video"][i]).read_bytes()
-        assert t.column("video_t0")[i].as_py() == 0.0
-    clip, fps = decode_video(t.column("video")[2].as_py())
+        assert t.column("frames")[i].as_py() == (media_root / rows["video"][i]).read_bytes()  # clips kept as they are
+        n_frames = 4 + i % 3
+        assert t.column("frames_ts")[i].as_py() == (np.arange(n_frames) / 20.0).tolist()  # frame j at j / fps
+    clip, fps = decode_video(t.column("frames")[2].as_py())
     assert fps == 20.0 and clip.shape == (4 + 2 % 3, 3, 16, 24)
 
 
@@ -226,21 +227,22 @@ def test_hdf5_converts_exactly(tmp_path):
     out = tmp_path / "table.parquet"
     meta = build_from_hdf5([tmp_path / "ep_a.h5", tmp_path / "ep_b.h5"], out, progress=False)
     assert validate_table(out, full_media=True).num_episodes == 2
-    assert (meta.action_dim, meta.obs_dim, meta.video_fps, meta.frame_height, meta.frame_width) == (7, 8, 30.0, 24, 40)
+    assert (meta.actions.width, meta.stream("observations").width, meta.stream("frames").hw) == (7, 8, (24, 40))
+    assert meta.stream("frames").lossless and meta.stream("frames").codec == "ffv1"
     t = pq.read_table(out)
     assert t.column("episode_id").to_pylist() == ["ep_a", "ep_b"]
     assert t.column("text").to_pylist() == ["pick up the red cube", "open the drawer"]
     np.testing.assert_array_equal(np.array(t.column("action_ts")[0].as_py()), exact_seconds(a_ns))
-    np.testing.assert_array_equal(np.array(t.column("observation_ts")[0].as_py()), exact_seconds(o_ns))
+    np.testing.assert_array_equal(np.array(t.column("observations_ts")[0].as_py()), exact_seconds(o_ns))
     assert t.column("action_ts")[0].as_py()[0] == float(Fraction(BASE_NS, 10**9))
-    assert t.column("video_t0")[0].as_py() == float(Fraction(f_ns[0], 10**9))
+    np.testing.assert_array_equal(np.array(t.column("frames_ts")[0].as_py()), exact_seconds(f_ns))  # own times, jitter kept
     np.testing.assert_array_equal(np.array(t.column("actions")[0].as_py(), np.float32), data["acts"])
     np.testing.assert_array_equal(
         np.array(t.column("observations")[0].as_py(), np.float32), data["obs"].astype(np.float32)
     )
-    np.testing.assert_array_equal(decode_image(t.column("image")[0].as_py()), data["frames"][0].transpose(2, 0, 1))
-    clip, fps = decode_video(t.column("video")[0].as_py())
+    clip, fps = decode_video(t.column("frames")[0].as_py())
     assert fps == 30.0 and clip.shape == (9, 3, 24, 40)
+    np.testing.assert_array_equal(clip, data["frames"].transpose(0, 3, 1, 2))  # lossless by default
     bar_widths = (clip[:, 0, 12, :] > 127).sum(axis=1)  # frame order kept: the white bar grows 4 px a frame
     np.testing.assert_array_equal(bar_widths, 4 * np.arange(1, 10))
 
@@ -264,18 +266,17 @@ def test_hdf5_layout_file_and_overrides(tmp_path):
     layout = Hdf5Layout.from_json(layout_file).replace(observations_group="robot/state", frames_group="cam/rgb")
     out = tmp_path / "t.parquet"
     meta = build_from_hdf5([tmp_path], out, layout=layout, progress=False)  # a folder expands to its files
-    assert meta.num_episodes == 1 and meta.video_fps == 100.0
+    assert meta.num_episodes == 1 and meta.stream("frames").rate_hz == 100.0
     assert pq.read_table(out).column("text").to_pylist() == [""]
     no_frames = build_from_hdf5([tmp_path / "e.h5"], tmp_path / "nf.parquet", layout=layout.replace(frames_group=""), progress=False)
-    assert no_frames.video_fps is None
-    assert pq.read_table(tmp_path / "nf.parquet").column("video").to_pylist() == [None]
+    assert not no_frames.cameras and "frames" not in pq.read_table(tmp_path / "nf.parquet").column_names
     validate_table(tmp_path / "nf.parquet")
 
 
 def _h5_missing_group(p):
     ns = _stamps(BASE_NS, 10_000_000, 5)
     write_h5(p, ns, ns, ns, groups=("hand/right/policy_output", "right/franka/other", "oakd_front_view/color"))
-    return ["group 'right/franka/end_effector_pose' (observations) not found"]
+    return ["group 'right/franka/end_effector_pose' (signal 'observations') not found"]
 
 
 def _h5_non_integer_name(p):
@@ -363,7 +364,7 @@ def test_hdf5_frame_size_differs_between_files(tmp_path):
     ns = _stamps(BASE_NS, 10_000_000, 5)
     write_h5(tmp_path / "a.h5", ns, ns, ns)
     write_h5(tmp_path / "b.h5", ns, ns, ns, frame_hw=(16, 16))
-    with pytest.raises(SchemaError, match="frames are 16x16 .* the first file's"):
+    with pytest.raises(SchemaError, match="stream 'frames' has shape 16x16 .* the first file's"):
         build_from_hdf5([tmp_path / "a.h5", tmp_path / "b.h5"], tmp_path / "t.parquet", progress=False)
 
 

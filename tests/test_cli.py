@@ -42,7 +42,7 @@ def test_build_validate_info(tmp_path, capsys):
     assert rc == 0 and out.exists()
     assert "wrote" in capsys.readouterr().out
     assert main(["validate", str(out), "--full-media"]) == 0
-    assert "valid (3 episodes, D=7, S=12)" in capsys.readouterr().out
+    assert "valid (3 episodes; streams: actions (actions), observations (signal), frames (camera), image (image))" in capsys.readouterr().out
     assert main(["info", str(out)]) == 0
     info = capsys.readouterr().out
     for word in ("episodes     3", "D=7 at 100", "S=12 at 50", "16x16 (HxW) at 20 fps", "8x8 (HxW)", "KiB", "total"):
@@ -149,7 +149,7 @@ def test_bad_table_validate_names_episode(tmp_path, small_table, capsys):
     t = pq.read_table(small_table)
     ts = t.column("action_ts").to_pylist()
     ts[2] = [ts[2][0]] * len(ts[2])
-    t = t.set_column(2, t.schema.field("action_ts"), pa.array(ts, type=pa.list_(pa.float64())))
+    t = t.set_column(t.schema.get_field_index("action_ts"), t.schema.field("action_ts"), pa.array(ts, type=pa.list_(pa.float64())))
     bad = tmp_path / "bad.parquet"
     with pq.ParquetWriter(bad, t.schema) as w:
         w.write_table(t)

@@ -39,7 +39,7 @@ def test_constructor_positional_seed_signature(small_table, tokenizer_path, tmp_
     # parquet_file, acts_length_sec, obs_length_sec, sample_rate, video_frame_offsets, device, checkpoint_path
     ds = TimeSeriesParquetDataset(small_table, 0.5, 0.4, 25, [-1, 0], "cpu", str(ckpt), tokenizer=tokenizer_path)
     assert ds.spec.obs_resample == "linear" and ds.spec.obs_rate_hz == 25.0
-    assert ds.rspec.O == 10 and ds.rspec.A == 50
+    assert ds.rspec.signals["observations"].O == 10 and ds.rspec.A == 50
     assert ds.spec.video_frame_offsets == (-1, 0) and ds[0]["frames"].shape[0] == 2
     assert ds.device == "cpu" and ds.checkpoint_path == str(ckpt)
     # sample_rate with nearest, extra spec options, and conflicts

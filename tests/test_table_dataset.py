@@ -37,7 +37,7 @@ def test_len_counts_windows_not_episodes(ds):
 def test_dataloader_epoch_default_collation(ds):
     loader = DataLoader(ds, batch_size=16, num_workers=2, shuffle=True, generator=torch.Generator().manual_seed(0))
     seen = []
-    A, O = ds.rspec.A, ds.rspec.O  # noqa: E741
+    A, O = ds.rspec.A, ds.rspec.signals["observations"].O  # noqa: E741
     for batch in loader:
         n = len(batch["window_index"])
         assert batch["actions"].shape == (n, A, 7) and batch["actions"].dtype == torch.float32
@@ -73,13 +73,13 @@ def test_pickle_round_trip(ds):
 
 
 def _table_facts(path: str) -> list[dict]:
-    t = pq.read_table(path, columns=["action_ts", "video_t0"]).to_pylist()
-    return [{"action_ts": np.asarray(r["action_ts"]), "video_t0": r["video_t0"]} for r in t]
+    t = pq.read_table(path, columns=["action_ts", "frames_ts"]).to_pylist()
+    return [{"action_ts": np.asarray(r["action_ts"]), "video_t0": r["frames_ts"][0]} for r in t]
 
 
 def test_frames_show_the_right_frame_counter(ds, small_table):
     facts = _table_facts(small_table)
-    fps = ds.meta.video_fps
+    fps = ds.meta.stream("frames").rate_hz
     checked_before_clip = checked_in_clip = 0
     for e, f in enumerate(facts):
         n = len(f["action_ts"])

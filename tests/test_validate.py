@@ -60,9 +60,9 @@ def _swap_ts(t):
 
 
 def _nan_ts(t):
-    ts = row_of(t, "observation_ts")
+    ts = row_of(t, "observations_ts")
     ts[2] = float("nan")
-    return set_row(t, "observation_ts", ROW, ts)
+    return set_row(t, "observations_ts", ROW, ts)
 
 
 def _inf_ts(t):
@@ -88,7 +88,7 @@ def _empty(t):
 
 
 def _empty_obs(t):
-    return set_row(set_row(t, "observation_ts", ROW, []), "observations", ROW, [])
+    return set_row(set_row(t, "observations_ts", ROW, []), "observations", ROW, [])
 
 
 def _short_actions(t):
@@ -96,7 +96,7 @@ def _short_actions(t):
 
 
 def _short_obs_ts(t):
-    return set_row(t, "observation_ts", ROW, row_of(t, "observation_ts")[:-3])
+    return set_row(t, "observations_ts", ROW, row_of(t, "observations_ts")[:-3])
 
 
 def _loose_dims(column, dim):
@@ -120,24 +120,31 @@ def _bad_image(t):
 
 
 def _bad_video(t):
-    v = row_of(t, "video")
-    return set_row(t, "video", ROW, v[: len(v) // 2])
+    v = row_of(t, "frames")
+    return set_row(t, "frames", ROW, v[: len(v) // 2])
 
 
 def _garbage_video(t):
-    return set_row(t, "video", ROW, bytes(range(256)) * 8)
+    return set_row(t, "frames", ROW, bytes(range(256)) * 8)
 
 
 def _small_frames(t):
-    return set_row(t, "video", ROW, encode_mp4(np.zeros((5, 16, 16, 3), np.uint8), fps=20))
+    return set_row(t, "frames", ROW, encode_mp4(np.zeros((5, 16, 16, 3), np.uint8), fps=20))
 
 
 def _big_image(t):
     return set_row(t, "image", ROW, encode_png(np.zeros((20, 16, 3), np.uint8)))
 
 
-def _fps(t):
-    return set_row(t, "video", ROW, encode_mp4(np.zeros((5, 32, 32, 3), np.uint8), fps=25))
+def _frame_count(t):
+    ts = row_of(t, "frames_ts")
+    return set_row(t, "frames_ts", ROW, ts[:-2])
+
+
+def _frames_ts_order(t):
+    ts = row_of(t, "frames_ts")
+    ts[3] = ts[2]
+    return set_row(t, "frames_ts", ROW, ts)
 
 
 def _dup_id(t):
@@ -148,39 +155,37 @@ def _null_text(t):
     return set_row(t, "text", ROW, None)
 
 
-def _nan_t0(t):
-    return set_row(t, "video_t0", ROW, float("nan"))
 
 
 # (name, mutation, column named, words the message must contain)
 EPISODE_FAULTS: list[tuple[str, Callable, str, list[str]]] = [
     ("not-increasing", _swap_ts, "action_ts", ["not strictly increasing"]),
-    ("nan-timestamp", _nan_ts, "observation_ts", ["finite", "nan"]),
+    ("nan-timestamp", _nan_ts, "observations_ts", ["finite", "nan"]),
     ("inf-timestamp", _inf_ts, "action_ts", ["finite", "inf"]),
     ("nan-action", _nan_action, "actions", ["finite", "nan"]),
     ("inf-observation", _inf_obs, "observations", ["finite", "inf"]),
     ("empty-episode", _empty, "action_ts", ["empty episode"]),
-    ("empty-observations", _empty_obs, "observation_ts", ["empty episode"]),
+    ("empty-observations", _empty_obs, "observations_ts", ["empty episode"]),
     ("length-mismatch", _short_actions, "actions", ["rows but 'action_ts' has"]),
-    ("length-mismatch-ts", _short_obs_ts, "observations", ["rows but 'observation_ts' has"]),
-    ("action-dim", _loose_dims("actions", 7), "actions", ["has 6 values, expected 7", "action_dim"]),
-    ("obs-dim", _loose_dims("observations", 12), "observations", ["has 11 values, expected 12", "obs_dim"]),
+    ("length-mismatch-ts", _short_obs_ts, "observations", ["rows but 'observations_ts' has"]),
+    ("action-dim", _loose_dims("actions", 7), "actions", ["has 6 values, expected 7", "stream 'actions'"]),
+    ("obs-dim", _loose_dims("observations", 12), "observations", ["has 11 values, expected 12", "stream 'observations'"]),
     ("float32-collapsed", _collapsed, "action_ts", ["not increasing", "float32", "wdspq build hdf5"]),
     ("bad-image", _bad_image, "image", ["undecodable image"]),
-    ("truncated-video", _bad_video, "video", ["undecodable video"]),
-    ("garbage-video", _garbage_video, "video", ["undecodable video"]),
-    ("frame-size", _small_frames, "video", ["size 16x16 differs from 32x32"]),
+    ("truncated-video", _bad_video, "frames", ["the clip has", "but 'frames_ts' has"]),
+    ("garbage-video", _garbage_video, "frames", ["undecodable video"]),
+    ("frame-size", _small_frames, "frames", ["size 16x16 differs from 32x32"]),
     ("image-size", _big_image, "image", ["size 20x16 differs from 16x16"]),
-    ("video-fps", _fps, "video", ["25 fps", "video_fps is 20"]),
+    ("frame-count", _frame_count, "frames", ["frames but 'frames_ts' has", "one per frame"]),
+    ("frames-ts-order", _frames_ts_order, "frames_ts", ["not strictly increasing"]),
     ("duplicate-id", _dup_id, "episode_id", ["duplicate id (first at row 1)"]),
     ("null-text", _null_text, "text", ["is null"]),
-    ("nan-video-t0", _nan_t0, "video_t0", ["finite"]),
 ]
 
 
 def test_good_table_passes(small_table):
     meta = validate_table(small_table, full_media=True)
-    assert meta.num_episodes == 6 and meta.action_dim == 7 and meta.obs_dim == 12
+    assert meta.num_episodes == 6 and meta.actions.width == 7 and meta.stream("observations").width == 12
 
 
 def test_rewritten_good_table_passes(base, tmp_path):
@@ -224,18 +229,26 @@ def _meta(**changes):
     return lambda t, m: (t, {**m, **changes})
 
 
+def _stream_meta(name, **changes):
+    def f(t, m):
+        return t, {**m, "streams": [{**s, **changes} if s["name"] == name else s for s in m["streams"]]}
+
+    return f
+
+
 TABLE_FAULTS = [
     ("missing-column", _drop("observations"), ["column 'observations': missing"]),
-    ("missing-ts", _drop("action_ts"), ["column 'action_ts': missing"]),
-    ("wrong-type-t0", _retype("video_t0", pa.float32()), ["column 'video_t0': wrong type float"]),
-    ("float32-timestamps", _retype("action_ts", pa.list_(pa.float32())), ["column 'action_ts': wrong type"]),
+    ("missing-ts", _drop("action_ts"), ["column 'action_ts' (stream 'actions'): missing"]),
+    ("wrong-type-frames-ts", _retype("frames_ts", pa.list_(pa.float32())), ["column 'frames_ts' (stream 'frames'): wrong type"]),
+    ("float32-timestamps", _retype("action_ts", pa.list_(pa.float32())), ["column 'action_ts' (stream 'actions'): wrong type"]),
     ("binary-text", _retype("text", pa.binary()), ["column 'text': wrong type"]),
-    ("dim-vs-meta", _meta(action_dim=6), ["column 'actions': dimension 7 does not match action_dim=6"]),
-    ("obs-dim-vs-meta", _meta(obs_dim=13), ["column 'observations': dimension 12 does not match obs_dim=13"]),
-    ("num-episodes", _meta(num_episodes=7), ["num_episodes is 7 but the table has 6 rows"]),
-    ("bad-rate", _meta(action_rate_hz=0.0), ["action_rate_hz is 0.0"]),
+    ("dim-vs-meta", _stream_meta("actions", width=6, names=None), ["column 'actions': dimension 7 does not match the width 6"]),
+    ("obs-dim-vs-meta", _stream_meta("observations", width=13, names=None), ["column 'observations': dimension 12 does not match the width 13"]),
+    ("bad-rate", _stream_meta("actions", rate_hz=0.0), ["stream 'actions' rate is 0.0"]),
+    ("camera-size-vs-meta", _stream_meta("frames", height=48), ["differs from 48x32 (the frame size of camera 'frames'"]),
+    ("undescribed-camera", _drop("frames_ts"), ["column 'frames_ts' (stream 'frames'): missing"]),
     ("version", _meta(format_version=99), ["format version 99 is not supported"]),
-    ("meta-incomplete", lambda t, m: (t, {k: v for k, v in m.items() if k != "obs_dim"}), ["incomplete"]),
+    ("meta-incomplete", lambda t, m: (t, {k: v for k, v in m.items() if k != "streams"}), ["incomplete"]),
     ("no-rows", lambda t, m: (t.slice(0, 0), {**m, "num_episodes": 0}), ["the table has no episodes"]),
     ("meta-missing", lambda t, m: (t, None), ["no 'wdspq' schema metadata", "wdspq build"]),
     ("meta-not-json", lambda t, m: (t, "{not json"), ["not valid JSON"]),

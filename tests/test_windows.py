@@ -13,9 +13,11 @@ from hypothesis import strategies as st
 from wdspq.errors import SpecError, WdspqError
 from wdspq.schema import median_rate
 from wdspq.windows import (
+    CameraClip,
     EpisodeArrays,
     ResolvedSpec,
-    SampleShapes,
+    SampleLayout,
+    SignalWindow,
     WindowIndex,
     WindowSpec,
     anchors,
@@ -69,19 +71,30 @@ def hand_episodes() -> list[EpisodeArrays]:
             EpisodeArrays(
                 action_ts=ats.astype(np.float64),
                 actions=np.array([act(e, k) for k in range(len(ats))], dtype=np.float32),
-                observation_ts=ots.astype(np.float64),
-                observations=np.array([obs(e, j) for j in range(len(ots))], dtype=np.float32),
-                frames=frames,
-                fps=FPS if nf else 0.0,
-                video_t0=vt0,
-                image=np.full((3, *IMG_HW), 7 + e, dtype=np.uint8) if has_img else None,
+                signals={"observations": (ots.astype(np.float64),
+                                          np.array([obs(e, j) for j in range(len(ots))], dtype=np.float32))},
+                cameras={"frames": CameraClip(ts=vt0 + np.arange(nf) / FPS, frames=frames) if nf else None},
+                images={"image": np.full((3, *IMG_HW), 7 + e, dtype=np.uint8) if has_img else None},
                 tokens={"input_ids": np.full(32, e, dtype=np.int64)},
             )
         )
     return out
 
 
-SHAPES = SampleShapes(action_dim=2, obs_dim=2, frame_hw=HW, image_hw=IMG_HW)
+LAYOUT = SampleLayout(action_dim=2, action_rate_hz=R_A, signals=(("observations", 2, R_O),),
+                      cameras=(("frames", *HW, FPS),), images=(("image", *IMG_HW),))
+
+
+def _layout(r_a: float, r_o: float) -> SampleLayout:
+    return SampleLayout(action_dim=1, action_rate_hz=r_a, signals=(("observations", 1, r_o),))
+
+
+def obs_ts(ep: EpisodeArrays) -> np.ndarray:
+    return ep.signals["observations"][0]
+
+
+def obs_vals(ep: EpisodeArrays) -> np.ndarray:
+    return ep.signals["observations"][1]
 Z = [0.0, 0.0]  # a masked (zero) row
 
 # Expected windows of SPEC (A = 4 actions, O = 3 observations, frame offsets [-2, 0, 1]), written out by hand.
@@ -120,7 +133,7 @@ EXPECTED = {
 
 
 def _resolved(spec: WindowSpec = SPEC) -> ResolvedSpec:
-    return spec.resolve(R_A, R_O)
+    return spec.resolve(LAYOUT)
 
 
 def _hand_sample(i: int, spec: WindowSpec = SPEC) -> dict[str, np.ndarray]:
@@ -128,7 +141,7 @@ def _hand_sample(i: int, spec: WindowSpec = SPEC) -> dict[str, np.ndarray]:
     eps = hand_episodes()
     index = WindowIndex([len(e.action_ts) for e in eps], rspec)
     ep, _, k = index.locate(i)
-    return cut_window(eps[int(ep)], int(k), rspec, SHAPES, i, int(ep))
+    return cut_window(eps[int(ep)], int(k), rspec, i, int(ep))
 
 
 def check_expected(s: dict, i: int, exp: dict, frame_value) -> None:
@@ -153,7 +166,7 @@ def check_expected(s: dict, i: int, exp: dict, frame_value) -> None:
 
 def test_hand_resolve_and_index():
     rspec = _resolved()
-    assert (rspec.A, rspec.O) == (4, 3)
+    assert (rspec.A, rspec.signals["observations"].O) == (4, 3)
     eps = hand_episodes()
     index = WindowIndex([len(e.action_ts) for e in eps], rspec)
     assert len(index) == 6 + 3 + 8
@@ -189,41 +202,43 @@ def test_hand_stride_full_windows_only():
 def test_hand_linear_and_nearest_resampling():
     eps = hand_episodes()
     # 8 Hz from t0 + 0 = 10.0 over episode 0's observations (10.0625, 10.3125, 10.5625, 10.8125)
-    lin = WindowSpec(0.5, 0.5, obs_resample="linear", obs_rate_hz=8).resolve(R_A, R_O)
+    lin = WindowSpec(0.5, 0.5, obs_resample="linear", obs_rate_hz=8).resolve(LAYOUT).signals["observations"]
     assert lin.O == 4
-    vals, mask = observation_rows(eps[0].observation_ts, eps[0].observations, 10.0, lin)
+    vals, mask = observation_rows(obs_ts(eps[0]), obs_vals(eps[0]), 10.0, lin)
     np.testing.assert_array_equal(mask, [False, True, True, True])  # 10.0 is before the first observation
     np.testing.assert_array_equal(vals[:, 0], np.float32([0.0, 1000.25, 1000.75, 1001.25]))
     np.testing.assert_array_equal(vals[:, 1], np.float32([0.0, -1000.25, -1000.75, -1001.25]))
     # At source timestamps the value is the source value; past the last one it is masked.
-    vals, mask = observation_rows(eps[0].observation_ts, eps[0].observations, 10.5625, lin)
+    vals, mask = observation_rows(obs_ts(eps[0]), obs_vals(eps[0]), 10.5625, lin)
     np.testing.assert_array_equal(mask, [True, True, True, False])
     np.testing.assert_array_equal(vals[:, 0], np.float32([1002.0, 1002.5, 1003.0, 0.0]))
     # Nearest, ties to the earlier sample: 10.1875 (tie -> row 0), 10.3125 (row 1), 10.4375 (tie -> row 1), 10.5625
-    near = WindowSpec(0.5, 0.5, obs_resample="nearest", obs_rate_hz=8).resolve(R_A, R_O)
-    vals, mask = observation_rows(eps[0].observation_ts, eps[0].observations, 10.1875, near)
+    near = WindowSpec(0.5, 0.5, obs_resample="nearest", obs_rate_hz=8).resolve(LAYOUT).signals["observations"]
+    vals, mask = observation_rows(obs_ts(eps[0]), obs_vals(eps[0]), 10.1875, near)
     assert mask.all()
     np.testing.assert_array_equal(vals[:, 0], np.float32([1000, 1001, 1001, 1002]))
     # Default obs rate when resampling is the action rate (8 Hz here).
-    assert WindowSpec(0.5, 0.5, obs_resample="nearest").resolve(R_A, R_O).O == 4
+    assert WindowSpec(0.5, 0.5, obs_resample="nearest").resolve(LAYOUT).signals["observations"].O == 4
 
 
 def build_hand_table(path, with_video: bool = True) -> None:
     """The same 3 episodes as a real Parquet table (video: counter-coded frames, encoded losslessly enough)."""
     from wdspq.build.synthetic import render_frames
-    from wdspq.media import encode_mp4, encode_png
-    from wdspq.schema import Episode, TableWriter
+    from wdspq.media import encode_clip, encode_png
+    from wdspq.schema import Episode, TableWriter, actions_stream, camera_stream, image_stream, signal_stream
 
     eps = hand_episodes()
-    with TableWriter(path, 2, 2, row_group_size=2) as w:
+    streams = [actions_stream(2), signal_stream("observations", 2), camera_stream("frames", *HW), image_stream("image", *IMG_HW)]
+    with TableWriter(path, streams, row_group_size=2) as w:
         for e, (ea, (_, _, vt0, nf, has_img)) in enumerate(zip(eps, EP_LAYOUT)):
-            video = None
+            video, ts = None, np.zeros(0)
             if nf and with_video:
-                video = encode_mp4(render_frames(nf, *HW, np.random.default_rng(e)), fps=int(FPS))
+                video = encode_clip(render_frames(nf, *HW, np.random.default_rng(e)), fps=int(FPS))
+                ts = vt0 + np.arange(nf) / FPS
             image = encode_png(np.full((*IMG_HW, 3), 7 + e, dtype=np.uint8)) if has_img else None
-            w.add(Episode(f"ep{e}", TEXTS[e], ea.action_ts, ea.actions, ea.observation_ts, ea.observations,
-                          image=image, video=video, video_t0=vt0))
-        w.close(video_fps=FPS, frame_height=HW[0], frame_width=HW[1], image_height=IMG_HW[0], image_width=IMG_HW[1])
+            w.add(Episode(f"ep{e}", TEXTS[e], ea.action_ts, ea.actions, signals=dict(ea.signals),
+                          cameras={"frames": (video, ts)}, images={"image": image}))
+        w.close()
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +253,7 @@ def test_hand_table_through_parquet_dataset(hand_table, tokenizer_path):
     from wdspq.table_dataset import ParquetWindowDataset
 
     ds = ParquetWindowDataset(hand_table, SPEC, tokenizer=tokenizer_path)
-    assert (ds.meta.action_rate_hz, ds.meta.observation_rate_hz) == (R_A, R_O)
+    assert (ds.meta.actions.rate_hz, ds.meta.stream("observations").rate_hz) == (R_A, R_O)
     assert len(ds) == 17  # windows, not the 3 episodes (seed defect)
     for i, exp in EXPECTED.items():
         s = ds[i]
@@ -260,10 +275,25 @@ def test_hand_table_through_parquet_dataset(hand_table, tokenizer_path):
 # --------------------------------------------------------------------------------------------------
 def test_seed_defect_rounding_not_truncation():
     action_ts = np.arange(50) / 100  # the median step is a hair above 0.01 s
-    rate = median_rate([action_ts])
+    rate = 1.0 / float(np.median(np.diff(action_ts)))  # unsnapped, as the seed measured it
     assert int(0.1 * rate) == 9  # what the seed computed
-    assert WindowSpec(acts_length_sec=0.1, obs_length_sec=0.1).resolve(rate, rate).A == 10
-    assert WindowSpec(acts_length_sec=0.1, obs_length_sec=0.1).resolve(rate, rate).O == 10
+    assert median_rate([action_ts]) == 100.0  # the table stores the snapped rate
+    layout = SampleLayout(action_dim=1, action_rate_hz=rate, signals=(("observations", 1, rate),))
+    assert WindowSpec(acts_length_sec=0.1, obs_length_sec=0.1).resolve(layout).A == 10
+    assert WindowSpec(acts_length_sec=0.1, obs_length_sec=0.1).resolve(layout).signals["observations"].O == 10
+
+
+def test_rates_snap_to_exact_values():
+    from wdspq.schema import snap_rate
+
+    assert snap_rate(100.0000954) == 100.0 and snap_rate(29.97002997) == 30000 / 1001
+    assert snap_rate(100.01) == 100.01  # a real offset is kept
+    epoch = 1_742_918_912.0 + np.arange(2000) / 250  # 4 ms steps at epoch times: float64 spacing 2.4e-7 s
+    assert median_rate([epoch]) == 250.0
+    # 0.125 s at an exact 100 Hz is 12.5 -> 13 rows on every table, not table-dependent float noise
+    r100 = median_rate([1_742_918_912.0 + np.arange(2000) / 100])
+    assert r100 == 100.0
+    assert WindowSpec(acts_length_sec=0.125, obs_length_sec=0.1).resolve(_layout(r100, 50.0)).A == 13
 
 
 def test_seed_defect_observations_by_time_not_row():
@@ -288,7 +318,7 @@ def test_seed_defect_frames_fixed_size_uint8_batchable():
 
 def test_sample_schema_matches():
     rspec = _resolved()
-    schema = sample_schema(rspec, SHAPES, ["input_ids"])
+    schema = sample_schema(rspec, ["input_ids"])
     s = _hand_sample(0)
     assert set(s) == set(schema)
     for k, v in s.items():
@@ -323,19 +353,19 @@ def test_spec_validation(kwargs, words):
 
 def test_spec_lengths_rounding_to_zero_fail_at_resolve():
     with pytest.raises(SpecError, match=r"acts_length_sec=0\.004 .* 100 Hz gives 0 action rows"):
-        WindowSpec(acts_length_sec=0.004, obs_length_sec=1.0).resolve(100.0, 50.0)
+        WindowSpec(acts_length_sec=0.004, obs_length_sec=1.0).resolve(_layout(100.0, 50.0))
     with pytest.raises(SpecError, match=r"obs_length_sec=0\.009 at 50 Hz gives 0 observation rows"):
-        WindowSpec(acts_length_sec=1.0, obs_length_sec=0.009).resolve(100.0, 50.0)
+        WindowSpec(acts_length_sec=1.0, obs_length_sec=0.009).resolve(_layout(100.0, 50.0))
     with pytest.raises(SpecError, match=r"at 10 Hz gives 0"):
-        WindowSpec(1.0, 0.04, obs_resample="linear", obs_rate_hz=10).resolve(100.0, 50.0)
-    assert WindowSpec(acts_length_sec=0.006, obs_length_sec=1.0).resolve(100.0, 50.0).A == 1  # 0.6 rounds up to 1
+        WindowSpec(1.0, 0.04, obs_resample="linear", obs_rate_hz=10).resolve(_layout(100.0, 50.0))
+    assert WindowSpec(acts_length_sec=0.006, obs_length_sec=1.0).resolve(_layout(100.0, 50.0)).A == 1  # 0.6 rounds up to 1
     assert issubclass(SpecError, WdspqError)
 
 
 def test_spec_lengths_round_halves_up_and_rate_needs_resampling():
     # 0.25 s at 10 Hz is 2.5 rows: halves round up (as frame indices do), not to even.
-    assert WindowSpec(acts_length_sec=0.25, obs_length_sec=0.25).resolve(10.0, 10.0).A == 3
-    assert WindowSpec(acts_length_sec=0.35, obs_length_sec=0.45).resolve(10.0, 10.0).O == 5
+    assert WindowSpec(acts_length_sec=0.25, obs_length_sec=0.25).resolve(_layout(10.0, 10.0)).A == 3
+    assert WindowSpec(acts_length_sec=0.35, obs_length_sec=0.45).resolve(_layout(10.0, 10.0)).signals["observations"].O == 5
     with pytest.raises(SpecError, match="only used when resampling"):
         WindowSpec(acts_length_sec=1.0, obs_length_sec=1.0, obs_rate_hz=20.0)
 
@@ -351,7 +381,7 @@ def test_spec_round_trip_and_unknown_field():
 def test_cut_window_rejects_anchor_outside_episode():
     ep = hand_episodes()[1]
     with pytest.raises(SpecError, match="outside the episode"):
-        cut_window(ep, 3, _resolved(), SHAPES, 0, 1)
+        cut_window(ep, 3, _resolved(), 0, 1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -369,7 +399,7 @@ def timestamps(draw, max_n: int = 30, min_n: int = 1) -> np.ndarray:
 
 
 @st.composite
-def episodes(draw) -> tuple[EpisodeArrays, SampleShapes]:
+def episodes(draw) -> tuple[EpisodeArrays, dict]:
     ats = draw(timestamps())
     ots = draw(timestamps())
     D, S = draw(st.integers(1, 3)), draw(st.integers(1, 3))
@@ -378,16 +408,15 @@ def episodes(draw) -> tuple[EpisodeArrays, SampleShapes]:
     frames = None
     if n_f:
         frames = np.broadcast_to((np.arange(n_f) % 250 + 1).astype(np.uint8)[:, None, None, None], (n_f, 3, 2, 3)).copy()
+    fps = draw(st.sampled_from([5.0, 10.0, 20.0, 30.0]))
+    video_t0 = float(ats[0]) + draw(st.floats(-0.5, 0.5))
     ep = EpisodeArrays(
         action_ts=ats,
         actions=rng.normal(size=(len(ats), D)).astype(np.float32),
-        observation_ts=ots,
-        observations=rng.normal(size=(len(ots), S)).astype(np.float32),
-        frames=frames,
-        fps=draw(st.sampled_from([5.0, 10.0, 20.0, 30.0])) if n_f else 0.0,
-        video_t0=float(ats[0]) + draw(st.floats(-0.5, 0.5)),
+        signals={"observations": (ots, rng.normal(size=(len(ots), S)).astype(np.float32))},
+        cameras={"frames": CameraClip(ts=video_t0 + np.arange(n_f) / fps, frames=frames, fps=fps) if n_f else None},
     )
-    return ep, SampleShapes(action_dim=D, obs_dim=S, frame_hw=(2, 3), image_hw=None)
+    return ep, {"D": D, "S": S, "fps": fps, "video_t0": video_t0}
 
 
 @st.composite
@@ -404,11 +433,13 @@ def specs(draw) -> WindowSpec:
     )
 
 
-def _resolve_or_none(spec: WindowSpec, ep: EpisodeArrays) -> ResolvedSpec | None:
+def _resolve_or_none(spec: WindowSpec, ep: EpisodeArrays, shapes: dict) -> ResolvedSpec | None:
     r_a = median_rate([ep.action_ts]) if len(ep.action_ts) > 1 else 10.0
-    r_o = median_rate([ep.observation_ts]) if len(ep.observation_ts) > 1 else 10.0
+    r_o = median_rate([obs_ts(ep)]) if len(obs_ts(ep)) > 1 else 10.0
+    layout = SampleLayout(action_dim=shapes["D"], action_rate_hz=r_a, signals=(("observations", shapes["S"], r_o),),
+                          cameras=(("frames", 2, 3, shapes["fps"]),))
     try:
-        return spec.resolve(r_a, r_o)
+        return spec.resolve(layout)
     except SpecError:
         return None
 
@@ -417,17 +448,19 @@ def _resolve_or_none(spec: WindowSpec, ep: EpisodeArrays) -> ResolvedSpec | None
 @given(episodes(), specs())
 def test_property_window_contents(ep_shapes, spec):
     ep, shapes = ep_shapes
-    rspec = _resolve_or_none(spec, ep)
+    rspec = _resolve_or_none(spec, ep, shapes)
     if rspec is None:
         return
-    A, O, F = rspec.A, rspec.O, len(spec.video_frame_offsets)  # noqa: E741
-    n_a, n_o = len(ep.action_ts), len(ep.observation_ts)
+    A, O, F = rspec.A, rspec.signals["observations"].O, len(spec.video_frame_offsets)  # noqa: E741
+    n_a, n_o = len(ep.action_ts), len(obs_ts(ep))
+    observation_ts, observations = ep.signals["observations"]
+    clip = ep.cameras["frames"]
     ks = anchors(n_a, A, spec.stride, spec.full_windows_only)
     assert len(ks) == num_anchors(np.array([n_a]), A, spec.stride, spec.full_windows_only)[0]
-    schema = sample_schema(rspec, shapes, [])
+    schema = sample_schema(rspec, [])
     for k in ks:
         k = int(k)
-        s = cut_window(ep, k, rspec, shapes, 0, 0)
+        s = cut_window(ep, k, rspec, 0, 0)
         assert set(s) == set(schema)
         for key, v in s.items():
             assert str(v.dtype) == schema[key]["dtype"] and list(v.shape) == schema[key]["shape"], key
@@ -445,25 +478,27 @@ def test_property_window_contents(ep_shapes, spec):
         vals, omask = s["observations"], s["observations_mask"]
         assert not vals[~omask].any()
         if spec.obs_resample == "none":
-            j0 = int(np.searchsorted(ep.observation_ts, t_start, side="left"))
+            j0 = int(np.searchsorted(observation_ts, t_start, side="left"))
             np.testing.assert_array_equal(omask, j0 + np.arange(O) < n_o)
-            np.testing.assert_array_equal(vals[omask], ep.observations[j0 : j0 + O])
+            np.testing.assert_array_equal(vals[omask], observations[j0 : j0 + O])
             if omask.any():  # located by time: the first row is the first at or after t_start
-                assert ep.observation_ts[j0] >= t_start and (j0 == 0 or ep.observation_ts[j0 - 1] < t_start)
+                assert observation_ts[j0] >= t_start and (j0 == 0 or observation_ts[j0 - 1] < t_start)
         else:
-            t = t_start + np.arange(O) / rspec.obs_rate_hz
-            np.testing.assert_array_equal(omask, (t >= ep.observation_ts[0]) & (t <= ep.observation_ts[-1]))
-            _check_resampled(ep.observation_ts, ep.observations, t[omask], vals[omask], spec.obs_resample)
+            t = t_start + np.arange(O) / rspec.signals["observations"].rate_hz
+            np.testing.assert_array_equal(omask, (t >= observation_ts[0]) & (t <= observation_ts[-1]))
+            _check_resampled(observation_ts, observations, t[omask], vals[omask], spec.obs_resample)
         # frames
         fmask = s["frames_mask"]
         assert s["frames"].shape == (F, 3, 2, 3)
-        if ep.frames is None:
+        if clip is None:
             assert not fmask.any() and not s["frames"].any()
         else:
-            idx = math.floor((t0 - ep.video_t0) * ep.fps + 0.5) + np.asarray(spec.video_frame_offsets)
-            np.testing.assert_array_equal(idx, frame_indices(t0, ep.video_t0, ep.fps, rspec.offsets))
-            np.testing.assert_array_equal(fmask, (idx >= 0) & (idx < len(ep.frames)))
-            np.testing.assert_array_equal(s["frames"][fmask], ep.frames[idx[fmask]])
+            vt0, fps = shapes["video_t0"], shapes["fps"]
+            idx = math.floor((t0 - vt0) * fps + 0.5) + np.asarray(spec.video_frame_offsets)
+            np.testing.assert_array_equal(idx, frame_indices(t0, vt0, fps, rspec.cameras["frames"][0]))
+            np.testing.assert_array_equal(fmask, (idx >= 0) & (idx < len(clip.frames)))
+            np.testing.assert_array_equal(s["frames"][fmask], clip.frames[idx[fmask]])
+            np.testing.assert_array_equal(s["frames_ts"][fmask], clip.ts[idx[fmask]])
             assert not s["frames"][~fmask].any()
 
 
@@ -505,8 +540,8 @@ def test_property_resampling_hits_source_timestamps(t_start, rate, O, seed, mode
     if ts.size == 0:
         return
     src = rng.normal(size=(len(ts), 2)).astype(np.float32)
-    rspec = ResolvedSpec(spec=WindowSpec(1.0, 1.0, obs_resample=mode), A=1, O=O, obs_rate_hz=rate)
-    vals, mask = observation_rows(ts, src, t_start, rspec)
+    win = SignalWindow(O=O, width=2, rate_hz=rate, mode=mode, offset_sec=0.0)
+    vals, mask = observation_rows(ts, src, t_start, win)
     assert vals.shape == (O, 2) and vals.dtype == np.float32 and mask.shape == (O,)
     np.testing.assert_array_equal(mask, (t >= ts[0]) & (t <= ts[-1]))
     for i in np.flatnonzero(keep):
@@ -523,7 +558,8 @@ def test_property_resampling_hits_source_timestamps(t_start, rate, O, seed, mode
     st.booleans(),
 )
 def test_property_window_index_bijection(n_actions, A, stride, full):
-    rspec = ResolvedSpec(spec=WindowSpec(1.0, 1.0, stride=stride, full_windows_only=full), A=A, O=1, obs_rate_hz=1.0)
+    rspec = ResolvedSpec(spec=WindowSpec(1.0, 1.0, stride=stride, full_windows_only=full),
+                         layout=SampleLayout(1, 1.0), A=A, signals={}, cameras={})
     index = WindowIndex(n_actions, rspec)
     expected = [(e, int(k)) for e, n in enumerate(n_actions) for k in anchors(n, A, stride, full)]
     assert len(index) == len(expected)

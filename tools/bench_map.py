@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         "windows": n,
         "spec": spec.to_dict(),
         "A": ds.rspec.A,
-        "O": ds.rspec.O,
+        "O": ds.rspec.signals["observations"].O,
         "frame_hw": list(ds.shapes.frame_hw),
         "image_hw": list(ds.shapes.image_hw) if ds.shapes.image_hw else None,
         "sample_bytes": sample_bytes,
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
     }
 
-    print(f"table: {result['table']}  episodes={ds.num_episodes} windows={n} A={ds.rspec.A} O={ds.rspec.O} "
+    print(f"table: {result['table']}  episodes={ds.num_episodes} windows={n} A={ds.rspec.A} O={ds.rspec.signals['observations'].O} "
           f"frames={len(offsets)}x3x{ds.shapes.frame_hw[0]}x{ds.shapes.frame_hw[1]} sample={sample_bytes / 1024:.1f} KiB")
     print(f"open: {open_s:.2f} s" + (f"   build: {built_s:.1f} s" if built_s is not None else ""))
     print(f"{'regime':<28}{'samples':>9}{'samples/s':>12}{'ms/sample':>11}{'hit rate':>10}{'cache MiB':>11}")

@@ -111,7 +111,7 @@ def decode_video(data: bytes, where: str = "video") -> tuple[np.ndarray, float]:
     return np.ascontiguousarray(clip), float(rate or 0.0)
 
 
-def probe_clip(data: bytes, full: bool) -> tuple[int, int, float, int]:
+def probe_clip(data: bytes, full: bool = False) -> tuple[int, int, float, int]:
     """(height, width, fps, frames) of a clip: the first frame is decoded, the frames are counted from the
     demuxed packets (every frame decoded with `full`)."""
     with av.open(io.BytesIO(data), "r") as container:

@@ -158,7 +158,7 @@ class TableMeta:
             action_dim=self.actions.width,
             action_rate_hz=float(self.actions.rate_hz or 0.0),
             signals=tuple((s.name, s.width, float(s.rate_hz or 0.0)) for s in self.signals),
-            cameras=tuple((s.name, *s.hw) for s in self.cameras),
+            cameras=tuple((s.name, *s.hw, s.rate_hz) for s in self.cameras),
             images=tuple((s.name, *s.hw) for s in self.images),
         )
 

@@ -320,8 +320,6 @@ def validate_table(path: str | os.PathLike, full_media: bool = False) -> TableMe
         rep.add(m)
     if start == 0:
         rep.add("the table has no episodes")
-    if meta.num_episodes and meta.num_episodes != start:
-        rep.add(f"metadata 'wdspq': num_episodes is {meta.num_episodes} but the table has {start} rows")
     rep.raise_if_any()
     return meta
 

@@ -127,11 +127,12 @@ class WindowSpec:
 
     def resolve(self, layout: SampleLayout) -> ResolvedSpec:
         """Turn seconds into row counts with the table's rates (rounded halves up, never truncated)."""
-        unknown = sorted(set(self.overrides or {}) - {n for n, _, _ in layout.signals} - {n for n, _, _ in layout.cameras})
+        signal_names, camera_names = [c[0] for c in layout.signals], [c[0] for c in layout.cameras]
+        unknown = sorted(set(self.overrides or {}) - set(signal_names) - set(camera_names))
         if unknown:
             raise SpecError(
                 f"overrides name {unknown}, which are not signal streams or cameras of the table "
-                f"(signals: {[n for n, _, _ in layout.signals]}, cameras: {[n for n, _, _ in layout.cameras]})"
+                f"(signals: {signal_names}, cameras: {camera_names})"
             )
         A = round_half_up(self.acts_length_sec * layout.action_rate_hz)
         if A < 1:
@@ -149,13 +150,13 @@ class WindowSpec:
             O = round_half_up(sp.obs_length_sec * obs_rate)  # noqa: E741
             if O < 1:
                 raise SpecError(
-                    f"stream {name!r}: obs_length_sec={sp.obs_length_sec} at {obs_rate:g} Hz gives {O} rows; "
+                    f"stream {name!r}: obs_length_sec={sp.obs_length_sec} at {obs_rate:g} Hz gives {O} observation rows; "
                     "use a longer window"
                 )
             signals[name] = SignalWindow(O=O, width=width, rate_hz=float(obs_rate), mode=sp.obs_resample,
                                          offset_sec=sp.obs_offset_sec)
-        cameras = {name: (np.asarray(self.for_stream(name).video_frame_offsets, dtype=np.int64), h, w)
-                   for name, h, w in layout.cameras}
+        cameras = {name: (np.asarray(self.for_stream(name).video_frame_offsets, dtype=np.int64), h, w, rate)
+                   for name, h, w, rate in layout.cameras}
         return ResolvedSpec(spec=self, layout=layout, A=A, signals=signals, cameras=cameras)
 
 
@@ -183,13 +184,14 @@ def _check_overrides(spec: WindowSpec, overrides: Any) -> dict[str, dict[str, An
 class SampleLayout:
     """What the table contributes to a sample: the action width and rate, and every stream's shape.
 
-    `signals` are (name, S, rate Hz), `cameras` and `images` (name, H, W), in table order.
+    `signals` are (name, S, rate Hz), `cameras` (name, H, W, rate Hz or None), `images` (name, H, W),
+    in table order.
     """
 
     action_dim: int
     action_rate_hz: float
     signals: tuple[tuple[str, int, float], ...] = ()
-    cameras: tuple[tuple[str, int, int], ...] = ()
+    cameras: tuple[tuple[str, int, int, float | None], ...] = ()
     images: tuple[tuple[str, int, int], ...] = ()
 
 
@@ -212,12 +214,12 @@ class ResolvedSpec:
     layout: SampleLayout
     A: int
     signals: Mapping[str, SignalWindow]
-    cameras: Mapping[str, tuple[np.ndarray, int, int]]
+    cameras: Mapping[str, tuple[np.ndarray, int, int, float | None]]  # offsets, H, W, rate
 
     def summary(self) -> dict[str, Any]:
         """JSON-able row counts (recorded in the manifest)."""
         return {"A": self.A, "signals": {n: {"O": w.O, "rate_hz": w.rate_hz} for n, w in self.signals.items()},
-                "cameras": {n: len(o) for n, (o, _, _) in self.cameras.items()}}
+                "cameras": {n: len(c[0]) for n, c in self.cameras.items()}}
 
 
 def anchors(n_actions: int, A: int, stride: int, full_windows_only: bool) -> np.ndarray:
@@ -299,11 +301,27 @@ def nearest_frame(ts: np.ndarray, t: float) -> int:
     return j if ts[j] - t <= t - ts[j - 1] else j - 1
 
 
-def camera_indices(clip: CameraClip, t0: float, offsets: np.ndarray) -> np.ndarray:
+def base_frame(ts: np.ndarray, t0: float, rate_hz: float | None) -> int:
+    """The base frame of a window anchored at `t0` (docs/windows.md "Cameras").
+
+    Inside the clip's time span: the frame nearest in time (ties later). Before the first or after the last
+    frame, the index continues at the camera's rate, `floor((t0 - ts[0]) * rate + 0.5)` before (<= 0) and
+    `n - 1 + floor((t0 - ts[-1]) * rate + 0.5)` after, so a window far outside the clip gets masked frames,
+    not a stale end frame; for a constant-rate clip this is the version 1 rule everywhere.
+    """
+    n = len(ts)
+    if rate_hz and t0 < ts[0]:
+        return math.floor((t0 - float(ts[0])) * rate_hz + 0.5)
+    if rate_hz and t0 > ts[-1]:
+        return n - 1 + math.floor((t0 - float(ts[-1])) * rate_hz + 0.5)
+    return nearest_frame(ts, t0)
+
+
+def camera_indices(clip: CameraClip, t0: float, offsets: np.ndarray, rate_hz: float | None) -> np.ndarray:
     """Frame index for each offset (may be outside the clip: those frames are masked)."""
     if clip.fps:
         return frame_indices(t0, float(clip.ts[0]), clip.fps, offsets)
-    return nearest_frame(clip.ts, t0) + offsets
+    return base_frame(clip.ts, t0, rate_hz) + offsets
 
 
 def observation_rows(
@@ -382,14 +400,14 @@ def cut_window(
         ts, values = ep.signals[name]
         sample[name], sample[f"{name}_mask"] = observation_rows(ts, values, t0 + win.offset_sec, win)
 
-    for name, (offsets, h, w) in rspec.cameras.items():
+    for name, (offsets, h, w, rate) in rspec.cameras.items():
         F = len(offsets)
         frames = np.zeros((F, 3, h, w), dtype=np.uint8)
         mask = np.zeros(F, dtype=bool)
         times = np.zeros(F, dtype=np.float64)
         clip = ep.cameras.get(name)
         if clip is not None and len(clip.frames):
-            idx = camera_indices(clip, t0, offsets)
+            idx = camera_indices(clip, t0, offsets, rate)
             mask = (idx >= 0) & (idx < len(clip.frames))
             if mask.any():
                 frames[mask] = clip.frames[idx[mask]]
@@ -423,7 +441,7 @@ def sample_schema(rspec: ResolvedSpec, token_keys: Sequence[str]) -> dict[str, d
     for name, win in rspec.signals.items():
         schema[name] = {"dtype": "float32", "shape": [win.O, win.width]}
         schema[f"{name}_mask"] = {"dtype": "bool", "shape": [win.O]}
-    for name, (offsets, h, w) in rspec.cameras.items():
+    for name, (offsets, h, w, _) in rspec.cameras.items():
         schema[name] = {"dtype": "uint8", "shape": [len(offsets), 3, h, w]}
         schema[f"{name}_mask"] = {"dtype": "bool", "shape": [len(offsets)]}
         schema[f"{name}_ts"] = {"dtype": "float64", "shape": [len(offsets)]}
