@@ -1,5 +1,5 @@
-"""ShardStream / StreamLoader on a real export: parity, R1-R5 and epochs (DESIGN.md "Streaming and the
-shard cursor").
+"""ShardStream / StreamLoader on a real export: parity, R1-R5 and epochs (README "Streaming and resuming exactly"):
+the shard cursor.
 
 Every test uses one small export (tests/stream_child.py: 394 windows in 9 uneven shards) built once per
 session. Expected orders come from the cursor's plan (wdspq.cursor.Plan) mapped to window indices by

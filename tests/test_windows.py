@@ -1,4 +1,4 @@
-"""The window function against DESIGN.md "Window semantics": hand-computed cases, properties, seed defects."""
+"""The window function against docs/table.md "Window rules": hand-computed cases, properties, seed defects."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 No file I/O, no torch: every function here is a pure function of the manifest's shard sizes, the
 seed, the epoch, the topology and the saved counts, so every rank and worker computes the same plan
-without communicating (DESIGN.md "Streaming and the shard cursor", R1-R7).
+without communicating (README "Streaming and resuming exactly", R1-R7).
 
 Vocabulary
 ----------

@@ -1,4 +1,4 @@
-"""Export the table into pre-windowed WebDataset shards with a manifest (DESIGN.md "Shards").
+"""Export the table into pre-windowed WebDataset shards with a manifest (README "Shards").
 
 Two phases, both byte-deterministic whatever the number of worker processes:
 

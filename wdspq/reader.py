@@ -1,4 +1,4 @@
-"""Reading runs of samples from shards under an error policy (DESIGN.md "Errors", issue 8).
+"""Reading runs of samples from shards under an error policy (README "Faults tried, and what wdspq does").
 
 `SampleReader.run(shard, start, stop)` wraps `manifest.read_run` and always yields exactly
 `stop - start` samples or raises:

@@ -29,7 +29,7 @@ FORMAT_VERSION = 2
 META_KEY = b"wdspq"
 KINDS = ("actions", "signal", "camera", "image")
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.]*$")
-# Sample keys and table columns that no stream may take (DESIGN "The sample").
+# Sample keys and table columns that no stream may take (README "The sample").
 RESERVED = frozenset(
     {"text", "episode_id", "split", "input_ids", "attention_mask", "token_type_ids", "window_index",
      "episode_index", "anchor_index", "t0"}

@@ -1,6 +1,6 @@
 """Byte access to shards and manifests on local disk or S3, behind one small interface.
 
-Export, stream and verify all go through a `Storage` (see DESIGN.md "S3"):
+Export, stream and verify all go through a `Storage` (see README "Shards on S3"):
 
 - `open_read(name, start, end)` streams bytes [start, end) sequentially with a large read-ahead. On S3
   it is one GetObject (with `Range` unless the whole object is read from 0); a connection that drops,

@@ -268,7 +268,7 @@ def _close(it: Any) -> None:
 
 
 class StreamLoader(DataLoader):
-    """A DataLoader over a ShardStream with exact, self-checking resume (DESIGN.md R1-R7).
+    """A DataLoader over a ShardStream with exact, self-checking resume (README "Streaming and resuming exactly", R1-R7).
 
     - `state_dict()`: a plain JSON-serialisable dict counting the batches this loader handed to the
       caller (not what workers prefetched). With torch.distributed initialised and world size > 1 it

@@ -1,4 +1,4 @@
-"""Window semantics (DESIGN.md "Window semantics", normative): the spec, the index, and the one cut.
+"""Window semantics (docs/table.md "Window rules"): the spec, the index, and the one cut.
 
 Pure numpy in, numpy out: no I/O, no torch. The map-style dataset and the shard exporter both call
 `cut_window`, so they agree by construction.
