@@ -221,3 +221,43 @@ def test_build_refuses_existing_output_and_inputs(tmp_path, small_table):
     assert main([*args, "--overwrite"]) == 0
     with pytest.raises(SchemaError, match="is also an input"):
         wdspq.build.build_from_seed(small_table, small_table)
+
+
+def test_hdf5_two_cameras_and_extra_signal_by_flags(tmp_path):
+    from wdspq.build.synthetic import render_frames
+    from wdspq.cli import main
+
+    path = tmp_path / "two.h5"
+    frames = render_frames(10, 16, 16, np.random.default_rng(1))
+    with h5py.File(path, "w") as f:
+        for k in range(50):
+            f[f"hand/right/policy_output/{k * 10_000_000}"] = np.full(3, k, np.float32)
+            f[f"robot/joints/{k * 4_000_000 + 1}"] = np.full(5, k, np.float32)
+        for j in range(10):
+            f[f"cam/a/{j * 50_000_000}"] = frames[j]
+            f[f"cam/b/{j * 33_000_000 + 7}"] = frames[9 - j]
+    out = tmp_path / "two.parquet"
+    assert main(["build", "hdf5", str(path), str(out), "--camera", "front=cam/a", "--camera", "wrist=cam/b",
+                 "--signal", "joints=robot/joints", "--observations-group", "", "--text-dataset", "",
+                 "--no-progress"]) == 0
+    meta = validate_table(out, full_media=True)
+    assert [(s.name, s.kind) for s in meta.streams] == [("actions", "actions"), ("joints", "signal"),
+                                                        ("front", "camera"), ("wrist", "camera")]
+    t = pq.read_table(out)
+    assert t.column("wrist_ts")[0].as_py()[1] == 0.033000007
+    clip, _ = wdspq.media.decode_video(t.column("wrist")[0].as_py())
+    np.testing.assert_array_equal(clip, frames[::-1].transpose(0, 3, 1, 2))  # lossless, order by timestamp
+
+
+def test_v1_table_with_undescribed_video_is_refused(tmp_path):
+    path = tmp_path / "v1.parquet"
+    write_v1_table(path)
+    t = pq.read_table(path)
+    raw = json.loads(pq.read_metadata(path).metadata[b"wdspq"])
+    raw["frame_height"] = raw["frame_width"] = 0  # clips in the file, no frame size in the metadata
+    bad = tmp_path / "bad.parquet"
+    with pq.ParquetWriter(bad, t.schema.remove_metadata()) as w:
+        w.write_table(t.replace_schema_metadata(None))
+        w.add_key_value_metadata({"wdspq": json.dumps(raw)})
+    with pytest.raises(SchemaError, match="column 'video': holds media but the table metadata describes no camera"):
+        validate_table(bad)
