@@ -394,10 +394,15 @@ def _check_episode(ep: Episode, streams: Sequence[Stream]) -> None:
         check_timestamps(np.asarray(ts, dtype=np.float64), f"{where}, stream {s.name!r}")
 
 
-def episodes_to_record_batch(episodes: Sequence[Episode], streams: Sequence[Stream]) -> pa.RecordBatch:
-    """Episodes -> one Arrow record batch of the version 2 schema (vectorised per column)."""
-    for ep in episodes:
-        _check_episode(ep, streams)
+def episodes_to_record_batch(
+    episodes: Sequence[Episode], streams: Sequence[Stream], check: bool = True
+) -> pa.RecordBatch:
+    """Episodes -> one Arrow record batch of the version 2 schema (vectorised per column).
+
+    `check=False` skips the per-episode checks (TableWriter already ran them in `add`)."""
+    if check:
+        for ep in episodes:
+            _check_episode(ep, streams)
     cols = [pa.array([ep.episode_id for ep in episodes], type=pa.string()),
             pa.array([ep.text for ep in episodes], type=pa.string()),
             pa.array([ep.split for ep in episodes], type=pa.string())]
@@ -473,7 +478,7 @@ class TableWriter:
 
     def _flush(self) -> None:
         if self._pending and self._writer is not None:
-            batch = episodes_to_record_batch(self._pending, self.streams)
+            batch = episodes_to_record_batch(self._pending, self.streams, check=False)
             self._writer.write_table(pa.Table.from_batches([batch]), row_group_size=len(self._pending))
             self._pending = []
 
