@@ -32,6 +32,10 @@ class Fault:
     after: int
     seconds: float = 0.0
     method: str | None = "GET"
+    target: str | None = None  # only requests whose target contains this (e.g. ".tar": not the index sidecars)
+
+    def matches(self, method: str, target: str) -> bool:
+        return self.method in (None, method) and (self.target is None or self.target in target)
 
 
 @dataclass
@@ -164,7 +168,7 @@ class _Connection:
 
     def _on_request(self, method: str, target: str, headers: dict[str, str]) -> None:
         rec = RequestRecord(self.conn_id, method, target, headers)
-        rec.fault = self.proxy._take_fault(method)
+        rec.fault = self.proxy._take_fault(method, target)
         self.proxy._record(rec)
         self.current = rec
 
@@ -246,14 +250,16 @@ class FaultProxy:
 
     # -- control ----------------------------------------------------------------------------------
 
-    def drop_after(self, nbytes: int, times: int | None = 1, method: str | None = "GET") -> None:
+    def drop_after(self, nbytes: int, times: int | None = 1, method: str | None = "GET",
+                   target: str | None = None) -> None:
         """Close the connection after `nbytes` of response to each of the next `times` matching requests
-        (`times=None`: every matching request until `clear_faults`)."""
-        self._add(Fault("drop", int(nbytes), 0.0, method), times)
+        (`times=None`: every matching request until `clear_faults`); `target`: only targets containing it."""
+        self._add(Fault("drop", int(nbytes), 0.0, method, target), times)
 
-    def stall(self, seconds: float, after: int = 0, times: int | None = 1, method: str | None = "GET") -> None:
+    def stall(self, seconds: float, after: int = 0, times: int | None = 1, method: str | None = "GET",
+              target: str | None = None) -> None:
         """After `after` bytes of response, forward nothing for `seconds`, then close the connection."""
-        self._add(Fault("stall", int(after), float(seconds), method), times)
+        self._add(Fault("stall", int(after), float(seconds), method, target), times)
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -288,11 +294,11 @@ class FaultProxy:
             else:
                 self._faults.extend([fault] * int(times))
 
-    def _take_fault(self, method: str) -> Fault | None:
+    def _take_fault(self, method: str, target: str = "") -> Fault | None:
         with self._lock:
-            if self._faults and self._faults[0].method in (None, method):
+            if self._faults and self._faults[0].matches(method, target):
                 return self._faults.popleft()
-            if self._forever is not None and self._forever.method in (None, method):
+            if self._forever is not None and self._forever.matches(method, target):
                 return self._forever
             return None
 

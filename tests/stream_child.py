@@ -44,7 +44,7 @@ def make_export(table: str, tokenizer: str, root: Path, spec: dict[str, Any] | N
 
 def window_map(source: str) -> dict[tuple[int, int], int]:
     """(shard, position) -> window_index of every sample of an export, read shard by shard."""
-    from wdspq.manifest import load_manifest, read_run
+    from wdspq.shardfmt import load_manifest, read_run
 
     m = load_manifest(source)
     return {

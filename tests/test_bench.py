@@ -21,6 +21,10 @@ RATIOS = (
     "resume_w2_90_vs_0",
     "rss_stream_4x_vs_1x",
     "rss_loader_w2_4x_vs_1x_max",
+    "default_vs_raw_bytes",
+    "stream_vs_cat_mb",
+    "stream_default_vs_raw",
+    "loader_w2_default_vs_raw",
 )
 
 
@@ -46,7 +50,9 @@ def test_bench_smoke_writes_every_figure(tmp_path: Path) -> None:
     med = {k: v["median"] for k, v in d["measurements"].items()}
     for k in ("fresh_samples_per_s", "warm_samples_per_s", "cache_limit_mib", "peak_rss_mib"):
         assert _number(med["map"][k]), ("map", k)
-    for name in ("webdataset", "stream", "loader_w0", "loader_w1", "loader_w2", "stream_4x", "loader_w2_4x"):
+    assert _number(med["cat"]["mb_per_s"]) and d["export"]["default_bytes"] < d["export"]["bytes"]
+    for name in ("webdataset", "stream", "loader_w0", "loader_w1", "loader_w2", "stream_4x", "loader_w2_4x",
+                 "stream_default", "loader_w2_default"):
         for k in ("samples_per_s", "mb_per_s", "peak_rss_mib"):
             assert _number(med[name][k]), (name, k)
         assert med[name]["samples"] == d["data"]["windows" if "4x" not in name else "windows_4x"], name

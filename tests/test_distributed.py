@@ -13,7 +13,7 @@ import pytest
 from stream_child import make_export, make_loader, real, take
 
 from wdspq.cursor import CursorState, set_digest_of
-from wdspq.manifest import load_manifest
+from wdspq.shardfmt import load_manifest
 
 HERE = Path(__file__).resolve().parent
 

@@ -21,8 +21,8 @@ import webdataset as wds
 
 from wdspq import ParquetWindowDataset, WdspqError, WindowSpec, export_shards
 from wdspq.cli import main as cli_main
-from wdspq.codec import MEMBER, key_of
 from wdspq.export import SPILL_PREFIX, shard_assignment
+from wdspq.shardfmt import key_of
 from wdspq.storage import open_storage
 from wdspq.text import load_tokenizer, tokenizer_identity
 
@@ -33,6 +33,15 @@ SPP = 40  # samples per shard: ~300 windows -> 8 shards
 def export(table, out, tok, **kw):
     kw.setdefault("samples_per_shard", SPP)
     return export_shards(table, out, SPEC, tokenizer=tok, progress=False, **kw)
+
+
+def plain_record(sample: dict) -> np.ndarray:
+    """The README's plain-webdataset decoder of the default encoding (no wdspq import): one zstd npy record."""
+    import io
+
+    import zstandard
+
+    return np.load(io.BytesIO(zstandard.decompress(sample["sample.npy.zst"])))
 
 
 def files_of(folder) -> dict[str, bytes]:
@@ -73,7 +82,7 @@ def test_fixture_size(ds, base):
 def test_every_window_equals_map_style_via_plain_webdataset(ds, base):
     seen = set()
     for s in wds.WebDataset(shard_paths(base), shardshuffle=False, empty_check=False).decode():
-        rec = s[MEMBER]
+        rec = plain_record(s)
         assert rec.dtype.names is not None and rec.shape == ()
         wi = int(rec["window_index"])
         assert s["__key__"] == key_of(wi)
@@ -101,13 +110,14 @@ def test_workers_and_seed_determinism(small_table, tokenizer_path, base, tmp_pat
 
     m = export(small_table, tmp_path / "canon", tokenizer_path, shuffle=False)
     order = [int(s["window_index"]) for p in shard_paths(tmp_path / "canon")
-             for s in (r[MEMBER] for r in wds.WebDataset(p, shardshuffle=False, empty_check=False).decode())]
+             for s in (plain_record(r) for r in wds.WebDataset(p, shardshuffle=False, empty_check=False))]
     assert order == list(range(m["num_windows"]))
 
 
 def test_manifest_contents(ds, base, tokenizer_path):
     m = json.loads((base / "manifest.json").read_text())
-    assert (m["format"], m["version"]) == ("wdspq-shards", 1)
+    assert (m["format"], m["version"]) == ("wdspq-shards", 2)
+    assert m["encoding"]["frames"] == "raw" and m["encoding"]["compression"] == "zstd" and m["encoding"]["lossless"]
     assert m["spec"] == SPEC.to_dict()
     tid = tokenizer_identity(load_tokenizer(tokenizer_path))
     assert m["tokenizer"]["vocab_sha256"] == tid["vocab_sha256"]
@@ -120,11 +130,17 @@ def test_manifest_contents(ds, base, tokenizer_path):
         data = (base / s["name"]).read_bytes()
         assert s["samples"] == len(wins) and s["bytes"] == len(data)
         assert s["sha256"] == hashlib.sha256(data).hexdigest()
-        assert len(s["offsets"]) == s["samples"] + 1
-        for off, w in zip(s["offsets"], wins.tolist()):  # each offset is the sample's tar header
+        assert "offsets" not in s
+        index = (base / s["index"]["name"]).read_bytes()
+        assert s["index"]["bytes"] == len(index) and s["index"]["sha256"] == hashlib.sha256(index).hexdigest()
+        spans = np.load(base / s["index"]["name"])
+        assert spans.shape == (len(wins), 2) and spans.dtype == np.int64
+        for (off, length), w in zip(spans.tolist(), wins.tolist()):  # each offset is the sample's tar header
             ti = tarfile.TarInfo.frombuf(data[off : off + 512], "utf-8", "surrogateescape")
-            assert ti.name == f"{key_of(w)}.{MEMBER}" and ti.mtime == 0
-        assert not any(data[s["offsets"][-1] :])  # after the last sample: only the end-of-archive zeros
+            assert ti.name == f"{key_of(w)}.sample.npy.zst" and ti.mtime == 0
+            assert length == 512 + -(-ti.size // 512) * 512  # one member per sample in the default encoding
+        end = int(spans[-1].sum())
+        assert not any(data[end:]) and len(data) - end >= 1024  # after the last sample: the end-of-archive zeros
     # statistics over the real rows of every window, computed directly
     for feat in ("actions", "observations"):
         rows = np.concatenate([(x := ds.sample_numpy(i))[feat][x[f"{feat}_mask"]] for i in range(len(ds))]).astype(np.float64)
@@ -158,7 +174,7 @@ def test_existing_export_same_config_reused_other_config_refused(small_table, to
     assert files_of(out) == files_of(base)  # nothing damaged
     m = export(small_table, out, tokenizer_path, samples_per_shard=100, overwrite=True)
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(["manifest.json", *(s["name"] for s in m["shards"])])  # stale shards removed
+    assert names == sorted(["manifest.json", *(s["name"] for s in m["shards"]), *(s["index"]["name"] for s in m["shards"])])
 
 
 def test_repairs_a_corrupt_shard_of_a_finished_export(small_table, tokenizer_path, base, tmp_path):
@@ -203,7 +219,8 @@ def _check_final_shards(out: Path, n_windows: int) -> int:
         i = int(p.name[6:12])
         with tarfile.open(p) as tf:
             names = tf.getnames()
-        assert names == [f"{key_of(w)}.{MEMBER}" for w in expect[i].tolist()], p
+        assert names == [f"{key_of(w)}.sample.npy.zst" for w in expect[i].tolist()], p
+        assert (out / p.name.replace(".tar", ".idx.npy")).exists()  # a committed shard always has its index
         if p.name in journal:
             assert hashlib.sha256(p.read_bytes()).hexdigest() == journal[p.name]["sha256"]
         count += 1
@@ -269,9 +286,16 @@ def test_verify_reports_parity_mismatch_by_window_and_key(base, tokenizer_path, 
     other = tmp_path / "other.parquet"
     build_synthetic(other, episodes=6, seconds=2.0, image_size=16, video_size=32, seed=8, progress=False)
     rc, lines = verify_cli(capsys, base, "--table", other, "--tokenizer", tokenizer_path, "--sample", "20")
-    assert rc == 1
-    assert any("window_index" in ln and "key 'actions'" in ln and "values differ" in ln for ln in lines)
-    assert lines[-1].startswith("verify FAILED")
+    assert rc == 1 and len(lines) == 2, lines  # another table: said once, not once per window
+    assert "is not the table this export was made from" in lines[0] and lines[-1].startswith("verify FAILED")
+    from wdspq.verify import _compare
+
+    a = {"actions": np.zeros((2, 3), np.float32), "frames": np.zeros((1, 3, 2, 2), np.uint8)}
+    b = {"actions": np.ones((2, 3), np.float32), "frames": np.full((1, 3, 2, 2), 7, np.uint8)}
+    probs = [str(p) for p in _compare(a, b, 17, "shard-000003.tar", bound=5, frame_keys=("frames",))]
+    assert probs == ["shard-000003.tar, window_index 17, key 'actions': values differ (6 of 6 elements)",
+                     "shard-000003.tar, window_index 17, key 'frames': pixel error 7 exceeds the manifest's bound 5"]
+    assert not _compare(a, {**a, "frames": a["frames"] + 5}, 17, "s", bound=5, frame_keys=("frames",))
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "flip-header", "delete"])
@@ -283,7 +307,7 @@ def test_verify_names_a_corrupt_shard(base, tmp_path, capsys, damage):
     if damage == "flip":
         data[len(data) // 3] ^= 0x40
     elif damage == "flip-header":
-        data[json.loads((out / "manifest.json").read_text())["shards"][2]["offsets"][5] + 3] ^= 0x01
+        data[int(np.load(out / "shard-000002.idx.npy")[5, 0]) + 3] ^= 0x01
     elif damage == "truncate":
         data = data[: len(data) // 2]
     victim.write_bytes(bytes(data))

@@ -23,8 +23,8 @@ import pytest
 from wdspq import ShardStream, StreamLoader, WindowSpec, export_shards
 from wdspq.build import build_synthetic
 from wdspq.errors import ShardError, WdspqError
-from wdspq.manifest import load_manifest, read_run
 from wdspq.reader import SampleReader, SkippedSamplesWarning
+from wdspq.shardfmt import RAW, load_manifest, read_run
 
 SHARD = 1  # the shard each fault damages (a full one, not the last)
 SPS = 8  # samples per shard
@@ -37,7 +37,7 @@ def clean(tmp_path_factory, tokenizer_path) -> Path:
     build_synthetic(d / "t.parquet", episodes=3, seconds=1.0, image_size=8, video_size=16, seed=1, progress=False)
     spec = WindowSpec(acts_length_sec=0.1, obs_length_sec=0.1, video_frame_offsets=[0], stride=5, max_text_tokens=8)
     export_shards(d / "t.parquet", d / "sh", spec, tokenizer=tokenizer_path, samples_per_shard=SPS, seed=0,
-                  progress=False)  # fmt: skip
+                  progress=False, encoding=RAW)  # raw records: the faults below patch known bytes  # fmt: skip
     return d / "sh"
 
 
@@ -70,7 +70,8 @@ def clean_epochs(clean) -> dict[int, tuple[list[int], list[int], list[int]]]:
 
 
 def _entry(src: Path, shard: int) -> dict:
-    return json.loads((src / "manifest.json").read_text())["shards"][shard]
+    e = json.loads((src / "manifest.json").read_text())["shards"][shard]
+    return {**e, "offsets": load_manifest(str(src)).offsets(shard).tolist()}
 
 
 def _patch(path: Path, at: int, data: bytes) -> None:
@@ -350,7 +351,7 @@ def test_bad_policy_is_refused(clean):
     [
         (lambda t: t[: len(t) // 2], ["manifest.json", "not valid JSON"]),
         (lambda t: "{not json", ["manifest.json", "not valid JSON"]),
-        (lambda t: t.replace('"version": 1', '"version": 99'), ["manifest.json", "version 99", "not supported"]),
+        (lambda t: t.replace('"version": 2', '"version": 99'), ["manifest.json", "version 99", "not supported"]),
         (lambda t: t.replace('"format": "wdspq-shards"', '"format": "other"'), ["manifest.json", "not a wdspq manifest"]),
     ],
     ids=["cut", "garbage", "unknown-version", "unknown-format"],

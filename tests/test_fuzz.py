@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from wdspq import ShardStream, StreamLoader, WindowSpec, export_shards
 from wdspq.build import build_synthetic
 from wdspq.errors import WdspqError
-from wdspq.manifest import load_manifest, read_run
+from wdspq.shardfmt import RAW, load_manifest, read_run
 
 TARGET = 2  # the shard that is mutated
 SPS = 8
@@ -45,7 +45,7 @@ def export(tmp_path_factory, tokenizer_path) -> dict[str, Any]:
     build_synthetic(d / "t.parquet", episodes=3, seconds=1.0, image_size=8, video_size=16, seed=1, progress=False)
     spec = WindowSpec(acts_length_sec=0.1, obs_length_sec=0.1, video_frame_offsets=[0], stride=5, max_text_tokens=8)
     export_shards(d / "t.parquet", d / "clean", spec, tokenizer=tokenizer_path, samples_per_shard=SPS, seed=0,
-                  progress=False)  # fmt: skip
+                  progress=False, encoding=RAW)  # fixed-size samples: the strategy knows every boundary  # fmt: skip
     shutil.copytree(d / "clean", d / "work")
     man = json.loads((d / "clean" / "manifest.json").read_text())
     entry = man["shards"][TARGET]
@@ -57,7 +57,7 @@ def export(tmp_path_factory, tokenizer_path) -> dict[str, Any]:
         "work": d / "work",
         "shard": d / "work" / entry["name"],
         "original": (d / "clean" / entry["name"]).read_bytes(),
-        "offsets": entry["offsets"],
+        "offsets": m.offsets(TARGET).tolist(),
         "schema": schema,
         "clean_wi": clean_wi,
         "clean_sizes": clean_sizes,

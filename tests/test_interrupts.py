@@ -87,7 +87,10 @@ def _check_after_kill(out: Path, ref: dict[str, dict]) -> int:
     assert not (out / "manifest.json").exists(), "a manifest appeared before the export completed"
     visible = {p.name for p in out.iterdir() if not p.name.startswith(".")} if out.exists() else set()
     shards = _final_shards(out)
-    assert visible == {p.name for p in shards}, visible
+    indexes = {p.name for p in shards} and {p.name.replace(".tar", ".idx.npy") for p in shards}
+    assert indexes <= visible, "a committed shard without its index sidecar"
+    # besides shards and their indexes only an index committed just before the kill hit its shard
+    assert {n for n in visible - indexes - {p.name for p in shards} if not n.endswith(".idx.npy")} == set(), visible
     journal = _journal(out)
     for p in shards:
         with tarfile.open(p) as tf:  # parses to the end

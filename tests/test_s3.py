@@ -25,7 +25,7 @@ from faultproxy import FaultProxy
 import wdspq
 from wdspq.cursor import Topology, resume
 from wdspq.errors import ShardError, StorageError, WdspqError
-from wdspq.manifest import MANIFEST_NAME, Manifest
+from wdspq.shardfmt import DEFAULT_ENCODING, MANIFEST_NAME, RAW, Manifest
 from wdspq.storage import S3Storage, open_storage
 from wdspq.stream import ShardStream, StreamLoader
 
@@ -42,9 +42,10 @@ Batch = dict[str, torch.Tensor]
 # ------------------------------------------------------------------------------------------ fixtures
 
 
-def _export(table: str, out: str, tokenizer: str) -> dict[str, Any]:
+def _export(table: str, out: str, tokenizer: str, encoding: Any = RAW) -> dict[str, Any]:
+    """Raw records by default: the fault byte counts below are sized for them (~15 kB per sample)."""
     return wdspq.export_shards(table, out, wdspq.WindowSpec(**SPEC), tokenizer=tokenizer,
-                               samples_per_shard=PER_SHARD, seed=EXPORT_SEED, progress=False)
+                               samples_per_shard=PER_SHARD, seed=EXPORT_SEED, progress=False, encoding=encoding)
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +67,17 @@ def s3_export(small_table: str, tokenizer_path: str, s3_module_bucket: str) -> s
 def reference(local_export: str) -> list[Batch]:
     """The batches of one epoch of the local export (seed STREAM_SEED, BATCH, WORKERS)."""
     return list(StreamLoader(ShardStream(local_export, seed=STREAM_SEED), BATCH, WORKERS))
+
+
+@pytest.fixture(scope="module")
+def default_exports(small_table: str, tokenizer_path: str, s3_module_bucket: str,
+                    tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, list[Batch]]:
+    """The default encoding (zstd records), locally and on S3, and the local epoch's batches."""
+    local = str(tmp_path_factory.mktemp("s3-local-zstd") / "shards")
+    remote = s3_module_bucket.rstrip("/") + "/zstd"
+    _export(small_table, local, tokenizer_path, DEFAULT_ENCODING)
+    _export(small_table, remote, tokenizer_path, DEFAULT_ENCODING)
+    return local, remote, list(StreamLoader(ShardStream(local, seed=STREAM_SEED), BATCH, WORKERS))
 
 
 @pytest.fixture
@@ -129,7 +141,7 @@ def _planned_reads(manifest: Manifest, state: dict[str, Any], topology: Topology
             p = pos[shards == s]
             assert p.max() - p.min() + 1 == len(p)  # a slot reads each shard run sequentially
             entry = manifest.shards[s]
-            offsets = entry["offsets"]
+            offsets = manifest.offsets(s).tolist()
             reads[(entry["name"], f"bytes={offsets[p.min()]}-{offsets[p.max() + 1] - 1}")] += 1
     return reads
 
@@ -141,7 +153,7 @@ def test_s3_export_is_byte_identical_and_streams_like_local(local_export: str, s
                                                             reference: list[Batch]) -> None:
     local, remote = open_storage(local_export), open_storage(s3_export)
     manifest = json.loads(local.read_bytes(MANIFEST_NAME))
-    names = [s["name"] for s in manifest["shards"]]
+    names = [s["name"] for s in manifest["shards"]] + [s["index"]["name"] for s in manifest["shards"]]
     assert json.loads(remote.read_bytes(MANIFEST_NAME)) == manifest
     # complete objects only: no staging files, no export journal left behind
     assert remote.list() == sorted([MANIFEST_NAME, *names])
@@ -176,9 +188,14 @@ def test_s3_storage_options_reach_spawned_workers(s3_export: str, s3_endpoint: s
     _assert_same(list(loader), reference)
 
 
-@pytest.mark.parametrize("stop_after", [3, 17])
+@pytest.mark.parametrize("stop_after, encoding", [(3, "raw"), (17, "raw"), (5, "default")])
 def test_s3_resume_mid_shard_ranges_at_manifest_offsets(s3_export: str, s3_endpoint: str, reference: list[Batch],
-                                                        maybe_proxy: FaultProxy | None, stop_after: int) -> None:
+                                                        maybe_proxy: FaultProxy | None, stop_after: int,
+                                                        encoding: str, request: pytest.FixtureRequest) -> None:
+    """Resume at a mid-shard index offset with one Range GET per shard run (raw and zstd records)."""
+    if encoding == "default":
+        local, s3_export, reference = request.getfixturevalue("default_exports")
+        assert json.loads(open_storage(local).read_bytes(MANIFEST_NAME))["encoding"]["compression"] == "zstd"
     first = _loader(s3_export, **_opts(s3_endpoint))
     head: list[Batch] = []
     it = iter(first)
@@ -202,7 +219,7 @@ def test_s3_resume_mid_shard_ranges_at_manifest_offsets(s3_export: str, s3_endpo
 
     # the resumed runs start mid-shard, at a sample offset recorded in the manifest
     starts = {(n, int(r[len("bytes="):].split("-")[0])) for n, r in planned}
-    by_name = {s["name"]: s["offsets"] for s in manifest.shards}
+    by_name = {s["name"]: manifest.offsets(i).tolist() for i, s in enumerate(manifest.shards)}
     assert any(0 < off < by_name[n][-1] for n, off in starts), starts
     if maybe_proxy is None:
         return
@@ -218,9 +235,9 @@ def test_s3_epoch_survives_dropped_and_stalled_connections(s3_export: str, fault
     loader = _loader(s3_export, **_opts(fault_proxy.endpoint_url, read_timeout=1.0))
     fault_proxy.clear_requests()
     for n in (40_000, 150_000, 90_000):
-        fault_proxy.drop_after(n)
-    fault_proxy.stall(4.0, after=60_000)  # past the 1 s read timeout
-    fault_proxy.drop_after(250_000)
+        fault_proxy.drop_after(n, target=".tar")
+    fault_proxy.stall(4.0, after=60_000, target=".tar")  # past the 1 s read timeout
+    fault_proxy.drop_after(250_000, target=".tar")
     got = list(loader)
     _assert_same(got, reference)
     _assert_exactly_once(got, loader.stream.manifest.num_windows)
@@ -244,8 +261,8 @@ def test_s3_exhausted_retries_raise_a_clear_error(s3_export: str, fault_proxy: F
     # workers=0 reads one shard at a time, so the failure is the first shard's, mid-shard
     loader = StreamLoader(stream, BATCH, workers, interleave=1 if workers == 0 else None)
     fault_proxy.clear_requests()
-    fault_proxy.drop_after(100_000)  # the first shard read breaks mid-body ...
-    fault_proxy.drop_after(0, times=None)  # ... and so does every request after it
+    fault_proxy.drop_after(100_000, target=".tar")  # the first shard read breaks mid-body ...
+    fault_proxy.drop_after(0, times=None, target=".tar")  # ... and so does every shard request after it
     with pytest.raises(WdspqError) as info:
         for _ in loader:
             pass
@@ -257,7 +274,8 @@ def test_s3_exhausted_retries_raise_a_clear_error(s3_export: str, fault_proxy: F
     # the offset is where the reader stood when it gave up: its last two attempts (the retries) asked for it
     gets = [g for g in _shard_gets(fault_proxy) if _object(g) == name]
     assert [(g.range_start, g.body_bytes) for g in gets[-2:]] == [(offset, 0)] * 2
-    offsets = next(s["offsets"] for s in loader.stream.manifest.shards if s["name"] == name)
+    m = loader.stream.manifest
+    offsets = next(m.offsets(i).tolist() for i, s in enumerate(m.shards) if s["name"] == name)
     assert offsets[0] <= offset < offsets[-1]
     if workers == 0:
         first = _shard_gets(fault_proxy)[0]

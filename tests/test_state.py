@@ -14,7 +14,7 @@ from stream_child import indices, make_export, make_loader, real, take
 
 import wdspq
 from wdspq.cursor import CursorState, set_digest_of
-from wdspq.manifest import load_manifest
+from wdspq.shardfmt import load_manifest
 
 B = 8
 

@@ -19,7 +19,14 @@ multiplies the episode count), exports it with 1 s windows, frame offsets [-2, -
                epoch (same topology), StreamLoader num_workers 0 and 2; bytes read before it (w0);
   rss 4x       ShardStream and StreamLoader(num_workers=2) over the 4x dataset: the 1x shards hard-linked
                4 times under new names with a manifest listing 4x the shards and windows (same sample
-               bytes; the manifest, offsets, plan and cursor are 4x), full epoch.
+               bytes; the manifest, plan and cursor are 4x), full epoch;
+  cat          warm sequential read of the raw export's files (`cat` to /dev/null after one warm-up
+               read): the bandwidth ceiling ShardStream on the raw encoding is compared with;
+  default enc  the same windows exported with the default encoding (zstd-1 records): bytes/sample
+               versus raw, ShardStream and StreamLoader(num_workers=2) over it.
+
+The main export uses the raw encoding (frames raw, record uncompressed), so the webdataset floor and
+the stream compare like for like; `tools/bench_codecs.py` compares every encoding on MuJoCo frames.
 
 Every measurement runs in its own process, so its peak RSS is its own (ru_maxrss of the process; the
 largest DataLoader worker's from RUSAGE_CHILDREN). By default these processes are forked from this
@@ -66,6 +73,8 @@ TARGETS = {
     "stream_vs_map": 5.0,  # ShardStream >= 5x map-style random access (fresh, default cache)
     "resume_90_vs_0": 1.5,  # time to first batch at 90 % <= 1.5x at 0 %
     "rss_4x_vs_1x": 0.10,  # |RSS 4x / RSS 1x - 1| <= 10 %
+    "default_vs_raw_bytes": 1 / 15,  # default encoding's bytes/sample <= 1/15 of raw
+    "stream_vs_cat": 0.5,  # ShardStream (raw) MB/s >= 50 % of a warm `cat` of the same files
 }
 
 
@@ -81,6 +90,7 @@ class DataConfig:
     stride: int = 4
     samples_per_shard: int = 200
     seed: int = 0
+    shard_format: int = 2  # exports of an older format are rebuilt, not reused
 
     def key(self, scale: int) -> str:
         digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
@@ -193,6 +203,7 @@ def m_export(p: dict[str, Any]) -> dict[str, Any]:
     """Build the synthetic table, then export it (timed apart)."""
     from wdspq.build import build_synthetic
     from wdspq.export import export_shards
+    from wdspq.shardfmt import DEFAULT_ENCODING, RAW
 
     cfg = DataConfig(**p["data"])
     table, shards = Path(p["table"]), Path(p["shards"])
@@ -203,11 +214,33 @@ def m_export(p: dict[str, Any]) -> dict[str, Any]:
     t = time.perf_counter()
     m = export_shards(table, shards, _spec(cfg.stride), tokenizer=_tokenizer(),
                       samples_per_shard=cfg.samples_per_shard, seed=cfg.seed, workers=1, progress=False,
-                      overwrite=True)
+                      overwrite=True, encoding=RAW)
     dt = time.perf_counter() - t
+    t = time.perf_counter()
+    md = export_shards(table, Path(p["shards_default"]), _spec(cfg.stride), tokenizer=_tokenizer(),
+                       samples_per_shard=cfg.samples_per_shard, seed=cfg.seed, workers=1, progress=False,
+                       overwrite=True, encoding=DEFAULT_ENCODING)
+    dt_default = time.perf_counter() - t
     nbytes = sum(int(s["bytes"]) for s in m["shards"])
+    dbytes = sum(int(s["bytes"]) for s in md["shards"])
     return {"build_s": build_s, "seconds": dt, "samples": int(m["num_windows"]), "bytes": nbytes,
-            "samples_per_s": m["num_windows"] / dt, "mb_per_s": nbytes / MB / dt}
+            "samples_per_s": m["num_windows"] / dt, "mb_per_s": nbytes / MB / dt,
+            "default_seconds": dt_default, "default_bytes": dbytes, "default_encoding": md["encoding"]["describe"],
+            "default_samples_per_s": md["num_windows"] / dt_default}
+
+
+def m_cat(p: dict[str, Any]) -> dict[str, Any]:
+    """Warm sequential read of the export's shard files with `cat` (after one warm-up read): MB/s."""
+    shards = Path(p["shards"])
+    m = json.loads((shards / "manifest.json").read_text())
+    files = [str(shards / s["name"]) for s in m["shards"]]
+    nbytes = sum(int(s["bytes"]) for s in m["shards"])
+    subprocess.run(["cat", *files], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
+    t = time.perf_counter()
+    subprocess.run(["cat", *files], stdout=subprocess.DEVNULL, check=True)
+    dt = time.perf_counter() - t
+    return {"seconds": dt, "bytes": nbytes, "mb_per_s": nbytes / MB / dt,
+            "samples_per_s": int(m["num_windows"]) / dt}
 
 
 def m_map(p: dict[str, Any]) -> dict[str, Any]:
@@ -352,6 +385,7 @@ MEASURES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "loader": m_loader,
     "state": m_state,
     "resume": m_resume,
+    "cat": m_cat,
 }
 
 
@@ -414,15 +448,18 @@ def prepare_data(work: Path, cfg: DataConfig, scale: int, fresh: bool, spawn: bo
     """The table and its export under `work` (built and timed now, or reused with the recorded timing)."""
     folder = work / cfg.key(scale)
     table, shards, record = folder / "table.parquet", folder / "shards", folder / "export.json"
+    shards_default = folder / "shards-default"
     if fresh and folder.exists():
         shutil.rmtree(folder)
-    if record.exists() and (shards / "manifest.json").exists() and table.exists():
+    if record.exists() and (shards / "manifest.json").exists() and (shards_default / "manifest.json").exists() \
+            and table.exists():
         rec = json.loads(record.read_text())
         rec["reused"] = True
         return table, shards, rec
     folder.mkdir(parents=True, exist_ok=True)
     print(f"building and exporting {folder} ...", flush=True)
-    rec = run_child("export", {"data": asdict(cfg), "table": str(table), "shards": str(shards)}, spawn)
+    rec = run_child("export", {"data": asdict(cfg), "table": str(table), "shards": str(shards),
+                               "shards_default": str(shards_default)}, spawn)
     rec["when"] = time.strftime("%Y-%m-%d %H:%M:%S")
     record.write_text(json.dumps(rec, indent=1))
     rec["reused"] = False
@@ -441,14 +478,15 @@ def make_4x(shards: Path) -> Path:
         for i, s in enumerate(m["shards"]):
             e = dict(s)
             e["name"] = f"shard-{copy * n + i:06d}.tar"
+            e["index"] = {**s["index"], "name": f"shard-{copy * n + i:06d}.idx.npy"}
             if "first_window" in e:
                 e["first_window"] = int(e["first_window"]) + copy * w
-            dst = out / e["name"]
-            if not dst.exists():
-                try:
-                    os.link(shards / s["name"], dst)
-                except OSError:
-                    os.symlink((shards / s["name"]).resolve(), dst)
+            for src, dst in ((s["name"], e["name"]), (s["index"]["name"], e["index"]["name"])):
+                if not (out / dst).exists():
+                    try:
+                        os.link(shards / src, out / dst)
+                    except OSError:
+                        os.symlink((shards / src).resolve(), out / dst)
             entries.append(e)
     m["shards"] = entries
     m["num_windows"] = 4 * w
@@ -551,6 +589,9 @@ def main(argv: list[str] | None = None) -> int:
         **{f"loader_w{nw}": ("loader", {**base, "num_workers": nw}) for nw in (0, 1, 2)},
         **{f"resume_w{nw}_{int(f * 100)}": ("resume", {**base, "num_workers": nw, "state_path": states[(nw, f)]})
            for nw in (0, 2) for f in (0.0, 0.9)},
+        "cat": ("cat", base),
+        "stream_default": ("stream", {**base, "shards": str(shards.parent / "shards-default")}),
+        "loader_w2_default": ("loader", {**base, "shards": str(shards.parent / "shards-default"), "num_workers": 2}),
     }
     once: dict[str, tuple[str, dict[str, Any]]] = {  # RSS only: one round
         "stream_4x": ("stream", {**base, "shards": str(shards4)}),
@@ -594,6 +635,10 @@ def main(argv: list[str] | None = None) -> int:
         "rss_loader_w2_4x_vs_1x_worker": ratio(med["loader_w2_4x"]["workers_peak_rss_mib"],
                                                med["loader_w2"]["workers_peak_rss_mib"]),
         "rss_loader_w2_4x_vs_1x_max": ratio(rss_pair("loader_w2_4x"), rss_pair("loader_w2")),
+        "default_vs_raw_bytes": ratio(export_rec["default_bytes"], export_rec["bytes"]),
+        "stream_vs_cat_mb": ratio(med["stream"]["mb_per_s"], med["cat"]["mb_per_s"]),
+        "stream_default_vs_raw": ratio(med["stream_default"]["samples_per_s"], med["stream"]["samples_per_s"]),
+        "loader_w2_default_vs_raw": ratio(med["loader_w2_default"]["samples_per_s"], med["loader_w2"]["samples_per_s"]),
     }
 
     def check(name: str, value: float | None, op: str, bound: float) -> dict[str, Any]:
@@ -616,8 +661,13 @@ def main(argv: list[str] | None = None) -> int:
         check("ShardStream RSS 4x / 1x", ratios["rss_stream_4x_vs_1x"], "within", TARGETS["rss_4x_vs_1x"]),
         check("StreamLoader w2 RSS 4x / 1x (max of main, worker)", ratios["rss_loader_w2_4x_vs_1x_max"], "within",
               TARGETS["rss_4x_vs_1x"]),
+        check("default encoding bytes/sample / raw", ratios["default_vs_raw_bytes"], "<=", TARGETS["default_vs_raw_bytes"]),
+        check("ShardStream (raw) MB/s / warm cat MB/s", ratios["stream_vs_cat_mb"], ">=", TARGETS["stream_vs_cat"]),
     ]
-    sample_bytes = manifest["shards"][0]["offsets"][1] - manifest["shards"][0]["offsets"][0]
+    import numpy as np
+
+    first = np.load(shards / manifest["shards"][0]["index"]["name"])
+    sample_bytes = int(first[0, 1])
     map_samples = min(args.map_samples, n_windows) if args.map_samples > 0 else n_windows
     data = {
         "config": {**asdict(cfg), "scale": args.scale, "window_sec": 1.0, "frame_offsets": OFFSETS,
@@ -688,6 +738,10 @@ def print_report(d: dict[str, Any]) -> None:
             row(f"resume w{nw} at {f}%{extra}", r)
     row("ShardStream 4x data (1 run)", med["stream_4x"])
     row("StreamLoader num_workers=2, 4x data (1 run)", med["loader_w2_4x"])
+    row("cat of the raw shards (warm)", med["cat"])
+    row(f"ShardStream, default encoding ({ex['default_bytes'] / max(dd['windows'], 1):,.0f} B/sample)",
+        med["stream_default"])
+    row("StreamLoader num_workers=2, default encoding", med["loader_w2_default"])
     print()
     print(f"export: {ex['samples_per_s']:.0f} windows/s, {ex['mb_per_s']:.1f} MB/s written "
           f"(build {ex['build_s']:.1f} s, export {ex['seconds']:.1f} s){reused}; "

@@ -34,7 +34,7 @@ _LAZY = {
     "StreamLoader": "stream",
     "ParquetWindowDataset": "table_dataset",
 }
-_SUBMODULES = ("build", "codec", "cursor", "export", "manifest", "media", "schema", "storage", "stream",
+_SUBMODULES = ("build", "cursor", "export", "media", "schema", "shardfmt", "storage", "stream",
                "table_dataset", "text", "validate", "windows")
 
 __all__ = [

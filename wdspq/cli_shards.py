@@ -14,7 +14,7 @@ from typing import Any
 
 from . import cli as _cli
 from .errors import WdspqError
-from .text import default_tokenizer
+from .shardfmt.encoding import COMPRESSIONS, DEFAULT_ENCODING, FRAME_CODECS, SUBSAMPLINGS, Encoding
 
 EXIT_FAIL = 1
 # `--frame-offsets -2,-1,0`: let a comma list of negative integers count as a value, not an option.
@@ -61,10 +61,18 @@ def add_export(sub: Any) -> None:
         help="write pre-windowed WebDataset shards from a table",
         description=_cli._desc(
             "Cut every window of TABLE (same window function as the map-style dataset) and write them as "
-            "WebDataset tar shards (one packed sample.npy member per sample, frames raw uint8) plus "
-            "manifest.json (spec, tokenizer, sample schema, per-shard sha256 and byte offsets, "
+            "WebDataset tar shards, each with an index sidecar (every sample's byte offset and length), plus "
+            "manifest.json (spec, tokenizer, sample schema, encoding, per-shard sizes and sha256, "
             "normalisation statistics) to OUT, a folder or s3://bucket/prefix. The order is shuffled across "
             "shards by --seed; the output is byte-identical for any --workers.\n\n"
+            "Encoding (docs/shards.md has the measurements): by default frames stay raw inside one "
+            "zstd-1-compressed sample.npy.zst record per sample (lossless, fastest to decode). "
+            "--frame-codec png|webp stores each frame as a lossless image member; jpeg is lossy "
+            "(--jpeg-quality, --jpeg-subsampling 444|420) and the manifest records its largest pixel error. "
+            "--compression none keeps the record uncompressed (largest, no decode work).\n\n"
+            "--dry-run prints windows, shards, bytes/sample (measured by encoding real windows), total "
+            "bytes, amplification versus the table, peak scratch space and free space, and writes nothing; "
+            "an export that would not fit is refused unless --force.\n\n"
             "Shards appear under their final names only when complete and the manifest is written last. "
             "An interrupted export keeps its spill folder: re-run the same command to reuse what is done. "
             "An OUT holding an export with another configuration is refused unless --overwrite."
@@ -94,15 +102,30 @@ def add_export(sub: Any) -> None:
     p.add_argument("--seed", type=_cli._int_at_least(0), default=0, help="shuffle seed (default 0)")
     p.add_argument("--no-shuffle", action="store_true", help="keep the canonical window order")
     p.add_argument("--workers", type=_cli._int_at_least(1), default=1, metavar="W", help="export processes (default 1)")
+    e = p.add_argument_group("encoding")
+    e.add_argument("--frame-codec", choices=FRAME_CODECS, default=DEFAULT_ENCODING.frames,
+                   help=f"how frames are stored (default {DEFAULT_ENCODING.frames}; png/webp lossless, jpeg lossy)")
+    e.add_argument("--compression", choices=COMPRESSIONS, default=DEFAULT_ENCODING.compression,
+                   help=f"compression of the sample record (default {DEFAULT_ENCODING.compression})")
+    e.add_argument("--zstd-level", type=_cli._int_at_least(1), default=DEFAULT_ENCODING.level, metavar="L",
+                   help=f"zstd level, 1..22 (default {DEFAULT_ENCODING.level})")
+    e.add_argument("--jpeg-quality", type=_cli._int_at_least(1), default=DEFAULT_ENCODING.quality, metavar="Q",
+                   help=f"JPEG quality, 1..100 (default {DEFAULT_ENCODING.quality})")
+    e.add_argument("--jpeg-subsampling", choices=SUBSAMPLINGS, default=DEFAULT_ENCODING.subsampling,
+                   help="JPEG chroma subsampling (default 444; 420 is smaller, max error ~100 on coloured edges)")
+    p.add_argument("--dry-run", action="store_true", help="print the size estimate and free space; write nothing")
+    p.add_argument("--force", action="store_true", help="start even when the estimate says the disk is too small")
     p.add_argument("--overwrite", action="store_true", help="replace an export with another configuration in OUT")
     _cli._add_progress(p)
     p.set_defaults(func=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from .export import export_shards
+    from .export import export_shards, format_estimate
     from .windows import WindowSpec
 
+    if args.obs_rate_hz is not None and args.obs_resample == "none":
+        raise WdspqError("--obs-rate-hz needs --obs-resample linear or nearest (without resampling rows keep their times)")
     spec = WindowSpec(
         acts_length_sec=args.acts_length_sec,
         obs_length_sec=args.obs_length_sec if args.obs_length_sec is not None else args.acts_length_sec,
@@ -114,10 +137,15 @@ def run_export(args: argparse.Namespace) -> int:
         obs_rate_hz=args.obs_rate_hz,
         max_text_tokens=args.max_text_tokens,
     )
+    encoding = Encoding(frames=args.frame_codec, compression=args.compression, level=args.zstd_level,
+                        quality=args.jpeg_quality, subsampling=args.jpeg_subsampling)
     t = time.perf_counter()
     m = export_shards(
         args.table, args.out, spec,
-        tokenizer=args.tokenizer or default_tokenizer(),
+        tokenizer=args.tokenizer,
+        encoding=encoding,
+        dry_run=args.dry_run,
+        force=args.force,
         samples_per_shard=args.samples_per_shard,
         seed=args.seed,
         shuffle=not args.no_shuffle,
@@ -126,6 +154,9 @@ def run_export(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     dt = time.perf_counter() - t
+    if args.dry_run:
+        print(format_estimate(m))
+        return 0
     n = m["num_windows"]
     total = sum(s["bytes"] for s in m["shards"])
     print(
@@ -166,11 +197,13 @@ def add_verify(sub: Any) -> None:
 def run_verify(args: argparse.Namespace) -> int:
     import os
 
-    from .manifest import load_manifest
+    from .shardfmt import load_manifest
     from .verify import verify_shards
 
     if args.table is not None and not os.path.isfile(args.table):
         raise WdspqError(f"{args.table}: table file does not exist")
+    if not args.shards.startswith("s3://") and not os.path.exists(args.shards):
+        raise WdspqError(f"{args.shards}: no such export folder or manifest")
     try:
         load_manifest(args.shards)
     except WdspqError as e:
@@ -181,7 +214,7 @@ def run_verify(args: argparse.Namespace) -> int:
         args.shards,
         table=args.table,
         sample=args.sample,
-        tokenizer=args.tokenizer or (default_tokenizer() if args.table else None),
+        tokenizer=args.tokenizer,
         seed=args.seed,
         progress=_cli._progress(args),
     )

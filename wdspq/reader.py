@@ -1,6 +1,6 @@
 """Reading runs of samples from shards under an error policy (README "Faults tried, and what wdspq does").
 
-`SampleReader.run(shard, start, stop)` wraps `manifest.read_run` and always yields exactly
+`SampleReader.run(shard, start, stop)` wraps `shardfmt.read_run` and always yields exactly
 `stop - start` samples or raises:
 
 - `on_error="raise"` (default): the first bad sample raises `ShardError` (a `WdspqError`) naming the
@@ -12,7 +12,7 @@
   `episode_index` and `anchor_index` -1. `window_index == -1` is the flag pads already use, so batch
   sizes and the cursor's accounting stay exact and every good window is still delivered exactly once;
   `episode_index == -1` tells a placeholder from a pad. After an error the reader reopens at the next
-  sample's manifest offset; once a shard is known to be short (truncated) or unreadable, the samples it
+  sample's index offset; once a shard is known to be short (truncated) or unreadable, the samples it
   cannot hold become placeholders without further reads. Skips are counted (`skipped`); the first one
   in an iteration warns once (`SkippedSamplesWarning`, naming the shard and sample), and
   `end_iteration()` logs the total on the `wdspq` logger.
@@ -32,9 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from .codec import SampleCodec
 from .errors import ShardError, StorageError, WdspqError
-from .manifest import Manifest, read_payloads, read_run
+from .shardfmt import Manifest, SampleCodec, read_records, read_run
 
 logger = logging.getLogger("wdspq")
 
@@ -94,8 +93,8 @@ class SampleReader:
         return self._policy_run(shard, start, stop, raw=False)
 
     def run_records(self, shard: int, start: int, stop: int) -> Iterator[memoryview | bytes]:
-        """Like `run`, but each sample is its record's raw bytes (layout `codec.dtype`), checked against the
-        schema. A memoryview is valid until the next item is requested: copy it first."""
+        """Like `run`, but each sample is its record's raw bytes (layout `codec.dtype`, possibly read-only),
+        checked against the schema."""
         return self._policy_run(shard, start, stop, raw=True)
 
     def _policy_run(self, shard: int, start: int, stop: int, raw: bool) -> Iterator[Any]:
@@ -147,15 +146,10 @@ class SampleReader:
     def _url(self, shard: int) -> str:
         return self.manifest.storage.url(self.manifest.shards[shard]["name"])
 
-    def _records(self, shard: int, start: int, stop: int) -> Iterator[memoryview | bytes]:
-        url = self._url(shard)
-        for i, (member, payload) in enumerate(read_payloads(self.manifest, shard, start, stop, self.codec), start):
-            yield self.codec.record_bytes(payload, where=f"{url}, sample {i}, member '{member}'")
-
     def _read(self, shard: int, start: int, stop: int, raw: bool = False) -> Iterator[Any]:
         """`read_run` (or raw records), with any exception mapped to a one-line WdspqError naming the shard."""
         if raw:
-            it = self._records(shard, start, stop)
+            it = read_records(self.manifest, shard, start, stop, self.codec)
         else:
             it = read_run(self.manifest, shard, start, stop, self.codec)
         try:
@@ -211,8 +205,8 @@ class SampleReader:
         if shard in self._bad_from:
             return
         entry = self.manifest.shards[shard]
-        offsets = entry["offsets"]
         try:
+            offsets = self.manifest.offsets(shard).tolist()
             size = self.manifest.storage.size(entry["name"])
         except WdspqError as e:
             self._bad_from[shard] = (0, f"{self._url(shard)}: cannot read the shard: {e}")
@@ -224,7 +218,7 @@ class SampleReader:
             first = int(np.searchsorted(np.asarray(offsets[1:], dtype=np.int64), size, side="right"))
             self._bad_from[shard] = (
                 first,
-                f"{self._url(shard)}: shard is truncated to {size} bytes (the manifest's samples end at byte "
+                f"{self._url(shard)}: shard is truncated to {size} bytes (the index's samples end at byte "
                 f"{offsets[-1]}): samples {first}..{len(offsets) - 2} are cut",
             )
 

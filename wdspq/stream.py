@@ -2,7 +2,7 @@
 
 The order of an epoch is a pure function of the manifest, seed, epoch and topology (wdspq.cursor): each
 (rank, worker) slot reads its shards sequentially, interleaving `interleave` open shards, starting at
-byte offsets from the manifest (R5). `StreamLoader` counts, in the main process, the batches it hands
+byte offsets from the shard indexes (R5). `StreamLoader` counts, in the main process, the batches it hands
 to the training loop; its `state_dict()` is a small JSON-able dict from which a fresh process continues
 with exactly the batches an uninterrupted run would have produced (R3), or, under another world size,
 worker count or batch size, finishes the epoch exactly once (R4).
@@ -32,8 +32,8 @@ from .cursor import (
     resume,
 )
 from .errors import StateError, WdspqError
-from .manifest import Manifest, load_manifest
 from .reader import SampleReader
+from .shardfmt import Manifest, load_manifest
 
 
 def dist_topology(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:

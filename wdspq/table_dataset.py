@@ -94,7 +94,8 @@ class ParquetWindowDataset(torch.utils.data.Dataset):
         self._rg_starts = np.concatenate([[0], np.cumsum(rg_rows)]).astype(np.int64)
         self.index = WindowIndex(self.n_actions, self.rspec)
         tok = load_tokenizer(tokenizer)
-        self.tokenizer_id = tokenizer_identity(tok, tokenizer if isinstance(tokenizer, str) else None)
+        requested = "default" if tokenizer is None else os.fspath(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else None
+        self.tokenizer_id = tokenizer_identity(tok, requested)
         self.tokens = tokenize(tok, texts, self.spec.max_text_tokens)
         self.cache_bytes = cache_bytes
         self._local: dict[str, Any] | None = None

@@ -1,12 +1,15 @@
 """Check an export against its manifest and, optionally, against the table (`wdspq verify`).
 
-Integrity, one sequential read per shard: size and sha256 equal the manifest's; the tar parses to
-the end; it holds exactly the manifest's sample count, each sample one decodable `sample.npy` member
-whose key matches its `window_index`; every per-sample byte offset in the manifest points at that
-sample's first tar header; every window index appears exactly once across shards.
-Parity (with a table): each checked window's shard sample equals `ParquetWindowDataset[window_index]`
-key for key (dtype, shape, values). Windows are visited in canonical order and read by byte offset,
-so the table side decodes each episode once; `sample=N` checks a seeded random subset.
+Integrity, one sequential read per shard: size and sha256 equal the manifest's; the index sidecar
+matches its sha256 and its spans; the tar parses to the end; it holds exactly the manifest's sample
+count, each sample's members decode (with the manifest's encoding) and its key matches its
+`window_index`; each index offset points at that sample's first tar header; every window index
+appears exactly once across shards.
+Parity (with a table): the table must be the one the manifest names (size and footer hash; a
+different table is one problem, not one per window); each checked window's shard sample equals
+`ParquetWindowDataset[window_index]` key for key (dtype, shape, values), frames within the
+manifest's recorded `max_abs_error` for a lossy encoding. Windows are visited in canonical order and
+read by byte offset, so the table side decodes each episode once; `sample=N` checks a seeded subset.
 Problems are collected (not raised) so one run reports all of them.
 """
 
@@ -20,9 +23,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from .codec import MEMBER, SampleCodec, key_of
 from .errors import WdspqError
-from .manifest import Manifest, load_manifest, read_run
+from .shardfmt import Manifest, SampleCodec, key_of, load_manifest, read_run
 
 _MAX_PER_SHARD = 20  # problems listed per shard before the rest are summarised
 
@@ -109,55 +111,63 @@ def _check_shard(
         return problems
     if size != entry["bytes"]:
         add(f"size is {size} bytes, the manifest says {entry['bytes']}")
-    offsets = entry["offsets"]
+    try:
+        offsets = m.offsets(s).tolist()
+    except WdspqError as e:
+        add(str(e))
+        return problems
     expected = int(entry["samples"])
     pos = 0
     try:
         with storage.open_read(name) as raw:
             f = _HashingReader(raw)
-            current_key: str | None = None
-            current_members: list[str] = []
+            sample: dict[str, bytes] = {}
+            key: str | None = None
             end = 0
+
+            def finish() -> None:
+                nonlocal pos
+                if key is None:
+                    return
+                try:
+                    rec = codec.view(codec.record(sample, where=f"sample {pos} (key {key!r})"))
+                except WdspqError as e:
+                    add(str(e))
+                else:
+                    _place(rec, key, pos)
+                pos += 1
+
+            def _place(rec: dict[str, np.ndarray], key: str, pos: int) -> None:
+                wi = int(rec["window_index"])
+                if key != key_of(wi):
+                    add(f"sample {pos} (key {key!r}) holds window_index {wi}, its key says otherwise", wi)
+                if not 0 <= wi < len(where_of):
+                    add(f"sample {pos} (key {key!r}): window_index {wi} is outside 0..{len(where_of) - 1}", wi)
+                elif where_of[wi, 0] >= 0:
+                    add(f"sample {pos} (key {key!r}): window_index {wi} is also in shard {m.shards[where_of[wi, 0]]['name']}", wi)
+                else:
+                    where_of[wi] = (s, pos)
+                report.samples += 1
+
             try:
                 tar = tarfile.open(fileobj=f, mode="r|")  # type: ignore[call-overload]
                 for ti in tar:
                     if not ti.isfile():
                         add(f"member {ti.name!r} is not a regular file")
                         continue
-                    key, _, ext = ti.name.partition(".")
-                    end = ti.offset_data + -(-ti.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-                    if key != current_key:
-                        if current_key is not None:
-                            pos += 1
-                        current_key, current_members = key, []
+                    k, _, ext = ti.name.partition(".")
+                    if k != key:
+                        finish()
+                        key, sample = k, {}
                         if pos < len(offsets) - 1 and ti.offset != offsets[pos]:
-                            add(f"sample {pos} (key {key!r}) starts at byte {ti.offset}, the manifest offset is {offsets[pos]}")
-                    current_members.append(ext)
-                    if ext != MEMBER:
-                        add(f"sample {pos} (key {key!r}): unexpected member {ti.name!r} (expected {key}.{MEMBER})")
-                        continue
-                    if len(current_members) > 1:
-                        add(f"sample {pos} (key {key!r}): more than one member")
-                    data = tar.extractfile(ti).read()  # type: ignore[union-attr]
-                    try:
-                        sample = codec.decode(data, where=f"member {ti.name!r}")
-                    except WdspqError as e:
-                        add(str(e))
-                        continue
-                    wi = int(sample["window_index"])
-                    if key != key_of(wi):
-                        add(f"member {ti.name!r} holds window_index {wi}, its key says otherwise", wi)
-                    if not 0 <= wi < len(where_of):
-                        add(f"member {ti.name!r}: window_index {wi} is outside 0..{len(where_of) - 1}", wi)
-                    elif where_of[wi, 0] >= 0:
-                        add(f"member {ti.name!r}: window_index {wi} is also in shard {m.shards[where_of[wi, 0]]['name']}", wi)
-                    else:
-                        where_of[wi] = (s, pos)
-                    report.samples += 1
-                if current_key is not None:
-                    pos += 1
-                    if pos == len(offsets) - 1 and end != offsets[-1]:
-                        add(f"the last sample ends at byte {end}, the manifest's end offset is {offsets[-1]}")
+                            add(f"sample {pos} (key {k!r}) starts at byte {ti.offset}, the index offset is {offsets[pos]}")
+                    if ext not in codec.member_names:
+                        add(f"sample {pos} (key {k!r}): unexpected member {ti.name!r} (expected {codec.member_names})")
+                    sample[ext] = tar.extractfile(ti).read()  # type: ignore[union-attr]
+                    end = ti.offset_data + -(-ti.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+                finish()
+                if pos == len(offsets) - 1 and end != offsets[-1]:
+                    add(f"the last sample ends at byte {end}, the index's end offset is {offsets[-1]}")
             except (tarfile.TarError, EOFError, OSError) as e:
                 add(f"tar does not parse after {pos} samples, near byte {f.count}: {type(e).__name__}: {e}")
             f.drain()
@@ -171,7 +181,9 @@ def _check_shard(
     return problems
 
 
-def _compare(shard_sample: dict[str, np.ndarray], ref: dict[str, np.ndarray], wi: int, shard: str) -> list[Problem]:
+def _compare(shard_sample: dict[str, np.ndarray], ref: dict[str, np.ndarray], wi: int, shard: str,
+             bound: int = 0, frame_keys: tuple[str, ...] = ()) -> list[Problem]:
+    """Key-for-key equality; `frame_keys` may differ by at most `bound` per pixel (a lossy encoding)."""
     out: list[Problem] = []
     for k in sorted(set(shard_sample) | set(ref)):
         if k not in ref or k not in shard_sample:
@@ -182,6 +194,10 @@ def _compare(shard_sample: dict[str, np.ndarray], ref: dict[str, np.ndarray], wi
             out.append(Problem(f"dtype {a.dtype} in the shard, {b.dtype} from the table", shard, wi, k))
         elif a.shape != b.shape:
             out.append(Problem(f"shape {a.shape} in the shard, {b.shape} from the table", shard, wi, k))
+        elif k in frame_keys and bound:
+            err = int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max(initial=0))
+            if err > bound:
+                out.append(Problem(f"pixel error {err} exceeds the manifest's bound {bound}", shard, wi, k))
         elif not np.array_equal(a, b, equal_nan=a.dtype.kind == "f"):
             diff = int(np.count_nonzero(a != b))
             out.append(Problem(f"values differ ({diff} of {a.size} elements)", shard, wi, k))
@@ -231,8 +247,22 @@ def _parity(
     m: Manifest, table: str, sample: int | None, tokenizer: Any, seed: int, progress: bool,
     where_of: np.ndarray, report: VerifyReport,
 ) -> None:
+    from .export.plan import table_fingerprint
+    from .shardfmt.encoding import frame_keys
     from .table_dataset import ParquetWindowDataset
 
+    recorded = m.data.get("table") or {}
+    if "bytes" in recorded and "tail_sha256" in recorded:
+        have = table_fingerprint(table)
+        if (have["bytes"], have["tail_sha256"]) != (recorded["bytes"], recorded["tail_sha256"]):
+            report.problems.append(Problem(
+                f"{table} is not the table this export was made from (the manifest names "
+                f"{recorded.get('name')!r}, {recorded['bytes']} bytes; this file has {have['bytes']} bytes or "
+                "another footer); parity not checked"
+            ))
+            return
+    if tokenizer is None:
+        tokenizer = _export_tokenizer(m)
     ds = ParquetWindowDataset(table, m.data["spec"], tokenizer=tokenizer)
     want = m.data.get("tokenizer", {}).get("vocab_sha256")
     if want and ds.tokenizer_id["vocab_sha256"] != want:
@@ -249,6 +279,7 @@ def _parity(
     else:
         chosen = np.arange(n)
     codec = m.codec()
+    bound, fkeys = m.max_abs_error, tuple(frame_keys(m.sample_schema)) if not m.encoding.lossless else ()
     for wi in tqdm(chosen.tolist(), desc="verify: parity", unit="win", disable=not progress):
         s, pos = where_of[wi].tolist()
         if s < 0:
@@ -259,8 +290,21 @@ def _parity(
         except WdspqError as e:
             report.problems.append(Problem(f"cannot read the sample: {e}", name, wi))
             continue
-        probs = _compare(got, ds.sample_numpy(wi), wi, name)
+        probs = _compare(got, ds.sample_numpy(wi), wi, name, bound, fkeys)
         report.parity_checked += 1
         if probs:
             report.parity_mismatches += 1
             report.problems.extend(probs)
+
+
+def _export_tokenizer(m: Manifest) -> Any:
+    """The tokenizer the export asked for (the manifest's `requested`), when it can be loaded here;
+    None (the default) otherwise; the vocabulary hash then tells whether they agree."""
+    import os
+
+    requested = (m.data.get("tokenizer") or {}).get("requested")
+    if not requested or requested == "default":
+        return None
+    if os.path.sep in requested and not os.path.isdir(requested):
+        return None
+    return requested

@@ -1,0 +1,270 @@
+"""Export the table into pre-windowed WebDataset shards with a manifest (docs/shards.md).
+
+Two phases (`phases.py`), both byte-deterministic whatever the number of worker processes:
+
+1. *spill*: episodes are cut into windows in fixed chunks of `EPISODES_PER_CHUNK` episodes (the
+   chunking does not depend on `workers`); each window is encoded once into its final tar bytes and
+   appended to the chunk's local spill file, written atomically, so an interrupted export resumes per
+   chunk. Memory is bounded by one decoded episode per worker, never by the number of windows.
+2. *assemble*: each shard's windows (a seeded permutation of all windows, cut into consecutive runs of
+   `samples_per_shard`) are copied from the spills into a staging file, committed with its index
+   sidecar through the storage layer. After each commit one line is appended to a local journal in
+   the spill folder; a re-run reuses journalled shards whose sizes and sha256 still match.
+
+The manifest (O(shards): per shard its size, sha256 and index's sha256; statistics with their own
+sha256; the export configuration) is written last, then the spill folder is removed. Held in memory
+beyond one episode: a few int64 arrays of length `num_windows` (the permutation and each window's
+spill location) in the exporting process only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from .._version import __version__
+from ..errors import WdspqError
+from ..schema import read_meta
+from ..shardfmt import (
+    DEFAULT_ENCODING,
+    MANIFEST_FORMAT,
+    MANIFEST_NAME,
+    MANIFEST_VERSION,
+    Encoding,
+    stats_digest,
+)
+from ..shardfmt.index import INDEX_SUFFIX
+from ..storage import open_storage
+from ..table_dataset import ParquetWindowDataset
+from ..windows import WindowSpec
+from .journal import JOURNAL_NAME, Journal, config_difference, existing_manifest, read_journal, shard_intact
+from .phases import assemble_shard, features, shard_name, spill_chunk
+from .plan import (
+    SPILL_PREFIX,
+    check_int,
+    config_digest,
+    default_spill_dir,
+    estimate_export,
+    shard_assignment,
+    space_problem,
+    table_fingerprint,
+)
+from .pool import Workers
+from .stats import RunningStats
+
+EPISODES_PER_CHUNK = 8
+_SHARD_RE = re.compile(r"^shard-\d{6}\.tar$")
+_INDEX_RE = re.compile(r"^shard-\d{6}" + re.escape(INDEX_SUFFIX) + "$")
+
+
+def _say(progress: bool, msg: str) -> None:
+    if progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _encoding(encoding: Encoding | dict[str, Any] | None) -> Encoding:
+    if encoding is None:
+        return DEFAULT_ENCODING
+    return encoding if isinstance(encoding, Encoding) else Encoding.from_dict(encoding)
+
+
+def export_shards(
+    table: str | os.PathLike,
+    out: str | os.PathLike,
+    spec: WindowSpec | dict[str, Any],
+    tokenizer: Any = None,
+    samples_per_shard: int = 1000,
+    seed: int = 0,
+    shuffle: bool = True,
+    workers: int = 1,
+    progress: bool = True,
+    overwrite: bool = False,
+    spill_dir: str | os.PathLike | None = None,
+    storage_options: dict[str, Any] | None = None,
+    encoding: Encoding | dict[str, Any] | None = None,
+    dry_run: bool = False,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Export every window of `table` into WebDataset shards under `out` (a folder or `s3://bucket/prefix`).
+
+    Shards are `shard-000000.tar` with index sidecars `shard-000000.idx.npy`; `manifest.json` is
+    written last. Returns the manifest dict (with `dry_run=True`: the size estimate, nothing written).
+
+    - `encoding`: how samples are stored (`shardfmt.Encoding`; default raw frames in a zstd-1 record,
+      lossless). A lossy encoding records its largest measured pixel error in the manifest.
+    - Deterministic: the same table, spec, tokenizer, encoding, `samples_per_shard`, `seed` and
+      `shuffle` give byte-identical shards and manifest for any `workers`.
+    - Space: a fresh export first estimates its size and refuses to start when a disk cannot hold
+      the shards plus the spill (`force=True` starts anyway).
+    - Restartable: after an interruption, re-run the same call. The spill folder (default: a hidden
+      `.wdspq-spill-<config>` folder inside a local `out`, or `$TMPDIR/wdspq-spill-<config>` for S3) is
+      kept on failure and holds the journal; shards committed intact are reused, the rest rewritten.
+      It is removed after success, with the spill folders of other configurations left in `out`.
+    - An `out` that already holds a finished export with the same configuration is checked and returned
+      as is; one with another configuration raises (naming its manifest) unless `overwrite=True`, which
+      replaces it (stale shards are deleted after the new manifest is written).
+    - `spill_dir` overrides the spill folder (it must be local and is not removed if given).
+    """
+    samples_per_shard = check_int("samples_per_shard", samples_per_shard, 1)
+    seed = check_int("seed", seed, 0)
+    workers = check_int("workers", workers, 1)
+    enc = _encoding(encoding)
+    table = os.fspath(table)
+    out = os.fspath(out)
+    if os.path.isdir(table):
+        raise WdspqError(f"{table}: is a folder; expected a table file (.parquet) made by `wdspq build`")
+    if not os.path.isfile(table):
+        raise WdspqError(f"{table}: table file does not exist")
+    if not out.startswith("s3://") and os.path.isfile(out):
+        raise WdspqError(f"{out}: the output must be a folder (or s3://bucket/prefix), but it is a file")
+    spec = spec if isinstance(spec, WindowSpec) else WindowSpec.from_dict(spec)
+    read_meta(table)  # fail early, naming the file, on a non-wdspq table
+    open_storage(out, **(storage_options or {}))  # fail early on a bad URL
+    ds = ParquetWindowDataset(table, spec, tokenizer=tokenizer)
+    n = len(ds)
+    if n == 0:
+        raise WdspqError(f"{table}: the window spec gives no windows (episodes shorter than the window?)")
+    config = {
+        "table": table_fingerprint(table),
+        "spec": spec.to_dict(),
+        "tokenizer": ds.tokenizer_id["vocab_sha256"],
+        "samples_per_shard": samples_per_shard,
+        "seed": seed,
+        "shuffle": bool(shuffle),
+        "format": MANIFEST_VERSION,
+        "encoding": enc.to_dict(),
+    }
+    digest = config_digest(config)
+    own_spill = spill_dir is None
+    spill_root = Path(spill_dir) if spill_dir is not None else default_spill_dir(out, digest)
+    if dry_run:
+        return estimate_export(ds, enc, samples_per_shard, out, spill_root, config["table"]["bytes"])
+    shards_windows = shard_assignment(n, samples_per_shard, seed, bool(shuffle))
+    options = dict(storage_options or {})
+    if out.startswith("s3://"):  # S3 staging files inside the spill folder: removed with it, even after a kill
+        options.setdefault("staging_dir", str(spill_root))
+    storage = open_storage(out, **options)
+
+    # An export already there: same configuration -> reuse; another -> refuse unless overwrite.
+    candidates: dict[str, dict[str, Any]] = {}
+    existing, unusable = existing_manifest(storage)
+    if existing is not None:
+        same = not unusable and existing.get("export_config_digest") == digest
+        if same:
+            entries = existing.get("shards", [])
+            if len(entries) == len(shards_windows) and all(shard_intact(storage, e) for e in entries):
+                _say(progress, f"export: {storage.url()} already holds this export ({len(entries)} shards intact); reused")
+                return existing
+            candidates = {e["name"]: e for e in entries if isinstance(e, dict) and "name" in e}
+        elif not overwrite:
+            why = unusable or config_difference(existing.get("export_config"), config)
+            raise WdspqError(
+                f"{storage.url(MANIFEST_NAME)}: the output already holds an export and {why}; "
+                "pass overwrite=True (wdspq export --overwrite) to replace it, or choose another output"
+            )
+    if not spill_root.exists() and not force:
+        problem = space_problem(estimate_export(ds, enc, samples_per_shard, out, spill_root, config["table"]["bytes"]))
+        if problem:
+            raise WdspqError(f"export: not enough space: {problem}; free some or pass force=True (--force)")
+    if existing is not None:
+        storage.delete(MANIFEST_NAME)  # from here on the folder is visibly an unfinished export
+
+    spill_root.mkdir(parents=True, exist_ok=True)
+    journal_path = spill_root / JOURNAL_NAME
+    candidates.update(read_journal(journal_path, digest))
+
+    n_chunks = (ds.num_episodes + EPISODES_PER_CHUNK - 1) // EPISODES_PER_CHUNK
+    pool = Workers(workers, {"ds": ds, "spill_root": str(spill_root), "storage": storage, "encoding": enc})
+    journal = Journal(journal_path, digest)
+    feats = features(ds)
+    try:
+        # Phase 1: spill (chunk jobs, windows/s progress).
+        loc = np.zeros((n, 3), dtype=np.int64)  # window -> (chunk, offset, length) in the spill files
+        chunk_stats: list[dict[str, RunningStats] | None] = [None] * n_chunks
+        frame_error = 0
+        jobs = ((c, e0, min(e0 + EPISODES_PER_CHUNK, ds.num_episodes))
+                for c, e0 in enumerate(range(0, ds.num_episodes, EPISODES_PER_CHUNK)))
+        with tqdm(total=n, desc="export: cut windows", unit="win", disable=not progress, smoothing=0.1) as bar:
+            for res in pool.run(spill_chunk, jobs):
+                idx = res["index"]
+                loc[idx[:, 0], 0] = res["chunk"]
+                loc[idx[:, 0], 1:] = idx[:, 1:]
+                chunk_stats[res["chunk"]] = res["stats"]
+                frame_error = max(frame_error, res["frame_error"])
+                bar.update(len(idx))
+        stats = {f: RunningStats.empty(dim) for f, dim in feats.items()}
+        for cs in chunk_stats:  # fixed chunk order: identical floats whatever the worker count
+            assert cs is not None
+            for f in feats:
+                stats[f].merge(cs[f])
+
+        # Phase 2: assemble shards, reusing those committed intact before.
+        entries: list[dict[str, Any] | None] = [None] * len(shards_windows)
+        todo: list[int] = []
+        for i, wins in enumerate(shards_windows):
+            prev = candidates.get(shard_name(i))
+            if prev is not None and prev.get("samples") == len(wins) and shard_intact(storage, prev):
+                entries[i] = prev
+            else:
+                todo.append(i)
+        n_reused = len(shards_windows) - len(todo)
+        if n_reused:
+            _say(progress, f"export: reusing {n_reused} of {len(shards_windows)} shards written intact by an earlier run")
+        reused = sum(len(shards_windows[i]) for i in range(len(shards_windows)) if entries[i] is not None)
+        with tqdm(total=n, initial=reused, desc="export: write shards", unit="win", disable=not progress) as bar:
+            jobs2 = ((i, shards_windows[i], loc[shards_windows[i]]) for i in todo)
+            for entry in pool.run(assemble_shard, jobs2):
+                entries[int(entry["name"][6:12])] = entry
+                journal.append(entry)
+                bar.update(entry["samples"])
+    finally:
+        journal.close()
+        pool.close()
+
+    stats_out = {f: stats[f].to_dict() for f in feats}
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "version": MANIFEST_VERSION,
+        "wdspq_version": __version__,
+        "export_config": config,
+        "export_config_digest": digest,
+        "table": {"name": Path(table).name, **config["table"]},
+        "table_meta": json.loads(ds.meta.to_json()),
+        "spec": spec.to_dict(),
+        "resolved": ds.rspec.summary(),
+        "tokenizer": dict(ds.tokenizer_id),
+        "sample_schema": [{"key": k, **v} for k, v in ds.sample_schema().items()],  # ordered: the record layout
+        "encoding": {**enc.to_dict(), "lossless": enc.lossless, "max_abs_error": int(frame_error),
+                     "describe": enc.describe()},
+        "num_windows": n,
+        "num_episodes": ds.num_episodes,
+        "seed": seed,
+        "shuffle": bool(shuffle),
+        "samples_per_shard": samples_per_shard,
+        "stats": stats_out,
+        "stats_sha256": stats_digest(stats_out),
+        "shards": entries,
+    }
+    storage.put_bytes(MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True).encode())
+    if own_spill:
+        shutil.rmtree(spill_root, ignore_errors=True)
+        if not out.startswith("s3://"):  # spill folders of interrupted exports of other configurations
+            for p in Path(out).glob(SPILL_PREFIX + "*"):
+                shutil.rmtree(p, ignore_errors=True)
+    if not out.startswith("s3://"):  # staging files left by a killed run (the storage layer's naming)
+        for p in Path(out).glob(".shard-*.tmp-*"):
+            p.unlink(missing_ok=True)
+    keep = {e["name"] for e in entries if e is not None}
+    keep |= {e["index"]["name"] for e in entries if e is not None}
+    for name in storage.list("shard-"):
+        if (_SHARD_RE.match(name) or _INDEX_RE.match(name)) and name not in keep:  # of a replaced, larger export
+            storage.delete(name)
+    return manifest

@@ -1,0 +1,149 @@
+"""What an export will be, before it is written: shard assignment, configuration identity, size estimate.
+
+`estimate_export` is `wdspq export --dry-run`: it encodes a few real windows (evenly spread over the
+table) with the chosen encoding to measure bytes per sample, and from that the total, the
+amplification versus the table, the peak scratch space (spill files plus shards) and the free space
+where they go. A real export refuses to start when a disk cannot hold its share (unless `force`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import WdspqError
+from ..shardfmt import Encoding, SampleCodec, end_of_archive, index_bytes, key_of, sample_tar
+
+SPILL_PREFIX = ".wdspq-spill-"
+PROBE_SAMPLES = 24
+_MARGIN = 1.05  # headroom on top of the estimate when checking free space
+
+
+def shard_assignment(n_windows: int, samples_per_shard: int, seed: int, shuffle: bool) -> list[np.ndarray]:
+    """Window indices of each shard in write order: a seeded permutation cut into consecutive runs."""
+    order = np.random.default_rng(seed).permutation(n_windows) if shuffle else np.arange(n_windows, dtype=np.int64)
+    return [order[i : i + samples_per_shard] for i in range(0, n_windows, samples_per_shard)]
+
+
+def check_int(name: str, value: Any, lo: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise WdspqError(f"export: {name} must be an integer >= {lo}, got {value!r}")
+    if value < lo:
+        raise WdspqError(f"export: {name} must be >= {lo}, got {value}")
+    return int(value)
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def table_fingerprint(path: str) -> dict[str, Any]:
+    """Cheap identity of the table file: size and a hash of its tail (the footer holds row-group stats)."""
+    st = os.stat(path)
+    with open(path, "rb") as f:
+        f.seek(max(0, st.st_size - 65536))
+        tail = f.read()
+    return {"bytes": st.st_size, "tail_sha256": hashlib.sha256(tail).hexdigest()}
+
+
+def default_spill_dir(out: str, digest: str) -> Path:
+    """Local scratch for phase 1: inside a local output (same disk, hidden, never a `.tar`), else the temp dir.
+
+    Stable per configuration, so a re-run after an interruption finds it.
+    """
+    if out.startswith("s3://"):
+        return Path(tempfile.gettempdir()) / f"wdspq-spill-{digest}"
+    return Path(out) / f"{SPILL_PREFIX}{digest}"
+
+
+def _existing_ancestor(path: Path) -> Path:
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def free_bytes(path: str | Path) -> int:
+    """Free bytes on the filesystem that holds (or would hold) `path`."""
+    return shutil.disk_usage(_existing_ancestor(Path(path))).free
+
+
+def _device(path: str | Path) -> int:
+    return os.stat(_existing_ancestor(Path(path))).st_dev
+
+
+def estimate_export(ds: Any, encoding: Encoding, samples_per_shard: int, out: str, spill_root: Path,
+                    table_bytes: int, probe: int = PROBE_SAMPLES) -> dict[str, Any]:
+    """Measured size of the export of `ds` (see the module doc); bytes are estimates from `probe` windows."""
+    n = len(ds)
+    codec = SampleCodec(ds.sample_schema(), encoding)
+    picks = np.unique(np.linspace(0, n - 1, num=min(probe, n)).round().astype(np.int64))
+    sizes = []
+    for w in picks.tolist():
+        s = ds.sample_numpy(w)
+        sizes.append(len(sample_tar(key_of(w), codec.encode(s, where=f"window {w}"))))
+    per_sample = float(np.mean(sizes))
+    n_shards = -(-n // samples_per_shard)
+    shards_bytes = int(per_sample * n + n_shards * len(end_of_archive(0)))
+    index_total = n_shards * len(index_bytes(np.zeros((0, 2)))) + 16 * n
+    total = shards_bytes + index_total
+    # Peak: every spilled sample and every written shard exist together just before the spill is removed.
+    needs: dict[int, dict[str, Any]] = {}
+    places = [("spill", spill_root, shards_bytes)]
+    if not out.startswith("s3://"):
+        places.append(("shards", Path(out), total))
+    for what, path, size in places:
+        dev = _device(path)
+        d = needs.setdefault(dev, {"path": str(_existing_ancestor(path)), "needs": 0, "what": [], "free": free_bytes(path)})
+        d["needs"] += size
+        d["what"].append(what)
+    return {
+        "windows": n,
+        "shards": n_shards,
+        "samples_per_shard": samples_per_shard,
+        "encoding": encoding.to_dict(),
+        "bytes_per_sample": per_sample,
+        "probe_windows": len(picks),
+        "total_bytes": total,
+        "table_bytes": table_bytes,
+        "amplification": total / max(table_bytes, 1),
+        "peak_scratch_bytes": shards_bytes,
+        "disks": list(needs.values()),
+    }
+
+
+def space_problem(est: dict[str, Any]) -> str | None:
+    """Why the estimated export does not fit (the first disk short of space), or None."""
+    for d in est["disks"]:
+        if d["needs"] * _MARGIN > d["free"]:
+            return (f"{d['path']}: the export needs about {gib(d['needs'])} there ({' + '.join(d['what'])}) "
+                    f"but only {gib(d['free'])} is free")
+    return None
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def format_estimate(est: dict[str, Any]) -> str:
+    """The dry run's report, a few lines."""
+    lines = [
+        f"windows            {est['windows']:,} in {est['shards']:,} shards of up to {est['samples_per_shard']:,}",
+        f"encoding           {Encoding.from_dict(est['encoding']).describe()}",
+        f"bytes/sample       {est['bytes_per_sample']:,.0f} (measured on {est['probe_windows']} encoded windows)",
+        f"total              {gib(est['total_bytes'])} (shards and indexes)",
+        f"amplification      {est['amplification']:.1f}x the table ({gib(est['table_bytes'])})",
+        f"peak scratch       {gib(est['peak_scratch_bytes'])} of spill files, removed at the end",
+    ]
+    for d in est["disks"]:
+        lines.append(f"disk {d['path']}: needs {gib(d['needs'])} ({' + '.join(d['what'])}), {gib(d['free'])} free")
+    problem = space_problem(est)
+    lines.append(f"would refuse: {problem}" if problem else "fits: yes")
+    return "\n".join(lines)

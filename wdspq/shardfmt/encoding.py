@@ -1,0 +1,306 @@
+"""Sample <-> members of one tar sample, for one sample schema and one `Encoding` (docs/shards.md).
+
+A sample is stored as one packed record member, `sample.npy` (a 0-d structured numpy record with one
+aligned field per sample key, readable by `np.load`) or `sample.npy.zst` (the same bytes compressed
+with zstd). With `frames="raw"` the camera and image pixels are fields of that record; with an image
+codec (`png`, `webp` lossless, `jpeg`) they leave the record and each frame becomes its own member,
+`<camera>.<j>.<ext>` (frame j of the window, HxWx3) or `<image>.<ext>`, which webdataset's own image
+decoders read. Encoding is deterministic (fixed headers, single-threaded codecs), so exports are
+byte-identical across runs and worker counts.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import ShardError, WdspqError
+
+FRAME_CODECS = ("raw", "png", "webp", "jpeg")
+COMPRESSIONS = ("none", "zstd")
+SUBSAMPLINGS = ("444", "420")
+RECORD = "sample.npy"
+_IMAGE_EXT = {"png": "png", "webp": "webp", "jpeg": "jpg"}
+_MAGIC = b"\x93NUMPY"
+
+
+def key_of(window_index: int) -> str:
+    """The tar `__key__` of a window: its canonical index, zero-padded so keys sort like numbers."""
+    return f"{int(window_index):010d}"
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How samples are stored: `frames` raw or image-coded, the record raw or zstd-compressed.
+
+    `level` is the zstd level; `quality` and `subsampling` ("444" or "420") apply to JPEG only.
+    Every combination but `frames="jpeg"` is lossless.
+    """
+
+    frames: str = "raw"
+    compression: str = "zstd"
+    level: int = 1
+    quality: int = 95
+    subsampling: str = "444"
+
+    def __post_init__(self) -> None:
+        if self.frames not in FRAME_CODECS:
+            raise WdspqError(f"frame codec {self.frames!r} is not one of {', '.join(FRAME_CODECS)}")
+        if self.compression not in COMPRESSIONS:
+            raise WdspqError(f"compression {self.compression!r} is not one of {', '.join(COMPRESSIONS)}")
+        if isinstance(self.level, bool) or not isinstance(self.level, int) or not 1 <= self.level <= 22:
+            raise WdspqError(f"zstd level must be an integer in 1..22, got {self.level!r}")
+        if isinstance(self.quality, bool) or not isinstance(self.quality, int) or not 1 <= self.quality <= 100:
+            raise WdspqError(f"JPEG quality must be an integer in 1..100, got {self.quality!r}")
+        if self.subsampling not in SUBSAMPLINGS:
+            raise WdspqError(f"JPEG subsampling {self.subsampling!r} is not one of {', '.join(SUBSAMPLINGS)}")
+
+    @property
+    def lossless(self) -> bool:
+        return self.frames != "jpeg"
+
+    @property
+    def record_member(self) -> str:
+        return RECORD + (".zst" if self.compression == "zstd" else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest's `encoding` entry (only the fields that matter for this combination)."""
+        d = asdict(self)
+        if self.compression != "zstd":
+            d.pop("level")
+        if self.frames != "jpeg":
+            d.pop("quality")
+            d.pop("subsampling")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Encoding:
+        known = {"frames", "compression", "level", "quality", "subsampling"}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def describe(self) -> str:
+        frames = {"raw": "raw frames", "png": "PNG frames", "webp": "WebP-lossless frames"}.get(
+            self.frames, f"JPEG q{self.quality} {self.subsampling[0]}:{self.subsampling[1]}:{self.subsampling[2]} frames")
+        record = f"zstd-{self.level} record" if self.compression == "zstd" else "raw record"
+        return f"{frames}, {record} ({'lossless' if self.lossless else 'lossy'})"
+
+
+RAW = Encoding(frames="raw", compression="none")
+DEFAULT_ENCODING = Encoding()
+
+
+def record_dtype(schema: Mapping[str, Mapping[str, Any]]) -> np.dtype:
+    """The structured dtype of one sample from a sample schema ({key: {dtype, shape}}), fields aligned."""
+    fields = [(k, np.dtype(v["dtype"]), tuple(v["shape"])) for k, v in schema.items()]
+    return np.dtype([(k, dt, shape) if shape else (k, dt) for k, dt, shape in fields], align=True)
+
+
+def frame_keys(schema: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The keys holding pixels: uint8 of shape (F, 3, H, W) (a camera) or (3, H, W) (an image)."""
+    return [k for k, v in schema.items()
+            if np.dtype(v["dtype"]) == np.uint8 and len(v["shape"]) in (3, 4) and int(v["shape"][-3]) == 3]
+
+
+def _npy_header(dtype: np.dtype) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, np.lib.format.header_data_from_array_1_0(np.zeros((), dtype)))
+    return buf.getvalue()
+
+
+def _castable(src: np.dtype, dst: np.dtype) -> bool:
+    """Values of `src` stored as `dst` without changing kind or wrapping (float64 -> float32 is allowed)."""
+    return np.can_cast(src, dst, "safe") or (src.kind == "f" and dst.kind == "f")
+
+
+class SampleCodec:
+    """Encode sample dicts to tar members and decode members back to records, for one schema and encoding.
+
+    Picklable (DataLoader workers get a copy); zstd contexts are made on first use in each process.
+    """
+
+    def __init__(self, schema: Mapping[str, Mapping[str, Any]], encoding: Encoding = RAW) -> None:
+        self.schema = {k: dict(v) for k, v in schema.items()}
+        self.encoding = encoding
+        self.dtype = record_dtype(self.schema)
+        self.header = _npy_header(self.dtype)
+        coded = [] if encoding.frames == "raw" else frame_keys(self.schema)
+        self.coded = coded
+        rest = {k: v for k, v in self.schema.items() if k not in coded}
+        self.rest_dtype = record_dtype(rest)
+        self.rest_header = _npy_header(self.rest_dtype)
+        self.record_member = encoding.record_member
+        self.ext = _IMAGE_EXT.get(encoding.frames, "")
+        self.frame_members: list[tuple[str, int | None, str]] = []  # (key, frame j or None for an image, member)
+        for k in coded:
+            shape = self.schema[k]["shape"]
+            if len(shape) == 4:
+                self.frame_members += [(k, j, f"{k}.{j}.{self.ext}") for j in range(int(shape[0]))]
+            else:
+                self.frame_members.append((k, None, f"{k}.{self.ext}"))
+        self.member_names = [self.record_member] + [m for _, _, m in self.frame_members]
+        self._zc: Any = None
+        self._zd: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_zc": None, "_zd": None}
+
+    # -- encoding -------------------------------------------------------------------------------------
+    def check(self, sample: Mapping[str, Any], where: str = "sample") -> None:
+        """Keys, dtypes and shapes of `sample` against the schema: a clear error instead of a silent cast."""
+        if set(sample) != set(self.schema):
+            missing, extra = set(self.schema) - set(sample), set(sample) - set(self.schema)
+            raise ShardError(f"{where}: keys differ from the schema: missing {sorted(missing)}, extra {sorted(extra)}")
+        for k, spec in self.schema.items():
+            v = np.asarray(sample[k])
+            want_dt, want_shape = np.dtype(spec["dtype"]), tuple(spec["shape"])
+            if v.shape != want_shape:
+                raise ShardError(f"{where}: key {k!r} has shape {v.shape}, the schema says {want_shape}")
+            if not _castable(v.dtype, want_dt):
+                raise ShardError(f"{where}: key {k!r} has dtype {v.dtype}, the schema says {want_dt}")
+
+    def encode(self, sample: Mapping[str, Any], where: str = "sample") -> list[tuple[str, bytes]]:
+        """A sample dict -> its members [(name without the key, bytes)], the record first."""
+        self.check(sample, where)
+        rest = np.zeros((), dtype=self.rest_dtype)
+        for k in self.rest_dtype.names or ():
+            rest[k] = sample[k]
+        body = self.rest_header + rest.tobytes()
+        if self.encoding.compression == "zstd":
+            body = self._compressor().compress(body)
+        members = [(self.record_member, body)]
+        for k, j, name in self.frame_members:
+            chw = np.asarray(sample[k])[j] if j is not None else np.asarray(sample[k])
+            members.append((name, self._encode_image(chw)))
+        return members
+
+    def frame_error(self, sample: Mapping[str, Any], members: Sequence[tuple[str, bytes]]) -> int:
+        """Largest absolute pixel error of the encoded frames of `sample` (0 for lossless encodings)."""
+        if self.encoding.lossless:
+            return 0
+        worst = 0
+        for (k, j, _), (_, data) in zip(self.frame_members, members[1:]):
+            chw = np.asarray(sample[k])[j] if j is not None else np.asarray(sample[k])
+            got = self._decode_image(data, chw.shape, "frame")
+            worst = max(worst, int(np.abs(got.astype(np.int16) - chw.astype(np.int16)).max(initial=0)))
+        return worst
+
+    def _encode_image(self, chw: np.ndarray) -> bytes:
+        from PIL import Image
+
+        im = Image.fromarray(np.ascontiguousarray(np.asarray(chw, dtype=np.uint8).transpose(1, 2, 0)), "RGB")
+        buf = io.BytesIO()
+        e = self.encoding
+        if e.frames == "png":
+            im.save(buf, "PNG", compress_level=1)
+        elif e.frames == "webp":
+            im.save(buf, "WEBP", lossless=True, method=0, quality=0, exact=True)
+        else:
+            im.save(buf, "JPEG", quality=e.quality, subsampling=0 if e.subsampling == "444" else 2, optimize=False)
+        return buf.getvalue()
+
+    # -- decoding -------------------------------------------------------------------------------------
+    def _compressor(self) -> Any:
+        if self._zc is None:
+            import zstandard
+
+            self._zc = zstandard.ZstdCompressor(level=self.encoding.level, write_content_size=True, write_checksum=True,
+                                                threads=0)
+        return self._zc
+
+    def _decompress(self, data: Any, where: str) -> bytes:
+        if self._zd is None:
+            import zstandard
+
+            self._zd = zstandard.ZstdDecompressor()
+        try:
+            return self._zd.decompress(data)
+        except Exception as e:
+            raise ShardError(f"{where}: not a zstd frame ({type(e).__name__}: {e})") from None
+
+    def _decode_image(self, data: Any, shape: tuple[int, ...], where: str) -> np.ndarray:
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+                hwc = np.asarray(im.convert("RGB") if im.mode != "RGB" else im)
+        except Exception as e:
+            raise ShardError(f"{where}: cannot decode the {self.encoding.frames} image: {type(e).__name__}: {e}") from None
+        if hwc.shape != (shape[1], shape[2], 3):
+            raise ShardError(f"{where}: image is {hwc.shape[1]}x{hwc.shape[0]}, the schema says {shape[2]}x{shape[1]}")
+        return hwc.transpose(2, 0, 1)
+
+    def _rest_bytes(self, data: Any, where: str) -> memoryview:
+        """The record member's payload -> the rest record's raw bytes, checked against the schema."""
+        mv = memoryview(self._decompress(data, where) if self.encoding.compression == "zstd" else data)
+        hlen = len(self.rest_header)
+        if len(mv) == hlen + self.rest_dtype.itemsize and mv[:hlen] == self.rest_header:
+            return mv[hlen:]
+        rec = decode_record(mv, where)
+        if rec.dtype != self.rest_dtype:
+            raise ShardError(f"{where}: record layout differs from the manifest's sample schema")
+        return memoryview(rec.tobytes())
+
+    def record(self, members: Mapping[str, Any], where: str = "sample") -> memoryview:
+        """Members {name without the key: payload} -> the full record's bytes (layout `dtype`).
+
+        With raw frames the bytes may view the record payload (copy them to keep them writable)."""
+        payload = members.get(self.record_member)
+        if payload is None:
+            raise ShardError(f"{where}: member {self.record_member!r} is missing (found {sorted(members)})")
+        rest = self._rest_bytes(payload, f"{where}, member {self.record_member!r}")
+        if not self.coded:
+            return rest
+        out = np.zeros((), dtype=self.dtype)
+        r = np.frombuffer(rest, dtype=self.rest_dtype, count=1).reshape(())
+        for k in self.rest_dtype.names or ():
+            out[k] = r[k]
+        for k, j, name in self.frame_members:
+            data = members.get(name)
+            if data is None:
+                raise ShardError(f"{where}: member {name!r} is missing (found {sorted(members)})")
+            shape = tuple(self.schema[k]["shape"])
+            img = self._decode_image(data, shape[1:] if j is not None else shape, f"{where}, member {name!r}")
+            if j is None:
+                out[k] = img
+            else:
+                out[k][j] = img
+        return memoryview(out.reshape(1).view(np.uint8))
+
+    def view(self, record: Any, copy: bool = False) -> dict[str, np.ndarray]:
+        """Record bytes -> dict of arrays viewing them (`copy=True`: a private writable copy first)."""
+        mv = memoryview(record)
+        buf = bytearray(mv) if copy or mv.readonly else mv
+        rec = np.frombuffer(buf, dtype=self.dtype, count=1).reshape(())
+        return {k: rec[k] for k in self.schema}
+
+
+def decode_record(data: bytes | bytearray | memoryview, where: str = "member") -> np.ndarray:
+    """Any npy payload holding one structured record -> 0-d structured array (writable copy)."""
+    mv = memoryview(data)
+    if len(mv) < 10 or bytes(mv[:6]) != _MAGIC:
+        raise ShardError(f"{where}: not an .npy payload")
+    major = mv[6]
+    if major == 1:
+        hlen, start = int.from_bytes(mv[8:10], "little"), 10
+    elif major in (2, 3):
+        hlen, start = int.from_bytes(mv[8:12], "little"), 12
+    else:
+        raise ShardError(f"{where}: unsupported .npy version {major}")
+    try:
+        d = ast.literal_eval(bytes(mv[start : start + hlen]).decode("latin1").strip())
+        dtype = np.lib.format.descr_to_dtype(d["descr"])
+        shape = tuple(d["shape"])
+    except Exception as e:
+        raise ShardError(f"{where}: bad .npy header: {e}") from None
+    if dtype.names is None or shape != () or dtype.hasobject:
+        raise ShardError(f"{where}: expected one structured record, got dtype {dtype} shape {shape}")
+    payload = mv[start + hlen :]
+    if len(payload) != dtype.itemsize:
+        raise ShardError(f"{where}: payload is {len(payload)} bytes, the header says {dtype.itemsize}")
+    return np.frombuffer(bytearray(payload), dtype=dtype, count=1).reshape(())

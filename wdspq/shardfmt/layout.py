@@ -1,0 +1,122 @@
+"""Tar layout of a shard: the bytes of one sample, the end of the archive, and reading samples back.
+
+A sample is a contiguous run of ustar members `<key>.<member>` (fixed mtime 0, mode 0444, owner
+"wdspq"), each padded to 512 bytes, so a sample's bytes do not depend on where it lands in a shard:
+the exporter encodes samples once (in parallel) and a shard is their concatenation plus two zero
+blocks. Readers seek to a sample's offset from the index (a Range request on S3, R5) and read its
+span with one read; nothing else in wdspq knows an offset rule.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import ShardError, WdspqError
+
+TAR_BLOCK = 512
+RECORD_SIZE = 20 * TAR_BLOCK  # tar's default record: the archive is padded to a multiple of it
+
+
+def sample_tar(key: str, members: Sequence[tuple[str, bytes]]) -> bytes:
+    """The tar bytes of one sample: a ustar header and padded payload per member, in the given order."""
+    parts: list[bytes] = []
+    for name, data in members:
+        ti = tarfile.TarInfo(f"{key}.{name}")
+        ti.size, ti.mtime, ti.mode, ti.uname, ti.gname = len(data), 0, 0o444, "wdspq", "wdspq"
+        try:
+            parts.append(ti.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict"))
+        except ValueError as e:
+            raise ShardError(f"member {ti.name!r}: cannot be named in a tar ({e}); use shorter stream names") from None
+        parts.append(data)
+        parts.append(bytes(-len(data) % TAR_BLOCK))
+    return b"".join(parts)
+
+
+def end_of_archive(size: int) -> bytes:
+    """What closes a tar of `size` bytes: two zero blocks, then zeros up to a multiple of RECORD_SIZE."""
+    end = size + 2 * TAR_BLOCK
+    return bytes(2 * TAR_BLOCK + (-end % RECORD_SIZE))
+
+
+def _octal(field: memoryview) -> int:
+    s = bytes(field).rstrip(b"\x00 ").lstrip(b" ")
+    return int(s, 8) if s else 0
+
+
+def parse_members(buf: memoryview, where: str, first: int = 0) -> tuple[str, dict[str, memoryview]]:
+    """One sample's span -> (key, {member name without the key: payload view}).
+
+    Headers are checked quickly (magic, type, size); one that fails goes through
+    `tarfile.TarInfo.frombuf` for an exact error. Payload integrity is the sha256's job (`verify`).
+    """
+    pos, key, members = 0, None, {}
+    n = len(buf)
+    while pos < n:
+        h = buf[pos : pos + TAR_BLOCK]
+        if len(h) < TAR_BLOCK:
+            raise ShardError(f"{where}: the span ends inside a tar header (byte {first + pos})")
+        try:
+            if h[257:263] != b"ustar\x00" or h[156] not in (0x30, 0x00):
+                raise ValueError
+            size = _octal(h[124:136])
+            name = h[:100].tobytes().rstrip(b"\x00").decode("utf-8", "surrogateescape")
+            if h[345] != 0:
+                name = h[345:500].tobytes().rstrip(b"\x00").decode("utf-8", "surrogateescape") + "/" + name
+        except ValueError:
+            try:
+                info = tarfile.TarInfo.frombuf(bytes(h), "utf-8", "surrogateescape")
+            except tarfile.HeaderError as e:
+                raise ShardError(f"{where}: bad tar header at byte {first + pos}: {e}") from None
+            if not info.isfile():
+                raise ShardError(f"{where}: member {info.name!r} is not a regular file") from None
+            size, name = info.size, info.name
+        k, dot, ext = name.partition(".")
+        if not dot:
+            raise ShardError(f"{where}: member {name!r} has no extension")
+        if key is None:
+            key = k
+        elif k != key:
+            raise ShardError(f"{where}: member {name!r} belongs to another sample than {key!r}")
+        start = pos + TAR_BLOCK
+        if start + size > n:
+            raise ShardError(f"{where}: member {name!r} runs past the sample's span ({size} bytes at byte {first + start})")
+        members[ext] = buf[start : start + size]
+        pos = start + size + (-size % TAR_BLOCK)
+    if key is None:
+        raise ShardError(f"{where}: empty sample span")
+    return key, members
+
+
+def _readinto_full(raw: Any, mv: memoryview) -> int:
+    """Fill `mv` from a raw stream (which may return short reads); the count read (less only at EOF)."""
+    got = 0
+    while got < len(mv):
+        n = raw.readinto(mv[got:])
+        if not n:
+            break
+        got += n
+    return got
+
+
+def read_spans(f: Any, url: str, spans: np.ndarray, start: int) -> Iterator[memoryview]:
+    """Each sample's span read with one raw read into its own buffer (`f` is at `spans[0]`'s offset).
+
+    A buffer is never reused, so a caller may keep views of it."""
+    raw = getattr(f, "raw", f)  # bypass the read-ahead buffer: spans are large, a second copy costs
+    for i, (off, length) in enumerate(spans.tolist(), start):
+        mv = memoryview(bytearray(length))
+        try:
+            n = _readinto_full(raw, mv)
+        except WdspqError:
+            raise
+        except Exception as e:
+            raise ShardError(f"{url}, sample {i}: read failed at byte {off}: {type(e).__name__}: {e}") from None
+        if n != length:
+            raise ShardError(
+                f"{url}: shard is truncated or corrupt: sample {i} (byte offset {off}) has {n} of its {length} bytes"
+            )
+        yield mv

@@ -1,0 +1,191 @@
+"""The shard manifest (format version 2): loading, validation, identity, and each shard's index.
+
+The manifest is O(shards): per shard its name, sample count, bytes, sha256 and its index sidecar's
+name, bytes and sha256; per-sample byte offsets live only in the index sidecars, which a process
+loads when it opens that shard (a few of them cached). Normalisation statistics carry their own
+sha256. Version 1 manifests (offsets inline, raw records) are still read, for streaming only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import ShardError, WdspqError
+from ..storage import open_storage
+from .encoding import RAW, Encoding, SampleCodec
+from .index import check_spans, parse_index, spans_from_offsets
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "wdspq-shards"
+MANIFEST_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+_INDEX_CACHE = 8  # indexes a process keeps (O(open shards), never O(windows of the epoch))
+
+
+def stats_digest(stats: Any) -> str:
+    """sha256 of the canonical JSON of the manifest's `stats` (what `stats_sha256` records)."""
+    return hashlib.sha256(json.dumps(stats, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass
+class Manifest:
+    """A parsed manifest plus the storage it lives in; `id` is the sha256 of the manifest bytes."""
+
+    data: dict[str, Any]
+    storage: Any
+    id: str
+    url: str
+    _indexes: OrderedDict = field(default_factory=OrderedDict, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_indexes": OrderedDict()}  # a worker loads the indexes it needs
+
+    @property
+    def version(self) -> int:
+        return int(self.data["version"])
+
+    @property
+    def shards(self) -> list[dict[str, Any]]:
+        return self.data["shards"]
+
+    @property
+    def shard_sizes(self) -> list[int]:
+        return [int(s["samples"]) for s in self.shards]
+
+    @property
+    def num_windows(self) -> int:
+        return int(self.data["num_windows"])
+
+    @property
+    def spec_id(self) -> str:
+        return hashlib.sha256(json.dumps(self.data["spec"], sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def sample_schema(self) -> dict[str, dict[str, Any]]:
+        """Keys in record order -> {dtype, shape} (stored as a list: JSON objects are sorted on write)."""
+        return {e["key"]: {"dtype": e["dtype"], "shape": e["shape"]} for e in self.data["sample_schema"]}
+
+    @property
+    def encoding(self) -> Encoding:
+        if self.version == 1:
+            return RAW
+        return Encoding.from_dict(self.data["encoding"])
+
+    @property
+    def max_abs_error(self) -> int:
+        """The largest pixel error of the export's frames (0 for lossless encodings), as measured at export."""
+        return int(self.data.get("encoding", {}).get("max_abs_error", 0)) if self.version >= 2 else 0
+
+    def codec(self) -> SampleCodec:
+        return SampleCodec(self.sample_schema, self.encoding)
+
+    def shard_url(self, shard: int) -> str:
+        return self.storage.url(self.shards[shard]["name"])
+
+    def index(self, shard: int) -> np.ndarray:
+        """Shard `shard`'s (samples, 2) int64 (offset, length) of each sample, read and checked once per process."""
+        spans = self._indexes.get(shard)
+        if spans is not None:
+            self._indexes.move_to_end(shard)
+            return spans
+        entry = self.shards[shard]
+        where = self.shard_url(shard)
+        if self.version == 1:
+            spans = check_spans(spans_from_offsets(entry["offsets"]), int(entry["samples"]), None, where)
+        else:
+            ix = entry["index"]
+            iurl = self.storage.url(ix["name"])
+            try:
+                data = self.storage.read_bytes(ix["name"])
+            except WdspqError as e:
+                raise ShardError(f"{iurl}: cannot read the shard's index: {e}") from None
+            digest = hashlib.sha256(data).hexdigest()
+            if len(data) != int(ix["bytes"]) or digest != ix["sha256"]:
+                raise ShardError(
+                    f"{iurl}: index checksum mismatch: the manifest records {ix['bytes']} bytes with sha256 "
+                    f"{ix['sha256']}, the file has {len(data)} bytes with sha256 {digest}"
+                )
+            spans = parse_index(data, int(entry["samples"]), int(entry["bytes"]), iurl)
+        spans.setflags(write=False)
+        self._indexes[shard] = spans
+        while len(self._indexes) > _INDEX_CACHE:
+            self._indexes.popitem(last=False)
+        return spans
+
+    def offsets(self, shard: int) -> np.ndarray:
+        """samples+1 byte offsets of shard `shard`: each sample's first header, then the end of the last one."""
+        spans = self.index(shard)
+        if len(spans) == 0:
+            return np.zeros(1, dtype=np.int64)
+        return np.append(spans[:, 0], spans[-1, 0] + spans[-1, 1])
+
+
+def split_source(source: str) -> tuple[str, str]:
+    """A shard folder, a manifest path, or `s3://bucket/prefix[/manifest.json]` -> (root, manifest name)."""
+    s = str(source).rstrip("/")
+    if s.endswith(".json"):
+        root, _, name = s.rpartition("/")
+        return (root or "."), name
+    return s, MANIFEST_NAME
+
+
+def _check_entries(url: str, data: dict[str, Any]) -> None:
+    version = data["version"]
+    for i, s in enumerate(data["shards"]):
+        if not isinstance(s, dict) or not isinstance(s.get("name"), str) or not isinstance(s.get("samples"), int):
+            raise ShardError(f"{url}: shard entry {i} is incomplete (needs name and samples)")
+        if version == 1:
+            if len(s.get("offsets", ())) != s["samples"] + 1:
+                raise ShardError(f"{url}: shard entry {i} ({s['name']}) needs samples+1 offsets (format version 1)")
+            continue
+        ix = s.get("index")
+        if not (isinstance(ix, dict) and {"name", "bytes", "sha256"} <= set(ix) and "sha256" in s and "bytes" in s):
+            raise ShardError(f"{url}: shard entry {i} ({s['name']}) is incomplete (needs bytes, sha256 and an index)")
+    if version >= 2:
+        if "encoding" not in data:
+            raise ShardError(f"{url}: manifest has no 'encoding'")
+        try:
+            Encoding.from_dict(data["encoding"])
+        except WdspqError as e:
+            raise ShardError(f"{url}: manifest encoding: {e}") from None
+        if "stats" in data and data.get("stats_sha256") != stats_digest(data["stats"]):
+            raise ShardError(f"{url}: the manifest's normalisation statistics do not match their sha256 (stats_sha256)")
+
+
+def load_manifest(source: str, storage_options: dict[str, Any] | None = None) -> Manifest:
+    """Read and check a manifest; errors name the manifest URL and what is wrong."""
+    root, name = split_source(str(source))
+    storage = open_storage(root, **(storage_options or {}))
+    url = storage.url(name)
+    try:
+        raw = storage.read_bytes(name)
+    except WdspqError as e:
+        try:
+            missing = not storage.exists(name)
+        except WdspqError:
+            missing = False  # the storage itself fails (credentials, bucket): its own message says why
+        if missing:
+            raise ShardError(f"{url}: no manifest here; is this an exported shard folder?") from None
+        raise ShardError(f"{url}: cannot read the manifest: {e}") from None
+    try:
+        data = json.loads(raw)
+    except ValueError as e:
+        raise ShardError(f"{url}: manifest is not valid JSON: {e}") from None
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+        raise ShardError(f"{url}: not a wdspq manifest (format {data.get('format') if isinstance(data, dict) else None!r})")
+    if data.get("version") not in READABLE_VERSIONS:
+        raise ShardError(
+            f"{url}: manifest format version {data.get('version')!r} is not supported (this wdspq reads "
+            f"{', '.join(map(str, READABLE_VERSIONS))}); re-export the table with this wdspq (wdspq export)"
+        )
+    for key in ("shards", "sample_schema", "spec", "num_windows"):
+        if key not in data:
+            raise ShardError(f"{url}: manifest has no {key!r}")
+    _check_entries(url, data)
+    return Manifest(data=data, storage=storage, id=hashlib.sha256(raw).hexdigest(), url=url)

@@ -1,0 +1,52 @@
+"""Reading a run of samples of one shard: one ranged open, one read per sample, decode to records."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from ..errors import ShardError, WdspqError
+from .encoding import SampleCodec
+from .layout import parse_members, read_spans
+from .manifest import Manifest
+
+
+def read_records(
+    manifest: Manifest, shard: int, start: int, stop: int, codec: SampleCodec | None = None
+) -> Iterator[memoryview]:
+    """Record bytes (layout `codec.dtype`) of samples `start .. stop-1` of one shard, in order.
+
+    Opens exactly the byte range of those samples from the shard's index (a Range request on S3), so
+    skipped samples are never read (R5). A yielded view may be read-only (copy before writing) and
+    stays valid (each sample has its own buffer). Errors are ShardErrors naming shard, sample, member.
+    """
+    if stop <= start:
+        return
+    codec = codec or manifest.codec()
+    name = manifest.shards[shard]["name"]
+    url = manifest.storage.url(name)
+    spans = manifest.index(shard)[start:stop]
+    if len(spans) != stop - start:
+        raise ShardError(f"{url}: samples {start}..{stop - 1} requested, the shard has {len(manifest.index(shard))}")
+    begin, end = int(spans[0, 0]), int(spans[-1, 0] + spans[-1, 1])
+    try:
+        f = manifest.storage.open_read(name, begin, end)
+    except WdspqError as e:
+        raise ShardError(f"{url}: cannot open shard: {e}") from None
+    try:
+        for i, (buf, off) in enumerate(zip(read_spans(f, url, spans, start), spans[:, 0].tolist()), start):
+            where = f"{url}, sample {i}"
+            _, members = parse_members(buf, where, off)
+            yield codec.record(members, where)
+    finally:
+        f.close()
+
+
+def read_run(
+    manifest: Manifest, shard: int, start: int, stop: int, codec: SampleCodec | None = None
+) -> Iterator[dict[str, np.ndarray]]:
+    """Samples `start .. stop-1` of one shard as dicts of writable arrays (see `read_records`)."""
+    codec = codec or manifest.codec()
+    for rec in read_records(manifest, shard, start, stop, codec):
+        yield codec.view(rec)
