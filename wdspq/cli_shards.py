@@ -66,7 +66,7 @@ def add_export(sub: Any) -> None:
             "normalisation statistics) to OUT, a folder or s3://bucket/prefix. The order is shuffled across "
             "shards by --seed; the output is byte-identical for any --workers.\n\n"
             "Encoding (docs/shards.md has the measurements): by default frames stay raw inside one "
-            "zstd-1-compressed sample.npy.zst record per sample (lossless, fastest to decode). "
+            "zstd-3-compressed sample.npy.zst record per sample (lossless, smallest and fastest to decode). "
             "--frame-codec png|webp stores each frame as a lossless image member; jpeg is lossy "
             "(--jpeg-quality, --jpeg-subsampling 444|420) and the manifest records its largest pixel error. "
             "--compression none keeps the record uncompressed (largest, no decode work).\n\n"

@@ -98,7 +98,7 @@ def export_shards(
     Shards are `shard-000000.tar` with index sidecars `shard-000000.idx.npy`; `manifest.json` is
     written last. Returns the manifest dict (with `dry_run=True`: the size estimate, nothing written).
 
-    - `encoding`: how samples are stored (`shardfmt.Encoding`; default raw frames in a zstd-1 record,
+    - `encoding`: how samples are stored (`shardfmt.Encoding`; default raw frames in a zstd-3 record,
       lossless). A lossy encoding records its largest measured pixel error in the manifest.
     - Deterministic: the same table, spec, tokenizer, encoding, `samples_per_shard`, `seed` and
       `shuffle` give byte-identical shards and manifest for any `workers`.

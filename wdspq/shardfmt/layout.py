@@ -42,11 +42,6 @@ def end_of_archive(size: int) -> bytes:
     return bytes(2 * TAR_BLOCK + (-end % RECORD_SIZE))
 
 
-def _octal(field: memoryview) -> int:
-    s = bytes(field).rstrip(b"\x00 ").lstrip(b" ")
-    return int(s, 8) if s else 0
-
-
 def parse_members(buf: memoryview, where: str, first: int = 0) -> tuple[str, dict[str, memoryview]]:
     """One sample's span -> (key, {member name without the key: payload view}).
 
@@ -60,12 +55,10 @@ def parse_members(buf: memoryview, where: str, first: int = 0) -> tuple[str, dic
         if len(h) < TAR_BLOCK:
             raise ShardError(f"{where}: the span ends inside a tar header (byte {first + pos})")
         try:
-            if h[257:263] != b"ustar\x00" or h[156] not in (0x30, 0x00):
+            if h[257:263] != b"ustar\x00" or h[156] not in (0x30, 0x00) or h[345] != 0:
                 raise ValueError
-            size = _octal(h[124:136])
+            size = int(h[124:135].tobytes(), 8)
             name = h[:100].tobytes().rstrip(b"\x00").decode("utf-8", "surrogateescape")
-            if h[345] != 0:
-                name = h[345:500].tobytes().rstrip(b"\x00").decode("utf-8", "surrogateescape") + "/" + name
         except ValueError:
             try:
                 info = tarfile.TarInfo.frombuf(bytes(h), "utf-8", "surrogateescape")
@@ -102,21 +95,38 @@ def _readinto_full(raw: Any, mv: memoryview) -> int:
     return got
 
 
-def read_spans(f: Any, url: str, spans: np.ndarray, start: int) -> Iterator[memoryview]:
-    """Each sample's span read with one raw read into its own buffer (`f` is at `spans[0]`'s offset).
+BLOCK_BYTES = 0  # one sample per read: fresh small buffers come from the heap (no page faults)
 
-    A buffer is never reused, so a caller may keep views of it."""
-    raw = getattr(f, "raw", f)  # bypass the read-ahead buffer: spans are large, a second copy costs
-    for i, (off, length) in enumerate(spans.tolist(), start):
-        mv = memoryview(bytearray(length))
+
+def read_spans(f: Any, url: str, spans: np.ndarray, start: int) -> Iterator[memoryview]:
+    """Each sample's span, read in blocks of consecutive samples (`f` is at `spans[0]`'s offset).
+
+    One raw read fills an uninitialised block of up to BLOCK_BYTES (at least one sample); samples are
+    writable views of it. A block is never reused, so a caller may keep views (a kept sample keeps its
+    block alive)."""
+    raw = getattr(f, "raw", f)  # bypass the read-ahead buffer: blocks are large, a second copy costs
+    offs, lens = spans[:, 0].tolist(), spans[:, 1].tolist()
+    n, i = len(offs), 0
+    while i < n:
+        j, size = i + 1, lens[i]
+        while j < n and size + lens[j] <= BLOCK_BYTES:
+            size += lens[j]
+            j += 1
+        block = memoryview(bytearray(size))
         try:
-            n = _readinto_full(raw, mv)
+            got = _readinto_full(raw, block)
         except WdspqError:
             raise
         except Exception as e:
-            raise ShardError(f"{url}, sample {i}: read failed at byte {off}: {type(e).__name__}: {e}") from None
-        if n != length:
-            raise ShardError(
-                f"{url}: shard is truncated or corrupt: sample {i} (byte offset {off}) has {n} of its {length} bytes"
-            )
-        yield mv
+            raise ShardError(f"{url}, sample {start + i}: read failed at byte {offs[i]}: {type(e).__name__}: {e}") from None
+        pos = 0
+        for k in range(i, j):
+            end = pos + lens[k]
+            if end > got:
+                raise ShardError(
+                    f"{url}: shard is truncated or corrupt: sample {start + k} (byte offset {offs[k]}) has "
+                    f"{max(got - pos, 0)} of its {lens[k]} bytes"
+                )
+            yield block[pos:end]
+            pos = end
+        i = j

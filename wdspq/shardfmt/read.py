@@ -34,10 +34,15 @@ def read_records(
         f = manifest.storage.open_read(name, begin, end)
     except WdspqError as e:
         raise ShardError(f"{url}: cannot open shard: {e}") from None
+    fast = codec.single_member_header_check()
     try:
-        for i, (buf, off) in enumerate(zip(read_spans(f, url, spans, start), spans[:, 0].tolist()), start):
+        for i, buf in enumerate(read_spans(f, url, spans, start), start):
+            payload = fast(buf) if fast is not None else None
+            if payload is not None:  # the common case: one member, as this codec writes it
+                yield codec.record_from(payload, f"{url}, sample {i}, member {codec.record_member!r}")
+                continue
             where = f"{url}, sample {i}"
-            _, members = parse_members(buf, where, off)
+            _, members = parse_members(buf, where, int(spans[i - start, 0]))
             yield codec.record(members, where)
     finally:
         f.close()

@@ -1,0 +1,157 @@
+#!/usr/bin/env python
+"""Shard encodings compared on realistic camera frames: bytes/sample, encode and decode cost, error.
+
+Frames are rendered headless with MuJoCo (`pip install -e '.[sim]'`, `MUJOCO_GL=egl`): a textured
+table, a two-link arm swinging through the view and falling objects, lit, no shadows, at 96x96 and
+224x224. Each sample holds 3 consecutive frames (like frame offsets [-2,-1,0] at 20 Hz) plus the
+numeric keys of a 1 s window (100 x 7 actions, 100 x 14 observations, masks, tokens), encoded and
+decoded with wdspq's own `SampleCodec`, one thread, as the exporter and the DataLoader workers do.
+Without MuJoCo it says so and uses frames of the synthetic builder (flat: far too optimistic).
+
+    MUJOCO_GL=egl .venv/bin/python tools/bench_codecs.py [--samples 40] [--sizes 96,224]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+from wdspq.shardfmt import Encoding, SampleCodec, key_of, sample_tar  # noqa: E402
+
+SCENE = """<mujoco><visual><quality shadowsize="0"/></visual>
+<asset><texture name="grid" type="2d" builtin="checker" rgb1=".55 .42 .3" rgb2=".35 .25 .18" width="256" height="256"/>
+<material name="wood" texture="grid" texrepeat="6 6" reflectance=".15"/>
+<texture name="sky" type="skybox" builtin="gradient" rgb1=".5 .6 .75" rgb2=".05 .05 .1" width="64" height="64"/></asset>
+<worldbody><light pos="0 -0.5 2.5" dir="0 .2 -1" diffuse=".9 .9 .85"/><light pos="1 1 2" dir="-.5 -.5 -1" diffuse=".3 .3 .4"/>
+<geom type="plane" size="2 2 .1" material="wood"/>
+<body pos="0 .25 .05"><joint name="j0" type="hinge" axis="0 0 1" damping=".2"/>
+ <geom type="capsule" fromto="0 0 0 .35 0 .25" size=".035" rgba=".85 .85 .9 1"/>
+ <body pos=".35 0 .25"><joint name="j1" type="hinge" axis="0 1 0" damping=".2"/>
+  <geom type="capsule" fromto="0 0 0 .25 0 -.15" size=".03" rgba=".3 .35 .4 1"/>
+  <geom type="box" pos=".27 0 -.17" size=".03 .05 .02" rgba=".9 .5 .1 1"/></body></body>
+<body pos=".1 -.1 .3"><freejoint/><geom type="box" size=".06 .06 .06" rgba=".8 .15 .15 1"/></body>
+<body pos="-.25 .05 .5"><freejoint/><geom type="sphere" size=".07" rgba=".15 .7 .25 1"/></body>
+<body pos=".3 -.2 .7"><freejoint/><geom type="cylinder" size=".05 .08" rgba=".15 .3 .85 1"/></body>
+<body pos="-.1 -.3 .9"><freejoint/><geom type="ellipsoid" size=".08 .05 .04" rgba=".9 .85 .2 1"/></body>
+<camera name="front" pos="0 -1.1 .75" xyaxes="1 0 0 0 .55 .83"/></worldbody>
+<actuator><motor joint="j0" gear="3"/><motor joint="j1" gear="3"/></actuator></mujoco>"""
+
+
+def mujoco_frames(n: int, size: int) -> np.ndarray | None:
+    """n consecutive rendered frames (n, 3, size, size) uint8 at 20 Hz, or None without MuJoCo."""
+    try:
+        import mujoco
+    except ImportError:
+        return None
+    m = mujoco.MjModel.from_xml_string(SCENE)
+    d = mujoco.MjData(m)
+    r = mujoco.Renderer(m, size, size)
+    out = np.empty((n, 3, size, size), np.uint8)
+    steps = int(round(0.05 / m.opt.timestep))
+    for i in range(n):
+        t = i * 0.05
+        d.ctrl[:] = [np.sin(1.3 * t), np.cos(0.9 * t)]
+        for _ in range(steps):
+            mujoco.mj_step(m, d)
+        r.update_scene(d, "front")
+        out[i] = r.render().transpose(2, 0, 1)
+    return out
+
+
+def synthetic_frames(n: int, size: int) -> np.ndarray:
+    from wdspq.build.synthetic import SyntheticConfig, make_episode
+    from wdspq.media import decode_video
+
+    cfg = SyntheticConfig(seconds=max(2.0, n / 20 + 1), video_size=size)
+    clip, _ = make_episode(0, cfg).cameras["frames"]
+    frames, _ = decode_video(clip)
+    return np.ascontiguousarray(frames[:n].transpose(0, 3, 1, 2)) if frames.shape[-1] == 3 else frames[:n]
+
+
+def schema(size: int) -> dict:
+    return {"actions": {"dtype": "float32", "shape": [100, 7]}, "actions_mask": {"dtype": "bool", "shape": [100]},
+            "observations": {"dtype": "float32", "shape": [100, 14]},
+            "observations_mask": {"dtype": "bool", "shape": [100]},
+            "front": {"dtype": "uint8", "shape": [3, 3, size, size]}, "front_mask": {"dtype": "bool", "shape": [3]},
+            "front_ts": {"dtype": "float64", "shape": [3]},
+            "input_ids": {"dtype": "int64", "shape": [32]}, "attention_mask": {"dtype": "int64", "shape": [32]},
+            "window_index": {"dtype": "int64", "shape": []}, "episode_index": {"dtype": "int64", "shape": []},
+            "anchor_index": {"dtype": "int64", "shape": []}, "t0": {"dtype": "float64", "shape": []}}
+
+
+def samples(frames: np.ndarray, size: int, count: int) -> list[dict]:
+    rng = np.random.default_rng(0)
+    t = np.linspace(0, 1, 100, dtype=np.float32)[:, None]
+    out = []
+    for i in range(count):
+        j = 2 + i * (len(frames) - 3) // max(count - 1, 1)
+        out.append({"actions": (np.sin(t * 3 + np.arange(7) + i) * 0.5).astype(np.float32),
+                    "actions_mask": np.ones(100, bool),
+                    "observations": (np.cos(t * 2 + np.arange(14)) + rng.normal(0, .01, (100, 14))).astype(np.float32),
+                    "observations_mask": np.ones(100, bool), "front": frames[j - 2 : j + 1],
+                    "front_mask": np.ones(3, bool), "front_ts": np.array([j - 2, j - 1, j]) * 0.05,
+                    "input_ids": np.r_[101, rng.integers(1000, 5000, 8), 102, np.zeros(22)].astype(np.int64),
+                    "attention_mask": np.r_[np.ones(10), np.zeros(22)].astype(np.int64),
+                    "window_index": np.int64(i), "episode_index": np.int64(0), "anchor_index": np.int64(i),
+                    "t0": np.float64(i * 0.04)})
+    return out
+
+
+ENCODINGS = [
+    Encoding("raw", "none"), Encoding("raw", "zstd", level=1), Encoding("raw", "zstd", level=3),
+    Encoding("png", "zstd"), Encoding("webp", "zstd"),
+    Encoding("jpeg", "zstd", quality=95, subsampling="444"), Encoding("jpeg", "zstd", quality=95, subsampling="420"),
+    Encoding("jpeg", "zstd", quality=85, subsampling="444"),
+]
+
+
+def measure(enc: Encoding, size: int, batch: list[dict]) -> dict:
+    codec = SampleCodec(schema(size), enc)
+    t = time.perf_counter()
+    encoded = [codec.encode(s) for s in batch]
+    enc_ms = (time.perf_counter() - t) * 1e3 / len(batch)
+    sizes = [len(sample_tar(key_of(i), m)) for i, m in enumerate(encoded)]
+    err = max(codec.frame_error(s, m) for s, m in zip(batch, encoded))
+    members = [dict(m) for m in encoded]
+    codec.record(members[0])  # warm the decoder
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for m in members:
+            codec.view(codec.record(m))
+        best = min(best, (time.perf_counter() - t) * 1e6 / len(batch))
+    return {"bytes": float(np.mean(sizes)), "encode_ms": enc_ms, "decode_us": best, "max_err": err}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--samples", type=int, default=40, help="samples per size (default 40)")
+    p.add_argument("--sizes", default="96,224", help="frame sizes, comma-separated (default 96,224)")
+    args = p.parse_args()
+    for size in [int(x) for x in args.sizes.split(",")]:
+        frames = mujoco_frames(args.samples + 2, size)
+        source = "MuJoCo renders"
+        if frames is None:
+            frames, source = synthetic_frames(args.samples + 2, size), "SYNTHETIC frames (install '.[sim]')"
+        batch = samples(frames, size, args.samples)
+        raw = None
+        print(f"\n{size}x{size}, {source}: {args.samples} samples of 3 frames + 1 s of numeric keys, one thread")
+        print(f"{'encoding':<46}{'bytes/sample':>13}{'vs raw':>8}{'encode ms':>11}{'decode µs':>11}{'max err':>9}")
+        for enc in ENCODINGS:
+            r = measure(enc, size, batch)
+            raw = raw or r["bytes"]
+            print(f"{enc.describe():<46}{r['bytes']:>13,.0f}{raw / r['bytes']:>7.1f}x{r['encode_ms']:>11.2f}"
+                  f"{r['decode_us']:>11.0f}{r['max_err']:>9d}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
