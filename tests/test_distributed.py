@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from stream_child import make_export, make_loader, real, take
 
-from wdspq.cursor import CursorState, set_digest_of
+from wdspq.cursor import CursorState, merge_states, set_digest_of
 from wdspq.shardfmt import load_manifest
 
 HERE = Path(__file__).resolve().parent
@@ -45,6 +45,11 @@ def test_torchrun_two_ranks_two_workers_exactly_once(small_table, tokenizer_path
     assert st.total_set_digest() == set_digest_of(real(head))
     assert recs[0]["final"] == recs[1]["final"] and recs[0]["final"]["complete"]
     assert CursorState.from_dict(recs[0]["final"]).total_set_digest() == set_digest_of(range(n))
+
+    # state_dict(gather=False) is per rank and merges into the collective's state; one rank alone errs
+    assert merge_states([r["local"] for r in recs]) == recs[0]["final"]
+    alone = (tmp_path / "alone.txt").read_text()
+    assert "not every rank called it within 3 s" in alone and "gather=False" in alone
 
     # the merged mid-epoch state finishes the epoch elsewhere (here: one process, no workers)
     loader = make_loader(dict(source=export, seed=13, batch_size=8, num_workers=0))

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ._version import __version__
 from .cli_shards import add_export, add_verify
 from .demo import add_demo
 from .errors import WdspqError
@@ -332,17 +333,51 @@ def run_validate(args: argparse.Namespace) -> int:
 def add_info(sub: Any) -> None:
     p = sub.add_parser(
         "info",
-        help="print a short summary of a table",
-        description=_desc("Print a table's episodes, dimensions, rates, frame and image sizes, total duration and file size."),
+        help="print a short summary of a table or an export",
+        description=_desc(
+            "TABLE: print its episodes, streams (dimensions, rates, frame and image sizes), total duration and "
+            "file size. SHARDS (an export folder, its manifest.json or s3://bucket/prefix): print its window "
+            "spec, windows, shards, bytes, encoding, tokenizer and the table it was made from."
+        ),
         formatter_class=_formatter,
     )
-    p.add_argument("table", metavar="TABLE", help="the table file")
+    p.add_argument("source", metavar="TABLE|SHARDS", help="a table file, or an export folder / manifest / s3:// prefix")
     p.set_defaults(func=run_info)
 
 
 def run_info(args: argparse.Namespace) -> int:
-    print(format_summary(table_summary(args.table)))
+    src = str(args.source)
+    if src.startswith("s3://") or os.path.isdir(src) or src.endswith(".json"):
+        from .shardfmt import load_manifest
+
+        print(format_export(load_manifest(src)))
+        return 0
+    print(format_summary(table_summary(src)))
     return 0
+
+
+def format_export(m: Any) -> str:
+    """An export's manifest as a few aligned lines (no shard is read)."""
+    d = m.data
+    n, total = m.num_windows, sum(int(s.get("bytes", 0)) for s in m.shards)
+    spec = d["spec"]
+    tok = d.get("tokenizer", {})
+    table = d.get("table", {})
+    enc = d.get("encoding", {}).get("describe") or ("raw frames, raw record (lossless)" if m.version == 1 else "?")
+    lines = [
+        ("export", f"{m.url} (format v{m.version}, wdspq {d.get('wdspq_version', '?')})"),
+        ("spec", ", ".join(f"{k}={v}" for k, v in spec.items() if k != "overrides" or v)),
+        ("windows", f"{n:,} from {d.get('num_episodes', '?')} episodes, seed {d.get('seed')}, "
+                    f"{'shuffled' if d.get('shuffle') else 'canonical order'}"),
+        ("shards", f"{len(m.shards):,} of up to {d.get('samples_per_shard')} samples"),
+        ("bytes", f"{_bytes_text(total)} ({total / max(n, 1):,.0f} per sample)"),
+        ("encoding", enc + (f"; max pixel error {m.max_abs_error}" if m.max_abs_error else "")),
+        ("tokenizer", f"{tok.get('requested', '?')} ({tok.get('class')}, {tok.get('vocab_size')} tokens, "
+                      f"vocab sha256 {str(tok.get('vocab_sha256'))[:12]})"),
+        ("table", f"{table.get('name')} ({_bytes_text(int(table.get('bytes', 0)))})"),
+        ("keys", ", ".join(e["key"] for e in d["sample_schema"])),
+    ]
+    return "\n".join(f"{k:<11}{v}" for k, v in lines)
 
 
 def table_summary(path: str | os.PathLike) -> dict[str, Any]:
@@ -436,10 +471,22 @@ def make_parser() -> argparse.ArgumentParser:
         formatter_class=_formatter,
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors (accepted anywhere on the line)")
+    parser.add_argument("--version", action="version", version=f"wdspq {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in COMMANDS:
         register(sub)
+    _add_debug(sub)
     return parser
+
+
+def _add_debug(sub: Any) -> None:
+    """List `--debug` in every sub-command's help (main() takes it from anywhere on the line)."""
+    for p in set(sub.choices.values()):
+        if "--debug" not in p._option_string_actions:
+            p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _add_debug(action)
 
 
 def _one_line(message: str) -> str:
@@ -489,7 +536,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KeyboardInterrupt, _Terminated):
         if debug:
             traceback.print_exc()
-        print("wdspq: interrupted", file=sys.stderr)
+        hint = "; re-run the same command to resume (committed shards are kept)" if "export" in args_list[:1] else ""
+        print(f"wdspq: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         if previous is not None:

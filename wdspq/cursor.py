@@ -876,7 +876,9 @@ def resume(
             "wdspq.cursor.merge_states"
         )
     old = Plan.for_state(st, shard_sizes)
-    base = old.consumed_after(st.delivered)
+    # A finished epoch stays finished under any topology: with even="drop" its dropped surplus was never
+    # delivered, and folding the counts would hand it out now (field report item 1).
+    base = [int(x) for x in shard_sizes] if st.complete else old.consumed_after(st.delivered)
     new = Plan(shard_sizes, base, old.order, topology)
     folded = CursorState(
         manifest_id=st.manifest_id,

@@ -392,7 +392,9 @@ class S3Storage(Storage):
     """Objects are keys `prefix/name` in an S3 (or S3-compatible) bucket.
 
     Options given here win over the AWS environment/config. `max_retries` bounds the consecutive
-    failed attempts (without a byte of progress) of one read before `StorageError`; backoff doubles
+    failed attempts (without a byte of progress) of one read before `StorageError`, and `max_reopens`
+    the reopens of one read in all (a connection that trickles a few bytes and breaks, over and over,
+    cannot keep a read alive forever); backoff doubles
     from `backoff` seconds up to `backoff_max`. `read_timeout` is how long a stalled connection is
     waited for. Uploads through `commit` use multipart above `multipart_threshold` bytes.
     """
@@ -411,6 +413,7 @@ class S3Storage(Storage):
         addressing_style: str | None = None,
         read_ahead: int = DEFAULT_READ_AHEAD,
         max_retries: int = 5,
+        max_reopens: int = 50,
         backoff: float = 0.2,
         backoff_max: float = 10.0,
         connect_timeout: float = 10.0,
@@ -433,6 +436,7 @@ class S3Storage(Storage):
         self.addressing_style = addressing_style
         self.read_ahead = int(read_ahead)
         self.max_retries = int(max_retries)
+        self.max_reopens = int(max_reopens)
         self.backoff = float(backoff)
         self.backoff_max = float(backoff_max)
         self.connect_timeout = float(connect_timeout)
@@ -776,6 +780,11 @@ class _S3RangeRaw(_RangeRaw):
             raise StorageError(
                 f"{self.url}: read failed at byte offset {self._pos} after {self._s.max_retries} retries: "
                 f"{type(exc).__name__}: {exc}") from exc
+        if self.reopens >= self._s.max_reopens:
+            raise StorageError(
+                f"{self.url}: read failed at byte offset {self._pos}: the connection broke {self.reopens + 1} "
+                f"times during this read (max_reopens={self._s.max_reopens}); last: {type(exc).__name__}: {exc}"
+            ) from exc
         time.sleep(min(self._s.backoff * 2 ** (self._failures - 1), self._s.backoff_max))
         self.reopens += 1
 
@@ -842,7 +851,7 @@ class _S3RangeRaw(_RangeRaw):
 
 _S3_OPTIONS = {
     "endpoint_url", "region", "access_key", "secret_key", "session_token", "profile", "addressing_style",
-    "max_retries", "backoff", "backoff_max", "connect_timeout", "read_timeout", "multipart_threshold",
+    "max_retries", "max_reopens", "backoff", "backoff_max", "connect_timeout", "read_timeout", "multipart_threshold",
     "multipart_chunksize", "max_pool_connections", "staging_dir",
 }
 

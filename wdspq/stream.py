@@ -37,7 +37,14 @@ from .shardfmt import Manifest, load_manifest
 
 
 def dist_topology(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
-    """(rank, world_size): explicit values, else torch.distributed when initialised, else RANK/WORLD_SIZE, else (0, 1)."""
+    """(rank, world_size): explicit values, else torch.distributed when initialised, else RANK/WORLD_SIZE, else (0, 1).
+
+    Only one of the two given is an error: completing it from the environment could silently pick
+    another rank's share (field report item 3)."""
+    if (rank is None) != (world_size is None):
+        given = f"rank={rank}" if rank is not None else f"world_size={world_size}"
+        raise WdspqError(f"{given} was given without {'world_size' if rank is not None else 'rank'}: give both "
+                         "(an explicit topology) or neither (torch.distributed or RANK/WORLD_SIZE decide)")
     if rank is not None and world_size is not None:
         r, w = int(rank), int(world_size)
     elif torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -354,14 +361,34 @@ class StreamLoader(DataLoader):
     def _local_state(self) -> CursorState:
         return self._cursor.state() if self._cursor is not None else self._state
 
-    def state_dict(self) -> dict[str, Any]:
-        """Where this loader stands (see the class doc; a collective call under torch.distributed)."""
+    def state_dict(self, gather: bool = True, timeout: float | None = 300.0) -> dict[str, Any]:
+        """Where this loader stands (see the class doc).
+
+        Under torch.distributed with world size > 1, `gather=True` is a collective: every rank must call
+        it at the same point and each gets the merged state (then save it on rank 0). With the gloo
+        backend a rank that calls it alone fails after `timeout` seconds with a StateError that says so,
+        instead of hanging. `gather=False` returns this rank's own state (not a collective); merge the
+        ranks' states with `wdspq.merge_states` before an elastic resume.
+        """
         st = self._local_state().to_dict()
-        if self.topology.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            gathered: list[Any] = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(gathered, st)
-            return merge_states(gathered)
-        return st
+        dist = torch.distributed
+        if not gather or self.topology.world_size == 1 or not (dist.is_available() and dist.is_initialized()):
+            return st
+        if timeout and dist.get_backend() == "gloo":
+            from datetime import timedelta
+
+            try:
+                dist.monitored_barrier(timeout=timedelta(seconds=float(timeout)))
+            except RuntimeError as e:
+                raise StateError(
+                    "StreamLoader.state_dict() is a collective under torch.distributed and not every rank called it "
+                    f"within {timeout:g} s: call it on every rank at the same batch (then save on rank 0 only), or "
+                    "call state_dict(gather=False) on each rank and combine them with wdspq.merge_states "
+                    f"({' '.join(str(e).split())[:200]})"
+                ) from None
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, st)
+        return merge_states(gathered)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state` at the next iter() (see the class doc)."""
@@ -405,11 +432,14 @@ class StreamLoader(DataLoader):
         self._cursor = RankCursor(r.plan, self.rank, r.state)
 
     def __iter__(self) -> Iterator[Any]:
+        """Start the next iteration now (not at its first batch): a `state_dict()` taken right after
+        `iter()` at an epoch boundary already records the new epoch (field report item 2)."""
         self._generation += 1
         self._prepare()
-        generation = self._generation
-        cursor = self._cursor
-        assert cursor is not None
+        assert self._cursor is not None
+        return self._iterate(self._generation, self._cursor)
+
+    def _iterate(self, generation: int, cursor: RankCursor) -> Iterator[Any]:
         if cursor.done:
             return
         it = super().__iter__()

@@ -1,0 +1,86 @@
+"""Field report (issue 12): one test per defect, each failing before its fix."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import wdspq
+from wdspq.build import build_synthetic
+from wdspq.cli import main as cli_main
+from wdspq.cursor import merge_states
+from wdspq.errors import WdspqError
+
+SPEC = wdspq.WindowSpec(acts_length_sec=0.1, obs_length_sec=0.1, video_frame_offsets=[0], stride=5, max_text_tokens=8)
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("field")
+    build_synthetic(d / "t.parquet", episodes=3, seconds=1.0, image_size=8, video_size=16, seed=1, progress=False)
+    return d / "t.parquet"
+
+
+@pytest.fixture(scope="module")
+def export(table, tokenizer_path) -> Path:
+    """59 windows in shards of 7: uneven shards, so drop and pad have work to do."""
+    out = table.parent / "sh"
+    wdspq.export_shards(table, out, SPEC, tokenizer=tokenizer_path, samples_per_shard=7, progress=False)
+    return out
+
+
+def _rank_loader(src, rank, world, even):
+    return wdspq.StreamLoader(wdspq.ShardStream(src, seed=2, rank=rank, world_size=world, even=even), batch_size=4)
+
+
+def _real(batches) -> list[int]:
+    return [w for b in batches for w in b["window_index"].tolist() if w >= 0]
+
+
+@pytest.mark.parametrize("even", ["drop", "pad", "none"])
+@pytest.mark.parametrize("stop", [0, 2, None])  # batches per rank before the checkpoint; None: the whole epoch
+def test_1_elastic_resume_never_delivers_more_in_any_even_mode(export, even, stop):
+    n = wdspq.ShardStream(export).manifest.num_windows
+    before, states = [], []
+    for r in range(2):
+        loader = _rank_loader(export, r, 2, even)
+        it = iter(loader)
+        got = [b for _, b in zip(range(stop), it)] if stop is not None else list(it)
+        before += _real(got)
+        states.append(loader.state_dict())
+    merged = merge_states(states)
+    one = _rank_loader(export, 0, 1, even)
+    one.load_state_dict(merged)
+    after = _real(list(one))
+    assert len(set(before + after)) == len(before + after), "a delivered window came again"
+    if stop is None:
+        assert merged["complete"] and after == [], "a finished epoch resumed elastically delivered more"
+    else:
+        assert sorted(before + after) == list(range(n))
+    nxt = _real(list(one))  # then the next epoch, whole
+    assert sorted(nxt) == list(range(n))
+
+
+def test_2_checkpoint_right_after_iter_at_an_epoch_boundary(export):
+    a = wdspq.StreamLoader(wdspq.ShardStream(export, seed=0), batch_size=4)
+    list(a)  # epoch 0
+    it = iter(a)  # epoch 1 starts here
+    state = a.state_dict()
+    assert state["epoch"] == 1 and not state["complete"]
+    b = wdspq.StreamLoader(wdspq.ShardStream(export, seed=0), batch_size=4)
+    b.load_state_dict(json.loads(json.dumps(state)))
+    want = [t["window_index"].tolist() for t in it]
+    assert want and [t["window_index"].tolist() for t in b] == want
+
+
+def test_3_partial_explicit_topology_is_an_error(export, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(WdspqError, match="rank=1 was given without world_size"):
+        wdspq.ShardStream(export, rank=1)
+    with pytest.raises(WdspqError, match="world_size=2 was given without rank"):
+        wdspq.ShardStream(export, world_size=2)
+    assert wdspq.ShardStream(export).rank == 0 and wdspq.ShardStream(export, rank=1, world_size=2).rank == 1
