@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 import wdspq
 from wdspq.build import build_synthetic
-from wdspq.cli import main as cli_main
 from wdspq.cursor import merge_states
 from wdspq.errors import WdspqError
 
