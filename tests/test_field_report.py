@@ -82,3 +82,19 @@ def test_3_partial_explicit_topology_is_an_error(export, monkeypatch):
     with pytest.raises(WdspqError, match="world_size=2 was given without rank"):
         wdspq.ShardStream(export, world_size=2)
     assert wdspq.ShardStream(export).rank == 0 and wdspq.ShardStream(export, rank=1, world_size=2).rank == 1
+
+
+def test_14_table_writer_pools_bounded_timestamp_diffs(tmp_path, monkeypatch):
+    import numpy as np
+
+    from wdspq import schema
+
+    monkeypatch.setattr(schema, "MAX_RATE_DIFFS", 1000)
+    streams = [schema.actions_stream(2)]
+    with schema.TableWriter(tmp_path / "t.parquet", streams) as w:
+        for e in range(30):  # 30 x 200 diffs: 6,000 > 1,000
+            ts = np.arange(201) / 50.0
+            w.add(schema.Episode(f"e{e}", "go", ts, np.zeros((201, 2), np.float32)))
+            assert sum(len(d) for d in w._diffs["actions"]) <= 1000
+    meta = schema.read_meta(tmp_path / "t.parquet")
+    assert meta.actions.rate_hz == 50.0

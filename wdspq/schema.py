@@ -30,6 +30,7 @@ META_KEY = b"wdspq"
 KINDS = ("actions", "signal", "camera", "image")
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.]*$")
 # Sample keys and table columns that no stream may take (README "The sample").
+MAX_RATE_DIFFS = 1 << 20  # timestamp differences a TableWriter pools per stream to find its rate (8 MiB)
 RESERVED = frozenset(
     {"text", "episode_id", "split", "input_ids", "attention_mask", "token_type_ids", "window_index",
      "episode_index", "anchor_index", "t0"}
@@ -421,8 +422,8 @@ def episodes_to_record_batch(
 class TableWriter:
     """Write episodes to a version 2 table at `out`, atomically, validating each episode as it comes.
 
-    Row groups go to a hidden `.<out>.part-<pid>` file as they fill (memory: one row group plus 8 bytes
-    per timestamp for the rates). Rates are only known at the end and the metadata must live in the Arrow
+    Row groups go to a hidden `.<out>.part-<pid>` file as they fill (memory: one row group plus at most
+    MAX_RATE_DIFFS timestamp differences per stream for the rates). Rates are only known at the end and the metadata must live in the Arrow
     schema, so `close()` rewrites the part file row group by row group into `.<out>.tmp-<pid>` with the
     final schema, fsyncs it and renames it to `out`. On error or `abort()` both are removed: no table
     ever appears half-written under its final name. `overwrite=False` refuses an existing `out`.
@@ -447,10 +448,21 @@ class TableWriter:
         self.meta_extra = dict(meta_extra or {})
         self._pending: list[Episode] = []
         self._diffs: dict[str, list[np.ndarray]] = {s.name: [] for s in self.streams if s.timed}
+        self._keep: dict[str, int] = {s.name: 1 for s in self.streams if s.timed}  # keep every k-th diff
         self._max_ts: dict[str, float] = {s.name: 0.0 for s in self.streams if s.timed}
         self._ids: set[str] = set()
         self.count = 0
+        self.closed = False
         self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self.part, arrow_schema(self.streams), compression="none")
+
+    def _add_diffs(self, name: str, d: np.ndarray) -> None:
+        """Pool a stream's timestamp differences for its rate, in bounded memory: beyond MAX_RATE_DIFFS the
+        pool is thinned to every other value (deterministically), and later episodes are thinned alike."""
+        pool = self._diffs[name]
+        pool.append(d[:: self._keep[name]])
+        if sum(len(x) for x in pool) > MAX_RATE_DIFFS:
+            self._diffs[name] = [np.concatenate(pool)[::2]]
+            self._keep[name] *= 2
 
     def add(self, ep: Episode) -> None:
         """Append one episode (checked against the streams; errors name the episode and stream)."""
@@ -468,7 +480,7 @@ class TableWriter:
             else:
                 continue
             ts = np.asarray(ts, dtype=np.float64)
-            self._diffs[s.name].append(np.diff(ts))
+            self._add_diffs(s.name, np.diff(ts))
             if ts.size:
                 self._max_ts[s.name] = max(self._max_ts[s.name], float(np.abs(ts).max()))
         self._pending.append(ep)
@@ -512,6 +524,7 @@ class TableWriter:
             os.replace(self.tmp, self.out)
             _fsync_path(self.out.parent)
             self.part.unlink(missing_ok=True)
+            self.closed = True
             return meta
         except BaseException:
             self.abort()
@@ -532,8 +545,11 @@ class TableWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        """An error aborts; a clean exit closes the table if `close()` was not called."""
         if exc_type is not None:
             self.abort()
+        elif not self.closed:
+            self.close()
 
 
 def _fsync_path(path: Path) -> None:

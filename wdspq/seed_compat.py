@@ -68,26 +68,10 @@ def to_device(batch: Any, device: str | torch.device | None = None) -> Any:
 
 
 def _atomic_write_json(path: Path, obj: Any) -> None:
-    """Write JSON to a temporary file beside `path`, fsync it, then `os.replace`: never a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps(obj, sort_keys=True, indent=1))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename durable too (best effort; not every platform can open a directory)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    """JSON written through the storage layer's atomic put (temp file, fsync, rename): never a partial file."""
+    from .storage import LocalStorage
+
+    LocalStorage(path.parent).put_bytes(path.name, json.dumps(obj, sort_keys=True, indent=1).encode())
 
 
 class CheckpointSampler(torch.utils.data.Sampler[int]):
