@@ -9,6 +9,7 @@ import pytest
 
 import wdspq
 from wdspq.build import build_synthetic
+from wdspq.cli import main as cli_main
 from wdspq.cursor import merge_states
 from wdspq.errors import WdspqError
 
@@ -98,3 +99,90 @@ def test_14_table_writer_pools_bounded_timestamp_diffs(tmp_path, monkeypatch):
             assert sum(len(d) for d in w._diffs["actions"]) <= 1000
     meta = schema.read_meta(tmp_path / "t.parquet")
     assert meta.actions.rate_hz == 50.0
+
+
+def test_9_manifest_records_the_requested_tokenizer_and_verify_reloads_it(export, table, tokenizer_path, tmp_path):
+    from wdspq.shardfmt import load_manifest
+    from wdspq.verify import _export_tokenizer, verify_shards
+
+    m = load_manifest(str(export))
+    assert m.data["tokenizer"]["requested"] == tokenizer_path
+    assert _export_tokenizer(m) == tokenizer_path  # verify without --tokenizer loads the export's own
+    assert verify_shards(str(export), table=str(table)).ok
+    d = wdspq.export_shards(table, tmp_path / "dflt", SPEC, samples_per_shard=7, progress=False)
+    assert d["tokenizer"]["requested"] == "default"  # no tokenizer given: the one library default
+    assert _export_tokenizer(load_manifest(str(tmp_path / "dflt"))) is None
+
+
+def test_10_spill_of_an_interrupted_other_configuration_is_removed_and_reuse_is_said(export, table, tokenizer_path,
+                                                                                   tmp_path, capsys):
+    out = tmp_path / "out"
+    stale = out / ".wdspq-spill-0123456789abcdef"
+    stale.mkdir(parents=True)
+    (stale / "chunk-000000.bin").write_bytes(b"x" * 100_000)  # what a killed export of another config left
+    wdspq.export_shards(table, out, SPEC, tokenizer=tokenizer_path, samples_per_shard=7, progress=False)
+    assert not list(out.glob(".wdspq-spill-*")) and not list(out.glob(".*"))
+    (out / "shard-000002.tar").unlink()  # damage one shard; the re-run repairs it and says what it reused
+    capsys.readouterr()
+    wdspq.export_shards(table, out, SPEC, tokenizer=tokenizer_path, samples_per_shard=7, progress=True)
+    n = len(json.loads((out / "manifest.json").read_text())["shards"])
+    assert f"reusing {n - 1} of {n} shards" in capsys.readouterr().err
+
+
+def test_10_interrupted_export_says_to_rerun(monkeypatch, table, tmp_path, capsys):
+    import wdspq.export as ex
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ex, "export_shards", interrupted)
+    assert cli_main(["export", str(table), str(tmp_path / "o"), "--no-progress"]) == 130
+    assert "re-run the same command to resume" in capsys.readouterr().err
+
+
+def test_11_one_line_errors_name_the_flag_and_the_file(table, tmp_path, capsys):
+    (tmp_path / "adir").mkdir()
+    cases = [
+        (["export", str(tmp_path / "adir"), str(tmp_path / "o")], "is a folder; expected a table file"),
+        (["build", "synthetic", str(tmp_path / "adir"), "--episodes", "1"], "is a folder; give the path of the table"),
+        (["export", str(table), str(tmp_path / "o"), "--obs-rate-hz", "10"], "--obs-rate-hz needs --obs-resample"),
+        (["verify", str(tmp_path / "nope")], "no such export folder or manifest"),
+    ]
+    for argv, words in cases:
+        capsys.readouterr()
+        assert cli_main([*argv, "--no-progress"] if argv[0] != "verify" else argv) == 2, argv
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1, (argv, err)
+
+
+def test_12_info_shards_version_and_debug_everywhere(export, capsys):
+    assert cli_main(["info", str(export)]) == 0
+    out = capsys.readouterr().out
+    for word in ("spec", "windows", "shards", "bytes", "encoding", "tokenizer", "table", "59"):
+        assert word in out, word
+    assert cli_main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith(f"wdspq {wdspq.__version__}")
+    for cmd in (["build", "synthetic"], ["build", "hdf5"], ["build", "seed"], ["export"], ["verify"], ["validate"],
+                ["info"], ["demo"]):
+        capsys.readouterr()
+        assert cli_main([*cmd, "--help"]) == 0
+        assert "--debug" in capsys.readouterr().out, cmd
+
+
+def test_17_token_type_ids_only_when_the_tokenizer_makes_them(table, tokenizer_path):
+    from wdspq.text import load_tokenizer
+
+    bert = load_tokenizer(tokenizer_path)
+
+    class NoTypeIds:  # a tokenizer whose output has no token_type_ids (like most non-BERT ones)
+        def __call__(self, *a, **k):
+            return bert(*a, return_token_type_ids=False, **k)
+
+        def get_vocab(self):
+            return bert.get_vocab()
+
+    with_ids = wdspq.ParquetWindowDataset(table, SPEC, tokenizer=tokenizer_path)
+    without = wdspq.ParquetWindowDataset(table, SPEC, tokenizer=NoTypeIds())
+    assert "token_type_ids" in with_ids.sample_schema() and "token_type_ids" in with_ids[0]
+    assert "token_type_ids" not in without.sample_schema() and "token_type_ids" not in without[0]
+    assert set(with_ids[0]) - set(without[0]) == {"token_type_ids"}

@@ -140,9 +140,24 @@ def test_s3_missing_bucket_is_named(s3_bucket: str) -> None:
     st = open_storage("s3://wdspq-no-such-bucket-4711/p")
     for call in (lambda: st.read_bytes("m.json"), lambda: st.size("m.json"), lambda: st.exists("m.json"),
                  lambda: st.list(), lambda: st.put_bytes("m.json", b"1")):
-        with pytest.raises(StorageError, match="no such bucket") as info:
+        with pytest.raises(StorageError, match="bucket 'wdspq-no-such-bucket-4711' does not exist") as info:
             call()
-        assert "s3://wdspq-no-such-bucket-4711/p" in str(info.value)
+        assert "s3://wdspq-no-such-bucket-4711/p" in str(info.value) and "(exists)" not in str(info.value)
+
+
+def test_s3_missing_credentials_say_so(s3_bucket: str, monkeypatch, tmp_path) -> None:
+    """Field report 11: no credentials at all -> one line naming them, not a hint about shard folders."""
+    from wdspq.shardfmt import load_manifest
+
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(WdspqError) as info:
+        load_manifest(s3_bucket)
+    msg = str(info.value)
+    assert "no AWS credentials found" in msg and "exported shard folder" not in msg, msg
 
 
 def test_s3_multipart_commit(s3_bucket: str) -> None:

@@ -532,7 +532,7 @@ class S3Storage(Storage):
         if isinstance(exc, ClientError):
             code, status = _client_error_code(exc)
             if code == "NoSuchBucket":
-                return StorageError(f"{where}: no such bucket {self.bucket!r} ({action})")
+                return StorageError(f"{where}: bucket {self.bucket!r} does not exist")
             if code in _MISSING_CODES or status == 404:
                 return StorageError(f"{where}: no such object ({action})")
             if code in _DENIED_CODES or status == 403:
@@ -576,7 +576,7 @@ class S3Storage(Storage):
             code, status = _client_error_code(exc)
             if status == 404 or code in _MISSING_CODES:
                 if not self._bucket_exists():
-                    raise StorageError(f"{self.url(name)}: no such bucket {self.bucket!r} ({action})") from exc
+                    raise StorageError(f"{self.url(name)}: bucket {self.bucket!r} does not exist") from exc
                 return None
             raise self._error(exc, name, action) from exc
         except Exception as exc:
