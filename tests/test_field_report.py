@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,88 @@ def test_17_token_type_ids_only_when_the_tokenizer_makes_them(table, tokenizer_p
     assert "token_type_ids" in with_ids.sample_schema() and "token_type_ids" in with_ids[0]
     assert "token_type_ids" not in without.sample_schema() and "token_type_ids" not in without[0]
     assert set(with_ids[0]) - set(without[0]) == {"token_type_ids"}
+
+
+def test_7_seed_missing_media_skip(tmp_path, monkeypatch, tokenizer_path, capsys):
+    from test_build import make_seed_table
+
+    from wdspq.validate import validate_table
+
+    seed = make_seed_table(tmp_path / "s", n=10)
+    for i in (1, 4):
+        (tmp_path / f"s/media/img_{i:03d}.png").unlink()
+    (tmp_path / "s/media/vid_002.mp4").unlink()
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "t.parquet"
+    assert cli_main(["build", "seed", str(seed["path"]), str(out), "--no-progress"]) == 2  # default: error
+    assert "--missing-media skip" in capsys.readouterr().err and not out.exists()
+    assert cli_main(["build", "seed", str(seed["path"]), str(out), "--missing-media", "skip", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 2 missing image file(s)" in err and "skipped 1 missing video file(s)" in err
+    validate_table(out, full_media=True)
+    ds = wdspq.ParquetWindowDataset(out, wdspq.WindowSpec(acts_length_sec=0.1, obs_length_sec=0.1),
+                                    tokenizer=tokenizer_path)
+    by_ep: dict[int, list] = {}
+    for i in range(len(ds)):
+        s = ds.sample_numpy(i)
+        by_ep.setdefault(int(s["episode_index"]), []).append(s)
+    assert all(not s["image_mask"] for e in (1, 4) for s in by_ep[e])
+    assert all(s["image_mask"] for s in by_ep[0])
+    assert all(not s["frames_mask"].any() for s in by_ep[2]) and any(s["frames_mask"].any() for s in by_ep[3])
+    # every image missing: the table simply has no image stream
+    for i in range(10):
+        (tmp_path / f"s/media/img_{i:03d}.png").unlink(missing_ok=True)
+    meta = wdspq.build.build_from_seed(seed["path"], tmp_path / "t2.parquet", progress=False, missing_media="skip")
+    assert meta.images == [] and meta.extra["missing_media_skipped"]["image"] == 10
+
+
+class _Explodes:
+    """Unpickling this runs code (raises): a stand-in for the seed's pickle, which must never be loaded."""
+
+    def __reduce__(self):
+        return (_unpickled, ())
+
+
+def _unpickled():
+    raise AssertionError("the seed's pickle was unpickled")
+
+
+def test_8_the_seed_loop_runs_with_only_the_import_changed(table, tmp_path, monkeypatch):
+    """The seed's own `__main__` loop, line for line, with `from wdspq import TimeSeriesParquetDataset`."""
+    import pickle
+
+    from torch.utils.data import DataLoader
+
+    from wdspq import TimeSeriesParquetDataset
+    from wdspq.seed_compat import SeedPickleWarning
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    shutil.copy(table, tmp_path / "data" / "data_fromh5.pq")
+    old = pickle.dumps({"dataloader_index": 3, "rng_state": _Explodes()})
+    (tmp_path / "data" / "dataloader_ckpt.pkl").write_bytes(old)
+
+    def seed_main() -> list[int]:
+        parquet_file = Path("data/data_fromh5.pq")
+        acts_length_sec = 0.1
+        obs_length_sec = 0.1
+        checkpoint_path = "data/dataloader_ckpt.pkl"
+        dataset = TimeSeriesParquetDataset(parquet_file, acts_length_sec, obs_length_sec, checkpoint_path=checkpoint_path)
+        dataloader = DataLoader(dataset, batch_size=32, shuffle=True)
+        start_idx = dataset.get_dataloader_index() if dataset.get_dataloader_index() else 0
+        seen = []
+        for idx, batch in enumerate(dataloader, start=start_idx):
+            dataset.set_dataloader_index(idx)
+            seen.append(idx)  # (the seed prints the batch here)
+            assert batch["actions"].shape[0] <= 32
+            dataset.save_checkpoint()
+        return seen
+
+    with pytest.warns(SeedPickleWarning, match="does not load pickles"):
+        first = seed_main()
+    assert first[0] == 0 and len(first) >= 2
+    assert (tmp_path / "data" / "dataloader_ckpt.pkl.seed.pkl").read_bytes() == old  # moved aside, not lost
+    saved = json.loads((tmp_path / "data" / "dataloader_ckpt.pkl").read_text())
+    assert saved["dataloader_index"] == first[-1]
+    second = seed_main()  # a restart: the loop's numbering continues from the saved index
+    assert second[0] == first[-1]

@@ -152,9 +152,11 @@ def test_checkpoint_mismatch_fails_loudly(tmp_path):
         CheckpointSampler(10).save_checkpoint()
 
 
-def test_save_checkpoint_needs_a_sampler(seed_ds):
+def test_save_checkpoint_needs_a_path_and_consumed_needs_a_sampler(seed_ds, tmp_path):
+    with pytest.raises(StateError, match="without checkpoint_path"):
+        seed_ds.save_checkpoint()
     with pytest.raises(StateError, match="sampler"):
-        TimeSeriesParquetDataset.save_checkpoint(seed_ds)
+        seed_ds.save_checkpoint(tmp_path / "c.json", consumed=3)
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):

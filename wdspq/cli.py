@@ -195,13 +195,19 @@ def add_build_seed(sub: Any) -> None:
     p.add_argument("seed_table", metavar="SEED_TABLE", help="the seed-layout Parquet file")
     p.add_argument("out", metavar="OUT", help="table file to write")
     _add_progress(p)
+    p.add_argument("--missing-media", choices=("error", "skip"), default="error",
+                   help="an image/clip file that does not exist: error (default) or skip (that episode's image or "
+                        "clip stays empty, masks false; the count is reported)")
     p.set_defaults(func=run_build_seed)
 
 
 def run_build_seed(args: argparse.Namespace) -> int:
     from .build import build_from_seed
 
-    build_from_seed(args.seed_table, args.out, progress=_progress(args), overwrite=args.overwrite)
+    meta = build_from_seed(args.seed_table, args.out, progress=_progress(args), overwrite=args.overwrite,
+                           missing_media=args.missing_media)
+    for col, n in sorted(meta.extra.get("missing_media_skipped", {}).items()):
+        print(f"skipped {n} missing {col} file(s): those episodes have no {col} (masks false)", file=sys.stderr)
     return _report_built(args.out)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,7 @@ class CheckpointSampler(torch.utils.data.Sampler[int]):
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
         self.epoch = 0
         self.index = 0
+        self.dataloader_index = 0  # the seed's batch counter (get/set_dataloader_index), saved alongside
         if self.checkpoint_path is not None and self.checkpoint_path.exists():
             self.load_checkpoint()
 
@@ -141,6 +143,7 @@ class CheckpointSampler(torch.utils.data.Sampler[int]):
             raise StateError(f"consumed={consumed} is outside the epoch of {self.num_windows} windows")
         return {
             "format": CHECKPOINT_FORMAT,
+            "dataloader_index": int(self.dataloader_index),
             "epoch": self.epoch,
             "index": index,
             "seed": self.seed,
@@ -152,6 +155,9 @@ class CheckpointSampler(torch.utils.data.Sampler[int]):
     def load_state_dict(self, state: Mapping[str, Any], where: str = "sampler state") -> None:
         if state.get("format") != CHECKPOINT_FORMAT:
             raise StateError(f"{where}: not a wdspq sampler checkpoint (format {state.get('format')!r})")
+        self.dataloader_index = int(state.get("dataloader_index") or 0)
+        if state.get("index") is None:  # saved by a dataset that had no sampler: only the batch counter
+            return
         for key, mine in (("num_windows", self.num_windows), ("seed", self.seed), ("shuffle", self.shuffle)):
             if state.get(key) != mine:
                 raise StateError(f"{where}: saved {key}={state.get(key)!r}, but this sampler has {key}={mine!r}")
@@ -171,11 +177,26 @@ class CheckpointSampler(torch.utils.data.Sampler[int]):
 
     def load_checkpoint(self) -> None:
         assert self.checkpoint_path is not None
+        if _is_pickle(self.checkpoint_path):
+            return  # the seed's own pickle: never unpickled (the dataset warns once)
         try:
             state = json.loads(self.checkpoint_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise StateError(f"{self.checkpoint_path}: cannot read sampler checkpoint: {e}") from None
         self.load_state_dict(state, where=str(self.checkpoint_path))
+
+
+class SeedPickleWarning(UserWarning):
+    """The checkpoint file is the seed's pickle: it is not loaded (unpickling runs arbitrary code)."""
+
+
+def _is_pickle(path: Path) -> bool:
+    """Whether `path` starts like a pickle (protocol 2+ opcode PROTO), i.e. the seed's old checkpoint."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(1) == b"\x80"
+    except OSError:
+        return False
 
 
 class TimeSeriesParquetDataset(ParquetWindowDataset):
@@ -217,6 +238,20 @@ class TimeSeriesParquetDataset(ParquetWindowDataset):
         self.device = device  # where batches go (to_device); samples themselves stay on the CPU
         self.checkpoint_path = str(checkpoint_path) if checkpoint_path is not None else None
         self._sampler: CheckpointSampler | None = None
+        self._dataloader_index = 0
+        if self.checkpoint_path is not None and os.path.exists(self.checkpoint_path):
+            if _is_pickle(Path(self.checkpoint_path)):
+                warnings.warn(SeedPickleWarning(
+                    f"{self.checkpoint_path}: this is the seed's pickle checkpoint; wdspq does not load pickles "
+                    "(unpickling runs arbitrary code), so training starts at dataloader index 0. The next "
+                    f"save_checkpoint() moves it to {self.checkpoint_path}.seed.pkl and writes a JSON checkpoint."
+                ), stacklevel=2)
+            else:
+                try:
+                    saved = json.loads(Path(self.checkpoint_path).read_text(encoding="utf-8"))
+                except (OSError, ValueError) as e:
+                    raise StateError(f"{self.checkpoint_path}: cannot read the checkpoint: {e}") from None
+                self._dataloader_index = int(saved.get("dataloader_index") or 0) if isinstance(saved, dict) else 0
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -237,13 +272,43 @@ class TimeSeriesParquetDataset(ParquetWindowDataset):
         )
         return self._sampler
 
-    def save_checkpoint(self, consumed: int | None = None) -> Path:
-        """Save the position of the sampler made by `sampler()` to `checkpoint_path`, atomically."""
-        if self._sampler is None:
-            raise StateError("save_checkpoint: create the sampler first with ds.sampler(...) and iterate it")
-        if self.checkpoint_path is None:
+    def _index_holder(self, path: str | None = None) -> CheckpointSampler:
+        """What saves the position: the sampler made by `sampler()`, else a holder of the batch counter only."""
+        if self._sampler is not None and path in (None, self.checkpoint_path):
+            return self._sampler
+        return CheckpointSampler(len(self), checkpoint_path=path or self.checkpoint_path,
+                                 identity={"spec": self.spec.digest(), "episodes": self.num_episodes})
+
+    def set_dataloader_index(self, idx: int) -> None:
+        """The seed's batch counter: saved by `save_checkpoint()` and restored at construction."""
+        self._dataloader_index = int(idx)
+
+    def get_dataloader_index(self) -> int:
+        return self._dataloader_index
+
+    def save_checkpoint(self, checkpoint_path: str | os.PathLike | None = None, dataloader_index: int | None = None,
+                        consumed: int | None = None) -> Path:
+        """Save the batch counter and, with a `sampler()`, its epoch position to `checkpoint_path`, atomically.
+
+        The seed's signature (`checkpoint_path`, `dataloader_index`) plus the sampler's `consumed`. A
+        seed pickle at the path is moved aside to `<path>.seed.pkl` first, never overwritten or loaded.
+        """
+        path = str(checkpoint_path) if checkpoint_path is not None else self.checkpoint_path
+        if path is None:
             raise StateError("save_checkpoint: the dataset was created without checkpoint_path")
-        return self._sampler.save_checkpoint(consumed)
+        if dataloader_index is not None:
+            self._dataloader_index = int(dataloader_index)
+        if _is_pickle(Path(path)):
+            os.replace(path, path + ".seed.pkl")
+        if self._sampler is None and consumed is not None:
+            raise StateError("save_checkpoint(consumed=...): create the sampler first with ds.sampler(...)")
+        holder = self._index_holder(path)
+        holder.dataloader_index = self._dataloader_index
+        if holder is self._sampler:
+            return holder.save_checkpoint(consumed)
+        state = {**holder.state_dict(), "epoch": None, "index": None}  # no sampler position to save
+        _atomic_write_json(Path(path), state)
+        return Path(path)
 
     def to_device(self, batch: Any) -> Any:
         """Move a batch to this dataset's `device` (CUDA, then MPS, then CPU when it is None)."""

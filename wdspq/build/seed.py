@@ -56,10 +56,15 @@ def _media_column(pf: pq.ParquetFile, name: str) -> pa.DataType | None:
     return t
 
 
-def _check_media_paths(pf: pq.ParquetFile, table_dir: Path, where: str) -> None:
-    """Fail before writing anything if media paths do not exist; list the first few missing."""
+MISSING_MEDIA = ("error", "skip")
+
+
+def _check_media_paths(pf: pq.ParquetFile, table_dir: Path, where: str, missing_media: str = "error") -> dict[str, int]:
+    """Media paths that do not exist, per column. `error`: fail before writing anything, listing the
+    first few; `skip`: return the counts (those episodes get an empty image/clip)."""
     missing: list[str] = []
     total = 0
+    per: dict[str, int] = {}
     for name in MEDIA:
         t = _media_column(pf, name)
         if t is None or not (pa.types.is_string(t) or pa.types.is_large_string(t)):
@@ -70,15 +75,18 @@ def _check_media_paths(pf: pq.ParquetFile, table_dir: Path, where: str) -> None:
             for v in values:
                 if v is not None and _resolve(v, table_dir) is None:
                     total += 1
+                    per[name] = per.get(name, 0) + 1
                     if len(missing) < SHOW_MISSING:
                         missing.append(f"row {row} {name} {v!r}")
                 row += 1
-    if total:
+    if total and missing_media == "error":
         more = f" and {total - len(missing)} more" if total > len(missing) else ""
         raise SchemaError(
             f"{where}: {total} media file(s) not found (looked relative to the working directory {str(Path.cwd())!r} "
-            f"and to the table's folder {str(table_dir)!r}): {'; '.join(missing)}{more}"
+            f"and to the table's folder {str(table_dir)!r}): {'; '.join(missing)}{more}; "
+            "pass --missing-media skip to build without them"
         )
+    return per
 
 
 def _split_matrix(arr: pa.Array, where: str, column: str, start: int) -> list[np.ndarray]:
@@ -108,14 +116,16 @@ def _split_matrix(arr: pa.Array, where: str, column: str, start: int) -> list[np
     return [flat[offsets[r] : offsets[r + 1]] for r in range(len(lengths))]
 
 
-def _read_media(value: object, table_dir: Path) -> bytes | None:
+def _read_media(value: object, table_dir: Path, skip_missing: bool = False) -> bytes | None:
     if value is None:
         return None
     if isinstance(value, bytes):
         return value
     p = _resolve(str(value), table_dir)
-    if p is None:  # vanished since the pre-scan
-        raise SchemaError(f"media file {value!r} not found")
+    if p is None:
+        if skip_missing:
+            return None
+        raise SchemaError(f"media file {value!r} not found")  # vanished since the pre-scan
     return p.read_bytes()
 
 
@@ -126,8 +136,9 @@ def _first_media_shapes(
     found: dict[str, tuple[int, int]] = {}
     for name in media_cols:
         for g in range(pf.num_row_groups):
-            values = [v for v in pf.read_row_group(g, columns=[name]).column(0).to_pylist() if v is not None]
-            if values:
+            values = [v for v in pf.read_row_group(g, columns=[name]).column(0).to_pylist()
+                      if v is not None and (isinstance(v, bytes) or _resolve(str(v), table_dir) is not None)]
+            if values:  # the first file that exists sizes the stream
                 data = _read_media(values[0], table_dir)
                 try:
                     if name == "image":
@@ -159,12 +170,18 @@ def build_from_seed(
     row_group_size: int = 16,
     progress: bool = True,
     overwrite: bool = True,
+    missing_media: str = "error",
 ) -> TableMeta:
     """Convert a seed-layout table into a version 2 table at `out` (atomically); ids are `seed-000000`, ...
 
     Timestamps are column 0 of each action/observation row (signal `observations`); clips keep their own
     encoding as camera `frames`, frame j shown at j / fps (the seed's clips start at 0); `image` stays.
+    `missing_media="skip"`: an image or clip file that does not exist leaves that episode's image/clip
+    empty (masks false in every sample); a column none of whose files exist gives no stream at all. The
+    counts are in the returned metadata's `extra["missing_media_skipped"]`.
     """
+    if missing_media not in MISSING_MEDIA:
+        raise SchemaError(f"missing_media must be one of {', '.join(MISSING_MEDIA)}, got {missing_media!r}")
     seed_table = Path(seed_table)
     where = str(seed_table)
     if not seed_table.is_file():
@@ -186,7 +203,8 @@ def build_from_seed(
             raise SchemaError(f"{where}: column {name!r}: type {t}, expected list<list<double>> (timestamp in column 0)")
     media_cols = [m for m in MEDIA if _media_column(pf, m) is not None]
     table_dir = seed_table.resolve().parent
-    _check_media_paths(pf, table_dir, where)
+    skipped = _check_media_paths(pf, table_dir, where, missing_media)
+    skip = missing_media == "skip"
 
     image_hw_first, video_first = _first_media_shapes(pf, media_cols, table_dir, where)
     writer: TableWriter | None = None
@@ -226,7 +244,7 @@ def build_from_seed(
                 frame_ts = np.zeros(0)
                 if "image" in media:
                     value = media["image"][r]
-                    image = _read_media(value, table_dir)
+                    image = _read_media(value, table_dir, skip)
                     if image is not None:
                         rgb = decode_image(image, where=f"{here}, column 'image' ({value!r})")
                         hw = (rgb.shape[1], rgb.shape[2])
@@ -238,7 +256,7 @@ def build_from_seed(
                             image = encode_png(rgb.transpose(1, 2, 0))  # the table holds PNG or JPEG
                 if "video" in media:
                     value = media["video"][r]
-                    video = _read_media(value, table_dir)
+                    video = _read_media(value, table_dir, skip)
                     if video is not None:
                         try:
                             h, w, fps, n_frames = probe_clip(video)
@@ -272,7 +290,8 @@ def build_from_seed(
                 bar.update(1)
         if writer is None:
             raise SchemaError(f"{where}: the seed table has no rows")
-        return writer.close(source=f"seed({seed_table.name})")
+        extra = {"missing_media_skipped": skipped} if skipped else None
+        return writer.close(source=f"seed({seed_table.name})", extra=extra)
     except BaseException:
         if writer is not None:
             writer.abort()
