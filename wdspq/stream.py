@@ -440,6 +440,12 @@ class StreamLoader(DataLoader):
         return self._iterate(self._generation, self._cursor)
 
     def _iterate(self, generation: int, cursor: RankCursor) -> Iterator[Any]:
+        if self._generation != generation:
+            # load_state_dict or set_epoch after iter() but before the first batch: start from that
+            # state instead (the workers have not read the plan yet; documented in the class doc)
+            self._generation += 1
+            self._prepare()
+            generation, cursor = self._generation, self._cursor  # type: ignore[assignment]
         if cursor.done:
             return
         it = super().__iter__()
