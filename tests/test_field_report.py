@@ -272,3 +272,11 @@ def test_8_the_seed_loop_runs_with_only_the_import_changed(table, tmp_path, monk
     assert saved["dataloader_index"] == first[-1]
     second = seed_main()  # a restart: the loop's numbering continues from the saved index
     assert second[0] == first[-1]
+
+
+def test_17_read_frame_counter_takes_a_tensor(table, tokenizer_path):
+    from wdspq.build.synthetic import read_frame_counter
+
+    ds = wdspq.ParquetWindowDataset(table, SPEC, tokenizer=tokenizer_path)
+    s = ds[5]
+    assert read_frame_counter(s["frames"][0]) == read_frame_counter(s["frames"][0].numpy())
