@@ -27,6 +27,8 @@ from .windows import WindowSpec
 
 _LAZY = {
     "merge_states": "cursor",
+    "Normalize": "normalize",
+    "show_window": "viz",
     "export_shards": "export",
     "TimeSeriesParquetDataset": "seed_compat",
     "to_device": "seed_compat",
@@ -34,8 +36,8 @@ _LAZY = {
     "StreamLoader": "stream",
     "ParquetWindowDataset": "table_dataset",
 }
-_SUBMODULES = ("build", "cursor", "export", "media", "schema", "shardfmt", "storage", "stream",
-               "table_dataset", "text", "validate", "windows")
+_SUBMODULES = ("build", "cursor", "export", "media", "normalize", "schema", "shardfmt", "storage", "stream",
+               "table_dataset", "text", "validate", "viz", "windows")
 
 __all__ = [
     "MediaError",

@@ -22,6 +22,7 @@ import numpy as np
 
 from ._version import __version__
 from .cli_shards import add_export, add_verify
+from .cli_show import add_show
 from .demo import add_demo
 from .errors import WdspqError
 
@@ -460,7 +461,7 @@ def format_summary(s: dict[str, Any]) -> str:
     return "\n".join(f"{k:<13}{v}" for k, v in lines)
 
 
-COMMANDS: list[Register] = [add_build, add_export, add_verify, add_validate, add_info, add_demo]
+COMMANDS: list[Register] = [add_build, add_export, add_verify, add_validate, add_info, add_show, add_demo]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -115,6 +115,15 @@ class ShardStream(IterableDataset):
         """Windows in the export (all ranks together, pads excluded)."""
         return self.manifest.num_windows
 
+    def stats(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The export's normalisation statistics per stream ({count, mean, std, min, max} tensors; see
+        `wdspq.Normalize`), read from the manifest (checked against its sha256 when it was loaded)."""
+        from .normalize import stats_tensors
+
+        if "stats" not in self.manifest.data:
+            raise WdspqError(f"{self.manifest.url}: this export records no statistics")
+        return stats_tensors(self.manifest.data["stats"])
+
     def set_epoch(self, epoch: int) -> None:
         """Epoch of the next direct iteration (StreamLoader has its own `set_epoch`)."""
         self.epoch = int(epoch)

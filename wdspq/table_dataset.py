@@ -122,6 +122,14 @@ class ParquetWindowDataset(torch.utils.data.Dataset):
     def num_episodes(self) -> int:
         return len(self.n_actions)
 
+    def stats(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Normalisation statistics of actions and every signal over every table row (each once), as
+        tensors per stream; the same figures an export of this table records (`wdspq.Normalize`)."""
+        from .export.stats import table_stats
+        from .normalize import stats_tensors
+
+        return stats_tensors({k: v.to_dict() for k, v in table_stats(self.path, self.meta).items()})
+
     def sample_schema(self) -> dict[str, dict]:
         return sample_schema(self.rspec, list(self.tokens))
 

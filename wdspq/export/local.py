@@ -11,8 +11,8 @@ Two phases (`phases.py`), both byte-deterministic whatever the number of worker 
    sidecar through the storage layer. After each commit one line is appended to a local journal in
    the spill folder; a re-run reuses journalled shards whose sizes and sha256 still match.
 
-The manifest (O(shards): per shard its size, sha256 and index's sha256; statistics with their own
-sha256; the export configuration) is written last, then the spill folder is removed. Held in memory
+The manifest (O(shards): per shard its size, sha256 and index's sha256; normalisation statistics of
+actions and every signal over every table row, with their own sha256; the export configuration) is written last, then the spill folder is removed. Held in memory
 beyond one episode: a few int64 arrays of length `num_windows` (the permutation and each window's
 spill location) in the exporting process only.
 """
@@ -46,7 +46,7 @@ from ..storage import open_storage
 from ..table_dataset import ParquetWindowDataset
 from ..windows import WindowSpec
 from .journal import JOURNAL_NAME, Journal, config_difference, existing_manifest, read_journal, shard_intact
-from .phases import assemble_shard, features, shard_name, spill_chunk
+from .phases import assemble_shard, shard_name, spill_chunk
 from .plan import (
     SPILL_PREFIX,
     check_int,
@@ -58,7 +58,7 @@ from .plan import (
     table_fingerprint,
 )
 from .pool import Workers
-from .stats import RunningStats
+from .stats import table_stats
 
 EPISODES_PER_CHUNK = 8
 _SHARD_RE = re.compile(r"^shard-\d{6}\.tar$")
@@ -181,14 +181,11 @@ def export_shards(
     journal_path = spill_root / JOURNAL_NAME
     candidates.update(read_journal(journal_path, digest))
 
-    n_chunks = (ds.num_episodes + EPISODES_PER_CHUNK - 1) // EPISODES_PER_CHUNK
     pool = Workers(workers, {"ds": ds, "spill_root": str(spill_root), "storage": storage, "encoding": enc})
     journal = Journal(journal_path, digest)
-    feats = features(ds)
     try:
         # Phase 1: spill (chunk jobs, windows/s progress).
         loc = np.zeros((n, 3), dtype=np.int64)  # window -> (chunk, offset, length) in the spill files
-        chunk_stats: list[dict[str, RunningStats] | None] = [None] * n_chunks
         frame_error = 0
         jobs = ((c, e0, min(e0 + EPISODES_PER_CHUNK, ds.num_episodes))
                 for c, e0 in enumerate(range(0, ds.num_episodes, EPISODES_PER_CHUNK)))
@@ -197,14 +194,9 @@ def export_shards(
                 idx = res["index"]
                 loc[idx[:, 0], 0] = res["chunk"]
                 loc[idx[:, 0], 1:] = idx[:, 1:]
-                chunk_stats[res["chunk"]] = res["stats"]
                 frame_error = max(frame_error, res["frame_error"])
                 bar.update(len(idx))
-        stats = {f: RunningStats.empty(dim) for f, dim in feats.items()}
-        for cs in chunk_stats:  # fixed chunk order: identical floats whatever the worker count
-            assert cs is not None
-            for f in feats:
-                stats[f].merge(cs[f])
+        stats = table_stats(table, ds.meta)  # every table row once, in table order
 
         # Phase 2: assemble shards, reusing those committed intact before.
         entries: list[dict[str, Any] | None] = [None] * len(shards_windows)
@@ -229,7 +221,7 @@ def export_shards(
         journal.close()
         pool.close()
 
-    stats_out = {f: stats[f].to_dict() for f in feats}
+    stats_out = {f: st.to_dict() for f, st in stats.items()}
     manifest = {
         "format": MANIFEST_FORMAT,
         "version": MANIFEST_VERSION,

@@ -12,8 +12,7 @@ import numpy as np
 class RunningStats:
     """Per-feature count, mean, M2 (sum of squared deviations), min and max over real rows.
 
-    Batches are merged with Chan's parallel update (numerically stable, unlike sum of squares); the
-    chunks are merged in chunk order, so the result does not depend on the worker count.
+    Batches of rows are merged with Chan's parallel update (numerically stable, unlike sum of squares).
     """
 
     count: int
@@ -33,10 +32,6 @@ class RunningStats:
             mean = r.mean(0)
             self._merge(len(r), mean, ((r - mean) ** 2).sum(0), r.min(0), r.max(0))
 
-    def merge(self, other: RunningStats) -> None:
-        if other.count:
-            self._merge(other.count, other.mean, other.m2, other.lo, other.hi)
-
     def _merge(self, n_b: int, mean_b: np.ndarray, m2_b: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
         n_a = self.count
         n = n_a + n_b
@@ -47,15 +42,8 @@ class RunningStats:
         self.lo = np.minimum(self.lo, lo)
         self.hi = np.maximum(self.hi, hi)
 
-    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
-        return {f"{prefix}.{k}": np.asarray(getattr(self, k)) for k in ("count", "mean", "m2", "lo", "hi")}
-
-    @classmethod
-    def from_arrays(cls, d: Any, prefix: str) -> RunningStats:
-        return cls(int(d[f"{prefix}.count"]), *(np.asarray(d[f"{prefix}.{k}"]) for k in ("mean", "m2", "lo", "hi")))
-
     def to_dict(self) -> dict[str, Any]:
-        """Population statistics (ddof=0) over every real row of every window (rows repeat across windows)."""
+        """Population statistics (ddof=0) over the rows added."""
         n = self.count
         return {
             "count": n,
@@ -66,3 +54,22 @@ class RunningStats:
         }
 
 
+
+
+def table_stats(path: str, meta: Any) -> dict[str, RunningStats]:
+    """Statistics of actions and every signal stream over every row of the table (each row once).
+
+    Reads only the numeric columns, row group by row group, merged in table order: the same floats
+    whatever the number of export workers, and no video is decoded.
+    """
+    import pyarrow.parquet as pq
+
+    streams = [meta.actions, *meta.signals]
+    out = {s.name: RunningStats.empty(s.width) for s in streams}
+    with pq.ParquetFile(path) as pf:
+        for g in range(pf.num_row_groups):
+            t = pf.read_row_group(g, columns=[s.column for s in streams])
+            for s in streams:
+                flat = t.column(s.column).combine_chunks().flatten().flatten()
+                out[s.name].add(flat.to_numpy(zero_copy_only=False).astype(np.float64).reshape(-1, s.width))
+    return out

@@ -1,0 +1,94 @@
+"""`wdspq show`: a PNG of one window (table or shards), one episode (table) or an export's statistics."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from . import cli as _cli
+from .errors import WdspqError
+
+
+def add_show(sub: Any) -> None:
+    p = sub.add_parser(
+        "show",
+        help="draw a window, an episode or an export's statistics as a PNG",
+        description=_cli._desc(
+            "--window I: window I of a table or an export: per camera its frames at their offsets (masked "
+            "frames hatched grey, each labelled with its offset and time relative to t0), the images, the "
+            "actions and every observation stream against time (masked rows shaded), the task text and "
+            "the window's identity. The same window from a table and from its shards gives the same PNG "
+            "(for a table, give the spec flags the export used).\n\n"
+            "--episode E (table): the whole episode on one time axis, thumbnails per camera at their own "
+            "times (dropped frames in red) and the anchors of its windows.\n\n"
+            "--stats (export): per stream and dimension mean ± std and min/max from the manifest.\n\n"
+            "Needs matplotlib: pip install 'wdspq[viz]'."
+        ),
+        formatter_class=_cli._formatter,
+    )
+    p.add_argument("source", metavar="TABLE|SHARDS", help="a table file, or an export folder / manifest / s3:// prefix")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--window", type=_cli._int_at_least(0), metavar="I", help="draw window I")
+    what.add_argument("--episode", type=_cli._int_at_least(0), metavar="E", help="draw episode E (table)")
+    what.add_argument("--stats", action="store_true", help="draw the export's statistics (shards)")
+    p.add_argument("-o", "--out", required=True, metavar="PNG", help="the picture to write")
+    g = p.add_argument_group("window spec (for a table; an export uses its own)")
+    g.add_argument("--acts-length-sec", type=_cli._positive_float, default=1.0, help="action window (default 1)")
+    g.add_argument("--obs-length-sec", type=_cli._positive_float, default=None, help="observation window (default: actions')")
+    g.add_argument("--frame-offsets", default="0", metavar="LIST", help="video frame offsets, e.g. -2,-1,0 (default 0)")
+    g.add_argument("--stride", type=_cli._int_at_least(1), default=1, help="anchor step (default 1)")
+    p.add_argument("--tokenizer", metavar="NAME_OR_PATH", default=None, help="tokenizer for the task text (default: the export's, or the bundled one)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing PNG")
+    p.set_defaults(func=run_show)
+
+
+def _is_export(src: str) -> bool:
+    return src.startswith("s3://") or os.path.isdir(src) or src.endswith(".json")
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from . import viz
+    from .windows import WindowSpec
+
+    src, out = str(args.source), str(args.out)
+    if os.path.exists(out) and not args.overwrite:
+        raise WdspqError(f"{out}: exists; pass --overwrite to replace it")
+    if os.path.abspath(out) == os.path.abspath(src):
+        raise WdspqError(f"{out}: is the input")
+    viz._plt()  # say how to install matplotlib before any data is read
+    if args.stats:
+        if not _is_export(src):
+            raise WdspqError(f"{src}: --stats draws an export's manifest statistics; give the export folder")
+        import json
+
+        from .schema import TableMeta
+        from .shardfmt import load_manifest
+
+        m = load_manifest(src)
+        viz.show_stats(m.data["stats"], out, TableMeta.from_json(json.dumps(m.data["table_meta"])))
+    elif args.episode is not None:
+        if _is_export(src):
+            raise WdspqError(f"{src}: --episode needs the table (an export holds windows, not episodes)")
+        from .table_dataset import ParquetWindowDataset
+
+        ds = ParquetWindowDataset(src, _spec(args, WindowSpec), tokenizer=args.tokenizer)
+        viz.show_episode(ds, args.episode, out)
+    elif _is_export(src):
+        sample, ctx = viz.shards_window(src, args.window, args.tokenizer)
+        viz.show_window(sample, out, ctx)
+    else:
+        sample, ctx = viz.table_window(src, args.window, _spec(args, WindowSpec), args.tokenizer)
+        viz.show_window(sample, out, ctx)
+    print(f"wrote {out}")
+    return 0
+
+
+def _spec(args: argparse.Namespace, WindowSpec: Any) -> Any:
+    try:
+        offsets = tuple(int(x) for x in str(args.frame_offsets).split(",") if x.strip())
+    except ValueError:
+        raise WdspqError(f"--frame-offsets {args.frame_offsets!r}: expected integers like -2,-1,0") from None
+    return WindowSpec(acts_length_sec=args.acts_length_sec,
+                      obs_length_sec=args.obs_length_sec if args.obs_length_sec is not None else args.acts_length_sec,
+                      video_frame_offsets=offsets or (0,), stride=args.stride)

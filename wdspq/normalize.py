@@ -1,0 +1,91 @@
+"""Normalisation with the statistics an export records (or a table computes): `Normalize`.
+
+The statistics are per numeric stream (actions and every signal) and per dimension, over every row
+of the table, each row once (docs/shards.md). In a training loop:
+
+    norm = wdspq.Normalize(stream.stats(), mode="mean_std")   # or ds.stats() for the map-style dataset
+    batch = norm(batch)                                       # masked (padded) rows stay exactly zero
+    actions = norm.inverse(policy(batch), "actions")          # back to the robot's units
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+
+from .errors import WdspqError
+
+MODES = ("mean_std", "min_max")
+
+
+def stats_tensors(stats: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, torch.Tensor]]:
+    """The manifest's JSON statistics -> {stream: {count, mean, std, min, max}} as float32 tensors."""
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for name, st in stats.items():
+        out[name] = {k: torch.tensor(st[k], dtype=torch.float32) for k in ("mean", "std", "min", "max")}
+        out[name]["count"] = torch.tensor(int(st["count"]), dtype=torch.int64)
+    return out
+
+
+class Normalize:
+    """Normalise the numeric streams of a batch (or sample) and map predictions back.
+
+    `mode="mean_std"`: (x - mean) / std. `mode="min_max"`: to [-1, 1] by the recorded min and max.
+    A dimension whose std (or range) is below `eps` is only shifted. `keys` picks the streams
+    (default: every stream in `stats`). Rows whose `<key>_mask` is false stay zero, in both directions.
+    """
+
+    def __init__(self, stats: Mapping[str, Mapping[str, torch.Tensor]], mode: str = "mean_std",
+                 keys: Iterable[str] | None = None, eps: float = 1e-8) -> None:
+        if mode not in MODES:
+            raise WdspqError(f"Normalize: mode must be one of {', '.join(MODES)}, got {mode!r}")
+        self.mode = mode
+        self.keys = list(keys) if keys is not None else list(stats)
+        missing = [k for k in self.keys if k not in stats]
+        if missing:
+            raise WdspqError(f"Normalize: no statistics for {missing} (there are: {sorted(stats)})")
+        self._shift: dict[str, torch.Tensor] = {}
+        self._scale: dict[str, torch.Tensor] = {}
+        for k in self.keys:
+            st = stats[k]
+            if mode == "mean_std":
+                shift, scale = st["mean"], st["std"]
+            else:
+                shift, scale = (st["max"] + st["min"]) / 2, (st["max"] - st["min"]) / 2
+            scale = torch.as_tensor(scale, dtype=torch.float32)
+            self._shift[k] = torch.as_tensor(shift, dtype=torch.float32)
+            self._scale[k] = torch.where(scale.abs() < eps, torch.ones_like(scale), scale)
+
+    def _apply(self, x: torch.Tensor, key: str, mask: torch.Tensor | None, forward: bool) -> torch.Tensor:
+        shift, scale = self._shift[key].to(x.device), self._scale[key].to(x.device)
+        y = (x - shift) / scale if forward else x * scale + shift
+        if mask is not None:
+            y = y * mask.to(y.dtype).unsqueeze(-1)
+        return y.to(x.dtype)
+
+    def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """A new dict: the selected streams normalised, everything else as it was."""
+        out = dict(batch)
+        for k in self.keys:
+            if k in batch:
+                out[k] = self._apply(torch.as_tensor(batch[k]), k, _mask(batch, k), forward=True)
+        return out
+
+    def inverse(self, x: Any, key: str | None = None) -> Any:
+        """Undo the normalisation: of one tensor of stream `key` (e.g. predicted actions), or of a batch dict."""
+        if isinstance(x, Mapping):
+            out = dict(x)
+            for k in self.keys:
+                if k in x:
+                    out[k] = self._apply(torch.as_tensor(x[k]), k, _mask(x, k), forward=False)
+            return out
+        if key is None or key not in self._shift:
+            raise WdspqError(f"Normalize.inverse: name the stream of this tensor (one of {self.keys})")
+        return self._apply(torch.as_tensor(x), key, None, forward=False)
+
+
+def _mask(batch: Mapping[str, Any], key: str) -> torch.Tensor | None:
+    m = batch.get(f"{key}_mask")
+    return torch.as_tensor(m) if m is not None else None
