@@ -95,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from wdspq import ParquetWindowDataset, WindowSpec
     from wdspq.build import build_synthetic
-    from wdspq.codec import MEMBER, SampleCodec
+    from wdspq.shardfmt import RAW, SampleCodec
     from wdspq.text import default_tokenizer
+
+    MEMBER = RAW.record_member
 
     tmp = Path(tempfile.mkdtemp(prefix="wdspq-bench-enc-"))
     table = tmp / "table.parquet"
@@ -106,13 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     step = max(1, len(ds) // args.windows)
     samples = [ds.sample_numpy(i) for i in range(0, len(ds), step)][: args.windows]
     n = len(samples)
-    codec = SampleCodec(ds.sample_schema())
+    codec = SampleCodec(ds.sample_schema(), RAW)
     raw = sum(v.nbytes for v in samples[0].values())
 
     encodings = {
         "npy-per-field": encode_npy_fields,
         "png+npy": encode_png,
-        "packed-record": lambda s: {MEMBER: codec.encode(s)[MEMBER]},
+        "packed-record": lambda s: dict(codec.encode(s)),
         "pickle": encode_pickle,
     }
     rows = []
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             def own_decode(path: Path = path) -> int:
                 k = 0
                 for s in _reader(path):
-                    codec.decode(s[MEMBER])
+                    codec.view(codec.record_from(s[MEMBER], "sample"))
                     k += 1
                 return k
 

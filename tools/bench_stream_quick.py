@@ -26,14 +26,15 @@ def prepare(work: Path, stride: int, samples_per_shard: int) -> Path:
     from wdspq.text import bundled_bert_uncased_path
 
     table = work / "table.parquet"
-    shards = work / f"shards-stride{stride}-n{samples_per_shard}"
+    shards = work / f"shards-v2raw-stride{stride}-n{samples_per_shard}"
     if not table.exists():
         build_synthetic(table, episodes=20, seconds=10.0, video_size=96, seed=0, progress=False)
     if not (shards / "manifest.json").exists():
         spec = wdspq.WindowSpec(acts_length_sec=1.0, obs_length_sec=1.0, video_frame_offsets=[-2, -1, 0],
                                 stride=stride)
         wdspq.export_shards(table, shards, spec, tokenizer=bundled_bert_uncased_path() or "bert-base-uncased",
-                            samples_per_shard=samples_per_shard, seed=0, progress=False)
+                            samples_per_shard=samples_per_shard, seed=0, progress=False,
+                            encoding=wdspq.shardfmt.RAW)  # raw records: webdataset's .decode() reads them too
     return shards
 
 
