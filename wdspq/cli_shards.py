@@ -113,6 +113,14 @@ def add_export(sub: Any) -> None:
                    help=f"JPEG quality, 1..100 (default {DEFAULT_ENCODING.quality})")
     e.add_argument("--jpeg-subsampling", choices=SUBSAMPLINGS, default=DEFAULT_ENCODING.subsampling,
                    help="JPEG chroma subsampling (default 444; 420 is smaller, max error ~100 on coloured edges)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: --workers processes on this machine; ray: Ray tasks on a cluster (byte-identical output; "
+                        "pip install 'wdspq[ray]')")
+    p.add_argument("--address", metavar="ADDR", default=None,
+                   help="with --engine ray: the cluster to join (e.g. auto, or host:6379; default: start a local one)")
+    p.add_argument("--spill-dir", metavar="DIR", default=None,
+                   help="scratch folder for the cut windows (default: hidden inside OUT, or $TMPDIR for S3; with "
+                        "--engine ray on a cluster: a folder every node sees); kept if given")
     p.add_argument("--dry-run", action="store_true", help="print the size estimate and free space; write nothing")
     p.add_argument("--force", action="store_true", help="start even when the estimate says the disk is too small")
     p.add_argument("--overwrite", action="store_true", help="replace an export with another configuration in OUT")
@@ -146,6 +154,9 @@ def run_export(args: argparse.Namespace) -> int:
         encoding=encoding,
         dry_run=args.dry_run,
         force=args.force,
+        engine=args.engine,
+        ray_address=args.address,
+        spill_dir=args.spill_dir,
         samples_per_shard=args.samples_per_shard,
         seed=args.seed,
         shuffle=not args.no_shuffle,

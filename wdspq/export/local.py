@@ -92,6 +92,8 @@ def export_shards(
     encoding: Encoding | dict[str, Any] | None = None,
     dry_run: bool = False,
     force: bool = False,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Export every window of `table` into WebDataset shards under `out` (a folder or `s3://bucket/prefix`).
 
@@ -112,7 +114,12 @@ def export_shards(
       as is; one with another configuration raises (naming its manifest) unless `overwrite=True`, which
       replaces it (stale shards are deleted after the new manifest is written).
     - `spill_dir` overrides the spill folder (it must be local and is not removed if given).
+    - `engine="ray"` runs the same jobs as Ray tasks (`ray_address`: an existing cluster, e.g. "auto";
+      default: the cluster `ray.init()` finds or starts); the output is byte-identical to the local
+      engine. On a cluster the table and the spill folder must be on a file system every node sees.
     """
+    if engine not in ("local", "ray"):
+        raise WdspqError(f"export: engine must be 'local' or 'ray', got {engine!r}")
     samples_per_shard = check_int("samples_per_shard", samples_per_shard, 1)
     seed = check_int("seed", seed, 0)
     workers = check_int("workers", workers, 1)
@@ -181,7 +188,13 @@ def export_shards(
     journal_path = spill_root / JOURNAL_NAME
     candidates.update(read_journal(journal_path, digest))
 
-    pool = Workers(workers, {"ds": ds, "spill_root": str(spill_root), "storage": storage, "encoding": enc})
+    state = {"ds": ds, "spill_root": str(spill_root), "storage": storage, "encoding": enc}
+    if engine == "ray":
+        from .ray_engine import RayWorkers
+
+        pool: Any = RayWorkers(state, ray_address)
+    else:
+        pool = Workers(workers, state)
     journal = Journal(journal_path, digest)
     try:
         # Phase 1: spill (chunk jobs, windows/s progress).

@@ -1,0 +1,121 @@
+"""Export on Ray (issue 17): byte-identical to the local engine with 1 and 2 Ray workers, after a Ray worker
+process is SIGKILLed mid-export, and to S3. Ray starts a local cluster inside the test (`ray.init`)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import wdspq
+from wdspq.build import build_synthetic
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow  # each Ray start-up takes seconds
+
+SPEC = wdspq.WindowSpec(acts_length_sec=0.3, obs_length_sec=0.3, video_frame_offsets=[-1, 0], stride=3)
+SPP = 25
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory) -> Path:
+    """24 episodes: 3 spill chunks, several shards; two cameras on their own clocks."""
+    out = tmp_path_factory.mktemp("ray") / "t.parquet"
+    build_synthetic(out, episodes=24, seconds=1.5, image_size=8, video_size=16, cameras=["front", "wrist"],
+                    camera_fps=[15, 30], seed=2, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def local(table, tokenizer_path) -> Path:
+    out = table.parent / "local"
+    wdspq.export_shards(table, out, SPEC, tokenizer=tokenizer_path, samples_per_shard=SPP, workers=2, progress=False)
+    return out
+
+
+@ray.remote(num_cpus=1)
+def _pid() -> int:
+    return os.getpid()
+
+
+def _ray_export(table, out, tokenizer_path, **kw):
+    return wdspq.export_shards(table, out, SPEC, tokenizer=tokenizer_path, samples_per_shard=SPP, engine="ray",
+                               progress=False, **kw)
+
+
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_ray_export_is_byte_identical_to_local(cpus, table, local, tokenizer_path, tmp_path):
+    ray.shutdown()
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        _ray_export(table, tmp_path / "ray", tokenizer_path)
+        assert _files(tmp_path / "ray") == _files(local)  # every shard, index and the manifest
+        assert not list((tmp_path / "ray").glob(".*"))  # no spill or staging left
+    finally:
+        ray.shutdown()
+
+
+def test_killed_ray_worker_is_retried_and_output_identical(table, local, tokenizer_path, tmp_path):
+    ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        pids = ray.get([_pid.remote() for _ in range(4)])  # the pool's worker processes
+        killed: list[int] = []
+        out = tmp_path / "ray"
+
+        def kill_when_started():
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not killed:
+                if out.exists() and any(out.rglob("chunk-*")):  # spill jobs are running in the workers
+                    for pid in set(pids):
+                        try:
+                            os.kill(pid, signal.SIGKILL)
+                            killed.append(pid)
+                        except ProcessLookupError:
+                            pass
+                time.sleep(0.01)
+
+        t = threading.Thread(target=kill_when_started)
+        t.start()
+        _ray_export(table, out, tokenizer_path)
+        t.join()
+        assert killed, "no Ray worker process was killed"
+        assert _files(out) == _files(local)
+    finally:
+        ray.shutdown()
+
+
+def test_ray_export_to_s3_equals_local(table, local, tokenizer_path, s3_bucket):
+    from wdspq.storage import open_storage
+
+    ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        _ray_export(table, s3_bucket, tokenizer_path)
+    finally:
+        ray.shutdown()
+    st = open_storage(s3_bucket)
+    assert {n: st.read_bytes(n) for n in st.list()} == _files(local)
+
+
+def test_engine_errors(table, tokenizer_path, tmp_path, monkeypatch, capsys):
+    with pytest.raises(wdspq.WdspqError, match="engine must be"):
+        wdspq.export_shards(table, tmp_path / "x", SPEC, tokenizer=tokenizer_path, engine="slurm", progress=False)
+    import builtins
+
+    real = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__",
+                        lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name)) if name == "ray" else real(name, *a, **k))
+    from wdspq.cli import main as cli_main
+
+    assert cli_main(["export", str(table), str(tmp_path / "y"), "--engine", "ray", "--tokenizer", tokenizer_path,
+                     "--no-progress"]) == 2
+    assert "pip install 'wdspq[ray]'" in capsys.readouterr().err

@@ -1,0 +1,73 @@
+"""The Ray engine of the export: the same spill and assemble jobs as the local pool, run as Ray tasks.
+
+Ray schedules, retries a task whose worker process dies (`max_retries`), and moves the job state
+(the dataset handle, the storage, the encoding) through its object store once. The jobs are the
+local engine's own functions and each writes its output atomically under a name fixed by the job,
+so the shards, indexes and manifest are byte-identical to `engine="local"` however many workers or
+nodes run them, and a retried job simply rewrites the same bytes. Spill files are written where the
+spill folder is: on a cluster it must be a file system every node sees (docs/ray.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from ..errors import WdspqError
+from .pool import W, init_worker
+
+TASK_RETRIES = 3
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise WdspqError("--engine ray needs Ray: pip install 'wdspq[ray]' (or pip install ray)") from None
+    return ray
+
+
+def _call(state_key: str, state: dict[str, Any], fn: Callable[[Any], Any], job: Any) -> Any:
+    """Runs in a Ray worker: install the job state once per worker process, then run the job."""
+    if W.get("_state_key") != state_key:
+        init_worker({**state, "parent": None, "_state_key": state_key})
+    return fn(job)
+
+
+class RayWorkers:
+    """`Workers`' interface over Ray tasks: results as they finish, at most `2 x cluster CPUs` in flight."""
+
+    def __init__(self, state: dict[str, Any], address: str | None = None) -> None:
+        ray = self.ray = _ray()
+        if not ray.is_initialized():
+            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False,
+                     include_dashboard=False, configure_logging=False)
+        self.inflight = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+        self._state = ray.put(state)
+        import uuid
+
+        self._key = uuid.uuid4().hex
+        self._remote = ray.remote(num_cpus=1, max_retries=TASK_RETRIES, retry_exceptions=False)(_call)
+
+    def run(self, fn: Callable[[Any], Any], jobs: Iterable[Any]) -> Iterator[Any]:
+        ray = self.ray
+        it = iter(jobs)
+        running: list[Any] = []
+        for job in it:
+            running.append(self._remote.remote(self._key, self._state, fn, job))
+            if len(running) >= self.inflight:
+                break
+        while running:
+            done, running = ray.wait(running, num_returns=1)
+            for ref in done:
+                try:
+                    yield ray.get(ref)
+                except ray.exceptions.RayTaskError as e:  # the job itself failed: its own error, one line
+                    cause = e.as_instanceof_cause()
+                    raise (cause if isinstance(cause, WdspqError) else WdspqError(str(cause))) from None
+                nxt = next(it, None)
+                if nxt is not None:
+                    running.append(self._remote.remote(self._key, self._state, fn, nxt))
+
+    def close(self) -> None:
+        self._state = None
