@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from .errors import WdspqError
 from .shardfmt import Manifest, SampleCodec, key_of, load_manifest, read_run
+from .shardfmt.layout import member_end
 
 _MAX_PER_SHARD = 20  # problems listed per shard before the rest are summarised
 
@@ -164,7 +165,7 @@ def _check_shard(
                     if ext not in codec.member_names:
                         add(f"sample {pos} (key {k!r}): unexpected member {ti.name!r} (expected {codec.member_names})")
                     sample[ext] = tar.extractfile(ti).read()  # type: ignore[union-attr]
-                    end = ti.offset_data + -(-ti.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+                    end = member_end(ti.offset_data, ti.size)
                 finish()
                 if pos == len(offsets) - 1 and end != offsets[-1]:
                     add(f"the last sample ends at byte {end}, the index's end offset is {offsets[-1]}")

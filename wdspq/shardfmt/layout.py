@@ -36,6 +36,11 @@ def sample_tar(key: str, members: Sequence[tuple[str, bytes]]) -> bytes:
     return b"".join(parts)
 
 
+def member_end(data_offset: int, size: int) -> int:
+    """Where a member whose payload starts at `data_offset` ends: its payload padded to 512 bytes."""
+    return data_offset + size + (-size % TAR_BLOCK)
+
+
 def end_of_archive(size: int) -> bytes:
     """What closes a tar of `size` bytes: two zero blocks, then zeros up to a multiple of RECORD_SIZE."""
     end = size + 2 * TAR_BLOCK
