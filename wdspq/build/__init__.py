@@ -2,6 +2,7 @@
 
 from .hdf5 import Hdf5Layout, build_from_hdf5, ns_to_seconds
 from .seed import build_from_seed
+from .sim import build_sim
 from .synthetic import build_synthetic
 
-__all__ = ["Hdf5Layout", "build_from_hdf5", "build_from_seed", "build_synthetic", "ns_to_seconds"]
+__all__ = ["Hdf5Layout", "build_from_hdf5", "build_from_seed", "build_sim", "build_synthetic", "ns_to_seconds"]
