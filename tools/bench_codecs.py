@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Shard encodings compared on realistic camera frames: bytes/sample, encode and decode cost, error.
 
-Frames are rendered headless with MuJoCo (`pip install -e '.[sim]'`, `MUJOCO_GL=egl`): a textured
-table, a two-link arm swinging through the view and falling objects, lit, no shadows, at 96x96 and
-224x224. Each sample holds 3 consecutive frames (like frame offsets [-2,-1,0] at 20 Hz) plus the
+Frames are rendered headless with MuJoCo (`pip install -e '.[sim]'`, `MUJOCO_GL=egl`): the front
+camera of `wdspq build sim`'s scene (a textured table, a two-link arm, falling objects, lit, no
+shadows) at 96x96 and 224x224. Each sample holds 3 consecutive frames (like frame offsets [-2,-1,0] at 20 Hz) plus the
 numeric keys of a 1 s window (100 x 7 actions, 100 x 14 observations, masks, tokens), encoded and
 decoded with wdspq's own `SampleCodec`, one thread, as the exporter and the DataLoader workers do.
 Without MuJoCo it says so and uses frames of the synthetic builder (flat: far too optimistic).
@@ -26,44 +26,20 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 from wdspq.shardfmt import Encoding, SampleCodec, key_of, sample_tar  # noqa: E402
 
-SCENE = """<mujoco><visual><quality shadowsize="0"/></visual>
-<asset><texture name="grid" type="2d" builtin="checker" rgb1=".55 .42 .3" rgb2=".35 .25 .18" width="256" height="256"/>
-<material name="wood" texture="grid" texrepeat="6 6" reflectance=".15"/>
-<texture name="sky" type="skybox" builtin="gradient" rgb1=".5 .6 .75" rgb2=".05 .05 .1" width="64" height="64"/></asset>
-<worldbody><light pos="0 -0.5 2.5" dir="0 .2 -1" diffuse=".9 .9 .85"/><light pos="1 1 2" dir="-.5 -.5 -1" diffuse=".3 .3 .4"/>
-<geom type="plane" size="2 2 .1" material="wood"/>
-<body pos="0 .25 .05"><joint name="j0" type="hinge" axis="0 0 1" damping=".2"/>
- <geom type="capsule" fromto="0 0 0 .35 0 .25" size=".035" rgba=".85 .85 .9 1"/>
- <body pos=".35 0 .25"><joint name="j1" type="hinge" axis="0 1 0" damping=".2"/>
-  <geom type="capsule" fromto="0 0 0 .25 0 -.15" size=".03" rgba=".3 .35 .4 1"/>
-  <geom type="box" pos=".27 0 -.17" size=".03 .05 .02" rgba=".9 .5 .1 1"/></body></body>
-<body pos=".1 -.1 .3"><freejoint/><geom type="box" size=".06 .06 .06" rgba=".8 .15 .15 1"/></body>
-<body pos="-.25 .05 .5"><freejoint/><geom type="sphere" size=".07" rgba=".15 .7 .25 1"/></body>
-<body pos=".3 -.2 .7"><freejoint/><geom type="cylinder" size=".05 .08" rgba=".15 .3 .85 1"/></body>
-<body pos="-.1 -.3 .9"><freejoint/><geom type="ellipsoid" size=".08 .05 .04" rgba=".9 .85 .2 1"/></body>
-<camera name="front" pos="0 -1.1 .75" xyaxes="1 0 0 0 .55 .83"/></worldbody>
-<actuator><motor joint="j0" gear="3"/><motor joint="j1" gear="3"/></actuator></mujoco>"""
-
 
 def mujoco_frames(n: int, size: int) -> np.ndarray | None:
-    """n consecutive rendered frames (n, 3, size, size) uint8 at 20 Hz, or None without MuJoCo."""
+    """n consecutive front-camera frames (n, 3, size, size) uint8 of `wdspq build sim`'s scene, or None."""
     try:
-        import mujoco
+        import mujoco  # noqa: F401
     except ImportError:
         return None
-    m = mujoco.MjModel.from_xml_string(SCENE)
-    d = mujoco.MjData(m)
-    r = mujoco.Renderer(m, size, size)
-    out = np.empty((n, 3, size, size), np.uint8)
-    steps = int(round(0.05 / m.opt.timestep))
-    for i in range(n):
-        t = i * 0.05
-        d.ctrl[:] = [np.sin(1.3 * t), np.cos(0.9 * t)]
-        for _ in range(steps):
-            mujoco.mj_step(m, d)
-        r.update_scene(d, "front")
-        out[i] = r.render().transpose(2, 0, 1)
-    return out
+    from wdspq.build.sim import SimConfig, sim_episode
+    from wdspq.media import decode_video
+
+    cfg = SimConfig(seconds=n / 20.0 + 0.1, video_size=size)
+    clip, _ = sim_episode(0, cfg).cameras["front"]
+    frames, _ = decode_video(clip)
+    return np.ascontiguousarray(frames[:n])
 
 
 def synthetic_frames(n: int, size: int) -> np.ndarray:
