@@ -119,3 +119,24 @@ def test_engine_errors(table, tokenizer_path, tmp_path, monkeypatch, capsys):
     assert cli_main(["export", str(table), str(tmp_path / "y"), "--engine", "ray", "--tokenizer", tokenizer_path,
                      "--no-progress"]) == 2
     assert "pip install 'wdspq[ray]'" in capsys.readouterr().err
+
+
+def test_table_on_s3_exports_like_the_local_table(table, local, tokenizer_path, s3_bucket, tmp_path):
+    """The table read from s3:// through the storage layer, by the local engine and by Ray tasks."""
+    from wdspq.storage import open_storage
+
+    open_storage(s3_bucket).put_bytes("tables/t.parquet", table.read_bytes())
+    remote = f"{s3_bucket}/tables/t.parquet"
+    assert wdspq.schema.read_meta(remote).num_episodes == 24
+    wdspq.export_shards(remote, tmp_path / "from-s3", SPEC, tokenizer=tokenizer_path, samples_per_shard=SPP,
+                        workers=2, progress=False)
+    assert _files(tmp_path / "from-s3") == _files(local)
+    ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        _ray_export(remote, tmp_path / "ray-from-s3", tokenizer_path)
+    finally:
+        ray.shutdown()
+    assert _files(tmp_path / "ray-from-s3") == _files(local)
+    with pytest.raises(wdspq.WdspqError, match="no-such.parquet"):
+        wdspq.schema.read_meta(f"{s3_bucket}/tables/no-such.parquet")

@@ -211,7 +211,7 @@ def run_verify(args: argparse.Namespace) -> int:
     from .shardfmt import load_manifest
     from .verify import verify_shards
 
-    if args.table is not None and not os.path.isfile(args.table):
+    if args.table is not None and not args.table.startswith("s3://") and not os.path.isfile(args.table):
         raise WdspqError(f"{args.table}: table file does not exist")
     if not args.shards.startswith("s3://") and not os.path.exists(args.shards):
         raise WdspqError(f"{args.shards}: no such export folder or manifest")

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import SchemaError
+from .errors import SchemaError, WdspqError
 from .windows import SampleLayout
 
 FORMAT_VERSION = 2
@@ -240,13 +240,18 @@ def _from_v1(d: Mapping[str, Any], where: str) -> TableMeta:
 
 def read_meta(path: str | os.PathLike) -> TableMeta:
     """Read the wdspq metadata of a table file without reading its data (v1 tables are read as v2)."""
-    path = Path(path)
-    if path.is_dir():
-        raise SchemaError(f"{path}: is a folder, expected a table file (.parquet)")
-    if not path.exists():
-        raise SchemaError(f"{path}: table file does not exist")
+    from .table_file import is_remote, open_table
+
+    if not is_remote(path):
+        path = Path(path)
+        if path.is_dir():
+            raise SchemaError(f"{path}: is a folder, expected a table file (.parquet)")
+        if not path.exists():
+            raise SchemaError(f"{path}: table file does not exist")
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(open_table(path))
+    except WdspqError as e:
+        raise SchemaError(f"{path}: cannot read the table: {e}") from None
     except (pa.ArrowInvalid, OSError) as e:
         raise SchemaError(f"{path}: not a readable Parquet file: {e}") from None
     raw = (pf.schema_arrow.metadata or {}).get(META_KEY)

@@ -17,6 +17,7 @@ import torch
 from .errors import SchemaError
 from .media import decode_image, decode_video
 from .schema import TableMeta, read_meta
+from .table_file import open_table
 from .text import load_tokenizer, tokenize, tokenizer_identity
 from .windows import CameraClip, EpisodeArrays, WindowIndex, WindowSpec, cut_window, sample_schema
 
@@ -81,7 +82,7 @@ class ParquetWindowDataset(torch.utils.data.Dataset):
         self.spec = spec if isinstance(spec, WindowSpec) else WindowSpec.from_dict(spec)
         self.meta: TableMeta = read_meta(self.path)
         self.rspec = self.spec.resolve(self.meta.layout())
-        pf = pq.ParquetFile(self.path)
+        pf = pq.ParquetFile(open_table(self.path))
         cols = pf.read(columns=["episode_id", "text", self.meta.actions.ts_column])
         self.episode_ids: list[str] = cols.column("episode_id").to_pylist()
         texts = cols.column("text").to_pylist()
@@ -111,7 +112,7 @@ class ParquetWindowDataset(torch.utils.data.Dataset):
         if loc is None or loc["pid"] != os.getpid():
             loc = self._local = {
                 "pid": os.getpid(),
-                "pf": pq.ParquetFile(self.path),
+                "pf": pq.ParquetFile(open_table(self.path)),
                 "episodes": _LRU(self.cache_bytes),
                 "row_group": (None, None),
             }

@@ -126,9 +126,11 @@ def export_shards(
     enc = _encoding(encoding)
     table = os.fspath(table)
     out = os.fspath(out)
-    if os.path.isdir(table):
+    if table.startswith("s3://"):
+        pass  # read through the storage layer (read_meta below names a missing object)
+    elif os.path.isdir(table):
         raise WdspqError(f"{table}: is a folder; expected a table file (.parquet) made by `wdspq build`")
-    if not os.path.isfile(table):
+    elif not os.path.isfile(table):
         raise WdspqError(f"{table}: table file does not exist")
     if not out.startswith("s3://") and os.path.isfile(out):
         raise WdspqError(f"{out}: the output must be a folder (or s3://bucket/prefix), but it is a file")

@@ -46,11 +46,10 @@ def config_digest(config: dict[str, Any]) -> str:
 
 def table_fingerprint(path: str) -> dict[str, Any]:
     """Cheap identity of the table file: size and a hash of its tail (the footer holds row-group stats)."""
-    st = os.stat(path)
-    with open(path, "rb") as f:
-        f.seek(max(0, st.st_size - 65536))
-        tail = f.read()
-    return {"bytes": st.st_size, "tail_sha256": hashlib.sha256(tail).hexdigest()}
+    from ..table_file import table_size_and_tail
+
+    size, tail = table_size_and_tail(path)
+    return {"bytes": size, "tail_sha256": hashlib.sha256(tail).hexdigest()}
 
 
 def default_spill_dir(out: str, digest: str) -> Path:

@@ -64,9 +64,11 @@ def table_stats(path: str, meta: Any) -> dict[str, RunningStats]:
     """
     import pyarrow.parquet as pq
 
+    from ..table_file import open_table
+
     streams = [meta.actions, *meta.signals]
     out = {s.name: RunningStats.empty(s.width) for s in streams}
-    with pq.ParquetFile(path) as pf:
+    with pq.ParquetFile(open_table(path)) as pf:
         for g in range(pf.num_row_groups):
             t = pf.read_row_group(g, columns=[s.column for s in streams])
             for s in streams:
