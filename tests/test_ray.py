@@ -140,3 +140,50 @@ def test_table_on_s3_exports_like_the_local_table(table, local, tokenizer_path, 
     assert _files(tmp_path / "ray-from-s3") == _files(local)
     with pytest.raises(wdspq.WdspqError, match="no-such.parquet"):
         wdspq.schema.read_meta(f"{s3_bucket}/tables/no-such.parquet")
+
+
+DRIVER = """
+import sys, time, ray, wdspq
+from wdspq.storage import LocalStorage
+real = LocalStorage.commit
+def slow_commit(self, staging, name):  # widen the window in which the kill lands
+    time.sleep(0.3)
+    real(self, staging, name)
+LocalStorage.commit = slow_commit
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+spec = wdspq.WindowSpec.from_dict({spec!r})
+wdspq.export_shards(sys.argv[1], sys.argv[2], spec, tokenizer=sys.argv[3], samples_per_shard={spp}, engine="ray",
+                    progress=False)
+"""
+
+
+def test_killed_ray_driver_leaves_no_manifest_and_a_rerun_completes(table, local, tokenizer_path, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER.format(spec=SPEC.to_dict(), spp=SPP))
+    proc = subprocess.Popen([sys.executable, str(script), str(table), str(out), tokenizer_path],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("shard-*.tar")):
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "no shard was committed in time"
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+        proc.wait()
+        proc.stderr.close()
+    assert not (out / "manifest.json").exists()
+    for p in out.glob("shard-*.tar"):  # what is under a final name is complete
+        assert (out / p.name.replace(".tar", ".idx.npy")).exists()
+    ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        _ray_export(table, out, tokenizer_path)
+    finally:
+        ray.shutdown()
+    assert _files(out) == _files(local)
