@@ -187,8 +187,8 @@ def add_verify(sub: Any) -> None:
         help="check shards against their manifest (and the table)",
         description=_cli._desc(
             "Check every shard of an export: size and sha256 against the manifest, that the tar parses and "
-            "holds the manifest's sample count, that each sample decodes, and that the manifest's byte "
-            "offsets point at the samples. With --table, also check that the shard samples equal the "
+            "holds the manifest's sample count, that each sample decodes, that every index sidecar matches "
+            "its sha256 and its offsets point at the samples. With --table, also check that the shard samples equal the "
             "map-style samples of the table (all windows, or a random --sample N), naming window_index and "
             "key of every mismatch.\n\n"
             "Prints one line per problem and a summary line. Exit code 0: pass; 1: verification failed; "

@@ -32,6 +32,13 @@ def _plt() -> Any:
     return plt
 
 
+def _save(plt: Any, fig: Any, path: str | os.PathLike) -> str:
+    fig.tight_layout()
+    fig.savefig(path, **_SAVE)
+    plt.close(fig)
+    return str(path)
+
+
 @dataclass
 class WindowContext:
     """What a sample alone does not say: the table's streams, the spec and its row counts, the task text."""
@@ -144,10 +151,7 @@ def show_window(sample: dict[str, Any], path: str | os.PathLike, ctx: WindowCont
     fig.axes[-1].set_xlabel("time relative to t0 (s)", fontsize=7)
     fig.suptitle(f"window {int(s['window_index'])}, episode {int(s['episode_index'])}, anchor "
                  f"{int(s['anchor_index'])}, t0 {t0:.3f} s\n{ctx.text!r}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, **_SAVE)
-    plt.close(fig)
-    return str(path)
+    return _save(plt, fig, path)
 
 
 def show_episode(ds: Any, episode: int, path: str | os.PathLike, thumbs: int = 16) -> str:
@@ -190,10 +194,7 @@ def show_episode(ds: Any, episode: int, path: str | os.PathLike, thumbs: int = 1
     axes[-1].set_xlabel("time since the episode's first action (s)", fontsize=7)
     fig.suptitle(f"episode {episode} ({ds.episode_ids[episode]!r}): {count} windows "
                  f"({first}..{first + count - 1}), A={ds.rspec.A} rows, stride {ds.index.stride}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, **_SAVE)
-    plt.close(fig)
-    return str(path)
+    return _save(plt, fig, path)
 
 
 def show_stats(stats: dict[str, Any], path: str | os.PathLike, meta: TableMeta | None = None) -> str:
@@ -213,10 +214,7 @@ def show_stats(stats: dict[str, Any], path: str | os.PathLike, meta: TableMeta |
         ax.set_title(f"{name}: {st['count']:,} rows", fontsize=8, loc="left")
         ax.legend(fontsize=6, loc="upper right")
         ax.tick_params(labelsize=6)
-    fig.tight_layout()
-    fig.savefig(path, **_SAVE)
-    plt.close(fig)
-    return str(path)
+    return _save(plt, fig, path)
 
 
 def _decode_text(tok: Any, sample: dict[str, Any]) -> str:
