@@ -65,4 +65,7 @@ def test_bench_smoke_writes_every_figure(tmp_path: Path) -> None:
     for k in RATIOS:
         assert _number(d["ratios"][k]), k
     assert len(d["targets"]) >= 4
-    assert all(t["pass"] in (True, False) for t in d["targets"])
+    for t in d["targets"]:  # the sim rows are n/a only where MuJoCo cannot render
+        assert t["pass"] in (True, False) or (t["name"].startswith("sim:") and d["sim"] is None), t
+    if d["sim"] is not None:
+        assert d["sim"]["default_bytes"] < d["sim"]["raw_bytes"] and _number(med["sim_loader_w2"]["samples_per_s"])

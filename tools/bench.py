@@ -64,6 +64,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MUJOCO_GL", "egl")  # read when mujoco is first imported: headless rendering
 
 OFFSETS = [-2, -1, 0]
 MIB = 2**20
@@ -75,6 +76,8 @@ TARGETS = {
     "rss_4x_vs_1x": 0.10,  # |RSS 4x / RSS 1x - 1| <= 10 %
     "default_vs_raw_bytes": 1 / 15,  # default encoding's bytes/sample <= 1/15 of raw
     "stream_vs_cat": 0.5,  # ShardStream (raw) MB/s >= 50 % of a warm `cat` of the same files
+    "sim_default_vs_raw_bytes": 0.2,  # sim table (MuJoCo frames): default bytes/sample <= 1/5 of raw
+    "sim_loader_w2_vs_w0": 1.5,  # sim table, default encoding: StreamLoader(num_workers=2) >= 1.5x num_workers=0
 }
 
 
@@ -227,6 +230,38 @@ def m_export(p: dict[str, Any]) -> dict[str, Any]:
             "samples_per_s": m["num_windows"] / dt, "mb_per_s": nbytes / MB / dt,
             "default_seconds": dt_default, "default_bytes": dbytes, "default_encoding": md["encoding"]["describe"],
             "default_samples_per_s": md["num_windows"] / dt_default}
+
+
+def m_sim_export(p: dict[str, Any]) -> dict[str, Any]:
+    """Render the sim table (wdspq build sim: 2 cameras, MuJoCo) and export it raw and with the default encoding."""
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    from wdspq.build import build_sim
+    from wdspq.export import export_shards
+    from wdspq.shardfmt import DEFAULT_ENCODING, RAW
+
+    folder = Path(p["folder"])
+    table = folder / "sim.parquet"
+    t = time.perf_counter()
+    if not table.exists():
+        build_sim(table, episodes=p["episodes"], seconds=p["seconds"], video_size=p["video_size"], progress=False)
+    build_s = time.perf_counter() - t
+    out = {"build_s": build_s}
+    spec = _sim_spec(p["stride"])
+    for name, enc in (("raw", RAW), ("default", DEFAULT_ENCODING)):
+        t = time.perf_counter()
+        m = export_shards(table, folder / f"shards-{name}", spec, tokenizer=_tokenizer(), samples_per_shard=200,
+                          progress=False, encoding=enc)
+        out[f"{name}_seconds"] = time.perf_counter() - t
+        out[f"{name}_bytes"] = sum(int(s["bytes"]) for s in m["shards"])
+        out["windows"] = int(m["num_windows"])
+    out["samples_per_s"] = out["windows"] / out["default_seconds"]
+    return out
+
+
+def _sim_spec(stride: int) -> Any:
+    from wdspq.windows import WindowSpec
+
+    return WindowSpec(acts_length_sec=1.0, obs_length_sec=1.0, video_frame_offsets=OFFSETS, stride=stride)
 
 
 def m_cat(p: dict[str, Any]) -> dict[str, Any]:
@@ -386,6 +421,7 @@ MEASURES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "state": m_state,
     "resume": m_resume,
     "cat": m_cat,
+    "sim_export": m_sim_export,
 }
 
 
@@ -464,6 +500,31 @@ def prepare_data(work: Path, cfg: DataConfig, scale: int, fresh: bool, spawn: bo
     record.write_text(json.dumps(rec, indent=1))
     rec["reused"] = False
     return table, shards, rec
+
+
+def prepare_sim(work: Path, args: argparse.Namespace) -> dict[str, Any] | None:
+    """The sim table and its two exports (raw, default), or None without MuJoCo (the sim rows read n/a)."""
+    import importlib.util
+
+    if importlib.util.find_spec("mujoco") is None:
+        print("sim table skipped: MuJoCo is not installed (pip install -e '.[sim]')", flush=True)
+        return None
+    params = {"episodes": 2 if args.smoke else 16, "seconds": 1.5 if args.smoke else 5.0,
+              "video_size": 32 if args.smoke else 96, "stride": 1}  # actions at 20 Hz: every anchor
+    folder = work / ("sim-" + hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10])
+    record = folder / "export.json"
+    if record.exists():
+        rec = json.loads(record.read_text())
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        print(f"rendering and exporting {folder} ...", flush=True)
+        try:
+            rec = run_child("sim_export", {**params, "folder": str(folder)}, args.spawn)
+        except RuntimeError as e:  # e.g. no OpenGL here: the rest of the bench still runs
+            print(f"sim table skipped: {str(e).splitlines()[-1]}", flush=True)
+            return None
+        record.write_text(json.dumps(rec, indent=1))
+    return {"rec": rec, "default": folder / "shards-default", "raw": folder / "shards-raw"}
 
 
 def make_4x(shards: Path) -> Path:
@@ -567,6 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     table, shards, export_rec = prepare_data(work, cfg, args.scale, args.fresh, args.spawn)
     shards4 = make_4x(shards)
+    sim = prepare_sim(work, args)
     manifest = json.loads((shards / "manifest.json").read_text())
     n_windows, shard_bytes = int(manifest["num_windows"]), _shard_bytes(str(shards))
     bs = args.batch_size
@@ -593,6 +655,10 @@ def main(argv: list[str] | None = None) -> int:
         "stream_default": ("stream", {**base, "shards": str(shards.parent / "shards-default")}),
         "loader_w2_default": ("loader", {**base, "shards": str(shards.parent / "shards-default"), "num_workers": 2}),
     }
+    if sim is not None:
+        sim_base = {**base, "shards": str(sim["default"])}
+        plan["sim_loader_w0"] = ("loader", {**sim_base, "num_workers": 0})
+        plan["sim_loader_w2"] = ("loader", {**sim_base, "num_workers": 2})
     once: dict[str, tuple[str, dict[str, Any]]] = {  # RSS only: one round
         "stream_4x": ("stream", {**base, "shards": str(shards4)}),
         "loader_w2_4x": ("loader", {**base, "shards": str(shards4), "num_workers": 2}),
@@ -639,6 +705,9 @@ def main(argv: list[str] | None = None) -> int:
         "stream_vs_cat_mb": ratio(med["stream"]["mb_per_s"], med["cat"]["mb_per_s"]),
         "stream_default_vs_raw": ratio(med["stream_default"]["samples_per_s"], med["stream"]["samples_per_s"]),
         "loader_w2_default_vs_raw": ratio(med["loader_w2_default"]["samples_per_s"], med["loader_w2"]["samples_per_s"]),
+        "sim_default_vs_raw_bytes": ratio(sim["rec"]["default_bytes"], sim["rec"]["raw_bytes"]) if sim else None,
+        "sim_loader_w2_vs_w0": ratio(med["sim_loader_w2"]["samples_per_s"], med["sim_loader_w0"]["samples_per_s"])
+        if sim else None,
     }
 
     def check(name: str, value: float | None, op: str, bound: float) -> dict[str, Any]:
@@ -663,6 +732,10 @@ def main(argv: list[str] | None = None) -> int:
               TARGETS["rss_4x_vs_1x"]),
         check("default encoding bytes/sample / raw", ratios["default_vs_raw_bytes"], "<=", TARGETS["default_vs_raw_bytes"]),
         check("ShardStream (raw) MB/s / warm cat MB/s", ratios["stream_vs_cat_mb"], ">=", TARGETS["stream_vs_cat"]),
+        check("sim: default encoding bytes/sample / raw", ratios["sim_default_vs_raw_bytes"], "<=",
+              TARGETS["sim_default_vs_raw_bytes"]),
+        check("sim: StreamLoader w2 / w0 (default encoding)", ratios["sim_loader_w2_vs_w0"], ">=",
+              TARGETS["sim_loader_w2_vs_w0"]),
     ]
     import numpy as np
 
@@ -679,6 +752,7 @@ def main(argv: list[str] | None = None) -> int:
                  "four_x_method": "1x shards hard-linked 4x under new names, manifest lists 4x shards/windows"},
         "machine": machine,
         "export": export_rec,
+        "sim": sim["rec"] if sim else None,
         "measurements": meas,
         "ratios": ratios,
         "targets": targets,
@@ -742,6 +816,12 @@ def print_report(d: dict[str, Any]) -> None:
     row(f"ShardStream, default encoding ({ex['default_bytes'] / max(dd['windows'], 1):,.0f} B/sample)",
         med["stream_default"])
     row("StreamLoader num_workers=2, default encoding", med["loader_w2_default"])
+    if "sim_loader_w0" in med:
+        sr = d["sim"]
+        print(f"sim table (MuJoCo, 2 cameras 96px): {sr['windows']} windows; raw {sr['raw_bytes'] / sr['windows']:,.0f} "
+              f"B/sample, default {sr['default_bytes'] / sr['windows']:,.0f} B/sample")
+        row("sim: StreamLoader num_workers=0, default enc.", med["sim_loader_w0"])
+        row("sim: StreamLoader num_workers=2, default enc.", med["sim_loader_w2"])
     print()
     print(f"export: {ex['samples_per_s']:.0f} windows/s, {ex['mb_per_s']:.1f} MB/s written "
           f"(build {ex['build_s']:.1f} s, export {ex['seconds']:.1f} s){reused}; "
