@@ -12,11 +12,16 @@ from PIL import Image
 from .errors import MediaError
 
 
+def encode_image(rgb: np.ndarray, fmt: str = "PNG", **options: object) -> bytes:
+    """(H, W, 3) uint8 -> image bytes in Pillow format `fmt` with its save `options` (deterministic)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), mode="RGB").save(buf, format=fmt, **options)
+    return buf.getvalue()
+
+
 def encode_png(rgb: np.ndarray) -> bytes:
     """(H, W, 3) uint8 -> PNG bytes."""
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), mode="RGB").save(buf, format="PNG")
-    return buf.getvalue()
+    return encode_image(rgb, "PNG")
 
 
 def decode_image(data: bytes, where: str = "image") -> np.ndarray:

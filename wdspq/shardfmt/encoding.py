@@ -174,8 +174,7 @@ class SampleCodec:
             body = self._compressor().compress(body)
         members = [(self.record_member, body)]
         for k, j, name in self.frame_members:
-            chw = np.asarray(sample[k])[j] if j is not None else np.asarray(sample[k])
-            members.append((name, self._encode_image(chw)))
+            members.append((name, self._encode_image(_frame(sample, k, j))))
         return members
 
     def frame_error(self, sample: Mapping[str, Any], members: Sequence[tuple[str, bytes]]) -> int:
@@ -184,24 +183,22 @@ class SampleCodec:
             return 0
         worst = 0
         for (k, j, _), (_, data) in zip(self.frame_members, members[1:]):
-            chw = np.asarray(sample[k])[j] if j is not None else np.asarray(sample[k])
+            chw = _frame(sample, k, j)
             got = self._decode_image(data, chw.shape, "frame")
             worst = max(worst, int(np.abs(got.astype(np.int16) - chw.astype(np.int16)).max(initial=0)))
         return worst
 
     def _encode_image(self, chw: np.ndarray) -> bytes:
-        from PIL import Image
+        from ..media import encode_image
 
-        im = Image.fromarray(np.ascontiguousarray(np.asarray(chw, dtype=np.uint8).transpose(1, 2, 0)), "RGB")
-        buf = io.BytesIO()
+        hwc = np.asarray(chw, dtype=np.uint8).transpose(1, 2, 0)
         e = self.encoding
         if e.frames == "png":
-            im.save(buf, "PNG", compress_level=1)
-        elif e.frames == "webp":
-            im.save(buf, "WEBP", lossless=True, method=0, quality=0, exact=True)
-        else:
-            im.save(buf, "JPEG", quality=e.quality, subsampling=0 if e.subsampling == "444" else 2, optimize=False)
-        return buf.getvalue()
+            return encode_image(hwc, "PNG", compress_level=1)
+        if e.frames == "webp":
+            return encode_image(hwc, "WEBP", lossless=True, method=0, quality=0, exact=True)
+        return encode_image(hwc, "JPEG", quality=e.quality, subsampling=0 if e.subsampling == "444" else 2,
+                            optimize=False)
 
     # -- decoding -------------------------------------------------------------------------------------
     def _compressor(self) -> Any:
@@ -223,17 +220,16 @@ class SampleCodec:
             raise ShardError(f"{where}: not a zstd frame ({type(e).__name__}: {e})") from None
 
     def _decode_image(self, data: Any, shape: tuple[int, ...], where: str) -> np.ndarray:
-        from PIL import Image
+        from ..errors import MediaError
+        from ..media import decode_image
 
         try:
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()
-                hwc = np.asarray(im.convert("RGB") if im.mode != "RGB" else im)
-        except Exception as e:
-            raise ShardError(f"{where}: cannot decode the {self.encoding.frames} image: {type(e).__name__}: {e}") from None
-        if hwc.shape != (shape[1], shape[2], 3):
-            raise ShardError(f"{where}: image is {hwc.shape[1]}x{hwc.shape[0]}, the schema says {shape[2]}x{shape[1]}")
-        return hwc.transpose(2, 0, 1)
+            chw = decode_image(bytes(data), where=where)
+        except MediaError as e:
+            raise ShardError(str(e)) from None
+        if chw.shape != tuple(shape):
+            raise ShardError(f"{where}: image is {chw.shape[2]}x{chw.shape[1]}, the schema says {shape[2]}x{shape[1]}")
+        return chw
 
     def _rest_bytes(self, data: Any, where: str) -> memoryview:
         """The record member's payload -> the rest record's raw bytes, checked against the schema."""
@@ -302,6 +298,12 @@ class SampleCodec:
         buf = bytearray(mv) if copy or mv.readonly else mv
         rec = np.frombuffer(buf, dtype=self.dtype, count=1).reshape(())
         return {k: rec[k] for k in self.schema}
+
+
+def _frame(sample: Mapping[str, Any], key: str, j: int | None) -> np.ndarray:
+    """Frame `j` of camera `key` (CHW), or the image `key` itself when `j` is None."""
+    v = np.asarray(sample[key])
+    return v[j] if j is not None else v
 
 
 def decode_record(data: bytes | bytearray | memoryview, where: str = "member") -> np.ndarray:
