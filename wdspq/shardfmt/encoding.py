@@ -242,26 +242,6 @@ class SampleCodec:
             raise ShardError(f"{where}: record layout differs from the manifest's sample schema")
         return memoryview(rec.tobytes())
 
-    def single_member_header_check(self) -> Any:
-        """For one-member encodings: a function span -> payload view when the span is exactly one ustar
-        member named `*.<record member>` (checked cheaply), else None (then the full parser decides)."""
-        if self.coded:
-            return None
-        suffix = ("." + self.record_member).encode()
-
-        def check(buf: memoryview) -> memoryview | None:
-            if len(buf) < 1024 or buf[257:263] != b"ustar\x00" or buf[156] != 0x30:
-                return None
-            try:
-                size = int(buf[124:135].tobytes(), 8)
-            except ValueError:
-                return None
-            if 512 + size + (-size % 512) != len(buf) or not buf[:100].tobytes().rstrip(b"\x00").endswith(suffix):
-                return None
-            return buf[512 : 512 + size]
-
-        return check
-
     def record_from(self, payload: Any, where: str) -> memoryview:
         """The record member's payload -> the full record's bytes (one-member encodings)."""
         return self._rest_bytes(payload, where)

@@ -89,6 +89,20 @@ def parse_members(buf: memoryview, where: str, first: int = 0) -> tuple[str, dic
     return key, members
 
 
+def single_member(buf: memoryview, suffix: bytes) -> memoryview | None:
+    """The payload of a span that is exactly one regular ustar member named `*<suffix>`, checked with a
+    few byte comparisons (the common case); None otherwise, and `parse_members` decides."""
+    if len(buf) < 2 * TAR_BLOCK or buf[257:263] != b"ustar\x00" or buf[156] != 0x30:
+        return None
+    try:
+        size = int(buf[124:135].tobytes(), 8)
+    except ValueError:
+        return None
+    if TAR_BLOCK + size + (-size % TAR_BLOCK) != len(buf) or not buf[:100].tobytes().rstrip(b"\x00").endswith(suffix):
+        return None
+    return buf[TAR_BLOCK : TAR_BLOCK + size]
+
+
 def _readinto_full(raw: Any, mv: memoryview) -> int:
     """Fill `mv` from a raw stream (which may return short reads); the count read (less only at EOF)."""
     got = 0

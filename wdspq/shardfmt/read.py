@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import ShardError, WdspqError
 from .encoding import SampleCodec
-from .layout import parse_members, read_spans
+from .layout import parse_members, read_spans, single_member
 from .manifest import Manifest
 
 
@@ -34,10 +34,10 @@ def read_records(
         f = manifest.storage.open_read(name, begin, end)
     except WdspqError as e:
         raise ShardError(f"{url}: cannot open shard: {e}") from None
-    fast = codec.single_member_header_check()
+    suffix = None if codec.coded else ("." + codec.record_member).encode()  # one member per sample
     try:
         for i, buf in enumerate(read_spans(f, url, spans, start), start):
-            payload = fast(buf) if fast is not None else None
+            payload = single_member(buf, suffix) if suffix is not None else None
             if payload is not None:  # the common case: one member, as this codec writes it
                 yield codec.record_from(payload, f"{url}, sample {i}, member {codec.record_member!r}")
                 continue
