@@ -268,16 +268,13 @@ class TimeSeriesParquetDataset(ParquetWindowDataset):
             shuffle=shuffle,
             seed=seed,
             checkpoint_path=self.checkpoint_path,
-            identity={"spec": self.spec.digest(), "episodes": self.num_episodes},
+            identity=self._identity(),
         )
         return self._sampler
 
-    def _index_holder(self, path: str | None = None) -> CheckpointSampler:
-        """What saves the position: the sampler made by `sampler()`, else a holder of the batch counter only."""
-        if self._sampler is not None and path in (None, self.checkpoint_path):
-            return self._sampler
-        return CheckpointSampler(len(self), checkpoint_path=path or self.checkpoint_path,
-                                 identity={"spec": self.spec.digest(), "episodes": self.num_episodes})
+    def _identity(self) -> dict[str, Any]:
+        """What a checkpoint must match: the window spec and the episode count."""
+        return {"spec": self.spec.digest(), "episodes": self.num_episodes}
 
     def set_dataloader_index(self, idx: int) -> None:
         """The seed's batch counter: saved by `save_checkpoint()` and restored at construction."""
@@ -300,13 +297,14 @@ class TimeSeriesParquetDataset(ParquetWindowDataset):
             self._dataloader_index = int(dataloader_index)
         if _is_pickle(Path(path)):
             os.replace(path, path + ".seed.pkl")
-        if self._sampler is None and consumed is not None:
+        if self._sampler is not None:
+            self._sampler.dataloader_index = self._dataloader_index
+            state = self._sampler.state_dict(consumed)
+        elif consumed is not None:
             raise StateError("save_checkpoint(consumed=...): create the sampler first with ds.sampler(...)")
-        holder = self._index_holder(path)
-        holder.dataloader_index = self._dataloader_index
-        if holder is self._sampler:
-            return holder.save_checkpoint(consumed)
-        state = {**holder.state_dict(), "epoch": None, "index": None}  # no sampler position to save
+        else:  # no sampler position to save: the batch counter only
+            state = {"format": CHECKPOINT_FORMAT, "dataloader_index": self._dataloader_index, "epoch": None,
+                     "index": None, "identity": self._identity()}
         _atomic_write_json(Path(path), state)
         return Path(path)
 
