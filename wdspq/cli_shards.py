@@ -51,6 +51,44 @@ def _add_tokenizer(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_spec_args(p: argparse.ArgumentParser, title: str = "window spec") -> None:
+    """The window spec flags (export; show for a table): one definition so both cut the same windows."""
+    _allow_negative_lists(p)
+    g = p.add_argument_group(title)
+    g.add_argument("--acts-length-sec", type=_cli._positive_float, default=1.0, help="action window length (default 1)")
+    g.add_argument("--obs-length-sec", type=_cli._positive_float, default=None,
+                   help="observation window length (default: --acts-length-sec)")
+    g.add_argument("--obs-offset-sec", type=_float, default=0.0, help="observation start relative to the anchor (default 0)")
+    g.add_argument("--frame-offsets", type=_frame_offsets, default=[0], metavar="LIST",
+                   help="video frame offsets, comma-separated (default 0; e.g. -2,-1,0)")
+    g.add_argument("--stride", type=_cli._int_at_least(1), default=1, help="anchor step in action rows (default 1)")
+    g.add_argument("--full-windows-only", action="store_true", help="only anchors whose action window fits the episode")
+    g.add_argument("--obs-resample", choices=("none", "linear", "nearest"), default="none",
+                   help="observation rows by time (none) or resampled (default none)")
+    g.add_argument("--obs-rate-hz", type=_cli._positive_float, default=None,
+                   help="resampling rate (default: the action rate)")
+    g.add_argument("--max-text-tokens", type=_cli._int_at_least(1), default=32, help="token ids per sample (default 32)")
+
+
+def spec_from_args(args: argparse.Namespace) -> Any:
+    """The WindowSpec the spec flags describe."""
+    from .windows import WindowSpec
+
+    if args.obs_rate_hz is not None and args.obs_resample == "none":
+        raise WdspqError("--obs-rate-hz needs --obs-resample linear or nearest (without resampling rows keep their times)")
+    return WindowSpec(
+        acts_length_sec=args.acts_length_sec,
+        obs_length_sec=args.obs_length_sec if args.obs_length_sec is not None else args.acts_length_sec,
+        obs_offset_sec=args.obs_offset_sec,
+        video_frame_offsets=tuple(args.frame_offsets),
+        stride=args.stride,
+        full_windows_only=args.full_windows_only,
+        obs_resample=args.obs_resample,
+        obs_rate_hz=args.obs_rate_hz,
+        max_text_tokens=args.max_text_tokens,
+    )
+
+
 # ---------------------------------------------------------------------------------------------------
 # wdspq export
 
@@ -79,23 +117,9 @@ def add_export(sub: Any) -> None:
         ),
         formatter_class=_cli._formatter,
     )
-    _allow_negative_lists(p)
     p.add_argument("table", metavar="TABLE", help="the table file")
     p.add_argument("out", metavar="OUT", help="output folder or s3://bucket/prefix")
-    g = p.add_argument_group("window spec")
-    g.add_argument("--acts-length-sec", type=_cli._positive_float, default=1.0, help="action window length (default 1)")
-    g.add_argument("--obs-length-sec", type=_cli._positive_float, default=None,
-                   help="observation window length (default: --acts-length-sec)")
-    g.add_argument("--obs-offset-sec", type=_float, default=0.0, help="observation start relative to the anchor (default 0)")
-    g.add_argument("--frame-offsets", type=_frame_offsets, default=[0], metavar="LIST",
-                   help="video frame offsets, comma-separated (default 0; e.g. -2,-1,0)")
-    g.add_argument("--stride", type=_cli._int_at_least(1), default=1, help="anchor step in action rows (default 1)")
-    g.add_argument("--full-windows-only", action="store_true", help="only anchors whose action window fits the episode")
-    g.add_argument("--obs-resample", choices=("none", "linear", "nearest"), default="none",
-                   help="observation rows by time (none) or resampled (default none)")
-    g.add_argument("--obs-rate-hz", type=_cli._positive_float, default=None,
-                   help="resampling rate (default: the action rate)")
-    g.add_argument("--max-text-tokens", type=_cli._int_at_least(1), default=32, help="token ids per sample (default 32)")
+    add_spec_args(p)
     _add_tokenizer(p)
     p.add_argument("--samples-per-shard", type=_cli._int_at_least(1), default=1000, metavar="N",
                    help="samples per shard (default 1000)")
@@ -130,21 +154,8 @@ def add_export(sub: Any) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     from .export import export_shards, format_estimate
-    from .windows import WindowSpec
 
-    if args.obs_rate_hz is not None and args.obs_resample == "none":
-        raise WdspqError("--obs-rate-hz needs --obs-resample linear or nearest (without resampling rows keep their times)")
-    spec = WindowSpec(
-        acts_length_sec=args.acts_length_sec,
-        obs_length_sec=args.obs_length_sec if args.obs_length_sec is not None else args.acts_length_sec,
-        obs_offset_sec=args.obs_offset_sec,
-        video_frame_offsets=tuple(args.frame_offsets),
-        stride=args.stride,
-        full_windows_only=args.full_windows_only,
-        obs_resample=args.obs_resample,
-        obs_rate_hz=args.obs_rate_hz,
-        max_text_tokens=args.max_text_tokens,
-    )
+    spec = spec_from_args(args)
     encoding = Encoding(frames=args.frame_codec, compression=args.compression, level=args.zstd_level,
                         quality=args.jpeg_quality, subsampling=args.jpeg_subsampling)
     t = time.perf_counter()

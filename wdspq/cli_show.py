@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from . import cli as _cli
+from .cli_shards import add_spec_args, spec_from_args
 from .errors import WdspqError
 
 
@@ -33,11 +34,7 @@ def add_show(sub: Any) -> None:
     what.add_argument("--episode", type=_cli._int_at_least(0), metavar="E", help="draw episode E (table)")
     what.add_argument("--stats", action="store_true", help="draw the export's statistics (shards)")
     p.add_argument("-o", "--out", required=True, metavar="PNG", help="the picture to write")
-    g = p.add_argument_group("window spec (for a table; an export uses its own)")
-    g.add_argument("--acts-length-sec", type=_cli._positive_float, default=1.0, help="action window (default 1)")
-    g.add_argument("--obs-length-sec", type=_cli._positive_float, default=None, help="observation window (default: actions')")
-    g.add_argument("--frame-offsets", default="0", metavar="LIST", help="video frame offsets, e.g. -2,-1,0 (default 0)")
-    g.add_argument("--stride", type=_cli._int_at_least(1), default=1, help="anchor step (default 1)")
+    add_spec_args(p, "window spec (for a table, as given to export; an export uses its own)")
     p.add_argument("--tokenizer", metavar="NAME_OR_PATH", default=None, help="tokenizer for the task text (default: the export's, or the bundled one)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing PNG")
     p.set_defaults(func=run_show)
@@ -49,7 +46,6 @@ def _is_export(src: str) -> bool:
 
 def run_show(args: argparse.Namespace) -> int:
     from . import viz
-    from .windows import WindowSpec
 
     src, out = str(args.source), str(args.out)
     if os.path.exists(out) and not args.overwrite:
@@ -72,23 +68,13 @@ def run_show(args: argparse.Namespace) -> int:
             raise WdspqError(f"{src}: --episode needs the table (an export holds windows, not episodes)")
         from .table_dataset import ParquetWindowDataset
 
-        ds = ParquetWindowDataset(src, _spec(args, WindowSpec), tokenizer=args.tokenizer)
+        ds = ParquetWindowDataset(src, spec_from_args(args), tokenizer=args.tokenizer)
         viz.show_episode(ds, args.episode, out)
     elif _is_export(src):
         sample, ctx = viz.shards_window(src, args.window, args.tokenizer)
         viz.show_window(sample, out, ctx)
     else:
-        sample, ctx = viz.table_window(src, args.window, _spec(args, WindowSpec), args.tokenizer)
+        sample, ctx = viz.table_window(src, args.window, spec_from_args(args), args.tokenizer)
         viz.show_window(sample, out, ctx)
     print(f"wrote {out}")
     return 0
-
-
-def _spec(args: argparse.Namespace, WindowSpec: Any) -> Any:
-    try:
-        offsets = tuple(int(x) for x in str(args.frame_offsets).split(",") if x.strip())
-    except ValueError:
-        raise WdspqError(f"--frame-offsets {args.frame_offsets!r}: expected integers like -2,-1,0") from None
-    return WindowSpec(acts_length_sec=args.acts_length_sec,
-                      obs_length_sec=args.obs_length_sec if args.obs_length_sec is not None else args.acts_length_sec,
-                      video_frame_offsets=offsets or (0,), stride=args.stride)
