@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import signal
-import subprocess
 import sys
 import tarfile
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import webdataset as wds
+from killing import kill_after_first_shard
 
 from wdspq import ParquetWindowDataset, WdspqError, WindowSpec, export_shards
 from wdspq.cli import main as cli_main
@@ -233,20 +231,8 @@ def test_sigkill_midway_then_rerun_is_identical(small_table, tokenizer_path, bas
     out = tmp_path / "killed"
     script = tmp_path / "child.py"
     script.write_text(CHILD.format(spec=SPEC.to_dict(), spp=SPP))
-    proc = subprocess.Popen([sys.executable, str(script), small_table, str(out), tokenizer_path],
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while not list(out.glob("shard-*.tar")):
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline, "no shard was committed in time"
-            time.sleep(0.01)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # the export and its worker processes
-        proc.wait()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    rc = kill_after_first_shard([sys.executable, str(script), small_table, str(out), tokenizer_path], out)
+    assert rc == -signal.SIGKILL  # the export and its worker processes
     assert not (out / "manifest.json").exists()
     assert 1 <= _check_final_shards(out, len(ds)) < len(shard_paths(base))
     assert list(out.glob(f"{SPILL_PREFIX}*")), "the spill folder is kept for the re-run"

@@ -3,13 +3,16 @@ process is SIGKILLed mid-export, and to S3. Ray starts a local cluster inside th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from killing import kill_after_first_shard
 
 import wdspq
 from wdspq.build import build_synthetic
@@ -19,6 +22,17 @@ pytestmark = pytest.mark.slow  # each Ray start-up takes seconds
 
 SPEC = wdspq.WindowSpec(acts_length_sec=0.3, obs_length_sec=0.3, video_frame_offsets=[-1, 0], stride=3)
 SPP = 25
+
+
+@contextlib.contextmanager
+def ray_cluster(cpus: int = 2) -> Iterator[None]:
+    """A fresh local Ray cluster of `cpus` CPUs for the block (whatever ran before is shut down)."""
+    ray.shutdown()
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -53,20 +67,14 @@ def _ray_export(table, out, tokenizer_path, **kw):
 
 @pytest.mark.parametrize("cpus", [1, 2])
 def test_ray_export_is_byte_identical_to_local(cpus, table, local, tokenizer_path, tmp_path):
-    ray.shutdown()
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
-    try:
+    with ray_cluster(cpus):
         _ray_export(table, tmp_path / "ray", tokenizer_path)
         assert _files(tmp_path / "ray") == _files(local)  # every shard, index and the manifest
         assert not list((tmp_path / "ray").glob(".*"))  # no spill or staging left
-    finally:
-        ray.shutdown()
 
 
 def test_killed_ray_worker_is_retried_and_output_identical(table, local, tokenizer_path, tmp_path):
-    ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
+    with ray_cluster(2):
         pids = ray.get([_pid.remote() for _ in range(4)])  # the pool's worker processes
         killed: list[int] = []
         out = tmp_path / "ray"
@@ -89,19 +97,13 @@ def test_killed_ray_worker_is_retried_and_output_identical(table, local, tokeniz
         t.join()
         assert killed, "no Ray worker process was killed"
         assert _files(out) == _files(local)
-    finally:
-        ray.shutdown()
 
 
 def test_ray_export_to_s3_equals_local(table, local, tokenizer_path, s3_bucket):
     from wdspq.storage import open_storage
 
-    ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
+    with ray_cluster(2):
         _ray_export(table, s3_bucket, tokenizer_path)
-    finally:
-        ray.shutdown()
     st = open_storage(s3_bucket)
     assert {n: st.read_bytes(n) for n in st.list()} == _files(local)
 
@@ -131,12 +133,8 @@ def test_table_on_s3_exports_like_the_local_table(table, local, tokenizer_path, 
     wdspq.export_shards(remote, tmp_path / "from-s3", SPEC, tokenizer=tokenizer_path, samples_per_shard=SPP,
                         workers=2, progress=False)
     assert _files(tmp_path / "from-s3") == _files(local)
-    ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
+    with ray_cluster(2):
         _ray_export(remote, tmp_path / "ray-from-s3", tokenizer_path)
-    finally:
-        ray.shutdown()
     assert _files(tmp_path / "ray-from-s3") == _files(local)
     with pytest.raises(wdspq.WdspqError, match="no-such.parquet"):
         wdspq.schema.read_meta(f"{s3_bucket}/tables/no-such.parquet")
@@ -158,32 +156,16 @@ wdspq.export_shards(sys.argv[1], sys.argv[2], spec, tokenizer=sys.argv[3], sampl
 
 
 def test_killed_ray_driver_leaves_no_manifest_and_a_rerun_completes(table, local, tokenizer_path, tmp_path):
-    import subprocess
     import sys
 
     out = tmp_path / "out"
     script = tmp_path / "driver.py"
     script.write_text(DRIVER.format(spec=SPEC.to_dict(), spp=SPP))
-    proc = subprocess.Popen([sys.executable, str(script), str(table), str(out), tokenizer_path],
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while not list(out.glob("shard-*.tar")):
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline, "no shard was committed in time"
-            time.sleep(0.02)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
-        proc.wait()
-        proc.stderr.close()
+    rc = kill_after_first_shard([sys.executable, str(script), str(table), str(out), tokenizer_path], out)
+    assert rc == -signal.SIGKILL  # the driver and the Ray processes it started
     assert not (out / "manifest.json").exists()
     for p in out.glob("shard-*.tar"):  # what is under a final name is complete
         assert (out / p.name.replace(".tar", ".idx.npy")).exists()
-    ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
+    with ray_cluster(2):
         _ray_export(table, out, tokenizer_path)
-    finally:
-        ray.shutdown()
     assert _files(out) == _files(local)
