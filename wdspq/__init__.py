@@ -35,6 +35,17 @@ _LAZY = {
     "ShardStream": "stream",
     "StreamLoader": "stream",
     "ParquetWindowDataset": "table_dataset",
+    # writing your own importer (README "Writing your own importer")
+    "TableWriter": "schema",
+    "Episode": "schema",
+    "actions_stream": "schema",
+    "signal_stream": "schema",
+    "camera_stream": "schema",
+    "image_stream": "schema",
+    "encode_clip": "media",
+    "encode_png": "media",
+    "build_from_lerobot": "build",
+    "build_from_robomimic": "build",
 }
 _SUBMODULES = ("build", "cursor", "export", "media", "normalize", "schema", "shardfmt", "storage", "stream",
                "table_dataset", "text", "validate", "viz", "windows")

@@ -1,4 +1,4 @@
-"""The `wdspq` command line: `wdspq build synthetic|seed|hdf5`, `wdspq validate`, `wdspq info`.
+"""The `wdspq` command line: `wdspq build synthetic|seed|hdf5|sim|lerobot|robomimic`, `validate`, `info`, ...
 
 To add a command, write `def add_X(sub)` that adds one subparser to `sub` with `set_defaults(func=run_X)`
 (where `run_X(args) -> int`) and append it to `COMMANDS`; `wdspq build` sources go in `BUILD_SOURCES`.
@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
+from .cli_import import add_build_lerobot, add_build_robomimic
 from .cli_shards import add_export, add_verify
 from .cli_show import add_show
 from .demo import add_demo
@@ -301,13 +302,14 @@ def run_build_sim(args: argparse.Namespace) -> int:
     return _report_built(args.out)
 
 
-BUILD_SOURCES: list[Register] = [add_build_synthetic, add_build_seed, add_build_hdf5, add_build_sim]
+BUILD_SOURCES: list[Register] = [add_build_synthetic, add_build_seed, add_build_hdf5, add_build_sim, add_build_lerobot,
+                                 add_build_robomimic]
 
 
 def add_build(sub: Any) -> None:
     p = sub.add_parser(
         "build",
-        help="write a table (synthetic, seed layout, HDF5 logs, MuJoCo simulation)",
+        help="write a table (synthetic, seed layout, HDF5 logs, MuJoCo simulation, LeRobot, robomimic)",
         description=_desc(
             "Write the canonical episode table. The file appears under its final name only when complete: "
             "a failed or interrupted build leaves nothing there."

@@ -147,3 +147,41 @@ def probe_clip(data: bytes, full: bool = False) -> tuple[int, int, float, int]:
         if n == 0 or not h:
             raise ValueError("no frame decodes")
         return h, w, rate, n
+
+
+def decode_file_range(
+    path: str, start: float = 0.0, end: float | None = None, fps: float = 0.0, where: str = ""
+) -> np.ndarray:
+    """The frames of a video file whose times lie in [start, end), as (N, H, W, 3) uint8 RGB.
+
+    A frame's time is its pts x time_base (what LeRobot's decoders use). Half a frame period of slack on
+    both ends absorbs the rounding of concatenated files; the decoder seeks to the key frame before
+    `start`, so cutting one episode out of a long multi-episode file does not decode the file's start.
+    Errors name the file and, when the decoder is missing, the codec.
+    """
+    where = where or str(path)
+    half = 0.5 / fps if fps > 0 else 1e-4
+    frames: list[np.ndarray] = []
+    codec = "?"
+    try:
+        with av.open(str(path), "r") as container:
+            if not container.streams.video:
+                raise MediaError(f"{where}: no video stream")
+            stream = container.streams.video[0]
+            codec = stream.codec_context.name
+            if start - half > 0:
+                container.seek(int((start - half) / stream.time_base), stream=stream, backward=True)
+            for frame in container.decode(stream):
+                t = float(frame.pts * stream.time_base) if frame.pts is not None else float(frame.time or 0.0)
+                if t < start - half:
+                    continue
+                if end is not None and t >= end - half:
+                    break
+                frames.append(frame.to_ndarray(format="rgb24"))
+    except MediaError:
+        raise
+    except Exception as e:  # PyAV raises many error types for missing decoders and bad bytes
+        raise MediaError(f"{where}: cannot decode its {codec} video with this PyAV build ({av.__version__}): {e}") from None
+    if not frames:
+        return np.zeros((0, 0, 0, 3), dtype=np.uint8)
+    return np.stack(frames)

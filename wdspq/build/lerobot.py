@@ -1,0 +1,379 @@
+"""Import a local LeRobot dataset folder (codebase version v2.0, v2.1 or v3.0) into the canonical table.
+
+Nothing is downloaded: point at a folder (e.g. one from the Hugging Face cache). The layout is read
+from `meta/info.json` (its `codebase_version`, `fps`, `features` and path templates), never assumed.
+
+Mapping (docs/importers.md):
+- `action` -> the `actions` stream; every other float feature (`observation.state`, ...) -> a signal
+  stream of the same name (multi-dimensional features are flattened); index columns and non-float
+  features (`next.done`, ...) are skipped and listed in the table's metadata;
+- every `video` or `image` feature -> a camera of the same name; frame i is the episode's row i and
+  carries that row's timestamp;
+- the episode's task(s) -> `text` (several tasks joined by "; " in order of first appearance);
+- `info.json` `splits` ("train": "0:80") -> the `split` column.
+
+Timestamps are the rows' `timestamp` values in float64; where they equal float32(frame_index / fps), as
+LeRobot writes them, the float64 frame_index / fps is kept (the time LeRobot meant, without the float32
+rounding). Video is decoded with PyAV and re-encoded one clip per episode and camera: FFV1 (lossless:
+the table's frames equal the decoded source frames exactly) by default, or H.264 (lossy, ~10x smaller).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from ..errors import MediaError, SchemaError
+from ..media import VIDEO_CODECS, decode_file_range, decode_image, encode_clip
+from ..schema import (
+    Episode,
+    Stream,
+    TableMeta,
+    TableWriter,
+    actions_stream,
+    camera_stream,
+    check_output_path,
+    signal_stream,
+)
+from .select import select, split_of
+
+VERSIONS = {"v2.0": 2, "v2.1": 2, "v3.0": 3}
+INDEX_COLUMNS = {"timestamp", "frame_index", "episode_index", "index", "task_index"}
+FLOAT_DTYPES = {"float16", "float32", "float64"}
+
+
+@dataclass
+class _Video:
+    path: Path
+    start: float = 0.0  # from_timestamp inside a multi-episode (v3) file
+    end: float | None = None
+
+
+@dataclass
+class _EpisodeRef:
+    """Where one episode lives: its rows (data file) and, per camera, its video file and time range."""
+
+    index: int
+    length: int
+    data_path: Path
+    videos: dict[str, _Video] = field(default_factory=dict)
+
+
+def _rel(root: Path, p: Path) -> str:
+    try:
+        return str(p.relative_to(root))
+    except ValueError:
+        return str(p)
+
+
+def _json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except OSError as e:
+        raise SchemaError(f"{path}: cannot read: {e.strerror or e}") from None
+    except ValueError as e:
+        raise SchemaError(f"{path}: not valid JSON: {e}") from None
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise SchemaError(f"{path}: not found (a LeRobot v2 dataset lists its episodes and tasks there)")
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except ValueError as e:
+                raise SchemaError(f"{path}, line {n}: not valid JSON: {e}") from None
+    return out
+
+
+def read_info(root: str | os.PathLike) -> tuple[dict[str, Any], int]:
+    """`meta/info.json` and the layout generation (2 or 3); refuses folders and versions it cannot read."""
+    root = Path(root)
+    if not root.is_dir():
+        raise SchemaError(f"{root}: not a folder; give the LeRobot dataset folder (the one holding meta/info.json)")
+    info_path = root / "meta" / "info.json"
+    if not info_path.is_file():
+        raise SchemaError(f"{root}: not a LeRobot dataset (no meta/info.json)")
+    info = _json(info_path)
+    version = info.get("codebase_version") if isinstance(info, dict) else None
+    if version not in VERSIONS:
+        raise SchemaError(
+            f"{info_path}: codebase_version {version!r} is not one wdspq reads ({', '.join(VERSIONS)}); "
+            "convert it with LeRobot's own conversion script first"
+        )
+    for key in ("fps", "features", "data_path"):
+        if key not in info:
+            raise SchemaError(f"{info_path}: has no {key!r} (codebase_version {version})")
+    return info, VERSIONS[version]
+
+
+def _hw(name: str, feat: dict[str, Any]) -> tuple[int, int]:
+    shape, names = list(feat.get("shape") or []), feat.get("names")
+    if len(shape) != 3:
+        raise SchemaError(f"meta/info.json: feature {name!r} ({feat.get('dtype')}): shape {shape} is not (H, W, C)")
+    if isinstance(names, list) and len(names) == 3 and all(isinstance(n, str) for n in names):
+        lower = [n.lower() for n in names]
+        if "height" in lower and "width" in lower:
+            return int(shape[lower.index("height")]), int(shape[lower.index("width")])
+    return (int(shape[1]), int(shape[2])) if shape[0] in (1, 3) and shape[2] not in (1, 3) else (int(shape[0]), int(shape[1]))
+
+
+def _dim_names(feat: dict[str, Any], width: int) -> list[str] | None:
+    names = feat.get("names")
+    if isinstance(names, dict) and len(names) == 1:
+        names = next(iter(names.values()))
+    if isinstance(names, list) and len(names) == width and all(isinstance(n, str) for n in names):
+        return names
+    return None
+
+
+def plan_streams(info: dict[str, Any], video_codec: str = "ffv1") -> tuple[list[Stream], dict[str, str], list[str]]:
+    """(streams, camera name -> "video"|"image", skipped feature names) from info.json's features."""
+    feats: dict[str, Any] = info["features"]
+    if "action" not in feats:
+        raise SchemaError(f"meta/info.json: no 'action' feature (features: {', '.join(sorted(feats))})")
+    streams: list[Stream] = []
+    cameras: dict[str, str] = {}
+    skipped: list[str] = []
+    for name, feat in feats.items():
+        dtype = feat.get("dtype")
+        width = int(np.prod(feat.get("shape") or [1]))
+        if name == "action":
+            if dtype not in FLOAT_DTYPES:
+                raise SchemaError(f"meta/info.json: feature 'action' has dtype {dtype!r}, expected a float dtype")
+            streams.insert(0, actions_stream(width, _dim_names(feat, width)))
+        elif dtype in ("video", "image"):
+            cameras[name] = dtype
+            streams.append(camera_stream(name, *_hw(name, feat), codec=video_codec, lossless=video_codec == "ffv1"))
+        elif dtype in FLOAT_DTYPES and name not in INDEX_COLUMNS:
+            streams.append(signal_stream(name, width, _dim_names(feat, width)))
+        elif name not in INDEX_COLUMNS:
+            skipped.append(name)
+    return streams, cameras, skipped
+
+
+def _splits(info: dict[str, Any]) -> dict[str, range]:
+    """info.json's `splits` ({"train": "0:80", ...}: ranges of episode indices) as ranges."""
+    out = {}
+    for name, rng in (info.get("splits") or {}).items():
+        lo, _, hi = str(rng).partition(":")
+        try:
+            out[str(name)] = range(int(lo), int(hi))
+        except ValueError:
+            raise SchemaError(f"meta/info.json: split {name!r} is {rng!r}, expected 'START:STOP'") from None
+    return out
+
+
+def _episodes_v2(root: Path, info: dict[str, Any], cameras: dict[str, str]) -> tuple[list[_EpisodeRef], dict[int, list[str]]]:
+    chunk = int(info.get("chunks_size") or 1000)
+    refs, tasks = [], {}
+    for row in _jsonl(root / "meta" / "episodes.jsonl"):
+        i = int(row["episode_index"])
+        keys = {"episode_chunk": i // chunk, "episode_index": i}
+        videos = {k: _Video(root / info["video_path"].format(video_key=k, **keys))
+                  for k, kind in cameras.items() if kind == "video"}
+        refs.append(_EpisodeRef(i, int(row["length"]), root / info["data_path"].format(**keys), videos))
+        tasks[i] = list(row.get("tasks") or [])
+    return refs, tasks
+
+
+def _episodes_v3(root: Path, info: dict[str, Any], cameras: dict[str, str]) -> tuple[list[_EpisodeRef], dict[int, list[str]]]:
+    files = sorted((root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
+    if not files:
+        raise SchemaError(f"{root}: no meta/episodes/chunk-*/file-*.parquet (a LeRobot v3.0 dataset lists its episodes there)")
+    refs, tasks = [], {}
+    for f in files:
+        for row in pq.read_table(f).to_pylist():
+            try:
+                i = int(row["episode_index"])
+                data = root / info["data_path"].format(chunk_index=row["data/chunk_index"], file_index=row["data/file_index"])
+                videos = {}
+                for k, kind in cameras.items():
+                    if kind == "video":
+                        p = info["video_path"].format(video_key=k, chunk_index=row[f"videos/{k}/chunk_index"],
+                                                      file_index=row[f"videos/{k}/file_index"])
+                        videos[k] = _Video(root / p, float(row[f"videos/{k}/from_timestamp"]),
+                                           float(row[f"videos/{k}/to_timestamp"]))
+                refs.append(_EpisodeRef(i, int(row["length"]), data, videos))
+                tasks[i] = list(row.get("tasks") or [])
+            except KeyError as e:
+                raise SchemaError(f"{f}: episode row has no column {e.args[0]!r}") from None
+    return refs, tasks
+
+
+def _task_names(root: Path, generation: int) -> dict[int, str]:
+    """task_index -> task sentence (meta/tasks.jsonl for v2, meta/tasks.parquet for v3)."""
+    if generation == 2:
+        return {int(r["task_index"]): str(r["task"]) for r in _jsonl(root / "meta" / "tasks.jsonl")}
+    path = root / "meta" / "tasks.parquet"
+    if not path.is_file():
+        raise SchemaError(f"{path}: not found (a LeRobot v3.0 dataset lists its tasks there)")
+    t = pq.read_table(path)
+    text_cols = [c for c in t.column_names if pa.types.is_string(t.schema.field(c).type) or pa.types.is_large_string(t.schema.field(c).type)]
+    col = "task" if "task" in text_cols else (text_cols[0] if text_cols else None)  # pandas keeps its index as a column
+    if col is None or "task_index" not in t.column_names:
+        raise SchemaError(f"{path}: expected a task_index column and the task strings, found {t.column_names}")
+    return dict(zip(map(int, t.column("task_index").to_pylist()), map(str, t.column(col).to_pylist())))
+
+
+def _matrix(table: pa.Table, name: str, where: str) -> np.ndarray:
+    """A (possibly nested) list column -> (n, width) float32; a scalar column -> (n, 1)."""
+    arr = table.column(name).combine_chunks()
+    if arr.null_count:
+        raise SchemaError(f"{where}: feature {name!r} has {arr.null_count} null rows")
+    while pa.types.is_list(arr.type) or pa.types.is_fixed_size_list(arr.type) or pa.types.is_large_list(arr.type):
+        arr = arr.flatten()
+    values = np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.float32)
+    return values.reshape(table.num_rows, -1)
+
+
+class _DataFiles:
+    """Reads each data file once (v3 files hold many episodes; episodes come in file order)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.path, self.table = root, None, None
+
+    def rows(self, ref: _EpisodeRef) -> pa.Table:
+        if ref.data_path != self.path:
+            if not ref.data_path.is_file():
+                raise SchemaError(f"episode {ref.index}: data file {_rel(self.root, ref.data_path)} not found")
+            self.table, self.path = pq.read_table(ref.data_path), ref.data_path
+        t = self.table
+        assert t is not None
+        if "episode_index" in t.column_names:
+            t = t.filter(pc.equal(t.column("episode_index"), ref.index))
+        if "frame_index" in t.column_names:
+            t = t.sort_by("frame_index")
+        return t
+
+
+def _timestamps(rows: pa.Table, fps: float, where: str) -> np.ndarray:
+    if "timestamp" not in rows.column_names:
+        raise SchemaError(f"{where}: no 'timestamp' column")
+    ts = np.asarray(rows.column("timestamp").to_numpy(zero_copy_only=False))
+    if "frame_index" in rows.column_names:
+        exact = np.asarray(rows.column("frame_index").to_numpy(), dtype=np.float64) / float(fps)
+        if ts.dtype == np.float32 and np.array_equal(ts, exact.astype(np.float32)):
+            return exact
+    return ts.astype(np.float64)
+
+
+def _image_frames(rows: pa.Table, root: Path, name: str, where: str) -> np.ndarray:
+    out = []
+    for j, cell in enumerate(rows.column(name).to_pylist()):
+        data = cell.get("bytes") if isinstance(cell, dict) else cell
+        if not data and isinstance(cell, dict) and cell.get("path"):
+            data = (root / cell["path"]).read_bytes()
+        if not data:
+            raise SchemaError(f"{where}, image {name!r}: row {j} has no image bytes")
+        out.append(decode_image(data, f"{where}, image {name!r}, row {j}").transpose(1, 2, 0))
+    return np.stack(out)
+
+
+def read_episode(
+    root: Path, ref: _EpisodeRef, streams: list[Stream], cameras: dict[str, str], files: _DataFiles,
+    fps: float, text: str, split: str | None, video_codec: str,
+) -> Episode:
+    """One LeRobot episode -> Episode; errors name the episode and the file."""
+    where = f"episode {ref.index} ({_rel(root, ref.data_path)})"
+    rows = files.rows(ref)
+    if rows.num_rows != ref.length:
+        raise SchemaError(f"{where}: the episode metadata says {ref.length} frames, the data file has {rows.num_rows} rows")
+    ts = _timestamps(rows, fps, where)
+    signals: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    cams: dict[str, tuple[bytes | None, np.ndarray]] = {}
+    actions = None
+    for s in streams:
+        if s.kind in ("actions", "signal"):
+            col = "action" if s.kind == "actions" else s.name
+            if col not in rows.column_names:
+                raise SchemaError(f"{where}: no column {col!r} (info.json lists it as a feature)")
+            vals = _matrix(rows, col, where)
+            if s.kind == "actions":
+                actions = vals
+            else:
+                signals[s.name] = (ts, vals)
+            continue
+        if cameras[s.name] == "image":
+            frames = _image_frames(rows, root, s.name, where)
+            src = "data file"
+        else:
+            v = ref.videos[s.name]
+            vwhere = f"episode {ref.index}, camera {s.name!r}: {_rel(root, v.path)}"
+            if not v.path.is_file():
+                raise SchemaError(f"{vwhere}: video file not found")
+            try:
+                frames = decode_file_range(str(v.path), v.start, v.end, fps, where=vwhere)
+            except MediaError as e:
+                raise SchemaError(str(e)) from None
+            src = f"video {_rel(root, v.path)}" + (f" between {v.start:.3f} s and {v.end:.3f} s" if v.end is not None else "")
+        if len(frames) != ref.length:
+            raise SchemaError(f"{where}, camera {s.name!r}: the {src} has {len(frames)} frames, the episode has {ref.length} rows")
+        if frames.shape[1:3] != s.hw:
+            raise SchemaError(
+                f"{where}, camera {s.name!r}: frames are {frames.shape[1]}x{frames.shape[2]} (HxW), info.json says {s.hw[0]}x{s.hw[1]}"
+            )
+        try:
+            clip = encode_clip(frames, codec=video_codec, fps=max(1, round(fps)))
+        except MediaError as e:
+            raise SchemaError(f"{where}, camera {s.name!r}: {e}") from None
+        cams[s.name] = (clip, ts)
+    assert actions is not None
+    return Episode(episode_id=f"episode_{ref.index:06d}", text=text, action_ts=ts, actions=actions,
+                   signals=signals, cameras=cams, split=split)
+
+
+def build_from_lerobot(
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    episodes: Iterable[int] | None = None,
+    split: str | None = None,
+    video_codec: str = "ffv1",
+    progress: bool = True,
+    overwrite: bool = True,
+) -> TableMeta:
+    """Import the LeRobot dataset folder `root` (optionally only `episodes` / one `split`) into a table at `out`."""
+    if video_codec not in VIDEO_CODECS:
+        raise SchemaError(f"video codec {video_codec!r} is not one of {', '.join(VIDEO_CODECS)}")
+    root = Path(root)
+    info, generation = read_info(root)
+    check_output_path(Path(out), overwrite=overwrite)
+    streams, cameras, skipped = plan_streams(info, video_codec)
+    if any(kind == "video" for kind in cameras) and "video_path" not in info:
+        raise SchemaError(f"{root / 'meta' / 'info.json'}: has video features but no 'video_path' template")
+    refs, ep_tasks = (_episodes_v2 if generation == 2 else _episodes_v3)(root, info, cameras)
+    by_index = {r.index: r for r in refs}
+    splits = _splits(info)
+    chosen = select(list(by_index), episodes, split, splits, where=str(root))
+    names = _task_names(root, generation)
+    stats_path = root / "meta" / "stats.json"
+    extra = {"lerobot": {"codebase_version": info["codebase_version"], "fps": info["fps"],
+                         "robot_type": info.get("robot_type"), "skipped_features": skipped,
+                         "episodes": len(chosen), "of_episodes": len(refs),
+                         "stats": _json(stats_path) if stats_path.is_file() else None}}
+    files = _DataFiles(root)
+    fps = float(info["fps"])
+    with TableWriter(out, streams, row_group_size=8, overwrite=overwrite) as writer:
+        for i in tqdm(chosen, desc=f"import {root.name}", unit="ep", disable=not progress):
+            ref = by_index[i]
+            rows_tasks = ep_tasks.get(i) or []
+            if not rows_tasks:
+                rows = files.rows(ref)
+                if "task_index" in rows.column_names:
+                    idx = dict.fromkeys(rows.column("task_index").to_pylist())
+                    rows_tasks = [names.get(int(t), "") for t in idx]
+            text = "; ".join(t for t in rows_tasks if t)
+            writer.add(read_episode(root, ref, streams, cameras, files, fps, text, split_of(i, splits), video_codec))
+        return writer.close(source=f"lerobot {info['codebase_version']} {root}", extra=extra)
