@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -52,23 +54,34 @@ def read_pattern(frame: np.ndarray) -> tuple[int, int, int]:
     return cam1 - 1, ep, i
 
 
-def actions_of(ep: int) -> np.ndarray:
-    n = LENGTHS[ep]
+def actions_of(ep: int, n: int | None = None) -> np.ndarray:
+    n = LENGTHS[ep] if n is None else n
     return (ep * 100 + np.arange(n)[:, None] + np.arange(ACTION_DIM)[None] / 8).astype(np.float32)
 
 
-def state_of(ep: int) -> np.ndarray:
-    n = LENGTHS[ep]
+def state_of(ep: int, n: int | None = None) -> np.ndarray:
+    n = LENGTHS[ep] if n is None else n
     return (-ep * 10 - np.arange(n)[:, None] * 0.5 + np.arange(STATE_DIM)[None] / 4).astype(np.float32)
 
 
-def encode(frames: list[np.ndarray], codec: str) -> bytes:
+@dataclass(frozen=True)
+class Recording:
+    """What the writers record: episode lengths, frame size, and the frame of (camera, episode, i)."""
+
+    lengths: tuple[int, ...] = LENGTHS
+    h: int = H
+    w: int = W
+    frame: Callable[[int, int, int], np.ndarray] = pattern
+    av1_crf: int = 25  # LeRobot's own default is 30
+
+
+def encode(frames: list[np.ndarray], codec: str, rec: Recording = Recording()) -> bytes:
     """An mp4 of these frames at FPS with the codec LeRobot would use (libsvtav1 = AV1, libx264 = H.264)."""
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4") as out:
         s = out.add_stream(codec, rate=Fraction(FPS, 1))
-        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
-        s.options = {"crf": "20", "g": "2"} if codec == "libx264" else {"crf": "25", "g": "2", "preset": "12"}
+        s.width, s.height, s.pix_fmt = rec.w, rec.h, "yuv420p"
+        s.options = {"crf": "20", "g": "2"} if codec == "libx264" else {"crf": str(rec.av1_crf), "g": "2", "preset": "12"}
         for f in frames:
             for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
                 out.mux(p)
@@ -77,18 +90,18 @@ def encode(frames: list[np.ndarray], codec: str) -> bytes:
     return buf.getvalue()
 
 
-def _rows(eps: list[int], global_start: dict[int, int]) -> pa.Table:
+def _rows(eps: list[int], global_start: dict[int, int], rec: Recording) -> pa.Table:
     cols: dict[str, list] = {k: [] for k in ("action", "observation.state", "timestamp", "frame_index",
                                              "episode_index", "index", "task_index", "next.done")}
     for ep in eps:
-        n = LENGTHS[ep]
-        cols["action"] += actions_of(ep).tolist()
-        cols["observation.state"] += state_of(ep).tolist()
+        n = rec.lengths[ep]
+        cols["action"] += actions_of(ep, n).tolist()
+        cols["observation.state"] += state_of(ep, n).tolist()
         cols["timestamp"] += list(np.float32(np.arange(n) / FPS))
         cols["frame_index"] += list(range(n))
         cols["episode_index"] += [ep] * n
         cols["index"] += list(range(global_start[ep], global_start[ep] + n))
-        cols["task_index"] += [EP_TASK[ep]] * n
+        cols["task_index"] += [EP_TASK[ep % 3]] * n
         cols["next.done"] += [j == n - 1 for j in range(n)]
     types = {"action": pa.list_(pa.float32()), "observation.state": pa.list_(pa.float32()), "timestamp": pa.float32(),
              "frame_index": pa.int64(), "episode_index": pa.int64(), "index": pa.int64(), "task_index": pa.int64(),
@@ -96,14 +109,14 @@ def _rows(eps: list[int], global_start: dict[int, int]) -> pa.Table:
     return pa.table({k: pa.array(v, type=types[k]) for k, v in cols.items()})
 
 
-def _features(codecs: dict[str, str]) -> dict:
+def _features(codecs: dict[str, str], rec: Recording) -> dict:
     feats = {
         "action": {"dtype": "float32", "shape": [ACTION_DIM], "names": [f"a{j}" for j in range(ACTION_DIM)]},
         "observation.state": {"dtype": "float32", "shape": [STATE_DIM], "names": {"motors": [f"q{j}" for j in range(STATE_DIM)]}},
         "next.done": {"dtype": "bool", "shape": [1], "names": None},
     }
     for cam in CAMERAS:
-        feats[cam] = {"dtype": "video", "shape": [H, W, 3], "names": ["height", "width", "channels"],
+        feats[cam] = {"dtype": "video", "shape": [rec.h, rec.w, 3], "names": ["height", "width", "channels"],
                       "info": {"video.fps": FPS, "video.codec": "av1" if codecs[cam] == "libsvtav1" else "h264",
                                "video.pix_fmt": "yuv420p"}}
     for k in ("timestamp", "frame_index", "episode_index", "index", "task_index"):
@@ -111,33 +124,33 @@ def _features(codecs: dict[str, str]) -> dict:
     return feats
 
 
-def _global_starts() -> dict[int, int]:
-    return {ep: int(sum(LENGTHS[:ep])) for ep in range(len(LENGTHS))}
+def _global_starts(rec: Recording) -> dict[int, int]:
+    return {ep: int(sum(rec.lengths[:ep])) for ep in range(len(rec.lengths))}
 
 
-def write_v21(root: Path, codecs: dict[str, str]) -> Path:
+def write_v21(root: Path, codecs: dict[str, str], rec: Recording = Recording()) -> Path:
     """A v2.1 dataset: one parquet and one mp4 per episode and camera; splits train 0:2, valid 2:3."""
     root.mkdir(parents=True)
     (root / "meta").mkdir()
     info = {"codebase_version": "v2.1", "robot_type": "test_arm", "fps": FPS, "chunks_size": 1000,
-            "total_episodes": len(LENGTHS), "total_frames": sum(LENGTHS), "total_tasks": len(TASKS),
+            "total_episodes": len(rec.lengths), "total_frames": sum(rec.lengths), "total_tasks": len(TASKS),
             "splits": {"train": "0:2", "valid": "2:3"},
             "data_path": "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
             "video_path": "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4",
-            "features": _features(codecs)}
+            "features": _features(codecs, rec)}
     (root / "meta" / "info.json").write_text(json.dumps(info, indent=2))
     (root / "meta" / "tasks.jsonl").write_text("".join(json.dumps({"task_index": i, "task": t}) + "\n" for i, t in enumerate(TASKS)))
     (root / "meta" / "episodes.jsonl").write_text("".join(
-        json.dumps({"episode_index": ep, "tasks": [TASKS[EP_TASK[ep]]], "length": n}) + "\n" for ep, n in enumerate(LENGTHS)))
-    starts = _global_starts()
-    for ep, n in enumerate(LENGTHS):
+        json.dumps({"episode_index": ep, "tasks": [TASKS[EP_TASK[ep % 3]]], "length": n}) + "\n" for ep, n in enumerate(rec.lengths)))
+    starts = _global_starts(rec)
+    for ep, n in enumerate(rec.lengths):
         p = root / f"data/chunk-000/episode_{ep:06d}.parquet"
         p.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(_rows([ep], starts), p)
+        pq.write_table(_rows([ep], starts, rec), p)
         for c, cam in enumerate(CAMERAS):
             v = root / f"videos/chunk-000/{cam}/episode_{ep:06d}.mp4"
             v.parent.mkdir(parents=True, exist_ok=True)
-            v.write_bytes(encode([pattern(c, ep, i) for i in range(n)], codecs[cam]))
+            v.write_bytes(encode([rec.frame(c, ep, i) for i in range(n)], codecs[cam], rec))
     return root
 
 
@@ -145,39 +158,41 @@ def write_v21(root: Path, codecs: dict[str, str]) -> Path:
 V3_FILES = {CAMERAS[0]: [[0, 1, 2]], CAMERAS[1]: [[0, 1], [2]]}
 
 
-def write_v30(root: Path, codecs: dict[str, str]) -> Path:
+def write_v30(root: Path, codecs: dict[str, str], rec: Recording = Recording()) -> Path:
     """A v3.0 dataset: all rows in one data file; the front camera in one mp4, the wrist camera in two."""
     root.mkdir(parents=True)
     (root / "meta").mkdir()
     info = {"codebase_version": "v3.0", "robot_type": "test_arm", "fps": FPS, "chunks_size": 1000,
             "data_files_size_in_mb": 100, "video_files_size_in_mb": 200,
-            "total_episodes": len(LENGTHS), "total_frames": sum(LENGTHS), "total_tasks": len(TASKS),
+            "total_episodes": len(rec.lengths), "total_frames": sum(rec.lengths), "total_tasks": len(TASKS),
             "splits": {"train": "0:3"},
             "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
             "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4",
-            "features": _features(codecs)}
+            "features": _features(codecs, rec)}
     (root / "meta" / "info.json").write_text(json.dumps(info, indent=2))
     (root / "meta" / "stats.json").write_text(json.dumps({"action": {"mean": [0.0] * ACTION_DIM}}))
     pq.write_table(pa.table({"task_index": pa.array(range(len(TASKS)), pa.int64()), "task": pa.array(TASKS)}),
                    root / "meta" / "tasks.parquet")
-    starts = _global_starts()
+    starts = _global_starts(rec)
     data = root / "data/chunk-000/file-000.parquet"
     data.parent.mkdir(parents=True)
-    pq.write_table(_rows(list(range(len(LENGTHS))), starts), data)
-    ep_rows = [{"episode_index": ep, "tasks": [TASKS[EP_TASK[ep]]], "length": n, "data/chunk_index": 0,
+    pq.write_table(_rows(list(range(len(rec.lengths))), starts, rec), data)
+    ep_rows = [{"episode_index": ep, "tasks": [TASKS[EP_TASK[ep % 3]]], "length": n, "data/chunk_index": 0,
                 "data/file_index": 0, "dataset_from_index": starts[ep], "dataset_to_index": starts[ep] + n,
-                "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0} for ep, n in enumerate(LENGTHS)]
+                "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0} for ep, n in enumerate(rec.lengths)]
+    n_eps = len(rec.lengths)
+    files = V3_FILES if n_eps == len(LENGTHS) else {cam: [list(range(n_eps))] for cam in CAMERAS}
     for c, cam in enumerate(CAMERAS):
-        for file_index, eps in enumerate(V3_FILES[cam]):
+        for file_index, eps in enumerate(files[cam]):
             frames, t = [], 0.0
             for ep in eps:
                 ep_rows[ep].update({f"videos/{cam}/chunk_index": 0, f"videos/{cam}/file_index": file_index,
-                                    f"videos/{cam}/from_timestamp": t, f"videos/{cam}/to_timestamp": t + LENGTHS[ep] / FPS})
-                frames += [pattern(c, ep, i) for i in range(LENGTHS[ep])]
-                t += LENGTHS[ep] / FPS
+                                    f"videos/{cam}/from_timestamp": t, f"videos/{cam}/to_timestamp": t + rec.lengths[ep] / FPS})
+                frames += [rec.frame(c, ep, i) for i in range(rec.lengths[ep])]
+                t += rec.lengths[ep] / FPS
             v = root / f"videos/{cam}/chunk-000/file-{file_index:03d}.mp4"
             v.parent.mkdir(parents=True, exist_ok=True)
-            v.write_bytes(encode(frames, codecs[cam]))
+            v.write_bytes(encode(frames, codecs[cam], rec))
     ep_file = root / "meta/episodes/chunk-000/file-000.parquet"
     ep_file.parent.mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(ep_rows), ep_file)
