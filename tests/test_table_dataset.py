@@ -105,16 +105,16 @@ def test_tiny_cache_is_bounded_and_correct(ds, small_table, tokenizer_path):
     order = rng.permutation(len(ds))[:24]
     for i in order:
         assert _equal(tiny[int(i)], ds[int(i)])
-    cache = tiny._proc()["episodes"]
-    assert cache.bytes == 0 and len(cache.items) == 0  # nothing fits in 1 byte, yet every sample is right
+    cache = tiny._proc()["cache"]
+    assert cache.bytes == 0 and len(cache.items) == 0  # nothing fits in 1 byte (row groups included), yet every sample is right
     # a cache that holds about one decoded episode stays within its bound
-    one_episode = ds._proc()["episodes"].items[int(ds.index.locate(int(order[0]))[0])][1]
+    one_episode = ds._proc()["cache"].items[("episode", int(ds.index.locate(int(order[0]))[0]))][1]
     small = ParquetWindowDataset(small_table, SPEC, tokenizer=tokenizer_path, cache_bytes=int(one_episode * 1.5))
     for i in order:
         assert _equal(small[int(i)], ds[int(i)])
-        c = small._proc()["episodes"]
-        assert c.bytes <= small.cache_bytes and len(c.items) <= 1
-    assert small._proc()["episodes"].misses > 0
+        c = small._proc()["cache"]
+        assert c.bytes <= small.cache_bytes and sum(k[0] == "episode" for k in c.items) <= 1
+    assert small._proc()["cache"].misses > 0
 
 
 def test_tokens_equal_tokenizer_output(ds, small_table, tokenizer_path):

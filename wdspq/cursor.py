@@ -451,9 +451,9 @@ class Plan:
         return np.concatenate(shards), np.concatenate(pos), np.concatenate(pads)
 
     def slot_sequence(self, slot: int, skip: int = 0) -> Iterator[tuple[int, int, bool]]:
-        """The slot's entries from ``skip`` on, as ``(shard, position, is_pad)`` Python tuples.
-
-        Skipping costs O(k) per piece passed, never per sample (R5: the stream then seeks).
+        """The slot's entries from ``skip`` on, as ``(shard, position, is_pad)`` Python tuples, generated
+        lazily, one chunk of at most _CHUNK entries at a time (a worker's memory does not grow with the
+        epoch). Skipping costs O(k) per piece passed, never per sample (R5: the stream then seeks).
         """
         for s, p, d in self._slot_chunks(slot, skip, None):
             yield from zip(s.tolist(), p.tolist(), d.tolist())

@@ -138,21 +138,19 @@ class ShardStream(IterableDataset):
 
         A sample is a dict of arrays, or with `raw` its record bytes; each sample owns its buffer.
         """
-        shards, pos, pad = plan.slot_arrays(slot, skip)
-        if len(shards) == 0:
-            return
+        # The slot's plan is generated chunk by chunk (Plan.slot_sequence), never materialised: memory is
+        # O(its pieces + one chunk), not O(its windows). Each shard's real entries are consecutive positions
+        # [lo, end) of its piece, so one reader (one ranged read) serves a shard's whole run; the run ends
+        # where the slot stops taking from the piece (its end, or earlier under even="drop").
+        pieces = plan.slot_pieces(slot)
+        taken = plan.slot_emitted(slot, plan.slot_real_count(slot))
+        ends = {p.shard: p.start + e for p, e in zip(pieces, taken)}
         run = self._reader.run_records if raw else self._reader.run
-        real = ~pad
-        # Each shard's real entries are consecutive positions [lo, hi): open one reader per shard run.
-        u, inv = np.unique(shards[real], return_inverse=True)
-        last = np.full(len(u), -1, dtype=np.int64)
-        np.maximum.at(last, inv, pos[real])
-        ends = dict(zip(u.tolist(), (last + 1).tolist()))
         readers: dict[int, Iterator[Any]] = {}
         pad_reader: Iterator[Any] | None = None
         next_pad = (-1, -1)
         try:
-            for s, p, is_pad in zip(shards.tolist(), pos.tolist(), pad.tolist()):
+            for s, p, is_pad in plan.slot_sequence(slot, skip):
                 if not is_pad:
                     it = readers.get(s)
                     if it is None:

@@ -66,8 +66,9 @@ class ParquetWindowDataset(torch.utils.data.Dataset):
     """Map-style dataset of every window of a table, in canonical order (the reference for the shards).
 
     Files are opened lazily in each process, so the dataset works inside DataLoader workers. Each
-    process keeps decoded episodes (video frames dominate) in an LRU bounded by `cache_bytes`
-    (default 512 MiB), because random access would otherwise decode the same clip over and over.
+    process keeps decoded episodes (video frames dominate) and the last Parquet row group read in one
+    LRU bounded by `cache_bytes` (default 512 MiB) in all, because random access would otherwise decode
+    the same clip over and over; a row group or episode larger than the bound is used and not kept.
     Text is tokenised once per episode at construction.
     """
 
@@ -83,11 +84,18 @@ class ParquetWindowDataset(torch.utils.data.Dataset):
         self.meta: TableMeta = read_meta(self.path)
         self.rspec = self.spec.resolve(self.meta.layout())
         pf = pq.ParquetFile(open_table(self.path))
-        cols = pf.read(columns=["episode_id", "text", self.meta.actions.ts_column])
-        self.episode_ids: list[str] = cols.column("episode_id").to_pylist()
-        texts = cols.column("text").to_pylist()
-        lengths = pc.list_value_length(cols.column(self.meta.actions.ts_column)).to_numpy(zero_copy_only=False)
-        self.n_actions = np.asarray(lengths, dtype=np.int64)
+        # One row group at a time: only the ids, texts and action counts are kept (never whole columns of a
+        # huge table; the timestamps themselves are read again per episode when it is used).
+        self.episode_ids: list[str] = []
+        texts: list[str] = []
+        lengths: list[np.ndarray] = []
+        for g in range(pf.metadata.num_row_groups):
+            cols = pf.read_row_group(g, columns=["episode_id", "text", self.meta.actions.ts_column])
+            self.episode_ids += cols.column("episode_id").to_pylist()
+            texts += cols.column("text").to_pylist()
+            lengths.append(pc.list_value_length(cols.column(self.meta.actions.ts_column)).to_numpy(zero_copy_only=False))
+            del cols
+        self.n_actions = np.concatenate(lengths).astype(np.int64) if lengths else np.zeros(0, np.int64)
         if (self.n_actions == 0).any():
             bad = int(np.flatnonzero(self.n_actions == 0)[0])
             raise SchemaError(f"{self.path}: episode {self.episode_ids[bad]!r} (row {bad}), column 'action_ts': empty")
@@ -113,8 +121,7 @@ class ParquetWindowDataset(torch.utils.data.Dataset):
             loc = self._local = {
                 "pid": os.getpid(),
                 "pf": pq.ParquetFile(open_table(self.path)),
-                "episodes": _LRU(self.cache_bytes),
-                "row_group": (None, None),
+                "cache": _LRU(self.cache_bytes),  # ("episode", i) -> EpisodeArrays, ("row_group", g) -> Table
             }
         return loc
 
@@ -137,17 +144,18 @@ class ParquetWindowDataset(torch.utils.data.Dataset):
     def _row(self, episode: int) -> dict[str, Any]:
         loc = self._proc()
         rg = int(np.searchsorted(self._rg_starts, episode, side="right") - 1)
-        cached_rg, table = loc["row_group"]
-        if cached_rg != rg:
+        cache: _LRU = loc["cache"]
+        table = cache.get(("row_group", rg))
+        if table is None:
             table = loc["pf"].read_row_group(rg)
-            loc["row_group"] = (rg, table)
+            cache.put(("row_group", rg), table, table.nbytes)
         return table.slice(episode - int(self._rg_starts[rg]), 1)
 
     def episode(self, episode: int) -> EpisodeArrays:
         """Decoded arrays of one episode (cached per process, bounded by bytes)."""
         loc = self._proc()
-        cache: _LRU = loc["episodes"]
-        ep = cache.get(episode)
+        cache: _LRU = loc["cache"]
+        ep = cache.get(("episode", episode))
         if ep is not None:
             return ep
         row = self._row(episode)
@@ -180,7 +188,7 @@ class ParquetWindowDataset(torch.utils.data.Dataset):
         )
         nbytes = ep.action_ts.nbytes + ep.actions.nbytes + sum(t.nbytes + v.nbytes for t, v in signals.values())
         nbytes += sum(c.frames.nbytes + c.ts.nbytes for c in cameras.values() if c is not None)
-        cache.put(episode, ep, nbytes)
+        cache.put(("episode", episode), ep, nbytes)
         return ep
 
     def _camera(self, row: pa.Table, s: Any, where: str) -> CameraClip | None:
