@@ -297,14 +297,14 @@ def m_map(p: dict[str, Any]) -> dict[str, Any]:
         for i in order:
             ds[i]
         dt = time.perf_counter() - t
-        c = ds._proc()["episodes"]
+        c = ds._proc()["cache"]
         out[f"{phase}_samples_per_s"] = m / dt
         out[f"{phase}_seconds"] = dt
         out[f"{phase}_hit_rate"] = c.hits / max(1, c.hits + c.misses)
         c.hits = c.misses = 0
     out["samples_per_s"] = out["fresh_samples_per_s"]
     out["cache_mib"] = c.bytes / MIB
-    out["cached_episodes"] = len(c.items)
+    out["cached_episodes"] = sum(k[0] == "episode" for k in c.items)
     return out
 
 
@@ -344,22 +344,26 @@ def m_stream(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def m_loader(p: dict[str, Any]) -> dict[str, Any]:
-    """StreamLoader over one epoch (worker start-up included), batches of `batch_size`."""
+    """StreamLoader over `epochs` epochs (default 1; worker start-up included; persistent workers when more
+    than one epoch, as a training run keeps them), batches of `batch_size`."""
     from wdspq.stream import ShardStream, StreamLoader
 
+    epochs = int(p.get("epochs", 1))
     t = time.perf_counter()
     loader = StreamLoader(ShardStream(p["shards"], shuffle=True, seed=0), batch_size=p["batch_size"],
-                          num_workers=p["num_workers"])
+                          num_workers=p["num_workers"], persistent_workers=epochs > 1 and p["num_workers"] > 0)
     open_s = time.perf_counter() - t
-    nbytes = _shard_bytes(p["shards"])
+    nbytes = _shard_bytes(p["shards"]) * epochs
     n = batches = 0
     first = None
     t = time.perf_counter()
-    for b in loader:
-        if first is None:
-            first = time.perf_counter() - t
-        n += int((b["window_index"] >= 0).sum())
-        batches += 1
+    for e in range(epochs):
+        loader.set_epoch(e)
+        for b in loader:
+            if first is None:
+                first = time.perf_counter() - t
+            n += int((b["window_index"] >= 0).sum())
+            batches += 1
     dt = time.perf_counter() - t
     return {"open_s": open_s, "samples": n, "batches": batches, "seconds": dt, "first_batch_s": first,
             "bytes": nbytes, "samples_per_s": n / dt, "mb_per_s": nbytes / MB / dt}
@@ -657,6 +661,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if sim is not None:
         sim_base = {**base, "shards": str(sim["default"])}
+        sim_base["epochs"] = 1 if args.smoke else 5  # persistent workers, as in training
         plan["sim_loader_w0"] = ("loader", {**sim_base, "num_workers": 0})
         plan["sim_loader_w2"] = ("loader", {**sim_base, "num_workers": 2})
     once: dict[str, tuple[str, dict[str, Any]]] = {  # RSS only: one round
