@@ -101,19 +101,34 @@ def encode_mp4(frames: np.ndarray, fps: int = 20, crf: int = 18) -> bytes:
     return encode_clip(frames, codec="h264", fps=fps, crf=crf)
 
 
+def frame_chw(frame: av.VideoFrame) -> np.ndarray:
+    """A decoded frame -> (3, H, W) uint8 RGB, exactly what `to_ndarray(format="rgb24")` gives.
+
+    FFV1 clips decode to packed BGR0/RGB24: their pixels are read straight from the plane (a channel shuffle
+    in numpy, ~12x faster than swscale's conversion at 96x96); other formats (yuv420p) go through swscale.
+    """
+    fmt = frame.format.name
+    if fmt in ("bgr0", "bgra", "rgb24"):
+        plane = frame.planes[0]
+        ch = 3 if fmt == "rgb24" else 4
+        a = np.frombuffer(plane, np.uint8).reshape(frame.height, plane.line_size)[:, : frame.width * ch]
+        a = a.reshape(frame.height, frame.width, ch).transpose(2, 0, 1)
+        return np.ascontiguousarray(a[:3] if fmt == "rgb24" else a[2::-1])
+    return np.ascontiguousarray(frame.to_ndarray(format="rgb24").transpose(2, 0, 1))
+
+
 def decode_video(data: bytes, where: str = "video") -> tuple[np.ndarray, float]:
     """Encoded clip -> ((N, 3, H, W) uint8 frames, nominal fps or 0). Decodes the whole clip once."""
     try:
         with av.open(io.BytesIO(data), "r") as container:
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.base_rate or stream.guessed_rate
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+            frames = [frame_chw(f) for f in container.decode(stream)]
     except Exception as e:  # PyAV raises many error types for bad bytes
         raise MediaError(f"{where}: cannot decode video bytes ({len(data)} bytes): {e}") from None
     if not frames:
         raise MediaError(f"{where}: video has no frames")
-    clip = np.stack(frames).transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(clip), float(rate or 0.0)
+    return np.stack(frames), float(rate or 0.0)
 
 
 def probe_clip(data: bytes, full: bool = False) -> tuple[int, int, float, int]:
@@ -177,7 +192,7 @@ def decode_file_range(
                     continue
                 if end is not None and t >= end - half:
                     break
-                frames.append(frame.to_ndarray(format="rgb24"))
+                frames.append(frame_chw(frame).transpose(1, 2, 0))
     except MediaError:
         raise
     except Exception as e:  # PyAV raises many error types for missing decoders and bad bytes
