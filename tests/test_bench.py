@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 RATIOS = (
@@ -69,3 +71,15 @@ def test_bench_smoke_writes_every_figure(tmp_path: Path) -> None:
         assert t["pass"] in (True, False) or (t["name"].startswith("sim:") and d["sim"] is None), t
     if d["sim"] is not None:
         assert d["sim"]["default_bytes"] < d["sim"]["raw_bytes"] and _number(med["sim_loader_w2"]["samples_per_s"])
+
+
+@pytest.mark.slow
+def test_scale_check_runs_and_writes_its_figures(tmp_path):
+    """tools/bench_scale.py (bench.py --scale) at two tiny sizes: every figure and verdict is written."""
+    out = tmp_path / "scale.json"
+    subprocess.run([sys.executable, str(ROOT / "tools" / "bench_scale.py"), "--sizes", "2000,4000", "--work",
+                    str(tmp_path / "work"), "--json", str(out)], check=True, capture_output=True, timeout=600)
+    d = json.loads(out.read_text())
+    assert set(d["results"]) == {"2000", "4000"}
+    assert all(r["stream"]["samples"] == r["export"]["windows"] for r in d["results"].values())
+    assert [t["name"] for t in d["targets"]][-1] == "resume 90% / 0% at the largest size"

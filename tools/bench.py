@@ -2,8 +2,8 @@
 """wdspq benchmark harness (issue 7): map-style vs plain webdataset vs the shard stream, side by side.
 
 One run, on the same data: builds (or reuses, keyed by scale and data options) a synthetic table
-(default 16 episodes x ~8 s at 100 Hz actions, 96x96 video at 20 fps, 64x64 images; `--scale K`
-multiplies the episode count), exports it with 1 s windows, frame offsets [-2, -1, 0] and stride 4
+(default 16 episodes x ~8 s at 100 Hz actions, 96x96 video at 20 fps, 64x64 images; `--grow K`
+multiplies the episode count; `--scale` runs tools/bench_scale.py instead: 250k and 1M windows), exports it with 1 s windows, frame offsets [-2, -1, 0] and stride 4
 (about 3,300 windows of ~103 KiB, ~330 MiB at scale 1), then measures:
 
   export       export_shards windows/s and MB/s written (single process; build time reported apart);
@@ -36,7 +36,7 @@ parent, which has imported torch/webdataset/wdspq but holds no data (saves ~3 s 
 dataset or stream); MB = 10^6 bytes of shard (tar) data. The harness reports PASS/FAIL against the
 issue's targets; it never fails on them (exit status 0 unless a measurement crashed).
 
-    .venv/bin/python tools/bench.py [--scale K] [--rounds R] [--json bench_out/bench.json] [--smoke]
+    .venv/bin/python tools/bench.py [--grow K] [--scale] [--rounds R] [--json bench_out/bench.json] [--smoke]
 """
 
 from __future__ import annotations
@@ -572,7 +572,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--scale", type=int, default=1, help="multiply the episode count (default 1: 16 episodes)")
+    p.add_argument("--grow", type=int, default=1, metavar="K", help="multiply the episode count (default 1: 16 episodes)")
+    p.add_argument("--scale", action="store_true",
+                   help="run the scale check instead (tools/bench_scale.py: 250k and 1M windows; minutes, ~3 GB)")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported (default 3)")
     p.add_argument("--json", dest="json_path", default="bench_out/bench.json", help="write all figures here")
     p.add_argument("--work", default="bench_out/data", help="folder for tables and shards (reused, keyed by scale)")
@@ -617,6 +619,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps({"ok": child_main(args.child[0], json.loads(args.child[1]))}))
         return 0
+    if args.scale:
+        from bench_scale import main as scale_main  # tools/ is on sys.path when this file runs as a script
+
+        return scale_main([])
     t_start = time.perf_counter()
     # import what every measurement needs once, before forking (no data is touched here)
     import torch  # noqa: F401
@@ -627,10 +633,10 @@ def main(argv: list[str] | None = None) -> int:
     import wdspq.table_dataset  # noqa: F401
 
     machine = machine_info()
-    cfg = DataConfig(episodes=args.episodes * args.scale, seconds=args.seconds, video_size=args.video_size,
+    cfg = DataConfig(episodes=args.episodes * args.grow, seconds=args.seconds, video_size=args.video_size,
                      image_size=args.image_size, stride=args.stride, samples_per_shard=args.samples_per_shard)
     work = Path(args.work)
-    table, shards, export_rec = prepare_data(work, cfg, args.scale, args.fresh, args.spawn)
+    table, shards, export_rec = prepare_data(work, cfg, args.grow, args.fresh, args.spawn)
     shards4 = make_4x(shards)
     sim = prepare_sim(work, args)
     manifest = json.loads((shards / "manifest.json").read_text())
@@ -748,7 +754,7 @@ def main(argv: list[str] | None = None) -> int:
     sample_bytes = int(first[0, 1])
     map_samples = min(args.map_samples, n_windows) if args.map_samples > 0 else n_windows
     data = {
-        "config": {**asdict(cfg), "scale": args.scale, "window_sec": 1.0, "frame_offsets": OFFSETS,
+        "config": {**asdict(cfg), "scale": args.grow, "window_sec": 1.0, "frame_offsets": OFFSETS,
                    "batch_size": bs, "map_samples": map_samples, "rounds": args.rounds,
                    "process": "spawn" if args.spawn else "fork", "smoke": args.smoke},
         "data": {"table": str(table), "shards": str(shards), "shards_4x": str(shards4), "windows": n_windows,

@@ -12,7 +12,7 @@ from . import cli as _cli
 
 
 def _episodes(text: str) -> list[int]:
-    from .build.select import parse_episodes
+    from .build.common import parse_episodes
     from .errors import SchemaError
 
     try:

@@ -91,9 +91,10 @@ class _HashingReader:
 
 
 def _check_shard(
-    m: Manifest, s: int, codec: SampleCodec, where_of: np.ndarray, report: VerifyReport
+    m: Manifest, s: int, codec: SampleCodec, shard_of: np.ndarray, pos_of: np.ndarray | None, report: VerifyReport
 ) -> list[Problem]:
-    """Integrity checks of one shard; fills `where_of[window] = (shard, position)` for parsed samples."""
+    """Integrity checks of one shard; fills `shard_of[window]` (and `pos_of[window]`, its position, when given)
+    for parsed samples."""
     entry = m.shards[s]
     name = entry["name"]
     problems: list[Problem] = []
@@ -142,12 +143,14 @@ def _check_shard(
                 wi = int(rec["window_index"])
                 if key != key_of(wi):
                     add(f"sample {pos} (key {key!r}) holds window_index {wi}, its key says otherwise", wi)
-                if not 0 <= wi < len(where_of):
-                    add(f"sample {pos} (key {key!r}): window_index {wi} is outside 0..{len(where_of) - 1}", wi)
-                elif where_of[wi, 0] >= 0:
-                    add(f"sample {pos} (key {key!r}): window_index {wi} is also in shard {m.shards[where_of[wi, 0]]['name']}", wi)
+                if not 0 <= wi < len(shard_of):
+                    add(f"sample {pos} (key {key!r}): window_index {wi} is outside 0..{len(shard_of) - 1}", wi)
+                elif shard_of[wi] >= 0:
+                    add(f"sample {pos} (key {key!r}): window_index {wi} is also in shard {m.shards[shard_of[wi]]['name']}", wi)
                 else:
-                    where_of[wi] = (s, pos)
+                    shard_of[wi] = s
+                    if pos_of is not None:
+                        pos_of[wi] = pos
                 report.samples += 1
 
             try:
@@ -228,25 +231,28 @@ def verify_shards(
     total = sum(m.shard_sizes)
     if total != n:
         report.problems.append(Problem(f"manifest: shards hold {total} samples, num_windows is {n}"))
-    where_of = np.full((max(n, total), 2), -1, dtype=np.int64)  # window -> (shard, position)
+    # window -> its shard (4 bytes a window), and its position only when parity needs it
+    shard_of = np.full(max(n, total), -1, dtype=np.int32)
+    pos_of = np.full(max(n, total), -1, dtype=np.int32) if table is not None else None
     for s in tqdm(range(len(m.shards)), desc="verify: shards", unit="shard", disable=not progress):
-        probs = _check_shard(m, s, codec, where_of, report)
+        probs = _check_shard(m, s, codec, shard_of, pos_of, report)
         if not probs:
             report.shards_ok += 1
         report.problems.extend(probs[:_MAX_PER_SHARD])
         if len(probs) > _MAX_PER_SHARD:
             report.problems.append(Problem(f"... and {len(probs) - _MAX_PER_SHARD} more problems", m.shards[s]["name"]))
-    missing = np.flatnonzero(where_of[:n, 0] < 0)
+    missing = np.flatnonzero(shard_of[:n] < 0)
     if len(missing) and report.shards_ok == report.shards:
         report.problems.append(Problem(f"{len(missing)} window indices are in no shard (first: {missing[:5].tolist()})"))
     if table is not None:
-        _parity(m, table, sample, tokenizer, seed, progress, where_of[:n], report)
+        assert pos_of is not None
+        _parity(m, table, sample, tokenizer, seed, progress, shard_of[:n], pos_of[:n], report)
     return report
 
 
 def _parity(
     m: Manifest, table: str, sample: int | None, tokenizer: Any, seed: int, progress: bool,
-    where_of: np.ndarray, report: VerifyReport,
+    shard_of: np.ndarray, pos_of: np.ndarray, report: VerifyReport,
 ) -> None:
     from .export.plan import table_fingerprint
     from .shardfmt.encoding import frame_keys
@@ -282,7 +288,7 @@ def _parity(
     codec = m.codec()
     bound, fkeys = m.max_abs_error, tuple(frame_keys(m.sample_schema)) if not m.encoding.lossless else ()
     for wi in tqdm(chosen.tolist(), desc="verify: parity", unit="win", disable=not progress):
-        s, pos = where_of[wi].tolist()
+        s, pos = int(shard_of[wi]), int(pos_of[wi])
         if s < 0:
             continue  # unreadable: already reported by the integrity pass
         name = m.shards[s]["name"]

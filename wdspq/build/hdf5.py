@@ -24,8 +24,8 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from ..errors import MediaError, SchemaError
-from ..media import VIDEO_CODECS, encode_clip
+from ..errors import SchemaError
+from ..media import VIDEO_CODECS
 from ..schema import (
     Episode,
     TableMeta,
@@ -36,6 +36,7 @@ from ..schema import (
     signal_stream,
 )
 from ..validate import check_timestamps
+from .common import encode_camera
 
 _INT_NAME = re.compile(r"^[+-]?\d+$")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
@@ -232,10 +233,7 @@ def read_hdf5_episode(
             f_ns, f_ds = _timed_datasets(f, group, where, f"camera {name!r}")
             frame_ts = _seconds(f_ns, f"{where}: group {group!r}")
             frames = _read_frames(f_ds, where)
-            try:
-                clip = encode_clip(frames, codec=layout.video_codec, fps=_nominal_fps(f_ns))
-            except MediaError as e:
-                raise SchemaError(f"{where}: group {group!r} (camera {name!r}): {e}") from None
+            clip = encode_camera(frames, layout.video_codec, _nominal_fps(f_ns), f"{where}: group {group!r} (camera {name!r})")
             cameras[name] = (clip, frame_ts)
             shapes[name] = (int(frames.shape[1]), int(frames.shape[2]))
             del frames

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from ..errors import MediaError, SchemaError
-from ..media import VIDEO_CODECS, decode_file_range, decode_image, encode_clip
+from ..media import decode_file_range, decode_image
 from ..schema import (
     Episode,
     Stream,
@@ -45,7 +45,7 @@ from ..schema import (
     check_output_path,
     signal_stream,
 )
-from .select import select, split_of
+from .common import check_video_codec, encode_camera, select, split_of
 
 VERSIONS = {"v2.0": 2, "v2.1": 2, "v3.0": 3}
 INDEX_COLUMNS = {"timestamp", "frame_index", "episode_index", "index", "task_index"}
@@ -325,11 +325,7 @@ def read_episode(
             raise SchemaError(
                 f"{where}, camera {s.name!r}: frames are {frames.shape[1]}x{frames.shape[2]} (HxW), info.json says {s.hw[0]}x{s.hw[1]}"
             )
-        try:
-            clip = encode_clip(frames, codec=video_codec, fps=max(1, round(fps)))
-        except MediaError as e:
-            raise SchemaError(f"{where}, camera {s.name!r}: {e}") from None
-        cams[s.name] = (clip, ts)
+        cams[s.name] = (encode_camera(frames, video_codec, fps, f"{where}, camera {s.name!r}"), ts)
     assert actions is not None
     return Episode(episode_id=f"episode_{ref.index:06d}", text=text, action_ts=ts, actions=actions,
                    signals=signals, cameras=cams, split=split)
@@ -345,8 +341,7 @@ def build_from_lerobot(
     overwrite: bool = True,
 ) -> TableMeta:
     """Import the LeRobot dataset folder `root` (optionally only `episodes` / one `split`) into a table at `out`."""
-    if video_codec not in VIDEO_CODECS:
-        raise SchemaError(f"video codec {video_codec!r} is not one of {', '.join(VIDEO_CODECS)}")
+    check_video_codec(video_codec)
     root = Path(root)
     info, generation = read_info(root)
     check_output_path(Path(out), overwrite=overwrite)

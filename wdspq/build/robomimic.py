@@ -28,8 +28,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from ..errors import MediaError, SchemaError
-from ..media import VIDEO_CODECS, encode_clip
+from ..errors import SchemaError
 from ..schema import (
     Episode,
     Stream,
@@ -40,7 +39,7 @@ from ..schema import (
     check_output_path,
     signal_stream,
 )
-from .select import select, split_of
+from .common import check_video_codec, encode_camera, select, split_of
 
 _DEMO = re.compile(r"^demo_(\d+)$")
 
@@ -134,8 +133,7 @@ def build_from_robomimic(
     overwrite: bool = True,
 ) -> TableMeta:
     """Import the robomimic file `path` (optionally only `episodes` / one filter key `split`) into a table at `out`."""
-    if video_codec not in VIDEO_CODECS:
-        raise SchemaError(f"video codec {video_codec!r} is not one of {', '.join(VIDEO_CODECS)}")
+    check_video_codec(video_codec)
     where = str(path)
     check_output_path(Path(out), overwrite=overwrite, inputs=[path])
     try:
@@ -181,10 +179,7 @@ def build_from_robomimic(
                     frames = _array(demo["obs"], k, t, f"{dwhere}/obs")
                     if frames.shape[1:3] != hw:
                         raise SchemaError(f"{dwhere}/obs/{k}: frames are {frames.shape[1]}x{frames.shape[2]} (HxW), the first demo's are {hw[0]}x{hw[1]}")
-                    try:
-                        cameras[k] = (encode_clip(frames, codec=video_codec, fps=max(1, round(rate))), ts)
-                    except MediaError as e:
-                        raise SchemaError(f"{dwhere}/obs/{k}: {e}") from None
+                    cameras[k] = (encode_camera(frames, video_codec, rate, f"{dwhere}/obs/{k}"), ts)
                 writer.add(Episode(episode_id=name, text=sentence, action_ts=ts, actions=actions, signals=signals,
                                    cameras=cameras, split=split_of(n, masks)))
             return writer.close(source=f"robomimic {where}", extra=extra)

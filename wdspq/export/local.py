@@ -61,6 +61,7 @@ from .pool import Workers
 from .stats import table_stats
 
 EPISODES_PER_CHUNK = 8
+EXPORT_CACHE_BYTES = 64 * 2**20  # the exporter reads each episode once: a decode cache would only grow with the table
 _SHARD_RE = re.compile(r"^shard-\d{6}\.tar$")
 _INDEX_RE = re.compile(r"^shard-\d{6}" + re.escape(INDEX_SUFFIX) + "$")
 
@@ -137,7 +138,7 @@ def export_shards(
     spec = spec if isinstance(spec, WindowSpec) else WindowSpec.from_dict(spec)
     read_meta(table)  # fail early, naming the file, on a non-wdspq table
     open_storage(out, **(storage_options or {}))  # fail early on a bad URL
-    ds = ParquetWindowDataset(table, spec, tokenizer=tokenizer)
+    ds = ParquetWindowDataset(table, spec, tokenizer=tokenizer, cache_bytes=EXPORT_CACHE_BYTES)
     n = len(ds)
     if n == 0:
         raise WdspqError(f"{table}: the window spec gives no windows (episodes shorter than the window?)")
@@ -200,15 +201,17 @@ def export_shards(
     journal = Journal(journal_path, digest)
     try:
         # Phase 1: spill (chunk jobs, windows/s progress).
-        loc = np.zeros((n, 3), dtype=np.int64)  # window -> (chunk, offset, length) in the spill files
+        # window -> chunk, offset and length in the spill files (16 bytes a window: the export's only
+        # per-window memory besides the shard order's 4)
+        loc_chunk, loc_off, loc_len = np.zeros(n, np.int32), np.zeros(n, np.int64), np.zeros(n, np.int32)
         frame_error = 0
         jobs = ((c, e0, min(e0 + EPISODES_PER_CHUNK, ds.num_episodes))
                 for c, e0 in enumerate(range(0, ds.num_episodes, EPISODES_PER_CHUNK)))
         with tqdm(total=n, desc="export: cut windows", unit="win", disable=not progress, smoothing=0.1) as bar:
             for res in pool.run(spill_chunk, jobs):
                 idx = res["index"]
-                loc[idx[:, 0], 0] = res["chunk"]
-                loc[idx[:, 0], 1:] = idx[:, 1:]
+                loc_chunk[idx[:, 0]] = res["chunk"]
+                loc_off[idx[:, 0]], loc_len[idx[:, 0]] = idx[:, 1], idx[:, 2]
                 frame_error = max(frame_error, res["frame_error"])
                 bar.update(len(idx))
         stats = table_stats(table, ds.meta)  # every table row once, in table order
@@ -227,7 +230,11 @@ def export_shards(
             _say(progress, f"export: reusing {n_reused} of {len(shards_windows)} shards written intact by an earlier run")
         reused = sum(len(shards_windows[i]) for i in range(len(shards_windows)) if entries[i] is not None)
         with tqdm(total=n, initial=reused, desc="export: write shards", unit="win", disable=not progress) as bar:
-            jobs2 = ((i, shards_windows[i], loc[shards_windows[i]]) for i in todo)
+            def shard_job(i: int) -> tuple[int, np.ndarray, np.ndarray]:
+                w = shards_windows[i]
+                return i, w, np.stack([loc_chunk[w].astype(np.int64), loc_off[w], loc_len[w].astype(np.int64)], axis=1)
+
+            jobs2 = (shard_job(i) for i in todo)
             for entry in pool.run(assemble_shard, jobs2):
                 entries[int(entry["name"][6:12])] = entry
                 journal.append(entry)

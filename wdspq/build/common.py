@@ -1,10 +1,28 @@
-"""Episode selection shared by the importers: `--episodes 0,3,5-9` and `--split NAME`."""
+"""What the importers share: episode selection (`--episodes 0,3,5-9`, `--split NAME`) and clip encoding."""
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
-from ..errors import SchemaError
+import numpy as np
+
+from ..errors import MediaError, SchemaError
+from ..media import VIDEO_CODECS, encode_clip
+
+
+def check_video_codec(codec: str) -> str:
+    """The table's clip codec, refused early (before any input is read) when unknown."""
+    if codec not in VIDEO_CODECS:
+        raise SchemaError(f"video codec {codec!r} is not one of {', '.join(VIDEO_CODECS)}")
+    return codec
+
+
+def encode_camera(frames: np.ndarray, codec: str, fps: float, where: str) -> bytes:
+    """(N, H, W, 3) frames -> one clip of the table; an encoder error names the episode and camera (`where`)."""
+    try:
+        return encode_clip(frames, codec=codec, fps=max(1, round(fps)))
+    except MediaError as e:
+        raise SchemaError(f"{where}: {e}") from None
 
 
 def parse_episodes(text: str) -> list[int]:
