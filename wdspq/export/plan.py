@@ -23,6 +23,7 @@ from ..shardfmt import Encoding, SampleCodec, end_of_archive, index_bytes, key_o
 
 SPILL_PREFIX = ".wdspq-spill-"
 PROBE_SAMPLES = 24
+PROBE_EPISODES = 4
 _MARGIN = 1.05  # headroom on top of the estimate when checking free space
 
 
@@ -84,7 +85,14 @@ def estimate_export(ds: Any, encoding: Encoding, samples_per_shard: int, out: st
     """Measured size of the export of `ds` (see the module doc); bytes are estimates from `probe` windows."""
     n = len(ds)
     codec = SampleCodec(ds.sample_schema(), encoding)
-    picks = np.unique(np.linspace(0, n - 1, num=min(probe, n)).round().astype(np.int64))
+    # Windows spread over at most PROBE_EPISODES episodes spread over the table: decoding an episode is the
+    # costly part (the export decodes each once more), so a probe of many episodes would cost much of it.
+    eps = np.flatnonzero(ds.index.counts > 0)
+    eps = eps[np.unique(np.linspace(0, len(eps) - 1, num=min(PROBE_EPISODES, len(eps))).round().astype(np.int64))]
+    per = -(-probe // len(eps))
+    picks = np.unique(np.concatenate([
+        int(ds.index.starts[e]) + np.unique(np.linspace(0, int(ds.index.counts[e]) - 1, num=min(per, int(ds.index.counts[e])))
+                                            .round().astype(np.int64)) for e in eps]))
     sizes = []
     for w in picks.tolist():
         s = ds.sample_numpy(w)

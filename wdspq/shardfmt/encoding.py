@@ -12,6 +12,7 @@ byte-identical across runs and worker counts.
 from __future__ import annotations
 
 import ast
+import functools
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -112,6 +113,7 @@ def _npy_header(dtype: np.dtype) -> bytes:
     return buf.getvalue()
 
 
+@functools.cache
 def _castable(src: np.dtype, dst: np.dtype) -> bool:
     """Values of `src` stored as `dst` without changing kind or wrapping (float64 -> float32 is allowed)."""
     return np.can_cast(src, dst, "safe") or (src.kind == "f" and dst.kind == "f")
@@ -143,6 +145,7 @@ class SampleCodec:
             else:
                 self.frame_members.append((k, None, f"{k}.{self.ext}"))
         self.member_names = [self.record_member] + [m for _, _, m in self.frame_members]
+        self._want = [(k, np.dtype(v["dtype"]), tuple(v["shape"])) for k, v in self.schema.items()]
         self._zc: Any = None
         self._zd: Any = None
 
@@ -155,9 +158,8 @@ class SampleCodec:
         if set(sample) != set(self.schema):
             missing, extra = set(self.schema) - set(sample), set(sample) - set(self.schema)
             raise ShardError(f"{where}: keys differ from the schema: missing {sorted(missing)}, extra {sorted(extra)}")
-        for k, spec in self.schema.items():
+        for k, want_dt, want_shape in self._want:
             v = np.asarray(sample[k])
-            want_dt, want_shape = np.dtype(spec["dtype"]), tuple(spec["shape"])
             if v.shape != want_shape:
                 raise ShardError(f"{where}: key {k!r} has shape {v.shape}, the schema says {want_shape}")
             if not _castable(v.dtype, want_dt):
