@@ -626,6 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     # import what every measurement needs once, before forking (no data is touched here)
     import torch  # noqa: F401
+    import transformers  # noqa: F401  (the tokenizer: ~1 s of imports the export would otherwise time)
     import webdataset  # noqa: F401
 
     import wdspq.export  # noqa: F401

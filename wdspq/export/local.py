@@ -235,7 +235,7 @@ def export_shards(
                 return i, w, np.stack([loc_chunk[w].astype(np.int64), loc_off[w], loc_len[w].astype(np.int64)], axis=1)
 
             jobs2 = (shard_job(i) for i in todo)
-            for entry in pool.run(assemble_shard, jobs2):
+            for entry in pool.run(assemble_shard, jobs2, io_threads=2):  # overlaps one shard's fsync with the next
                 entries[int(entry["name"][6:12])] = entry
                 journal.append(entry)
                 bar.update(entry["samples"])

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Executor,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
 from typing import Any
 
 # worker processes: state is installed once per process by the pool initializer
@@ -37,23 +44,18 @@ class Workers:
         else:
             init_worker({**state, "parent": None})
 
-    def run(self, fn: Callable[[Any], Any], jobs: Iterable[Any]) -> Iterator[Any]:
-        if self.pool is None:
+    def run(self, fn: Callable[[Any], Any], jobs: Iterable[Any], io_threads: int = 1) -> Iterator[Any]:
+        """Results of `fn` over `jobs`, as they finish. In this process, `io_threads > 1` runs that many jobs
+        at once in threads: for jobs that are mostly file I/O, hashing and fsync (which release the GIL) and
+        share no unsynchronised state, such as writing shards."""
+        if self.pool is None and io_threads <= 1:
             yield from map(fn, jobs)
             return
-        it = iter(jobs)
-        running: set[Future] = set()
-        for job in it:
-            running.add(self.pool.submit(fn, job))
-            if len(running) >= 2 * self.workers:
-                break
-        while running:
-            done, running = wait(running, return_when=FIRST_COMPLETED)
-            for fut in done:
-                yield fut.result()
-                nxt = next(it, None)
-                if nxt is not None:
-                    running.add(self.pool.submit(fn, nxt))
+        if self.pool is None:
+            with ThreadPoolExecutor(io_threads, thread_name_prefix="wdspq-export") as threads:
+                yield from _bounded(threads, fn, jobs, 2 * io_threads)
+            return
+        yield from _bounded(self.pool, fn, jobs, 2 * self.workers)
 
     def close(self) -> None:
         if self.pool is not None:
@@ -61,3 +63,20 @@ class Workers:
         W.clear()
 
 
+
+
+def _bounded(executor: Executor, fn: Callable[[Any], Any], jobs: Iterable[Any], in_flight: int) -> Iterator[Any]:
+    """Submit jobs lazily, at most `in_flight` at a time; yield results in completion order."""
+    it = iter(jobs)
+    running: set[Future] = set()
+    for job in it:
+        running.add(executor.submit(fn, job))
+        if len(running) >= in_flight:
+            break
+    while running:
+        done, running = wait(running, return_when=FIRST_COMPLETED)
+        for fut in done:
+            yield fut.result()
+            nxt = next(it, None)
+            if nxt is not None:
+                running.add(executor.submit(fn, nxt))
