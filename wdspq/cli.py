@@ -490,7 +490,8 @@ def format_summary(s: dict[str, Any]) -> str:
     ]
     if m.source:
         lines.append(("source", m.source))
-    return "\n".join(f"{k:<13}{v}" for k, v in lines)
+    width = max(13, *(len(k) + 2 for k, _ in lines))  # long stream names (observation.images.front) stay aligned
+    return "\n".join(f"{k:<{width}}{v}" for k, v in lines)
 
 
 COMMANDS: list[Register] = [add_build, add_export, add_verify, add_validate, add_info, add_show, add_demo]

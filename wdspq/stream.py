@@ -287,6 +287,8 @@ class StreamLoader(DataLoader):
       `in_order=False`) are refused.
     - Every rank yields the same number of batches (`even="pad"`: flagged repeats with window_index -1;
       `"drop"`: surplus dropped; `"none"`: no balancing).
+    - `shared_ring` (default True): with workers, batches travel through reusable shared-memory blocks
+      (wdspq.handoff) instead of a fresh segment each; the batches are the same either way.
     """
 
     def __init__(
