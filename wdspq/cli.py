@@ -490,7 +490,7 @@ def format_summary(s: dict[str, Any]) -> str:
     ]
     if m.source:
         lines.append(("source", m.source))
-    width = max(13, *(len(k) + 2 for k, _ in lines))  # long stream names (observation.images.front) stay aligned
+    width = max(13, *(len(k) + 1 for k, _ in lines))  # long stream names (observation.images.front) stay aligned
     return "\n".join(f"{k:<{width}}{v}" for k, v in lines)
 
 
