@@ -325,3 +325,38 @@ def test_lerobot_image_features_become_cameras(tmp_path):
     build_from_lerobot(root, tmp_path / "t.parquet", episodes=[1], progress=False)
     frames, _ = decode_video(pq.read_table(tmp_path / "t.parquet").column("observation.images.top")[0].as_py())
     np.testing.assert_array_equal(frames.transpose(0, 2, 3, 1), np.stack([pattern(2, 1, i) for i in range(LENGTHS[1])]))
+
+
+def test_a_video_pyav_cannot_decode_names_the_codec_and_the_file(tmp_path, monkeypatch):
+    """The decoder's failure (here simulated: this PyAV decodes every codec LeRobot writes) is one line
+    naming the episode, the camera, the file and the codec."""
+    import av
+
+    import wdspq.media as media
+
+    root = write_v21(tmp_path / "ds", CODECS["v2.1"])
+    real_open = av.open
+
+    class NoDecoder:
+        def __init__(self, path, *a, **k):
+            self.c = real_open(path, *a, **k)
+            self.streams = self.c.streams
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.c.close()
+
+        def seek(self, *a, **k):
+            return self.c.seek(*a, **k)
+
+        def decode(self, stream):
+            raise av.error.DecoderNotFoundError(0, "decoder not found")
+
+    monkeypatch.setattr(media.av, "open", lambda path, *a, **k: NoDecoder(path, *a, **k) if str(path).endswith(".mp4") else real_open(path, *a, **k))
+    with pytest.raises(SchemaError) as e:
+        build_from_lerobot(root, tmp_path / "t.parquet", progress=False)
+    msg = str(e.value)
+    assert "episode 0" in msg and CAMERAS[0] in msg and "episode_000000.mp4" in msg and "libdav1d" in msg, msg
+    assert not (tmp_path / "t.parquet").exists()
