@@ -49,7 +49,9 @@ class RayWorkers:
         self._key = uuid.uuid4().hex
         self._remote = ray.remote(num_cpus=1, max_retries=TASK_RETRIES, retry_exceptions=False)(_call)
 
-    def run(self, fn: Callable[[Any], Any], jobs: Iterable[Any]) -> Iterator[Any]:
+    def run(self, fn: Callable[[Any], Any], jobs: Iterable[Any], io_threads: int = 1) -> Iterator[Any]:
+        """Results of `fn` over `jobs` as Ray tasks finish (`io_threads` is the local engine's: Ray tasks
+        already run side by side)."""
         ray = self.ray
         it = iter(jobs)
         running: list[Any] = []
