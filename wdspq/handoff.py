@@ -43,24 +43,23 @@ class BatchLayout:
     shapes: tuple[tuple[int, ...], ...]  # per-row shape
     rows: int
     nbytes: int
+    row_bytes: tuple[int, ...] = ()  # bytes of one row of each key
 
     @classmethod
     def of(cls, dtype: np.dtype, keys: Any, rows: int) -> BatchLayout:
         """The layout of `rows` records of the structured `dtype`, keys in the given order."""
         fields = [dtype.fields[k][0] for k in keys]
-        return cls(tuple(keys), (), tuple(f.base for f in fields), tuple(tuple(f.shape) for f in fields), 0, 0).resized(rows)
+        dtypes, shapes = tuple(f.base for f in fields), tuple(tuple(f.shape) for f in fields)
+        row_bytes = tuple(dt.itemsize * int(np.prod(shape, dtype=np.int64)) for dt, shape in zip(dtypes, shapes))
+        return cls(tuple(keys), (), dtypes, shapes, 0, 0, row_bytes).resized(rows)
 
     def resized(self, rows: int) -> BatchLayout:
         """The same keys laid out for `rows` rows."""
         offsets, total = [], 0
-        for dt, shape in zip(self.dtypes, self.shapes):
+        for rb in self.row_bytes:
             offsets.append(total)
-            total += -(-rows * dt.itemsize * int(np.prod(shape, dtype=np.int64)) // 64) * 64
-        return BatchLayout(self.keys, tuple(offsets), self.dtypes, self.shapes, rows, max(total, 64))
-
-    @property
-    def row_bytes(self) -> tuple[int, ...]:
-        return tuple(dt.itemsize * int(np.prod(shape, dtype=np.int64)) for dt, shape in zip(self.dtypes, self.shapes))
+            total += -(-rows * rb // 64) * 64
+        return BatchLayout(self.keys, tuple(offsets), self.dtypes, self.shapes, rows, max(total, 64), self.row_bytes)
 
     def tensors(self, block: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
         """Per-key tensors of the first `n` rows, all views of `block` (a uint8 tensor of `nbytes`)."""
