@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from fractions import Fraction
 
 import av
@@ -55,45 +56,70 @@ def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
     return np.concatenate([planes[0], planes[1].reshape(h // 4, w), planes[2].reshape(h // 4, w)])
 
 
-def encode_clip(frames: np.ndarray, codec: str = "ffv1", fps: int = 20, crf: int = 18) -> bytes:
-    """(N, H, W, 3) uint8 -> one encoded clip, byte-deterministic (one thread, bitexact muxer).
+class ClipWriter:
+    """Encode frames one at a time into one clip, byte-deterministic (one thread, bitexact muxer): memory is
+    one frame, whatever the clip's length. `encode_clip` is this for a whole array.
 
-    `ffv1` is lossless (frames decode exactly); `h264` is lossy (yuv420p: chroma is subsampled, max
-    error ~100 on coloured edges at any crf) and ~10x smaller on camera images. The container's frame
-    times are nominal (`fps`); the table keeps each frame's real time in its `<camera>_ts` column.
+    `ffv1` is lossless (frames decode exactly); `h264` is lossy (yuv420p: chroma is subsampled, max error
+    ~100 on coloured edges at any crf) and ~10x smaller on camera images. The container's frame times are
+    nominal (`fps`); the table keeps each frame's real time in its `<camera>_ts` column.
     """
+
+    def __init__(self, height: int, width: int, codec: str = "ffv1", fps: int = 20, crf: int = 18) -> None:
+        if codec not in VIDEO_CODECS:
+            raise MediaError(f"video codec {codec!r} is not one of {VIDEO_CODECS}")
+        if codec == "h264" and (height % 2 or width % 2):
+            raise MediaError(
+                f"frame size {height}x{width} (HxW) is odd; h264 (yuv420p) needs an even height and width "
+                "(use --video-codec ffv1)"
+            )
+        self.codec, self.shape, self.frames = codec, (int(height), int(width), 3), 0
+        self._buf = io.BytesIO()
+        self._out = av.open(self._buf, "w", format="matroska" if codec == "ffv1" else "mp4",
+                            options={"fflags": "+bitexact"})
+        self._stream = self._out.add_stream("ffv1" if codec == "ffv1" else "libx264", rate=Fraction(int(fps), 1))
+        self._stream.width, self._stream.height = int(width), int(height)
+        self._stream.codec_context.thread_count = 1
+        if codec == "ffv1":
+            self._stream.pix_fmt = "bgr0"
+            self._stream.options = {"threads": "1"}
+        else:
+            self._stream.pix_fmt = "yuv420p"
+            self._stream.options = {"threads": "1", "crf": str(crf), "preset": "veryfast"}
+
+    def add(self, frame: np.ndarray) -> None:
+        """One (H, W, 3) uint8 RGB frame of the clip's size."""
+        arr = np.asarray(frame, dtype=np.uint8)
+        if arr.shape != self.shape:
+            raise MediaError(f"frame {self.frames} is {arr.shape}, the clip's frames are {self.shape} (H, W, 3)")
+        if self.codec == "ffv1":
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
+        else:
+            vf = av.VideoFrame.from_ndarray(rgb_to_yuv420p(arr), format="yuv420p")
+        for packet in self._stream.encode(vf):
+            self._out.mux(packet)
+        self.frames += 1
+
+    def close(self) -> bytes:
+        """Flush and return the clip's bytes (at least one frame must have been added)."""
+        if self.frames == 0:
+            self._out.close()
+            raise MediaError("a clip needs at least one frame")
+        for packet in self._stream.encode():
+            self._out.mux(packet)
+        self._out.close()
+        return self._buf.getvalue()
+
+
+def encode_clip(frames: np.ndarray, codec: str = "ffv1", fps: int = 20, crf: int = 18) -> bytes:
+    """(N, H, W, 3) uint8 -> one encoded clip, byte-deterministic (see `ClipWriter`)."""
     frames = np.asarray(frames, dtype=np.uint8)
     if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
         raise MediaError(f"encode_clip expects (N, H, W, 3) uint8 frames with N > 0, got {frames.shape}")
-    if codec not in VIDEO_CODECS:
-        raise MediaError(f"video codec {codec!r} is not one of {VIDEO_CODECS}")
-    if codec == "h264" and (frames.shape[1] % 2 or frames.shape[2] % 2):
-        raise MediaError(
-            f"frame size {frames.shape[1]}x{frames.shape[2]} (HxW) is odd; h264 (yuv420p) needs an even height and "
-            "width (use --video-codec ffv1)"
-        )
-    buf = io.BytesIO()
-    container = "matroska" if codec == "ffv1" else "mp4"
-    with av.open(buf, "w", format=container, options={"fflags": "+bitexact"}) as out:
-        stream = out.add_stream("ffv1" if codec == "ffv1" else "libx264", rate=Fraction(int(fps), 1))
-        stream.width, stream.height = int(frames.shape[2]), int(frames.shape[1])
-        stream.codec_context.thread_count = 1
-        if codec == "ffv1":
-            stream.pix_fmt = "bgr0"
-            stream.options = {"threads": "1"}
-        else:
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"threads": "1", "crf": str(crf), "preset": "veryfast"}
-        for arr in frames:
-            if codec == "ffv1":
-                frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
-            else:
-                frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(arr), format="yuv420p")
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return buf.getvalue()
+    w = ClipWriter(frames.shape[1], frames.shape[2], codec=codec, fps=fps, crf=crf)
+    for arr in frames:
+        w.add(arr)
+    return w.close()
 
 
 def encode_mp4(frames: np.ndarray, fps: int = 20, crf: int = 18) -> bytes:
@@ -165,10 +191,10 @@ def probe_clip(data: bytes, full: bool = False) -> tuple[int, int, float, int]:
         return h, w, rate, n
 
 
-def decode_file_range(
+def iter_file_range(
     path: str, start: float = 0.0, end: float | None = None, fps: float = 0.0, where: str = ""
-) -> np.ndarray:
-    """The frames of a video file whose times lie in [start, end), as (N, H, W, 3) uint8 RGB.
+) -> Iterator[np.ndarray]:
+    """The frames of a video file whose times lie in [start, end), one (H, W, 3) uint8 RGB array at a time.
 
     A frame's time is its pts x time_base (what LeRobot's decoders use). Half a frame period of slack on
     both ends absorbs the rounding of concatenated files; the decoder seeks to the key frame before
@@ -177,7 +203,6 @@ def decode_file_range(
     """
     where = where or str(path)
     half = 0.5 / fps if fps > 0 else 1e-4
-    frames: list[np.ndarray] = []
     codec = "?"
     try:
         with av.open(str(path), "r") as container:
@@ -193,11 +218,16 @@ def decode_file_range(
                     continue
                 if end is not None and t >= end - half:
                     break
-                frames.append(frame_chw(frame).transpose(1, 2, 0))
+                yield frame_chw(frame).transpose(1, 2, 0)
     except MediaError:
         raise
     except Exception as e:  # PyAV raises many error types for missing decoders and bad bytes
         raise MediaError(f"{where}: cannot decode its {codec} video with this PyAV build ({av.__version__}): {e}") from None
-    if not frames:
-        return np.zeros((0, 0, 0, 3), dtype=np.uint8)
-    return np.stack(frames)
+
+
+def decode_file_range(
+    path: str, start: float = 0.0, end: float | None = None, fps: float = 0.0, where: str = ""
+) -> np.ndarray:
+    """`iter_file_range` as one (N, H, W, 3) array (N may be 0)."""
+    frames = list(iter_file_range(path, start, end, fps, where))
+    return np.stack(frames) if frames else np.zeros((0, 0, 0, 3), dtype=np.uint8)

@@ -7,7 +7,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..errors import MediaError, SchemaError
-from ..media import VIDEO_CODECS, encode_clip
+from ..media import VIDEO_CODECS, ClipWriter, encode_clip
 
 
 def check_video_codec(codec: str) -> str:
@@ -15,6 +15,27 @@ def check_video_codec(codec: str) -> str:
     if codec not in VIDEO_CODECS:
         raise SchemaError(f"video codec {codec!r} is not one of {', '.join(VIDEO_CODECS)}")
     return codec
+
+
+def encode_frames(frames: Iterable[np.ndarray], hw: tuple[int, int], codec: str, fps: float, rows: int,
+                  where: str, source: str, size_from: str) -> bytes:
+    """An episode's camera frames ((H, W, 3) each, as they are decoded) -> one clip of the table, in the memory
+    of one frame. Their size must be `hw` (`size_from` says who says so) and their count the episode's `rows`
+    (errors name `where` and the `source` of the frames)."""
+    try:
+        writer = ClipWriter(hw[0], hw[1], codec=codec, fps=max(1, round(fps)))
+    except MediaError as e:
+        raise SchemaError(f"{where}: {e}") from None
+    n = 0
+    for frame in frames:  # a decoder's MediaError passes through: it names its own file and codec
+        if frame.shape[:2] != hw:
+            raise SchemaError(f"{where}: frames are {frame.shape[0]}x{frame.shape[1]} (HxW), {size_from} says {hw[0]}x{hw[1]}")
+        if n < rows:
+            writer.add(frame)
+        n += 1
+    if n != rows:
+        raise SchemaError(f"{where}: the {source} has {n} frames, the episode has {rows} rows")
+    return writer.close()
 
 
 def encode_camera(frames: np.ndarray, codec: str, fps: float, where: str) -> bytes:

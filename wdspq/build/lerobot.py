@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from ..errors import MediaError, SchemaError
-from ..media import decode_file_range, decode_image
+from ..media import decode_image, iter_file_range
 from ..schema import (
     Episode,
     Stream,
@@ -45,7 +45,7 @@ from ..schema import (
     check_output_path,
     signal_stream,
 )
-from .common import check_video_codec, encode_camera, select, split_of
+from .common import check_video_codec, encode_frames, select, split_of
 
 VERSIONS = {"v2.0": 2, "v2.1": 2, "v3.0": 3}
 INDEX_COLUMNS = {"timestamp", "frame_index", "episode_index", "index", "task_index"}
@@ -270,16 +270,15 @@ def _timestamps(rows: pa.Table, fps: float, where: str) -> np.ndarray:
     return ts.astype(np.float64)
 
 
-def _image_frames(rows: pa.Table, root: Path, name: str, where: str) -> np.ndarray:
-    out = []
+def _image_frames(rows: pa.Table, root: Path, name: str, where: str) -> Iterator[np.ndarray]:
+    """The (H, W, 3) frames of a `dtype: image` feature, decoded one row at a time."""
     for j, cell in enumerate(rows.column(name).to_pylist()):
         data = cell.get("bytes") if isinstance(cell, dict) else cell
         if not data and isinstance(cell, dict) and cell.get("path"):
             data = (root / cell["path"]).read_bytes()
         if not data:
             raise SchemaError(f"{where}, image {name!r}: row {j} has no image bytes")
-        out.append(decode_image(data, f"{where}, image {name!r}, row {j}").transpose(1, 2, 0))
-    return np.stack(out)
+        yield decode_image(data, f"{where}, image {name!r}, row {j}").transpose(1, 2, 0)
 
 
 def read_episode(
@@ -306,26 +305,22 @@ def read_episode(
             else:
                 signals[s.name] = (ts, vals)
             continue
+        cwhere = f"{where}, camera {s.name!r}"
         if cameras[s.name] == "image":
-            frames = _image_frames(rows, root, s.name, where)
+            frames: Iterable[np.ndarray] = _image_frames(rows, root, s.name, where)
             src = "data file"
         else:
             v = ref.videos[s.name]
-            vwhere = f"episode {ref.index}, camera {s.name!r}: {_rel(root, v.path)}"
             if not v.path.is_file():
-                raise SchemaError(f"{vwhere}: video file not found")
-            try:
-                frames = decode_file_range(str(v.path), v.start, v.end, fps, where=vwhere)
-            except MediaError as e:
-                raise SchemaError(str(e)) from None
+                raise SchemaError(f"episode {ref.index}, camera {s.name!r}: {_rel(root, v.path)}: video file not found")
+            frames = iter_file_range(str(v.path), v.start, v.end, fps,
+                                     where=f"episode {ref.index}, camera {s.name!r}: {_rel(root, v.path)}")
             src = f"video {_rel(root, v.path)}" + (f" between {v.start:.3f} s and {v.end:.3f} s" if v.end is not None else "")
-        if len(frames) != ref.length:
-            raise SchemaError(f"{where}, camera {s.name!r}: the {src} has {len(frames)} frames, the episode has {ref.length} rows")
-        if frames.shape[1:3] != s.hw:
-            raise SchemaError(
-                f"{where}, camera {s.name!r}: frames are {frames.shape[1]}x{frames.shape[2]} (HxW), info.json says {s.hw[0]}x{s.hw[1]}"
-            )
-        cams[s.name] = (encode_camera(frames, video_codec, fps, f"{where}, camera {s.name!r}"), ts)
+        try:
+            clip = encode_frames(frames, s.hw, video_codec, fps, ref.length, cwhere, src, "info.json")
+        except MediaError as e:  # the decoder's error already names the episode, camera, file and codec
+            raise SchemaError(str(e)) from None
+        cams[s.name] = (clip, ts)
     assert actions is not None
     return Episode(episode_id=f"episode_{ref.index:06d}", text=text, action_ts=ts, actions=actions,
                    signals=signals, cameras=cams, split=split)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from ..schema import (
     check_output_path,
     signal_stream,
 )
-from .common import check_video_codec, encode_camera, select, split_of
+from .common import check_video_codec, encode_frames, select, split_of
 
 _DEMO = re.compile(r"^demo_(\d+)$")
 
@@ -121,6 +121,12 @@ def _array(group: h5py.Group, key: str, n: int, where: str) -> np.ndarray:
     return a
 
 
+def _chunked(ds: h5py.Dataset, rows: int = 64) -> Iterator[np.ndarray]:
+    """The frames of a (T, H, W, 3) dataset, read 64 at a time (memory: one chunk, not the demo)."""
+    for i in range(0, len(ds), rows):
+        yield from ds[i:i + rows]
+
+
 def build_from_robomimic(
     path: str | os.PathLike,
     out: str | os.PathLike,
@@ -176,10 +182,11 @@ def build_from_robomimic(
                 signals = {k: (ts, _array(demo["obs"], k, t, f"{dwhere}/obs").astype(np.float32).reshape(t, -1)) for k in sigs}
                 cameras: dict[str, tuple[bytes | None, np.ndarray]] = {}
                 for k, hw in cams.items():
-                    frames = _array(demo["obs"], k, t, f"{dwhere}/obs")
-                    if frames.shape[1:3] != hw:
-                        raise SchemaError(f"{dwhere}/obs/{k}: frames are {frames.shape[1]}x{frames.shape[2]} (HxW), the first demo's are {hw[0]}x{hw[1]}")
-                    cameras[k] = (encode_camera(frames, video_codec, rate, f"{dwhere}/obs/{k}"), ts)
+                    ds = demo["obs"].get(k)
+                    if not isinstance(ds, h5py.Dataset) or ds.ndim != 4:
+                        raise SchemaError(f"{dwhere}/obs: {k!r} is not a (T, H, W, 3) dataset like the first demo's")
+                    cameras[k] = (encode_frames(_chunked(ds), hw, video_codec, rate, t, f"{dwhere}/obs/{k}",
+                                                "dataset", "the first demo"), ts)
                 writer.add(Episode(episode_id=name, text=sentence, action_ts=ts, actions=actions, signals=signals,
                                    cameras=cameras, split=split_of(n, masks)))
             return writer.close(source=f"robomimic {where}", extra=extra)
