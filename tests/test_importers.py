@@ -360,3 +360,15 @@ def test_a_video_pyav_cannot_decode_names_the_codec_and_the_file(tmp_path, monke
     msg = str(e.value)
     assert "episode 0" in msg and CAMERAS[0] in msg and "episode_000000.mp4" in msg and "libdav1d" in msg, msg
     assert not (tmp_path / "t.parquet").exists()
+
+
+def test_clip_writer_frame_by_frame_equals_encode_clip():
+    frames = np.random.default_rng(1).integers(0, 255, (5, 16, 24, 3), dtype=np.uint8)
+    for codec in ("ffv1", "h264"):
+        w = wdspq.ClipWriter(16, 24, codec=codec)
+        for f in frames:
+            w.add(f)
+        assert w.close() == wdspq.encode_clip(frames, codec=codec)
+    w = wdspq.ClipWriter(16, 24)
+    with pytest.raises(wdspq.MediaError, match=r"frame 0 is \(16, 16, 3\), the clip's frames are \(16, 24, 3\)"):
+        w.add(frames[0][:, :16])

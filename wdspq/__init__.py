@@ -43,6 +43,7 @@ _LAZY = {
     "camera_stream": "schema",
     "image_stream": "schema",
     "encode_clip": "media",
+    "ClipWriter": "media",
     "encode_png": "media",
     "build_from_lerobot": "build",
     "build_from_robomimic": "build",
