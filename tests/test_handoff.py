@@ -75,3 +75,14 @@ def test_ring_works_with_spawned_workers(export):
     loader = _loader(export, num_workers=2, multiprocessing_context="spawn")
     assert _same(_epoch(loader), _epoch(_loader(export, num_workers=2, shared_ring=False)))
     assert loader.dataset._ring.in_use() == 0
+
+
+def test_no_ring_when_shared_memory_is_small_and_prefetch_stays_the_dataloaders(export, monkeypatch):
+    """A ring that would not fit leaves batches to fresh segments and DataLoader's prefetch of 2."""
+    monkeypatch.setattr(BatchRing, "fits", staticmethod(lambda nbytes: False))
+    loader = _loader(export, num_workers=2)
+    assert loader.dataset._ring is None and loader.prefetch_factor == 2
+    assert _same(_epoch(loader), _epoch(_loader(export, num_workers=2, shared_ring=False)))
+    monkeypatch.undo()
+    assert _loader(export, num_workers=2).prefetch_factor == 4
+    assert _loader(export, num_workers=2, prefetch_factor=3).dataset._ring.per_worker == 5

@@ -290,7 +290,8 @@ class StreamLoader(DataLoader):
       `in_order=False`) are refused.
     - Every rank yields the same number of batches (`even="pad"`: flagged repeats with window_index -1;
       `"drop"`: surplus dropped; `"none"`: no balancing).
-    - `prefetch_factor` defaults to 4 batches per worker (DataLoader's own default is 2).
+    - `prefetch_factor` defaults to 4 batches per worker when the ring is used (DataLoader's own default, 2,
+      otherwise: batches in fresh segments then take no more shared memory than a plain DataLoader's).
     - `shared_ring` (default True): with workers, batches travel through reusable shared-memory blocks
       (wdspq.handoff) instead of a fresh segment each; the batches are the same either way.
     """
@@ -330,7 +331,14 @@ class StreamLoader(DataLoader):
         # Default collation happens inside the stream (vectorised, in the workers); a custom collate_fn
         # gets the per-sample path with the DataLoader's own batching.
         view._batched = collate_fn is None
-        if int(num_workers) > 0:  # whole batches per fetch: a deeper queue smooths their uneven cost (+5 % here)
+        workers = int(num_workers)
+        ring_layout, per_worker = None, 0
+        if view._batched and workers > 0 and shared_ring:
+            ring_layout = BatchLayout.of(stream._codec.dtype, stream._codec.schema, topo.batch_size)
+            per_worker = int(dataloader_kwargs.get("prefetch_factor") or DEFAULT_PREFETCH) + 2  # a block per batch in flight
+            if not BatchRing.fits(ring_layout.nbytes * per_worker * workers):
+                ring_layout = None  # too big for this machine's shared memory: fresh segments, DataLoader's prefetch
+        if ring_layout is not None:  # whole batches per fetch: a deeper queue smooths their uneven cost (+5 % here)
             dataloader_kwargs.setdefault("prefetch_factor", DEFAULT_PREFETCH)
         super().__init__(view, batch_size=None if view._batched else int(batch_size), num_workers=int(num_workers),
                          collate_fn=collate_fn, **dataloader_kwargs)
@@ -342,11 +350,8 @@ class StreamLoader(DataLoader):
         self._explicit_epoch = False
         self._cursor: RankCursor | None = None
         self._generation = 0
-        if view._batched and self.num_workers > 0 and shared_ring:
-            layout = BatchLayout.of(stream._codec.dtype, stream._codec.schema, topo.batch_size)
-            per_worker = int(self.prefetch_factor or 2) + 2  # every batch in flight has a block (handoff doc)
-            if BatchRing.fits(layout.nbytes * per_worker * self.num_workers):
-                view._ring = BatchRing(layout, self.num_workers, per_worker, self.multiprocessing_context)
+        if ring_layout is not None:
+            view._ring = BatchRing(ring_layout, workers, per_worker, self.multiprocessing_context)
 
     @property
     def batch_size(self) -> int | None:  # type: ignore[override]
