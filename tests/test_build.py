@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from wdspq.build import Hdf5Layout, build_from_hdf5, build_from_seed, build_synthetic, ns_to_seconds
+from wdspq.cli import main
 from wdspq.errors import SchemaError
 from wdspq.media import decode_video, encode_png
 from wdspq.validate import validate_table
@@ -371,3 +372,14 @@ def test_hdf5_frame_size_differs_between_files(tmp_path):
 def test_hdf5_missing_inputs_listed(tmp_path):
     with pytest.raises(SchemaError, match="HDF5 input not found: .*nope1.h5, .*nope2.h5"):
         build_from_hdf5([tmp_path / "nope1.h5", tmp_path / "nope2.h5"], tmp_path / "t.parquet", progress=False)
+
+
+def test_hdf5_episodes_select_files_by_position(tmp_path):
+    a_ns, o_ns, f_ns = _stamps(BASE_NS, 10_000_000, 30), _stamps(BASE_NS, 20_000_000, 15), _stamps(BASE_NS, 50_000_000, 6)
+    for name in ("c", "a", "b"):
+        write_h5(tmp_path / f"ep_{name}.h5", a_ns, o_ns, f_ns)
+    out = tmp_path / "t.parquet"
+    assert main(["build", "hdf5", str(tmp_path), str(out), "--episodes", "0,2", "--no-progress"]) == 0
+    assert pq.read_table(out, columns=["episode_id"]).column(0).to_pylist() == ["ep_a", "ep_c"]  # sorted files 0 and 2
+    with pytest.raises(SchemaError, match=r"3 HDF5 files: episode\(s\) 5 not found"):
+        build_from_hdf5([tmp_path], tmp_path / "u.parquet", episodes=[5], progress=False)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
-from .cli_import import add_build_lerobot, add_build_robomimic
+from .cli_import import add_build_lerobot, add_build_robomimic, episodes_arg
 from .cli_shards import add_export, add_verify
 from .cli_show import add_show
 from .demo import add_demo
@@ -244,6 +244,8 @@ def add_build_hdf5(sub: Any) -> None:
     p.add_argument("--signal", action="append", type=_name_group, metavar="NAME=GROUP",
                    help="one more signal stream and its group (repeat for more)")
     p.add_argument("--video-codec", choices=("ffv1", "h264"), help="clip codec (default ffv1, lossless)")
+    p.add_argument("--episodes", type=episodes_arg, metavar="LIST",
+                   help="convert only these files, by position in the sorted list of inputs (e.g. 0,3,5-9)")
     _add_progress(p)
     p.set_defaults(func=run_build_hdf5)
 
@@ -268,7 +270,7 @@ def run_build_hdf5(args: argparse.Namespace) -> int:
         layout = layout.replace(frames_group="", cameras=dict(args.camera))
     if args.signal:
         layout = layout.replace(signals={**layout.signals, **dict(args.signal)})
-    build_from_hdf5(files, out, layout=layout, progress=_progress(args), overwrite=args.overwrite)
+    build_from_hdf5(files, out, layout=layout, progress=_progress(args), overwrite=args.overwrite, episodes=args.episodes)
     return _report_built(out)
 
 

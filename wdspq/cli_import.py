@@ -11,7 +11,8 @@ from typing import Any
 from . import cli as _cli
 
 
-def _episodes(text: str) -> list[int]:
+def episodes_arg(text: str) -> list[int]:
+    """argparse type of `--episodes 0,3,5-9` (shared by the builders that select episodes)."""
     from .build.common import parse_episodes
     from .errors import SchemaError
 
@@ -22,7 +23,7 @@ def _episodes(text: str) -> list[int]:
 
 
 def _add_selection(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--episodes", type=_episodes, metavar="LIST",
+    p.add_argument("--episodes", type=episodes_arg, metavar="LIST",
                    help=f"import only these {what} (e.g. 0,3,5-9)")
     p.add_argument("--split", metavar="NAME", help="import only the episodes of this split")
     p.add_argument("--video-codec", choices=("ffv1", "h264"), default="ffv1",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from ..schema import (
     signal_stream,
 )
 from ..validate import check_timestamps
-from .common import encode_camera
+from .common import encode_camera, select
 
 _INT_NAME = re.compile(r"^[+-]?\d+$")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
@@ -292,12 +292,18 @@ def build_from_hdf5(
     row_group_size: int = 8,
     progress: bool = True,
     overwrite: bool = True,
+    episodes: Iterable[int] | None = None,
 ) -> TableMeta:
-    """Convert HDF5 logs (one file per episode; folders are expanded) to a version 2 table at `out`, atomically."""
+    """Convert HDF5 logs (one file per episode; folders are expanded) to a version 2 table at `out`, atomically.
+
+    `episodes` keeps only those positions in the expanded, sorted list of files (`--episodes 0,3,5-9`)."""
     layout = layout or Hdf5Layout()
     paths = expand_inputs(files)
     check_output_path(Path(out), overwrite=overwrite, inputs=paths)
     ids = _episode_ids(paths)
+    if episodes is not None:
+        keep = select(list(range(len(paths))), episodes, where=f"{len(paths)} HDF5 files")
+        paths, ids = [paths[i] for i in keep], [ids[i] for i in keep]
     writer: TableWriter | None = None
     first: tuple[Path, dict[str, Any]] | None = None
     try:
