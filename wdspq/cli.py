@@ -245,7 +245,7 @@ def add_build_hdf5(sub: Any) -> None:
                    help="one more signal stream and its group (repeat for more)")
     p.add_argument("--video-codec", choices=("ffv1", "h264"), help="clip codec (default ffv1, lossless)")
     p.add_argument("--episodes", type=episodes_arg, metavar="LIST",
-                   help="convert only these files, by position in the sorted list of inputs (e.g. 0,3,5-9)")
+                   help="convert only these files, by position among the inputs (files as given, folders expanded sorted; e.g. 0,3,5-9)")
     _add_progress(p)
     p.set_defaults(func=run_build_hdf5)
 

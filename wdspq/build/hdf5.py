@@ -296,7 +296,7 @@ def build_from_hdf5(
 ) -> TableMeta:
     """Convert HDF5 logs (one file per episode; folders are expanded) to a version 2 table at `out`, atomically.
 
-    `episodes` keeps only those positions in the expanded, sorted list of files (`--episodes 0,3,5-9`)."""
+    `episodes` keeps only those positions among the inputs (files as given, folders expanded sorted)."""
     layout = layout or Hdf5Layout()
     paths = expand_inputs(files)
     check_output_path(Path(out), overwrite=overwrite, inputs=paths)
