@@ -223,11 +223,3 @@ def iter_file_range(
         raise
     except Exception as e:  # PyAV raises many error types for missing decoders and bad bytes
         raise MediaError(f"{where}: cannot decode its {codec} video with this PyAV build ({av.__version__}): {e}") from None
-
-
-def decode_file_range(
-    path: str, start: float = 0.0, end: float | None = None, fps: float = 0.0, where: str = ""
-) -> np.ndarray:
-    """`iter_file_range` as one (N, H, W, 3) array (N may be 0)."""
-    frames = list(iter_file_range(path, start, end, fps, where))
-    return np.stack(frames) if frames else np.zeros((0, 0, 0, 3), dtype=np.uint8)

@@ -281,13 +281,21 @@ def _image_frames(rows: pa.Table, root: Path, name: str, where: str) -> Iterator
         yield decode_image(data, f"{where}, image {name!r}, row {j}").transpose(1, 2, 0)
 
 
+def _episode_text(listed: list[str], rows: pa.Table, names: dict[int, str]) -> str:
+    """The episode's tasks as listed in its metadata, else those of its rows' task_index in order of first
+    appearance; several are joined by "; "."""
+    tasks = listed
+    if not tasks and "task_index" in rows.column_names:
+        tasks = [names.get(int(t), "") for t in dict.fromkeys(rows.column("task_index").to_pylist())]
+    return "; ".join(t for t in tasks if t)
+
+
 def read_episode(
-    root: Path, ref: _EpisodeRef, streams: list[Stream], cameras: dict[str, str], files: _DataFiles,
+    root: Path, ref: _EpisodeRef, rows: pa.Table, streams: list[Stream], cameras: dict[str, str],
     fps: float, text: str, split: str | None, video_codec: str,
 ) -> Episode:
-    """One LeRobot episode -> Episode; errors name the episode and the file."""
+    """One LeRobot episode (its data-file `rows`) -> Episode; errors name the episode and the file."""
     where = f"episode {ref.index} ({_rel(root, ref.data_path)})"
-    rows = files.rows(ref)
     if rows.num_rows != ref.length:
         raise SchemaError(f"{where}: the episode metadata says {ref.length} frames, the data file has {rows.num_rows} rows")
     ts = _timestamps(rows, fps, where)
@@ -358,12 +366,7 @@ def build_from_lerobot(
     with TableWriter(out, streams, row_group_size=8, overwrite=overwrite) as writer:
         for i in tqdm(chosen, desc=f"import {root.name}", unit="ep", disable=not progress):
             ref = by_index[i]
-            rows_tasks = ep_tasks.get(i) or []
-            if not rows_tasks:
-                rows = files.rows(ref)
-                if "task_index" in rows.column_names:
-                    idx = dict.fromkeys(rows.column("task_index").to_pylist())
-                    rows_tasks = [names.get(int(t), "") for t in idx]
-            text = "; ".join(t for t in rows_tasks if t)
-            writer.add(read_episode(root, ref, streams, cameras, files, fps, text, split_of(i, splits), video_codec))
+            rows = files.rows(ref)  # filtered and sorted once per episode
+            text = _episode_text(ep_tasks.get(i) or [], rows, names)
+            writer.add(read_episode(root, ref, rows, streams, cameras, fps, text, split_of(i, splits), video_codec))
         return writer.close(source=f"lerobot {info['codebase_version']} {root}", extra=extra)
