@@ -75,6 +75,12 @@ class BatchLayout:
             np.copyto(block[off:off + n * rb].view(dt).reshape(n, *shape), rec[k])
 
 
+@functools.lru_cache(maxsize=32)
+def _layout(dtype: np.dtype, keys: tuple[str, ...], rows: int) -> BatchLayout:
+    """`BatchLayout.of`, once per record layout and batch size (it is asked for on every batch)."""
+    return BatchLayout.of(dtype, keys, rows)
+
+
 def shared_block(nbytes: int) -> torch.Tensor | None:
     """An uninitialised uint8 tensor in shared memory (as default collation allocates), or None."""
     try:
@@ -87,7 +93,7 @@ def shared_block(nbytes: int) -> torch.Tensor | None:
 def batch_tensors(rec: np.ndarray, keys: Any, shared: bool) -> dict[str, torch.Tensor]:
     """Contiguous per-key tensors of a batch of records, all views of ONE storage (in a DataLoader worker, a
     shared one: handing it over passes one segment instead of one per key, and no copy)."""
-    layout = BatchLayout.of(rec.dtype, keys, len(rec))
+    layout = _layout(rec.dtype, tuple(keys), len(rec))
     block = shared_block(layout.nbytes) if shared else None
     if block is None:
         block = torch.empty(layout.nbytes, dtype=torch.uint8)

@@ -340,7 +340,7 @@ class StreamLoader(DataLoader):
                 ring_layout = None  # too big for this machine's shared memory: fresh segments, DataLoader's prefetch
         if ring_layout is not None:  # whole batches per fetch: a deeper queue smooths their uneven cost (+5 % here)
             dataloader_kwargs.setdefault("prefetch_factor", DEFAULT_PREFETCH)
-        super().__init__(view, batch_size=None if view._batched else int(batch_size), num_workers=int(num_workers),
+        super().__init__(view, batch_size=None if view._batched else int(batch_size), num_workers=workers,
                          collate_fn=collate_fn, **dataloader_kwargs)
         self.stream = stream
         self.topology = topo
