@@ -16,11 +16,13 @@ import numpy as np
 import pytest
 import webdataset as wds
 from killing import kill_after_first_shard
+from test_shards_v2 import readme_decoder
 
 from wdspq import ParquetWindowDataset, WdspqError, WindowSpec, export_shards
 from wdspq.cli import main as cli_main
 from wdspq.export import SPILL_PREFIX, shard_assignment
 from wdspq.shardfmt import key_of
+from wdspq.shardfmt.tuning import DICTIONARY_NAME
 from wdspq.storage import open_storage
 from wdspq.text import load_tokenizer, tokenizer_identity
 
@@ -33,13 +35,9 @@ def export(table, out, tok, **kw):
     return export_shards(table, out, SPEC, tokenizer=tok, progress=False, **kw)
 
 
-def plain_record(sample: dict) -> np.ndarray:
-    """The README's plain-webdataset decoder of the default encoding (no wdspq import): one zstd npy record."""
-    import io
-
-    import zstandard
-
-    return np.load(io.BytesIO(zstandard.decompress(sample["sample.npy.zst"])))
+def plain_record(sample: dict, folder) -> dict:
+    """The README's plain-webdataset decoder (no wdspq import) applied to one raw webdataset sample."""
+    return readme_decoder()(str(folder))(sample)
 
 
 def files_of(folder) -> dict[str, bytes]:
@@ -80,12 +78,11 @@ def test_fixture_size(ds, base):
 def test_every_window_equals_map_style_via_plain_webdataset(ds, base):
     seen = set()
     for s in wds.WebDataset(shard_paths(base), shardshuffle=False, empty_check=False).decode():
-        rec = plain_record(s)
-        assert rec.dtype.names is not None and rec.shape == ()
+        rec = plain_record(s, base)
         wi = int(rec["window_index"])
         assert s["__key__"] == key_of(wi)
         ref = ds[wi]
-        assert set(rec.dtype.names) == set(ref)
+        assert set(rec) == set(ref)
         for k, v in ref.items():
             got = np.asarray(rec[k])
             want = v.numpy()
@@ -104,11 +101,13 @@ def test_workers_and_seed_determinism(small_table, tokenizer_path, base, tmp_pat
     export(small_table, tmp_path / "s1", tokenizer_path, seed=1, workers=2)
     other = files_of(tmp_path / "s1")
     assert other.keys() == files_of(base).keys()
-    assert all(other[k] != v for k, v in files_of(base).items())
+    # every shard, index and the manifest differ; the dictionary is trained on the same probe windows
+    assert all(other[k] != v for k, v in files_of(base).items() if k != DICTIONARY_NAME)
 
     m = export(small_table, tmp_path / "canon", tokenizer_path, shuffle=False)
     order = [int(s["window_index"]) for p in shard_paths(tmp_path / "canon")
-             for s in (plain_record(r) for r in wds.WebDataset(p, shardshuffle=False, empty_check=False))]
+             for s in (plain_record(r, tmp_path / "canon")
+                       for r in wds.WebDataset(p, shardshuffle=False, empty_check=False).decode())]
     assert order == list(range(m["num_windows"]))
 
 
@@ -173,7 +172,9 @@ def test_existing_export_same_config_reused_other_config_refused(small_table, to
     assert files_of(out) == files_of(base)  # nothing damaged
     m = export(small_table, out, tokenizer_path, samples_per_shard=100, overwrite=True)
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(["manifest.json", *(s["name"] for s in m["shards"]), *(s["index"]["name"] for s in m["shards"])])
+    dictionary = [m["encoding"]["dictionary_file"]["name"]] if "dictionary_file" in m["encoding"] else []
+    assert names == sorted(["manifest.json", *dictionary, *(s["name"] for s in m["shards"]),
+                            *(s["index"]["name"] for s in m["shards"])])
 
 
 def test_repairs_a_corrupt_shard_of_a_finished_export(small_table, tokenizer_path, base, tmp_path):

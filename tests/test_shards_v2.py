@@ -29,6 +29,7 @@ SPP = 40
 ENCODINGS = {
     "raw": RAW,
     "default": Encoding(),
+    "zstd-plain": Encoding(delta=False, dictionary=False),  # as exports made before the tuning existed
     "png": Encoding(frames="png"),
     "webp": Encoding(frames="webp", compression="none"),
     "jpeg444": Encoding(frames="jpeg", quality=90),
@@ -43,7 +44,7 @@ def readme_decoder():
     assert not re.search(r"(import|from) wdspq", code)
     ns: dict = {}
     exec(code, ns)
-    return ns["wdspq_sample"]
+    return ns["wdspq_decoder"]
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +87,7 @@ def test_every_encoding_reads_plainly_streams_and_verifies(name, exports, ds, ta
     assert m["encoding"]["lossless"] == enc.lossless and Encoding.from_dict(m["encoding"]) == enc
     bound = m["encoding"]["max_abs_error"]
     assert (bound == 0) == enc.lossless and bound < 128
-    decode = readme_decoder()
+    decode = readme_decoder()(str(src))
     urls = [str(src / s["name"]) for s in m["shards"]]
     seen = set()
     for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode("rgb8").map(decode):
@@ -159,7 +160,8 @@ def test_stream_reads_only_the_indexes_of_its_shards(exports, monkeypatch):
     real = LocalStorage.read_bytes
     monkeypatch.setattr(LocalStorage, "read_bytes", lambda self, name: reads.append(name) or real(self, name))
     stream = wdspq.ShardStream(exports["default"], seed=0, rank=0, world_size=2, even="drop")
-    assert reads == ["manifest.json"]  # opening the stream parses the manifest only
+    # opening the stream parses the manifest and reads the export's dictionary (one small file), no index
+    assert reads == ["manifest.json", "samples.zdict"]
     n = sum(1 for _ in stream)
     indexes = [r for r in reads if r.endswith(".idx.npy")]
     total = len(stream.manifest.shards)

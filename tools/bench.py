@@ -94,6 +94,7 @@ class DataConfig:
     samples_per_shard: int = 200
     seed: int = 0
     shard_format: int = 2  # exports of an older format are rebuilt, not reused
+    default_encoding: str = ""  # set in main() to the default encoding's identity: a changed default re-exports
 
     def key(self, scale: int) -> str:
         digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
@@ -198,6 +199,17 @@ def _shard_bytes(shards: str) -> int:
     return sum(int(s["bytes"]) for s in m["shards"])
 
 
+def default_encoding_id() -> str:
+    from wdspq.shardfmt import DEFAULT_ENCODING
+
+    return json.dumps(DEFAULT_ENCODING.to_dict(), sort_keys=True)
+
+
+def _export_bytes(m: dict[str, Any]) -> int:
+    """What a reader fetches besides the manifest and indexes: the shards plus the dictionary, if any."""
+    return sum(int(s["bytes"]) for s in m["shards"]) + int(m["encoding"].get("dictionary_file", {}).get("bytes", 0))
+
+
 # ---------------------------------------------------------------------------------------------------
 # measurements (each runs in its own process; params and results are JSON-able)
 
@@ -224,8 +236,8 @@ def m_export(p: dict[str, Any]) -> dict[str, Any]:
                        samples_per_shard=cfg.samples_per_shard, seed=cfg.seed, workers=1, progress=False,
                        overwrite=True, encoding=DEFAULT_ENCODING)
     dt_default = time.perf_counter() - t
-    nbytes = sum(int(s["bytes"]) for s in m["shards"])
-    dbytes = sum(int(s["bytes"]) for s in md["shards"])
+    nbytes = _export_bytes(m)
+    dbytes = _export_bytes(md)
     return {"build_s": build_s, "seconds": dt, "samples": int(m["num_windows"]), "bytes": nbytes,
             "samples_per_s": m["num_windows"] / dt, "mb_per_s": nbytes / MB / dt,
             "default_seconds": dt_default, "default_bytes": dbytes, "default_encoding": md["encoding"]["describe"],
@@ -250,9 +262,9 @@ def m_sim_export(p: dict[str, Any]) -> dict[str, Any]:
     for name, enc in (("raw", RAW), ("default", DEFAULT_ENCODING)):
         t = time.perf_counter()
         m = export_shards(table, folder / f"shards-{name}", spec, tokenizer=_tokenizer(), samples_per_shard=200,
-                          progress=False, encoding=enc)
+                          progress=False, encoding=enc, overwrite=True)
         out[f"{name}_seconds"] = time.perf_counter() - t
-        out[f"{name}_bytes"] = sum(int(s["bytes"]) for s in m["shards"])
+        out[f"{name}_bytes"] = _export_bytes(m)
         out["windows"] = int(m["num_windows"])
     out["samples_per_s"] = out["windows"] / out["default_seconds"]
     return out
@@ -514,7 +526,8 @@ def prepare_sim(work: Path, args: argparse.Namespace) -> dict[str, Any] | None:
         print("sim table skipped: MuJoCo is not installed (pip install -e '.[sim]')", flush=True)
         return None
     params = {"episodes": 2 if args.smoke else 16, "seconds": 1.5 if args.smoke else 5.0,
-              "video_size": 32 if args.smoke else 96, "stride": 1}  # actions at 20 Hz: every anchor
+              "video_size": 32 if args.smoke else 96, "stride": 1,  # actions at 20 Hz: every anchor
+              "default_encoding": default_encoding_id()}
     folder = work / ("sim-" + hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10])
     record = folder / "export.json"
     if record.exists():
@@ -635,7 +648,8 @@ def main(argv: list[str] | None = None) -> int:
 
     machine = machine_info()
     cfg = DataConfig(episodes=args.episodes * args.grow, seconds=args.seconds, video_size=args.video_size,
-                     image_size=args.image_size, stride=args.stride, samples_per_shard=args.samples_per_shard)
+                     image_size=args.image_size, stride=args.stride, samples_per_shard=args.samples_per_shard,
+                     default_encoding=default_encoding_id())
     work = Path(args.work)
     table, shards, export_rec = prepare_data(work, cfg, args.grow, args.fresh, args.spawn)
     shards4 = make_4x(shards)

@@ -104,7 +104,9 @@ def add_export(sub: Any) -> None:
             "normalisation statistics) to OUT, a folder or s3://bucket/prefix. The order is shuffled across "
             "shards by --seed; the output is byte-identical for any --workers.\n\n"
             "Encoding (docs/shards.md has the measurements): by default frames stay raw inside one "
-            "zstd-3-compressed sample.npy.zst record per sample (lossless, smallest and fastest to decode). "
+            "zstd-3-compressed sample.npy.zst record per sample (lossless, smallest and fastest to decode), "
+            "tuned on a few episodes' windows: float time series stored as a delta and a zstd dictionary "
+            "(samples.zdict, next to the manifest), each only where it makes them smaller. "
             "--frame-codec png|webp stores each frame as a lossless image member; jpeg is lossy "
             "(--jpeg-quality, --jpeg-subsampling 444|420) and the manifest records its largest pixel error. "
             "--compression none keeps the record uncompressed (largest, no decode work).\n\n"
@@ -133,6 +135,12 @@ def add_export(sub: Any) -> None:
                    help=f"compression of the sample record (default {DEFAULT_ENCODING.compression})")
     e.add_argument("--zstd-level", type=_cli._int_at_least(1), default=DEFAULT_ENCODING.level, metavar="L",
                    help=f"zstd level, 1..22 (default {DEFAULT_ENCODING.level})")
+    e.add_argument("--no-delta", action="store_true",
+                   help="zstd: store float time series as they are (default: as a second-order delta where that "
+                        "makes them smaller; lossless)")
+    e.add_argument("--no-dictionary", action="store_true",
+                   help="zstd: no dictionary (default: one trained on the table's windows, kept only if it makes "
+                        "held-out windows smaller; written next to the manifest)")
     e.add_argument("--jpeg-quality", type=_cli._int_at_least(1), default=DEFAULT_ENCODING.quality, metavar="Q",
                    help=f"JPEG quality, 1..100 (default {DEFAULT_ENCODING.quality})")
     e.add_argument("--jpeg-subsampling", choices=SUBSAMPLINGS, default=DEFAULT_ENCODING.subsampling,
@@ -157,7 +165,8 @@ def run_export(args: argparse.Namespace) -> int:
 
     spec = spec_from_args(args)
     encoding = Encoding(frames=args.frame_codec, compression=args.compression, level=args.zstd_level,
-                        quality=args.jpeg_quality, subsampling=args.jpeg_subsampling)
+                        quality=args.jpeg_quality, subsampling=args.jpeg_subsampling,
+                        delta=not args.no_delta, dictionary=not args.no_dictionary)
     t = time.perf_counter()
     m = export_shards(
         args.table, args.out, spec,

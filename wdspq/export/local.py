@@ -42,6 +42,8 @@ from ..shardfmt import (
     stats_digest,
 )
 from ..shardfmt.index import INDEX_SUFFIX
+from ..shardfmt.manifest import tuning_entry
+from ..shardfmt.tuning import DICTIONARY_NAME
 from ..storage import open_storage
 from ..table_dataset import ParquetWindowDataset
 from ..windows import WindowSpec
@@ -56,6 +58,7 @@ from .plan import (
     shard_assignment,
     space_problem,
     table_fingerprint,
+    tune_codec,
 )
 from .pool import Workers
 from .stats import table_stats
@@ -156,7 +159,7 @@ def export_shards(
     own_spill = spill_dir is None
     spill_root = Path(spill_dir) if spill_dir is not None else default_spill_dir(out, digest)
     if dry_run:
-        return estimate_export(ds, enc, samples_per_shard, out, spill_root, config["table"]["bytes"])
+        return estimate_export(ds, tune_codec(ds, enc), samples_per_shard, out, spill_root, config["table"]["bytes"])
     shards_windows = shard_assignment(n, samples_per_shard, seed, bool(shuffle))
     options = dict(storage_options or {})
     if out.startswith("s3://"):  # S3 staging files inside the spill folder: removed with it, even after a kill
@@ -180,8 +183,9 @@ def export_shards(
                 f"{storage.url(MANIFEST_NAME)}: the output already holds an export and {why}; "
                 "pass overwrite=True (wdspq export --overwrite) to replace it, or choose another output"
             )
+    codec = tune_codec(ds, enc)  # after the reuse check: a finished export is returned without it
     if not spill_root.exists() and not force:
-        problem = space_problem(estimate_export(ds, enc, samples_per_shard, out, spill_root, config["table"]["bytes"]))
+        problem = space_problem(estimate_export(ds, codec, samples_per_shard, out, spill_root, config["table"]["bytes"]))
         if problem:
             raise WdspqError(f"export: not enough space: {problem}; free some or pass force=True (--force)")
     if existing is not None:
@@ -191,7 +195,7 @@ def export_shards(
     journal_path = spill_root / JOURNAL_NAME
     candidates.update(read_journal(journal_path, digest))
 
-    state = {"ds": ds, "spill_root": str(spill_root), "storage": storage, "encoding": enc}
+    state = {"ds": ds, "spill_root": str(spill_root), "storage": storage, "codec": codec}
     if engine == "ray":
         from .ray_engine import RayWorkers
 
@@ -257,7 +261,7 @@ def export_shards(
         "tokenizer": dict(ds.tokenizer_id),
         "sample_schema": [{"key": k, **v} for k, v in ds.sample_schema().items()],  # ordered: the record layout
         "encoding": {**enc.to_dict(), "lossless": enc.lossless, "max_abs_error": int(frame_error),
-                     "describe": enc.describe()},
+                     "describe": enc.describe(), **tuning_entry(codec)},
         "num_windows": n,
         "num_episodes": ds.num_episodes,
         "seed": seed,
@@ -267,6 +271,10 @@ def export_shards(
         "stats_sha256": stats_digest(stats_out),
         "shards": entries,
     }
+    if codec.dictionary is not None:
+        storage.put_bytes(DICTIONARY_NAME, codec.dictionary)  # before the manifest that names it
+    elif storage.exists(DICTIONARY_NAME):  # of a replaced export
+        storage.delete(DICTIONARY_NAME)
     storage.put_bytes(MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True).encode())
     if own_spill:
         shutil.rmtree(spill_root, ignore_errors=True)

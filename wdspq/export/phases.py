@@ -61,7 +61,7 @@ def spill_chunk(job: tuple[int, int, int]) -> dict[str, Any]:
     done = _load_chunk(chunk, spill_root)
     if done is not None:
         return done
-    codec = SampleCodec(ds.sample_schema(), W["encoding"])
+    codec: SampleCodec = W["codec"]
     paths = chunk_paths(spill_root, chunk)
     suffix = f".tmp-{os.getpid()}"
     tmp = [p.with_name(p.name + suffix) for p in paths]

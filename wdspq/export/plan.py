@@ -20,10 +20,13 @@ import numpy as np
 
 from ..errors import WdspqError
 from ..shardfmt import Encoding, SampleCodec, end_of_archive, index_bytes, key_of, sample_tar
+from ..shardfmt.tuning import train_codec
 
 SPILL_PREFIX = ".wdspq-spill-"
 PROBE_SAMPLES = 24
 PROBE_EPISODES = 4
+TRAIN_SAMPLES = 256  # windows the zstd tuning is measured and trained on (shardfmt.tuning)
+TRAIN_BYTES = 32 * 2**20  # ... at most this many record bytes of them
 _MARGIN = 1.05  # headroom on top of the estimate when checking free space
 
 
@@ -80,21 +83,40 @@ def _device(path: str | Path) -> int:
     return os.stat(_existing_ancestor(Path(path))).st_dev
 
 
-def estimate_export(ds: Any, encoding: Encoding, samples_per_shard: int, out: str, spill_root: Path,
-                    table_bytes: int, probe: int = PROBE_SAMPLES) -> dict[str, Any]:
-    """Measured size of the export of `ds` (see the module doc); bytes are estimates from `probe` windows."""
-    n = len(ds)
-    codec = SampleCodec(ds.sample_schema(), encoding)
-    # Windows spread over at most PROBE_EPISODES episodes spread over the table: decoding an episode is the
-    # costly part (the export decodes each once more), so a probe of many episodes would cost much of it.
+def probe_windows(ds: Any, count: int) -> list[tuple[int, int]]:
+    """About `count` (episode, window) pairs, evenly spread over at most PROBE_EPISODES episodes that are
+    themselves spread over the table: decoding an episode is the costly part (the export decodes each
+    once more), so a probe of many episodes would cost much of the export."""
     eps = np.flatnonzero(ds.index.counts > 0)
     eps = eps[np.unique(np.linspace(0, len(eps) - 1, num=min(PROBE_EPISODES, len(eps))).round().astype(np.int64))]
-    per = -(-probe // len(eps))
-    picks = np.unique(np.concatenate([
-        int(ds.index.starts[e]) + np.unique(np.linspace(0, int(ds.index.counts[e]) - 1, num=min(per, int(ds.index.counts[e])))
-                                            .round().astype(np.int64)) for e in eps]))
+    per = -(-count // len(eps))
+    out = []
+    for e in eps.tolist():
+        c = int(ds.index.counts[e])
+        picks = np.unique(np.linspace(0, c - 1, num=min(per, c)).round().astype(np.int64))
+        out += [(e, int(ds.index.starts[e]) + int(j)) for j in picks.tolist()]
+    return out
+
+
+def tune_codec(ds: Any, encoding: Encoding) -> SampleCodec:
+    """The codec an export of `ds` writes with: `encoding` tuned on probe windows (`shardfmt.tuning`)."""
+    schema = ds.sample_schema()
+    if encoding.compression != "zstd" or not (encoding.delta or encoding.dictionary):
+        return SampleCodec(schema, encoding)
+    per_sample = SampleCodec(schema, encoding).rest_dtype.itemsize
+    count = max(8, min(TRAIN_SAMPLES, TRAIN_BYTES // max(per_sample, 1)))
+    return train_codec(schema, encoding, [(e, ds.sample_numpy(w)) for e, w in probe_windows(ds, count)])
+
+
+def estimate_export(ds: Any, codec: SampleCodec, samples_per_shard: int, out: str, spill_root: Path,
+                    table_bytes: int, probe: int = PROBE_SAMPLES) -> dict[str, Any]:
+    """Measured size of the export of `ds` written with `codec` (see the module doc); bytes are estimates
+    from `probe` windows."""
+    n = len(ds)
+    encoding = codec.encoding
+    picks = [w for _, w in probe_windows(ds, probe)]
     sizes = []
-    for w in picks.tolist():
+    for w in picks:
         s = ds.sample_numpy(w)
         sizes.append(len(sample_tar(key_of(w), codec.encode(s, where=f"window {w}"))))
     per_sample = float(np.mean(sizes))

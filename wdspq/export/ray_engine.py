@@ -1,7 +1,7 @@
 """The Ray engine of the export: the same spill and assemble jobs as the local pool, run as Ray tasks.
 
 Ray schedules, retries a task whose worker process dies (`max_retries`), and moves the job state
-(the dataset handle, the storage, the encoding) through its object store once. The jobs are the
+(the dataset handle, the storage, the tuned codec) through its object store once. The jobs are the
 local engine's own functions and each writes its output atomically under a name fixed by the job,
 so the shards, indexes and manifest are byte-identical to `engine="local"` however many workers or
 nodes run them, and a retried job simply rewrites the same bytes. Spill files are written where the

@@ -2,7 +2,8 @@
 
 A sample is stored as one packed record member, `sample.npy` (a 0-d structured numpy record with one
 aligned field per sample key, readable by `np.load`) or `sample.npy.zst` (the same bytes compressed
-with zstd). With `frames="raw"` the camera and image pixels are fields of that record; with an image
+with zstd; tuned at export, see `tuning`: float time series named in the manifest's `delta_keys` are
+stored as uint8 byte planes of their second-order delta, and frames may use a trained dictionary). With `frames="raw"` the camera and image pixels are fields of that record; with an image
 codec (`png`, `webp` lossless, `jpeg`) they leave the record and each frame becomes its own member,
 `<camera>.<j>.<ext>` (frame j of the window, HxWx3) or `<image>.<ext>`, which webdataset's own image
 decoders read. Encoding is deterministic (fixed headers, single-threaded codecs), so exports are
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ShardError, WdspqError
+from .tuning import delta_candidates, delta_decode_into, delta_encode
 
 FRAME_CODECS = ("raw", "png", "webp", "jpeg")
 COMPRESSIONS = ("none", "zstd")
@@ -39,8 +41,10 @@ def key_of(window_index: int) -> str:
 class Encoding:
     """How samples are stored: `frames` raw or image-coded, the record raw or zstd-compressed.
 
-    `level` is the zstd level; `quality` and `subsampling` ("444" or "420") apply to JPEG only.
-    Every combination but `frames="jpeg"` is lossless.
+    `level` is the zstd level; `delta` (the delta filter of float time series) and `dictionary` (a
+    zstd dictionary trained on the table's windows) apply to zstd records only, each where it measurably
+    helps (see `tuning`); `quality` and `subsampling` ("444" or "420") apply to JPEG only. Every
+    combination but `frames="jpeg"` is lossless.
     """
 
     frames: str = "raw"
@@ -48,6 +52,8 @@ class Encoding:
     level: int = 3
     quality: int = 95
     subsampling: str = "444"
+    delta: bool = True
+    dictionary: bool = True
 
     def __post_init__(self) -> None:
         if self.frames not in FRAME_CODECS:
@@ -74,6 +80,8 @@ class Encoding:
         d = asdict(self)
         if self.compression != "zstd":
             d.pop("level")
+            d.pop("delta")
+            d.pop("dictionary")
         if self.frames != "jpeg":
             d.pop("quality")
             d.pop("subsampling")
@@ -81,13 +89,21 @@ class Encoding:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Encoding:
-        known = {"frames", "compression", "level", "quality", "subsampling"}
+        """From `to_dict` output or a user's dict (absent fields take their defaults)."""
+        known = {"frames", "compression", "level", "quality", "subsampling", "delta", "dictionary"}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+    @classmethod
+    def from_manifest(cls, d: Mapping[str, Any]) -> Encoding:
+        """A manifest's encoding: one written before `delta` and `dictionary` existed used neither."""
+        return cls.from_dict({"delta": False, "dictionary": False, **d})
 
     def describe(self) -> str:
         frames = {"raw": "raw frames", "png": "PNG frames", "webp": "WebP-lossless frames"}.get(
             self.frames, f"JPEG q{self.quality} {self.subsampling[0]}:{self.subsampling[1]}:{self.subsampling[2]} frames")
-        record = f"zstd-{self.level} record" if self.compression == "zstd" else "raw record"
+        tuned = [w for w, on in (("delta filter", self.delta), ("dictionary", self.dictionary)) if on]
+        record = (f"zstd-{self.level} record" + (f" ({' + '.join(tuned)} where they help)" if tuned else "")
+                  if self.compression == "zstd" else "raw record")
         return f"{frames}, {record} ({'lossless' if self.lossless else 'lossy'})"
 
 
@@ -122,19 +138,40 @@ def _castable(src: np.dtype, dst: np.dtype) -> bool:
 class SampleCodec:
     """Encode sample dicts to tar members and decode members back to records, for one schema and encoding.
 
-    Picklable (DataLoader workers get a copy); zstd contexts are made on first use in each process.
+    `delta_keys` and `dictionary` are the export's tuning (`tuning.train_codec`, recorded in the
+    manifest); both are ignored without zstd. Picklable (DataLoader workers get a copy); zstd contexts
+    are made on first use in each process.
     """
 
-    def __init__(self, schema: Mapping[str, Mapping[str, Any]], encoding: Encoding = RAW) -> None:
+    def __init__(self, schema: Mapping[str, Mapping[str, Any]], encoding: Encoding = RAW,
+                 delta_keys: Sequence[str] = (), dictionary: bytes | None = None) -> None:
         self.schema = {k: dict(v) for k, v in schema.items()}
         self.encoding = encoding
+        zstd = encoding.compression == "zstd"
+        self.delta_keys = tuple(delta_keys) if zstd else ()
+        self.dictionary = bytes(dictionary) if zstd and dictionary else None
         self.dtype = record_dtype(self.schema)
         self.header = _npy_header(self.dtype)
         coded = [] if encoding.frames == "raw" else frame_keys(self.schema)
         self.coded = coded
         rest = {k: v for k, v in self.schema.items() if k not in coded}
         self.rest_dtype = record_dtype(rest)
-        self.rest_header = _npy_header(self.rest_dtype)
+        bad = [k for k in self.delta_keys if k not in rest or k not in delta_candidates(self.schema)]
+        if bad:
+            raise ShardError(f"delta filter keys {bad} are not float time series of the record")
+        # delta keys are stored as (itemsize, count) byte planes at the same offsets: the layout's size is unchanged
+        fields = self.rest_dtype.fields or {}
+        self._delta = [(k, fields[k][1], fields[k][0].itemsize, fields[k][0].base, fields[k][0].shape)
+                       for k in self.delta_keys]  # (key, offset, bytes, float dtype, shape)
+        formats = []
+        for k in self.rest_dtype.names or ():
+            ft = fields[k][0]
+            planes = (ft.base.itemsize, ft.itemsize // ft.base.itemsize)
+            formats.append(np.dtype((np.uint8, planes)) if k in self.delta_keys else ft)
+        self.stored_dtype = self.rest_dtype if not self._delta else np.dtype({
+            "names": list(self.rest_dtype.names or ()), "formats": formats,
+            "offsets": [fields[k][1] for k in self.rest_dtype.names or ()], "itemsize": self.rest_dtype.itemsize})
+        self.rest_header = _npy_header(self.stored_dtype)
         self.record_member = encoding.record_member
         self.ext = _IMAGE_EXT.get(encoding.frames, "")
         self.frame_members: list[tuple[str, int | None, str]] = []  # (key, frame j or None for an image, member)
@@ -165,13 +202,20 @@ class SampleCodec:
             if not _castable(v.dtype, want_dt):
                 raise ShardError(f"{where}: key {k!r} has dtype {v.dtype}, the schema says {want_dt}")
 
-    def encode(self, sample: Mapping[str, Any], where: str = "sample") -> list[tuple[str, bytes]]:
-        """A sample dict -> its members [(name without the key, bytes)], the record first."""
-        self.check(sample, where)
+    def body(self, sample: Mapping[str, Any]) -> bytes:
+        """The record member of a checked sample before compression: npy header and stored record bytes."""
         rest = np.zeros((), dtype=self.rest_dtype)
         for k in self.rest_dtype.names or ():
             rest[k] = sample[k]
-        body = self.rest_header + rest.tobytes()
+        raw = rest.reshape(1).view(np.uint8)
+        for k, off, n, _, _ in self._delta:
+            raw[off : off + n] = delta_encode(rest[k]).reshape(-1)
+        return self.rest_header + raw.tobytes()
+
+    def encode(self, sample: Mapping[str, Any], where: str = "sample") -> list[tuple[str, bytes]]:
+        """A sample dict -> its members [(name without the key, bytes)], the record first."""
+        self.check(sample, where)
+        body = self.body(sample)
         if self.encoding.compression == "zstd":
             body = self._compressor().compress(body)
         members = [(self.record_member, body)]
@@ -203,23 +247,29 @@ class SampleCodec:
                             optimize=False)
 
     # -- decoding -------------------------------------------------------------------------------------
+    def _zdict(self) -> Any:
+        import zstandard
+
+        return zstandard.ZstdCompressionDict(self.dictionary) if self.dictionary else None
+
     def _compressor(self) -> Any:
         if self._zc is None:
             import zstandard
 
-            self._zc = zstandard.ZstdCompressor(level=self.encoding.level, write_content_size=True, write_checksum=True,
-                                                threads=0)
+            self._zc = zstandard.ZstdCompressor(level=self.encoding.level, dict_data=self._zdict(),
+                                                write_content_size=True, write_checksum=True, threads=0)
         return self._zc
 
     def _decompress(self, data: Any, where: str) -> bytes:
         if self._zd is None:
             import zstandard
 
-            self._zd = zstandard.ZstdDecompressor()
+            self._zd = zstandard.ZstdDecompressor(dict_data=self._zdict())
         try:
             return self._zd.decompress(data)
         except Exception as e:
-            raise ShardError(f"{where}: not a zstd frame ({type(e).__name__}: {e})") from None
+            hint = " (or made with another dictionary)" if self.dictionary else ""
+            raise ShardError(f"{where}: not a zstd frame{hint} ({type(e).__name__}: {e})") from None
 
     def _decode_image(self, data: Any, shape: tuple[int, ...], where: str) -> np.ndarray:
         from ..errors import MediaError
@@ -238,11 +288,19 @@ class SampleCodec:
         mv = memoryview(self._decompress(data, where) if self.encoding.compression == "zstd" else data)
         hlen = len(self.rest_header)
         if len(mv) == hlen + self.rest_dtype.itemsize and mv[:hlen] == self.rest_header:
-            return mv[hlen:]
-        rec = decode_record(mv, where)
-        if rec.dtype != self.rest_dtype:
-            raise ShardError(f"{where}: record layout differs from the manifest's sample schema")
-        return memoryview(rec.tobytes())
+            mv = mv[hlen:]
+        else:
+            rec = decode_record(mv, where)
+            if rec.dtype != self.stored_dtype:
+                raise ShardError(f"{where}: record layout differs from the manifest's sample schema")
+            mv = memoryview(rec.reshape(1).view(np.uint8))
+        if not self._delta:
+            return mv
+        src = np.frombuffer(mv, dtype=np.uint8)
+        out = src.copy()  # writable; each delta key is undone from `src` into it
+        for _, off, n, base, shape in self._delta:
+            delta_decode_into(src[off : off + n].reshape(base.itemsize, -1), out[off : off + n], base, shape)
+        return memoryview(out)
 
     def record_from(self, payload: Any, where: str) -> memoryview:
         """The record member's payload -> the full record's bytes (one-member encodings)."""

@@ -20,12 +20,24 @@ from ..errors import ShardError, WdspqError
 from ..storage import open_storage
 from .encoding import RAW, Encoding, SampleCodec
 from .index import check_spans, parse_index, spans_from_offsets
+from .tuning import DICTIONARY_NAME
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "wdspq-shards"
 MANIFEST_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 _INDEX_CACHE = 8  # indexes a process keeps (O(open shards), never O(windows of the epoch))
+
+
+def tuning_entry(codec: SampleCodec) -> dict[str, Any]:
+    """The manifest's record of how `codec` was tuned: its delta keys and its dictionary file, if any."""
+    out: dict[str, Any] = {}
+    if codec.encoding.compression == "zstd":
+        out["delta_keys"] = list(codec.delta_keys)
+    if codec.dictionary is not None:
+        out["dictionary_file"] = {"name": DICTIONARY_NAME, "bytes": len(codec.dictionary),
+                                  "sha256": hashlib.sha256(codec.dictionary).hexdigest()}
+    return out
 
 
 def stats_digest(stats: Any) -> str:
@@ -75,7 +87,7 @@ class Manifest:
     def encoding(self) -> Encoding:
         if self.version == 1:
             return RAW
-        return Encoding.from_dict(self.data["encoding"])
+        return Encoding.from_manifest(self.data["encoding"])
 
     @property
     def max_abs_error(self) -> int:
@@ -83,7 +95,24 @@ class Manifest:
         return int(self.data.get("encoding", {}).get("max_abs_error", 0)) if self.version >= 2 else 0
 
     def codec(self) -> SampleCodec:
-        return SampleCodec(self.sample_schema, self.encoding)
+        """The codec of this export's samples, with its delta keys and dictionary (checked against its sha256)."""
+        enc = self.data.get("encoding", {}) if self.version >= 2 else {}
+        dictionary = None
+        f = enc.get("dictionary_file")
+        if f:
+            url = self.storage.url(f["name"])
+            try:
+                dictionary = self.storage.read_bytes(f["name"])
+            except WdspqError as e:
+                raise ShardError(f"{url}: cannot read the export's zstd dictionary: {e}") from None
+            digest = hashlib.sha256(dictionary).hexdigest()
+            if len(dictionary) != int(f["bytes"]) or digest != f["sha256"]:
+                raise ShardError(f"{url}: dictionary checksum mismatch: the manifest records {f['bytes']} bytes with "
+                                 f"sha256 {f['sha256']}, the file has {len(dictionary)} bytes with sha256 {digest}")
+        try:
+            return SampleCodec(self.sample_schema, self.encoding, enc.get("delta_keys", ()), dictionary)
+        except ShardError as e:
+            raise ShardError(f"{self.url}: {e}") from None
 
     def shard_url(self, shard: int) -> str:
         return self.storage.url(self.shards[shard]["name"])
@@ -151,9 +180,12 @@ def _check_entries(url: str, data: dict[str, Any]) -> None:
         if "encoding" not in data:
             raise ShardError(f"{url}: manifest has no 'encoding'")
         try:
-            Encoding.from_dict(data["encoding"])
+            Encoding.from_manifest(data["encoding"])
         except WdspqError as e:
             raise ShardError(f"{url}: manifest encoding: {e}") from None
+        f = data["encoding"].get("dictionary_file")
+        if f is not None and not (isinstance(f, dict) and {"name", "bytes", "sha256"} <= set(f)):
+            raise ShardError(f"{url}: manifest encoding: dictionary_file needs name, bytes and sha256")
         if "stats" in data and data.get("stats_sha256") != stats_digest(data["stats"]):
             raise ShardError(f"{url}: the manifest's normalisation statistics do not match their sha256 (stats_sha256)")
 
