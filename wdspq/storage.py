@@ -152,6 +152,15 @@ class _LocalRangeRaw(_RangeRaw):
         self.bytes_read += n
         return n
 
+    def local_file(self) -> tuple[int, int]:
+        """(file descriptor, readable end): lets a reader map this byte range instead of reading it."""
+        return self._f.fileno(), self._end
+
+    def seek_to(self, pos: int) -> None:
+        """Continue reading at absolute offset `pos` (a reader that mapped the bytes before it)."""
+        self._f.seek(pos)
+        self._pos = pos
+
     def close(self) -> None:
         if not self.closed:
             self._f.close()

@@ -9,7 +9,10 @@ span with one read; nothing else in wdspq knows an offset rule.
 
 from __future__ import annotations
 
+import mmap
+import os
 import tarfile
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -115,6 +118,53 @@ def _readinto_full(raw: Any, mv: memoryview) -> int:
 
 
 BLOCK_BYTES = 0  # one sample per read: fresh small buffers come from the heap (no page faults)
+MAP_BYTES = 8 * 2**20  # a local shard is mapped in blocks of about this size (see map_spans)
+MAX_LIVE_MAPS = 64  # mapped blocks alive at once in a process (each holds a file descriptor before Python 3.13)
+_live_maps = [0]
+
+
+def mmap_enabled() -> bool:
+    """Local shards are read through mappings unless WDSPQ_MMAP=0 (e.g. a network file system)."""
+    return os.environ.get("WDSPQ_MMAP", "1") != "0"
+
+
+def _map_closed() -> None:
+    _live_maps[0] -= 1
+
+
+def map_spans(raw: Any, url: str, spans: np.ndarray, start: int) -> Iterator[memoryview]:
+    """Each sample's span as a view of a private (copy-on-write) mapping of the local shard: no copy.
+
+    Consecutive samples share a mapping of about MAP_BYTES, which lives as long as any view of it, so a
+    kept sample keeps only its block. Writes to a view stay private. Past MAX_LIVE_MAPS live blocks (kept
+    samples) and on a truncated file, samples are read into their own buffers (`read_spans`) instead:
+    a mapping is never made past the file's end, where touching it would kill the process."""
+    fd, end = raw.local_file()
+    offs, lens = spans[:, 0].tolist(), spans[:, 1].tolist()
+    n, i = len(offs), 0
+    size = os.fstat(fd).st_size
+    while i < n:
+        if _live_maps[0] >= MAX_LIVE_MAPS or offs[-1] + lens[-1] > min(size, end if end is not None else size):
+            raw.seek_to(offs[i])
+            yield from read_spans(raw, url, spans[i:], start + i)
+            return
+        j = i + 1
+        while j < n and offs[j] + lens[j] - offs[i] <= MAP_BYTES:
+            j += 1
+        lo = offs[i] - offs[i] % mmap.ALLOCATIONGRANULARITY
+        hi = offs[j - 1] + lens[j - 1]
+        try:
+            m = mmap.mmap(fd, hi - lo, access=mmap.ACCESS_COPY, offset=lo)
+        except (OSError, ValueError) as e:
+            raise ShardError(f"{url}, sample {start + i}: cannot map bytes {lo}..{hi}: {e}") from None
+        _live_maps[0] += 1
+        weakref.finalize(m, _map_closed)
+        raw.bytes_read += hi - offs[i]
+        mv = memoryview(m)
+        del m  # the views keep the mapping alive
+        for k in range(i, j):
+            yield mv[offs[k] - lo : offs[k] - lo + lens[k]]
+        i = j
 
 
 def read_spans(f: Any, url: str, spans: np.ndarray, start: int) -> Iterator[memoryview]:

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import ShardError, WdspqError
 from .encoding import SampleCodec
-from .layout import parse_members, read_spans, single_member
+from .layout import map_spans, mmap_enabled, parse_members, read_spans, single_member
 from .manifest import Manifest
 
 
@@ -18,8 +18,8 @@ def read_records(
     """Record bytes (layout `codec.dtype`) of samples `start .. stop-1` of one shard, in order.
 
     Opens exactly the byte range of those samples from the shard's index (a Range request on S3), so
-    skipped samples are never read (R5). A yielded view may be read-only (copy before writing) and
-    stays valid (each sample has its own buffer). Errors are ShardErrors naming shard, sample, member.
+    skipped samples are never read (R5); a local shard is mapped rather than read (`map_spans`). A
+    yielded view may be read-only (copy before writing) and stays valid as long as it is referenced. Errors are ShardErrors naming shard, sample, member.
     """
     if stop <= start:
         return
@@ -35,8 +35,10 @@ def read_records(
     except WdspqError as e:
         raise ShardError(f"{url}: cannot open shard: {e}") from None
     suffix = None if codec.coded else ("." + codec.record_member).encode()  # one member per sample
+    raw = getattr(f, "raw", f)
+    spans_of = map_spans if hasattr(raw, "local_file") and mmap_enabled() else read_spans
     try:
-        for i, buf in enumerate(read_spans(f, url, spans, start), start):
+        for i, buf in enumerate(spans_of(raw, url, spans, start), start):
             payload = single_member(buf, suffix) if suffix is not None else None
             if payload is not None:  # the common case: one member, as this codec writes it
                 yield codec.record_from(payload, f"{url}, sample {i}, member {codec.record_member!r}")
