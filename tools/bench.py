@@ -854,13 +854,13 @@ def print_report(d: dict[str, Any]) -> None:
           f"map-style: open {mp['open_s']:.2f} s, fresh hit rate {mp['fresh_hit_rate']:.3f}, "
           f"{mp['cached_episodes']} episodes cached ({mp['cache_mib']:.0f} MiB)")
     rt = d["ratios"]
-    print("ratios: " + ", ".join(f"{k} {_f(v, '.2f')}" for k, v in rt.items()))
+    print("ratios: " + ", ".join(f"{k} {_f(v, '.3g')}" for k, v in rt.items()))
     print()
     print(f"{'target':<52}{'value':>8}  {'bound':<12}verdict")
     for t in d["targets"]:
-        bound = f"{t['op']} {t['bound']:g}" if t["op"] != "within" else f"1 +- {t['bound']:g}"
+        bound = f"{t['op']} {t['bound']:.3g}" if t["op"] != "within" else f"1 +- {t['bound']:.3g}"
         verdict = "n/a" if t["pass"] is None else ("PASS" if t["pass"] else "FAIL")
-        print(f"{t['name']:<52}{_f(t['value'], '.2f'):>8}  {bound:<12}{verdict}")
+        print(f"{t['name']:<52}{_f(t['value'], '.3g'):>8}  {bound:<12}{verdict}")
     print(f"\nelapsed {d['elapsed_s']:.0f} s")
 
 

@@ -50,8 +50,11 @@ def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
     u = 128.0 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255.0
     v = 128.0 + (112.0 * r - 93.786 * g - 18.214 * b) / 255.0
     h, w = y.shape
-    u = u.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
-    v = v.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+    # 2x2 averages as elementwise sums in a fixed order: a reduction (`mean`) may sum in another order
+    # depending on memory alignment, which flipped a rounding now and then (different bytes, same frames)
+    u, v = (p.reshape(h // 2, 2, w // 2, 2) for p in (u, v))
+    u = (u[:, 0, :, 0] + u[:, 0, :, 1] + u[:, 1, :, 0] + u[:, 1, :, 1]) * np.float32(0.25)
+    v = (v[:, 0, :, 0] + v[:, 0, :, 1] + v[:, 1, :, 0] + v[:, 1, :, 1]) * np.float32(0.25)
     planes = [np.clip(np.rint(p), 0, 255).astype(np.uint8) for p in (y, u, v)]
     return np.concatenate([planes[0], planes[1].reshape(h // 4, w), planes[2].reshape(h // 4, w)])
 
