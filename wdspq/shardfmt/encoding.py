@@ -287,7 +287,7 @@ class SampleCodec:
         """The record member's payload -> the rest record's raw bytes, checked against the schema."""
         mv = memoryview(self._decompress(data, where) if self.encoding.compression == "zstd" else data)
         hlen = len(self.rest_header)
-        if len(mv) == hlen + self.rest_dtype.itemsize and mv[:hlen] == self.rest_header:
+        if len(mv) == hlen + self.rest_dtype.itemsize and mv[:hlen].tobytes() == self.rest_header:  # 5x a view's ==
             mv = mv[hlen:]
         else:
             rec = decode_record(mv, where)

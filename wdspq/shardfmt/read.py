@@ -41,7 +41,11 @@ def read_records(
         for i, buf in enumerate(spans_of(raw, url, spans, start), start):
             payload = single_member(buf, suffix) if suffix is not None else None
             if payload is not None:  # the common case: one member, as this codec writes it
-                yield codec.record_from(payload, f"{url}, sample {i}, member {codec.record_member!r}")
+                try:
+                    rec = codec.record_from(payload, "")  # the message is built only for a bad sample
+                except ShardError:
+                    rec = codec.record_from(payload, f"{url}, sample {i}, member {codec.record_member!r}")
+                yield rec
                 continue
             where = f"{url}, sample {i}"
             _, members = parse_members(buf, where, int(spans[i - start, 0]))
