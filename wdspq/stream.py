@@ -156,7 +156,7 @@ class ShardStream(IterableDataset):
                         it = readers[s] = run(s, p, ends[s])
                     sample = next(it, None)
                     if p + 1 == ends[s]:
-                        _close(readers.pop(s))  # the run is done; the sample keeps its own buffer
+                        _close(readers.pop(s))  # the run is done; its samples keep their buffers (or mapping)
                 else:
                     if (s, p) != next_pad:
                         _close(pad_reader)

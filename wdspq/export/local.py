@@ -105,7 +105,8 @@ def export_shards(
     written last. Returns the manifest dict (with `dry_run=True`: the size estimate, nothing written).
 
     - `encoding`: how samples are stored (`shardfmt.Encoding`; default raw frames in a zstd-3 record,
-      lossless). A lossy encoding records its largest measured pixel error in the manifest.
+      lossless, tuned on probe windows: `shardfmt.tuning`). A lossy encoding records its largest
+      measured pixel error in the manifest.
     - Deterministic: the same table, spec, tokenizer, encoding, `samples_per_shard`, `seed` and
       `shuffle` give byte-identical shards and manifest for any `workers`.
     - Space: a fresh export first estimates its size and refuses to start when a disk cannot hold

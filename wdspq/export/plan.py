@@ -123,7 +123,7 @@ def estimate_export(ds: Any, codec: SampleCodec, samples_per_shard: int, out: st
     n_shards = -(-n // samples_per_shard)
     shards_bytes = int(per_sample * n + n_shards * len(end_of_archive(0)))
     index_total = n_shards * len(index_bytes(np.zeros((0, 2)))) + 16 * n
-    total = shards_bytes + index_total
+    total = shards_bytes + index_total + len(codec.dictionary or b"")
     # Peak: every spilled sample and every written shard exist together just before the spill is removed.
     needs: dict[int, dict[str, Any]] = {}
     places = [("spill", spill_root, shards_bytes)]
