@@ -98,21 +98,27 @@ class Manifest:
         """The codec of this export's samples, with its delta keys and dictionary (checked against its sha256)."""
         enc = self.data.get("encoding", {}) if self.version >= 2 else {}
         dictionary = None
-        f = enc.get("dictionary_file")
-        if f:
-            url = self.storage.url(f["name"])
-            try:
-                dictionary = self.storage.read_bytes(f["name"])
-            except WdspqError as e:
-                raise ShardError(f"{url}: cannot read the export's zstd dictionary: {e}") from None
-            digest = hashlib.sha256(dictionary).hexdigest()
-            if len(dictionary) != int(f["bytes"]) or digest != f["sha256"]:
-                raise ShardError(f"{url}: dictionary checksum mismatch: the manifest records {f['bytes']} bytes with "
-                                 f"sha256 {f['sha256']}, the file has {len(dictionary)} bytes with sha256 {digest}")
+        if enc.get("dictionary_file"):
+            dictionary = self._read_checked(enc["dictionary_file"], "the export's zstd dictionary", "dictionary")
         try:
             return SampleCodec(self.sample_schema, self.encoding, enc.get("delta_keys", ()), dictionary)
         except ShardError as e:
             raise ShardError(f"{self.url}: {e}") from None
+
+    def _read_checked(self, entry: dict[str, Any], what: str, short: str) -> bytes:
+        """The file a manifest entry {name, bytes, sha256} names, checked against its size and sha256."""
+        url = self.storage.url(entry["name"])
+        try:
+            data = self.storage.read_bytes(entry["name"])
+        except WdspqError as e:
+            raise ShardError(f"{url}: cannot read {what}: {e}") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if len(data) != int(entry["bytes"]) or digest != entry["sha256"]:
+            raise ShardError(
+                f"{url}: {short} checksum mismatch: the manifest records {entry['bytes']} bytes with sha256 "
+                f"{entry['sha256']}, the file has {len(data)} bytes with sha256 {digest}"
+            )
+        return data
 
     def shard_url(self, shard: int) -> str:
         return self.storage.url(self.shards[shard]["name"])
@@ -128,19 +134,8 @@ class Manifest:
         if self.version == 1:
             spans = check_spans(spans_from_offsets(entry["offsets"]), int(entry["samples"]), None, where)
         else:
-            ix = entry["index"]
-            iurl = self.storage.url(ix["name"])
-            try:
-                data = self.storage.read_bytes(ix["name"])
-            except WdspqError as e:
-                raise ShardError(f"{iurl}: cannot read the shard's index: {e}") from None
-            digest = hashlib.sha256(data).hexdigest()
-            if len(data) != int(ix["bytes"]) or digest != ix["sha256"]:
-                raise ShardError(
-                    f"{iurl}: index checksum mismatch: the manifest records {ix['bytes']} bytes with sha256 "
-                    f"{ix['sha256']}, the file has {len(data)} bytes with sha256 {digest}"
-                )
-            spans = parse_index(data, int(entry["samples"]), int(entry["bytes"]), iurl)
+            data = self._read_checked(entry["index"], "the shard's index", "index")
+            spans = parse_index(data, int(entry["samples"]), int(entry["bytes"]), self.storage.url(entry["index"]["name"]))
         spans.setflags(write=False)
         self._indexes[shard] = spans
         while len(self._indexes) > _INDEX_CACHE:
