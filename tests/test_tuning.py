@@ -134,8 +134,9 @@ def test_damaged_or_missing_dictionary_is_named(tuned, table, tokenizer_path, tm
     d.unlink()
     with pytest.raises(ShardError, match=r"samples\.zdict: cannot read the export's zstd dictionary"):
         wdspq.ShardStream(bad)
-    rc = cli_main(["verify", str(bad), "--no-progress"])
-    assert rc != 0
+    report = verify_shards(str(bad))
+    assert not report.ok and "samples.zdict: cannot read the export's zstd dictionary" in str(report.problems[0])
+    assert cli_main(["verify", str(bad), "--no-progress"]) == 1  # a failed check, not bad input
     # a record compressed with a dictionary and read without it: named, with the hint
     codec = load_manifest(str(tuned)).codec()
     ds = wdspq.ParquetWindowDataset(table, SPEC, tokenizer=tokenizer_path)
