@@ -160,8 +160,9 @@ def test_stream_reads_only_the_indexes_of_its_shards(exports, monkeypatch):
     real = LocalStorage.read_bytes
     monkeypatch.setattr(LocalStorage, "read_bytes", lambda self, name: reads.append(name) or real(self, name))
     stream = wdspq.ShardStream(exports["default"], seed=0, rank=0, world_size=2, even="drop")
-    # opening the stream parses the manifest and reads the export's dictionary (one small file), no index
-    assert reads == ["manifest.json", "samples.zdict"]
+    # opening the stream parses the manifest and reads the export's dictionary if it has one, no index
+    dictionary = stream.manifest.data["encoding"].get("dictionary_file")
+    assert reads == ["manifest.json", *([dictionary["name"]] if dictionary else [])]
     n = sum(1 for _ in stream)
     indexes = [r for r in reads if r.endswith(".idx.npy")]
     total = len(stream.manifest.shards)
@@ -187,7 +188,8 @@ def test_dry_run_estimates_and_writes_nothing(table, tokenizer_path, exports, tm
     est = wdspq.export_shards(table, tmp_path / "dry", SPEC, tokenizer=tokenizer_path, samples_per_shard=SPP,
                               dry_run=True, progress=False)
     assert not (tmp_path / "dry").exists()
-    actual = sum(s["bytes"] for s in json.loads((exports["default"] / "manifest.json").read_text())["shards"])
+    m = json.loads((exports["default"] / "manifest.json").read_text())
+    actual = sum(s["bytes"] for s in m["shards"]) + m["encoding"].get("dictionary_file", {}).get("bytes", 0)
     assert est["windows"] == json.loads((exports["default"] / "manifest.json").read_text())["num_windows"]
     assert 0.75 < est["total_bytes"] / actual < 1.33
     assert est["amplification"] > 0 and est["peak_scratch_bytes"] > 0

@@ -11,6 +11,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
+import webdataset as wds
+from test_shards_v2 import readme_decoder
 
 import wdspq
 from wdspq.build import build_synthetic
@@ -85,7 +87,7 @@ def test_dictionary_is_judged_on_other_episodes(monkeypatch):
 
     schema = {"x": {"dtype": "uint8", "shape": [64]}, "episode": {"dtype": "int64", "shape": []}}
     seen = []
-    monkeypatch.setattr(tuning, "train_dictionary", lambda train, held, level: seen.append((train, held)))
+    monkeypatch.setattr(tuning, "train_dictionary", lambda train, held, level, windows: seen.append((train, held)))
 
     def episodes_of(bodies):
         return {int(np.frombuffer(b[-8:], np.int64)[0]) for b in bodies}
@@ -116,6 +118,15 @@ def test_default_export_records_its_tuning_and_reads_back(tuned, table, tokenize
         ref = ds.sample_numpy(w)
         for k, v in ref.items():
             assert got[w][k].dtype == v.dtype and np.array_equal(got[w][k], v, equal_nan=True), (w, k)
+    # plain webdataset with the README's decoder (dictionary and delta keys from the manifest): the same
+    urls = [str(tuned / sh["name"]) for sh in m["shards"]]
+    decode = readme_decoder()(str(tuned))
+    seen = 0
+    for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode().map(decode):
+        ref = ds.sample_numpy(int(s["window_index"]))
+        assert all(np.array_equal(np.asarray(s[k]), ref[k]) and np.asarray(s[k]).dtype == ref[k].dtype for k in ref)
+        seen += 1
+    assert seen == len(ds)
     # a plain (untuned) zstd export of the same windows is larger
     plain = wdspq.export_shards(table, tuned.parent / "plain", SPEC, tokenizer=tokenizer_path, samples_per_shard=30,
                                 progress=False, encoding=Encoding(delta=False, dictionary=False))

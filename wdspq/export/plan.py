@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import WdspqError
 from ..shardfmt import Encoding, SampleCodec, end_of_archive, index_bytes, key_of, sample_tar
-from ..shardfmt.tuning import train_codec
+from ..shardfmt.tuning import held_out, train_codec
 
 SPILL_PREFIX = ".wdspq-spill-"
 PROBE_SAMPLES = 24
@@ -105,7 +105,7 @@ def tune_codec(ds: Any, encoding: Encoding) -> SampleCodec:
         return SampleCodec(schema, encoding)
     per_sample = SampleCodec(schema, encoding).rest_dtype.itemsize
     count = max(8, min(TRAIN_SAMPLES, TRAIN_BYTES // max(per_sample, 1)))
-    return train_codec(schema, encoding, [(e, ds.sample_numpy(w)) for e, w in probe_windows(ds, count)])
+    return train_codec(schema, encoding, [(e, ds.sample_numpy(w)) for e, w in probe_windows(ds, count)], len(ds))
 
 
 def estimate_export(ds: Any, codec: SampleCodec, samples_per_shard: int, out: str, spill_root: Path,
@@ -114,7 +114,11 @@ def estimate_export(ds: Any, codec: SampleCodec, samples_per_shard: int, out: st
     from `probe` windows."""
     n = len(ds)
     encoding = codec.encoding
-    picks = [w for _, w in probe_windows(ds, probe)]
+    pairs = probe_windows(ds, probe)
+    if codec.dictionary is not None:  # measured where the dictionary was judged, not where it was trained
+        pairs = probe_windows(ds, 2 * probe)
+        pairs = [p for p, h in zip(pairs, held_out([e for e, _ in pairs])) if h] or pairs
+    picks = [w for _, w in pairs]
     sizes = []
     for w in picks:
         s = ds.sample_numpy(w)

@@ -91,9 +91,11 @@ def choose_delta_keys(schema: Mapping[str, Mapping[str, Any]], samples: Sequence
     return tuple(keep)
 
 
-def train_dictionary(train: Sequence[bytes], held_out: Sequence[bytes], level: int) -> bytes | None:
+def train_dictionary(train: Sequence[bytes], held_out: Sequence[bytes], level: int,
+                     windows: int | None = None) -> bytes | None:
     """A zstd dictionary trained on `train` record bodies, or None when training fails (too little data)
-    or the dictionary does not make `held_out` bodies smaller."""
+    or the dictionary does not make `held_out` bodies smaller (with `windows`, the export's sample count:
+    smaller by more than the dictionary's own size over that many samples)."""
     import zstandard
 
     if len(train) < 2 or not held_out:
@@ -103,16 +105,30 @@ def train_dictionary(train: Sequence[bytes], held_out: Sequence[bytes], level: i
         d = zstandard.train_dictionary(size, list(train), level=level, threads=0)
     except zstandard.ZstdError:
         return None
-    return d.as_bytes() if _zstd_sizes(held_out, level, d) < _zstd_sizes(held_out, level) else None
+    saved = (_zstd_sizes(held_out, level) - _zstd_sizes(held_out, level, d)) / len(held_out)  # bytes per sample
+    data = d.as_bytes()
+    if saved <= 0 or (windows is not None and saved * windows <= len(data)):
+        return None
+    return data
+
+
+def held_out(episodes: Sequence[int]) -> list[bool]:
+    """Which of these samples (given by episode) judge the dictionary rather than train it: those of every
+    other episode (in sorted order), or every other sample when all come from one episode."""
+    rank = {e: i for i, e in enumerate(sorted(set(episodes)))}
+    if len(rank) > 1:
+        return [rank[e] % 2 == 1 for e in episodes]
+    return [i % 2 == 1 for i in range(len(episodes))]
 
 
 def train_codec(schema: Mapping[str, Mapping[str, Any]], encoding: Any,
-                samples: Sequence[tuple[int, Mapping[str, Any]]]) -> Any:
+                samples: Sequence[tuple[int, Mapping[str, Any]]], windows: int | None = None) -> Any:
     """The SampleCodec an export writes with: `encoding` tuned on `samples` ((episode, sample dict) pairs).
 
     Delta keys are chosen on every sample; the dictionary is trained on the samples of every other
     episode and judged on the rest (alternate samples when there is one episode), so a dictionary that
-    only remembers its own episodes is not kept."""
+    only remembers its own episodes is not kept; with `windows` (the export's size) it must also save
+    more than its own size over the export."""
     from .encoding import SampleCodec
 
     codec = SampleCodec(schema, encoding)
@@ -123,10 +139,8 @@ def train_codec(schema: Mapping[str, Mapping[str, Any]], encoding: Any,
     codec = SampleCodec(schema, encoding, keys)
     if not encoding.dictionary:
         return codec
-    episodes = sorted({e for e, _ in samples})
-    rank = {e: i for i, e in enumerate(episodes)}
-    side = [rank[e] % 2 for e, _ in samples] if len(episodes) > 1 else [i % 2 for i in range(len(samples))]
+    side = held_out([e for e, _ in samples])
     bodies = [codec.body(s) for s in dicts]
     dictionary = train_dictionary([b for b, h in zip(bodies, side) if not h], [b for b, h in zip(bodies, side) if h],
-                                  encoding.level)
+                                  encoding.level, windows)
     return SampleCodec(schema, encoding, keys, dictionary) if dictionary else codec
