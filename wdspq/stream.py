@@ -179,10 +179,9 @@ class ShardStream(IterableDataset):
 
         Tensors are made straight from the record's fields (no intermediate dict of arrays): with ~16 keys
         this per-sample work is what bounds a per-sample stream, so it is kept to one dict."""
-        dtype, keys, from_numpy = self._codec.dtype, list(self._codec.schema), torch.from_numpy
+        record_array, keys, from_numpy = self._codec.record_array, list(self._codec.schema), torch.from_numpy
         for record, is_pad in self._slot_items(plan, slot, skip, raw=True):
-            mv = memoryview(record)
-            rec = np.frombuffer(bytearray(mv) if mv.readonly else mv, dtype=dtype, count=1).reshape(())
+            rec = record_array(record)
             t = {k: from_numpy(rec[k]) for k in keys}
             if is_pad:
                 t["window_index"] = torch.tensor(-1, dtype=torch.int64)

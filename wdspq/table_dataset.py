@@ -66,9 +66,9 @@ class ParquetWindowDataset(torch.utils.data.Dataset):
     """Map-style dataset of every window of a table, in canonical order (the reference for the shards).
 
     Files are opened lazily in each process, so the dataset works inside DataLoader workers. Each
-    process keeps decoded episodes (video frames dominate) and the last Parquet row group read in one
-    LRU bounded by `cache_bytes` (default 512 MiB) in all, because random access would otherwise decode
-    the same clip over and over; a row group or episode larger than the bound is used and not kept.
+    process keeps decoded episodes (video frames dominate) and the Parquet row groups they came from
+    in one LRU bounded by `cache_bytes` (default 512 MiB) in all, because random access would otherwise
+    decode the same clip over and over; a row group or episode larger than the bound is used and not kept.
     Text is tokenised once per episode at construction.
     """
 

@@ -251,12 +251,12 @@ def verify_shards(
         report.problems.append(Problem(f"{len(missing)} window indices are in no shard (first: {missing[:5].tolist()})"))
     if table is not None:
         assert pos_of is not None
-        _parity(m, table, sample, tokenizer, seed, progress, shard_of[:n], pos_of[:n], report)
+        _parity(m, codec, table, sample, tokenizer, seed, progress, shard_of[:n], pos_of[:n], report)
     return report
 
 
 def _parity(
-    m: Manifest, table: str, sample: int | None, tokenizer: Any, seed: int, progress: bool,
+    m: Manifest, codec: SampleCodec, table: str, sample: int | None, tokenizer: Any, seed: int, progress: bool,
     shard_of: np.ndarray, pos_of: np.ndarray, report: VerifyReport,
 ) -> None:
     from .export.plan import table_fingerprint
@@ -290,7 +290,6 @@ def _parity(
         chosen = np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
     else:
         chosen = np.arange(n)
-    codec = m.codec()
     bound, fkeys = m.max_abs_error, tuple(frame_keys(m.sample_schema)) if not m.encoding.lossless else ()
     for wi in tqdm(chosen.tolist(), desc="verify: parity", unit="win", disable=not progress):
         s, pos = int(shard_of[wi]), int(pos_of[wi])

@@ -114,8 +114,9 @@ def estimate_export(ds: Any, codec: SampleCodec, samples_per_shard: int, out: st
     from `probe` windows."""
     n = len(ds)
     encoding = codec.encoding
-    pairs = probe_windows(ds, probe)
-    if codec.dictionary is not None:  # measured where the dictionary was judged, not where it was trained
+    if codec.dictionary is None:
+        pairs = probe_windows(ds, probe)
+    else:  # measured where the dictionary was judged, not where it was trained
         pairs = probe_windows(ds, 2 * probe)
         pairs = [p for p, h in zip(pairs, held_out([e for e, _ in pairs])) if h] or pairs
     picks = [w for _, w in pairs]

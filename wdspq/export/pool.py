@@ -63,8 +63,6 @@ class Workers:
         W.clear()
 
 
-
-
 def _bounded(executor: Executor, fn: Callable[[Any], Any], jobs: Iterable[Any], in_flight: int) -> Iterator[Any]:
     """Submit jobs lazily, at most `in_flight` at a time; yield results in completion order."""
     it = iter(jobs)

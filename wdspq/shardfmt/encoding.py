@@ -3,8 +3,9 @@
 A sample is stored as one packed record member, `sample.npy` (a 0-d structured numpy record with one
 aligned field per sample key, readable by `np.load`) or `sample.npy.zst` (the same bytes compressed
 with zstd; tuned at export, see `tuning`: float time series named in the manifest's `delta_keys` are
-stored as uint8 byte planes of their second-order delta, and frames may use a trained dictionary). With `frames="raw"` the camera and image pixels are fields of that record; with an image
-codec (`png`, `webp` lossless, `jpeg`) they leave the record and each frame becomes its own member,
+stored as uint8 byte planes of their second-order delta, and the record may be compressed with the
+export's trained dictionary). With `frames="raw"` the camera and image pixels are fields of that
+record; with an image codec (`png`, `webp` lossless, `jpeg`) they leave the record and each frame becomes its own member,
 `<camera>.<j>.<ext>` (frame j of the window, HxWx3) or `<image>.<ext>`, which webdataset's own image
 decoders read. Encoding is deterministic (fixed headers, single-threaded codecs), so exports are
 byte-identical across runs and worker counts.
@@ -156,7 +157,8 @@ class SampleCodec:
         self.coded = coded
         rest = {k: v for k, v in self.schema.items() if k not in coded}
         self.rest_dtype = record_dtype(rest)
-        bad = [k for k in self.delta_keys if k not in rest or k not in delta_candidates(self.schema)]
+        candidates = set(delta_candidates(self.schema))
+        bad = [k for k in self.delta_keys if k not in rest or k not in candidates]
         if bad:
             raise ShardError(f"delta filter keys {bad} are not float time series of the record")
         # delta keys are stored as (itemsize, count) byte planes at the same offsets: the layout's size is unchanged
@@ -332,11 +334,16 @@ class SampleCodec:
                 out[k][j] = img
         return memoryview(out.reshape(1).view(np.uint8))
 
-    def view(self, record: Any, copy: bool = False) -> dict[str, np.ndarray]:
-        """Record bytes -> dict of arrays viewing them (`copy=True`: a private writable copy first)."""
+    def record_array(self, record: Any, copy: bool = False) -> np.ndarray:
+        """Record bytes -> a writable 0-d structured array (layout `dtype`) viewing them, or a private copy
+        of them when they are read-only or `copy=True`."""
         mv = memoryview(record)
         buf = bytearray(mv) if copy or mv.readonly else mv
-        rec = np.frombuffer(buf, dtype=self.dtype, count=1).reshape(())
+        return np.frombuffer(buf, dtype=self.dtype, count=1).reshape(())
+
+    def view(self, record: Any, copy: bool = False) -> dict[str, np.ndarray]:
+        """Record bytes -> dict of arrays viewing them (see `record_array`)."""
+        rec = self.record_array(record, copy)
         return {k: rec[k] for k in self.schema}
 
 

@@ -143,8 +143,9 @@ def map_spans(raw: Any, url: str, spans: np.ndarray, start: int) -> Iterator[mem
     offs, lens = spans[:, 0].tolist(), spans[:, 1].tolist()
     n, i = len(offs), 0
     size = os.fstat(fd).st_size
+    short = offs[-1] + lens[-1] > min(size, end if end is not None else size)  # the file is cut: read, and fail there
     while i < n:
-        if _live_maps[0] >= MAX_LIVE_MAPS or offs[-1] + lens[-1] > min(size, end if end is not None else size):
+        if short or _live_maps[0] >= MAX_LIVE_MAPS:
             raw.seek_to(offs[i])
             yield from read_spans(raw, url, spans[i:], start + i)
             return

@@ -19,7 +19,8 @@ def read_records(
 
     Opens exactly the byte range of those samples from the shard's index (a Range request on S3), so
     skipped samples are never read (R5); a local shard is mapped rather than read (`map_spans`). A
-    yielded view may be read-only (copy before writing) and stays valid as long as it is referenced. Errors are ShardErrors naming shard, sample, member.
+    yielded view may be read-only (copy before writing) and stays valid as long as it is referenced.
+    Errors are ShardErrors naming shard, sample, member.
     """
     if stop <= start:
         return
