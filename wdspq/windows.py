@@ -16,12 +16,28 @@ from typing import Any
 import numpy as np
 
 from .errors import SpecError
+from .timegrid import (
+    OBS_ALIGN,
+    base_frame,
+    decimal_fraction,
+    first_row,
+    frame_indices,
+    length_rows,
+    nearest_frame,
+    rate_fraction,
+    resample_rows,
+)
+
+__all__ = ["base_frame", "frame_indices", "nearest_frame"]  # re-exported: the time rules live in timegrid
 
 RESAMPLE_MODES = ("none", "linear", "nearest")
+WINDOW_RULES_VERSION = 2  # docs/windows.md "Versions": 1 = every export before this field existed
+SIGNAL_FIELDS = ("obs_length_sec", "obs_offset_sec", "obs_resample", "obs_rate_hz", "obs_align")
+CAMERA_FIELDS = ("video_frame_offsets",)
 
 
 def round_half_up(x: float) -> int:
-    """Lengths round to the nearest row count, halves up (0.25 s at 10 Hz is 3 rows), like frame indices."""
+    """Nearest integer, halves up (floats as given; window lengths use `timegrid.length_rows`, exact)."""
     return int(math.floor(x + 0.5))
 
 
@@ -31,7 +47,8 @@ class WindowSpec:
 
     `video_frame_offsets` are frame offsets relative to the frame at the anchor time; `stride` steps
     anchors over action indices; `obs_resample` picks raw rows by time (`none`) or resamples at
-    `obs_rate_hz` (default: the action rate).
+    `obs_rate_hz` (default: the action rate). `obs_align` (raw rows only): a window's first row is the
+    latest sample `at_or_before` its start (default, causal) or the first `at_or_after` it (opt-in).
     """
 
     acts_length_sec: float
@@ -44,6 +61,7 @@ class WindowSpec:
     obs_rate_hz: float | None = None
     max_text_tokens: int = 32
     overrides: Mapping[str, Mapping[str, Any]] | None = None
+    obs_align: str = "at_or_before"
 
     def __post_init__(self) -> None:
         offsets = self.video_frame_offsets
@@ -74,6 +92,8 @@ class WindowSpec:
         object.__setattr__(self, "stride", int(self.stride))
         if self.obs_resample not in RESAMPLE_MODES:
             raise SpecError(f"obs_resample must be one of {RESAMPLE_MODES}, got {self.obs_resample!r}")
+        if self.obs_align not in OBS_ALIGN:
+            raise SpecError(f"obs_align must be one of {OBS_ALIGN}, got {self.obs_align!r}")
         if self.obs_rate_hz is not None:
             r = self.obs_rate_hz
             if not isinstance(r, (int, float, np.number)) or not math.isfinite(r) or r <= 0:
@@ -103,6 +123,7 @@ class WindowSpec:
             "obs_rate_hz": self.obs_rate_hz,
             "max_text_tokens": self.max_text_tokens,
             **({"overrides": {k: dict(v) for k, v in self.overrides.items()}} if self.overrides else {}),
+            **({"obs_align": self.obs_align} if self.obs_align != "at_or_before" else {}),
         }
 
     @classmethod
@@ -121,9 +142,7 @@ class WindowSpec:
         o = (self.overrides or {}).get(name)
         if not o:
             return self
-        d = {k: v for k, v in self.to_dict().items() if k != "overrides"}
-        d.update(o)
-        return WindowSpec(**d)
+        return WindowSpec(**_merged(self, o))
 
     def resolve(self, layout: SampleLayout) -> ResolvedSpec:
         """Turn seconds into row counts with the table's rates (rounded halves up, never truncated)."""
@@ -134,7 +153,15 @@ class WindowSpec:
                 f"overrides name {unknown}, which are not signal streams or cameras of the table "
                 f"(signals: {signal_names}, cameras: {camera_names})"
             )
-        A = round_half_up(self.acts_length_sec * layout.action_rate_hz)
+        for name, fields_ in (self.overrides or {}).items():
+            kind, allowed = ("signal", SIGNAL_FIELDS) if name in signal_names else ("camera", CAMERA_FIELDS)
+            wrong = sorted(set(fields_) - set(allowed))
+            if wrong:
+                raise SpecError(
+                    f"overrides[{name!r}]: {wrong} do not apply to a {kind} stream ({name!r} is a {kind}; "
+                    f"a {kind} takes {list(allowed)})"
+                )
+        A = length_rows(self.acts_length_sec, rate_fraction(layout.action_rate_hz))
         if A < 1:
             raise SpecError(
                 f"acts_length_sec={self.acts_length_sec} at the action rate {layout.action_rate_hz:g} Hz "
@@ -144,17 +171,19 @@ class WindowSpec:
         for name, width, rate in layout.signals:
             sp = self.for_stream(name)
             if sp.obs_resample == "none":
-                obs_rate = rate
+                obs_rate, exact = rate, rate_fraction(rate)
+            elif sp.obs_rate_hz is not None:
+                obs_rate, exact = sp.obs_rate_hz, decimal_fraction(sp.obs_rate_hz)
             else:
-                obs_rate = sp.obs_rate_hz if sp.obs_rate_hz is not None else layout.action_rate_hz
-            O = round_half_up(sp.obs_length_sec * obs_rate)  # noqa: E741
+                obs_rate, exact = layout.action_rate_hz, rate_fraction(layout.action_rate_hz)
+            O = length_rows(sp.obs_length_sec, exact)  # noqa: E741
             if O < 1:
                 raise SpecError(
                     f"stream {name!r}: obs_length_sec={sp.obs_length_sec} at {obs_rate:g} Hz gives {O} observation rows; "
                     "use a longer window"
                 )
             signals[name] = SignalWindow(O=O, width=width, rate_hz=float(obs_rate), mode=sp.obs_resample,
-                                         offset_sec=sp.obs_offset_sec)
+                                         offset_sec=sp.obs_offset_sec, align=sp.obs_align, src_rate_hz=float(rate))
         cameras = {name: (np.asarray(self.for_stream(name).video_frame_offsets, dtype=np.int64), h, w, rate)
                    for name, h, w, rate in layout.cameras}
         return ResolvedSpec(spec=self, layout=layout, A=A, signals=signals, cameras=cameras)
@@ -166,18 +195,33 @@ def _check_overrides(spec: WindowSpec, overrides: Any) -> dict[str, dict[str, An
         return None
     if not isinstance(overrides, Mapping):
         raise SpecError(f"overrides must map stream names to fields, got {overrides!r}")
-    allowed = {"obs_length_sec", "obs_offset_sec", "obs_resample", "obs_rate_hz", "video_frame_offsets"}
+    allowed = {*SIGNAL_FIELDS, *CAMERA_FIELDS}
     out = {}
     for name, fields_ in sorted(overrides.items()):
         if not isinstance(fields_, Mapping) or set(fields_) - allowed:
             bad = sorted(set(fields_) - allowed) if isinstance(fields_, Mapping) else fields_
             raise SpecError(f"overrides[{name!r}]: {bad!r} cannot be overridden per stream (allowed: {sorted(allowed)})")
-        d = {k: v for k, v in spec.to_dict().items() if k != "overrides"}
-        d.update(fields_)
-        checked = WindowSpec(**d)  # validates the merged fields
+        if set(fields_) & set(SIGNAL_FIELDS) and set(fields_) & set(CAMERA_FIELDS):
+            raise SpecError(
+                f"overrides[{name!r}]: mixes observation fields (signals only) with video_frame_offsets "
+                "(cameras only); a stream is one or the other"
+            )
+        try:
+            checked = WindowSpec(**_merged(spec, fields_))  # validates the merged fields
+        except SpecError as e:
+            raise SpecError(f"overrides[{name!r}]: {e}") from None
         out[str(name)] = {k: getattr(checked, k) if k != "video_frame_offsets" else list(checked.video_frame_offsets)
                           for k in fields_}
     return out
+
+
+def _merged(spec: WindowSpec, fields_: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec's fields with one stream's overrides applied; `obs_resample: none` drops an inherited rate."""
+    d = {k: v for k, v in spec.to_dict().items() if k != "overrides"}
+    d.update(fields_)
+    if d.get("obs_resample") == "none" and "obs_rate_hz" not in fields_:
+        d["obs_rate_hz"] = None
+    return d
 
 
 @dataclass(frozen=True)
@@ -197,13 +241,16 @@ class SampleLayout:
 
 @dataclass(frozen=True)
 class SignalWindow:
-    """One signal stream's window: O rows of width S, at `rate_hz` (resampled when mode != none)."""
+    """One signal stream's window: O rows of width S, at `rate_hz` (resampled when mode != none);
+    `src_rate_hz` is the stream's own rate (it sets the time tolerance; 0: use `rate_hz`)."""
 
     O: int  # noqa: E741
     width: int
     rate_hz: float
     mode: str
     offset_sec: float
+    align: str = "at_or_before"
+    src_rate_hz: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -284,40 +331,7 @@ class EpisodeArrays:
     tokens: Mapping[str, np.ndarray] = field(default_factory=dict)  # each (max_text_tokens,) int64
 
 
-def frame_indices(t0: float, video_t0: float, fps: float, offsets: np.ndarray) -> np.ndarray:
-    """Version 1 constant-rate clips: `floor((t0 - video_t0) * fps + 0.5) + offsets`."""
-    base = math.floor((t0 - video_t0) * fps + 0.5)
-    return base + offsets
-
-
-def nearest_frame(ts: np.ndarray, t: float) -> int:
-    """Index of the frame whose time is nearest to `t`; ties go to the later frame (ts non-empty, sorted)."""
-    n = len(ts)
-    j = int(np.searchsorted(ts, t, side="left"))  # ts[j - 1] < t <= ts[j]
-    if j == 0:
-        return 0
-    if j == n:
-        return n - 1
-    return j if ts[j] - t <= t - ts[j - 1] else j - 1
-
-
-def base_frame(ts: np.ndarray, t0: float, rate_hz: float | None) -> int:
-    """The base frame of a window anchored at `t0` (docs/windows.md "Cameras").
-
-    Inside the clip's time span: the frame nearest in time (ties later). Before the first or after the last
-    frame, the index continues at the camera's rate, `floor((t0 - ts[0]) * rate + 0.5)` before (<= 0) and
-    `n - 1 + floor((t0 - ts[-1]) * rate + 0.5)` after, so a window far outside the clip gets masked frames,
-    not a stale end frame; for a constant-rate clip this is the version 1 rule everywhere.
-    """
-    n = len(ts)
-    if rate_hz and t0 < ts[0]:
-        return math.floor((t0 - float(ts[0])) * rate_hz + 0.5)
-    if rate_hz and t0 > ts[-1]:
-        return n - 1 + math.floor((t0 - float(ts[-1])) * rate_hz + 0.5)
-    return nearest_frame(ts, t0)
-
-
-def camera_indices(clip: CameraClip, t0: float, offsets: np.ndarray, rate_hz: float | None) -> np.ndarray:
+def camera_indices(clip: CameraClip, t0: float, offsets: np.ndarray, rate_hz: float) -> np.ndarray:
     """Frame index for each offset (may be outside the clip: those frames are masked)."""
     if clip.fps:
         return frame_indices(t0, float(clip.ts[0]), clip.fps, offsets)
@@ -327,48 +341,25 @@ def camera_indices(clip: CameraClip, t0: float, offsets: np.ndarray, rate_hz: fl
 def observation_rows(
     obs_ts: np.ndarray, observations: np.ndarray, t_start: float, win: SignalWindow
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One signal stream's rows and mask for a window whose observation range starts at `t_start`."""
-    O, S = win.O, observations.shape[1]  # noqa: E741
+    """One signal stream's rows and mask for a window whose observation range starts at `t_start`.
+
+    Raw rows (`none`): rows `j0 .. j0 + O - 1` with `j0 = timegrid.first_row(...)`; rows before the
+    first sample (padding) and past the last are zeros with the mask false. Resampled: `timegrid.resample_rows`
+    at `t_start + i / rate_hz`.
+    """
+    O = win.O  # noqa: E741
     n = len(obs_ts)
-    out = np.zeros((O, S), dtype=np.float32)
-    mode = win.mode
-    if mode == "none":
-        j0 = int(np.searchsorted(obs_ts, t_start, side="left"))
-        j1 = min(j0 + O, n)
-        mask = np.zeros(O, dtype=bool)
-        if j1 > j0:
-            out[: j1 - j0] = observations[j0:j1]
-            mask[: j1 - j0] = True
+    src_rate = win.src_rate_hz or win.rate_hz
+    if win.mode == "none":
+        out = np.zeros((O, observations.shape[1]), dtype=np.float32)
+        j0 = first_row(obs_ts, t_start, src_rate, win.align)
+        rows = j0 + np.arange(O)
+        mask = (rows >= 0) & (rows < n)
+        if mask.any():
+            out[mask] = observations[rows[mask]]
         return out, mask
     t = t_start + np.arange(O, dtype=np.float64) / win.rate_hz
-    if n == 0:
-        return out, np.zeros(O, dtype=bool)
-    mask = (t >= obs_ts[0]) & (t <= obs_ts[-1])
-    if not mask.any():
-        return out, mask
-    tm = t[mask]
-    if mode == "linear":
-        # Left neighbour j with obs_ts[j] <= t; weight 0 at exact source timestamps gives exact values.
-        j = np.clip(np.searchsorted(obs_ts, tm, side="right") - 1, 0, max(n - 2, 0))
-        if n == 1:
-            out[mask] = observations[0]
-            return out, mask
-        t_left, t_right = obs_ts[j], obs_ts[j + 1]
-        w = np.clip((tm - t_left) / (t_right - t_left), 0.0, 1.0)[:, None]
-        left = observations[j].astype(np.float64)
-        right = observations[j + 1].astype(np.float64)
-        vals = left + w * (right - left)
-        # Exactness at w == 1 (t equals the right sample's timestamp) and clamping into the neighbour range.
-        vals = np.where(w == 1.0, right, vals)
-        lo, hi = np.minimum(left, right), np.maximum(left, right)
-        out[mask] = np.clip(vals, lo, hi).astype(np.float32)
-    else:  # nearest; ties go to the earlier sample
-        j = np.searchsorted(obs_ts, tm, side="left")
-        j = np.clip(j, 0, n - 1)
-        prev = np.clip(j - 1, 0, n - 1)
-        take_prev = (j > 0) & (np.abs(tm - obs_ts[prev]) <= np.abs(obs_ts[j] - tm))
-        out[mask] = observations[np.where(take_prev, prev, j)]
-    return out, mask
+    return resample_rows(obs_ts, observations, t, win.mode, src_rate)
 
 
 def cut_window(
@@ -407,7 +398,9 @@ def cut_window(
         times = np.zeros(F, dtype=np.float64)
         clip = ep.cameras.get(name)
         if clip is not None and len(clip.frames):
-            idx = camera_indices(clip, t0, offsets, rate)
+            # A camera without a rate (no clip has two frames) runs on at the action rate: a one-frame
+            # clip is shown near its time, masked elsewhere (never a stale frame in every window).
+            idx = camera_indices(clip, t0, offsets, rate or layout.action_rate_hz)
             mask = (idx >= 0) & (idx < len(clip.frames))
             if mask.any():
                 frames[mask] = clip.frames[idx[mask]]
