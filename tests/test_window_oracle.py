@@ -212,6 +212,38 @@ def test_defect8_one_frame_clip_is_not_shown_in_every_window():
     assert shown == [10]  # only the window at 0.5 s (the action rate stands in for the missing camera rate)
 
 
+@pytest.mark.parametrize("start", [1_742_918_912.0, 0.0])
+def test_defect9_seed_import_aligns_clips_with_the_actions_clock(tmp_path, tokenizer_path, start):
+    """Seed actions on an epoch clock: the clip (which starts at 0) is placed at the episode's start."""
+    import warnings
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from test_build import _write_mp4v
+
+    from wdspq.build.seed import build_from_seed
+    from wdspq.table_dataset import ParquetWindowDataset
+
+    n = 150
+    ta = start + np.arange(n) / 100
+    frames = np.zeros((30, 16, 16, 3), np.uint8)
+    _write_mp4v(tmp_path / "v.mp4", frames, fps=20)
+    acts = np.column_stack([ta, np.ones((n, 2))])
+    obs = np.column_stack([ta, np.ones((n, 3))])
+    pq.write_table(pa.table({"text": ["x"], "actions": [acts.tolist()], "observations": [obs.tolist()],
+                             "video": ["v.mp4"]}), tmp_path / "seed.parquet")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        meta = build_from_seed(tmp_path / "seed.parquet", tmp_path / "t.parquet", progress=False)
+    aligned = [w for w in caught if "clips_aligned_to_episode_start" in str(w.message)]
+    assert len(aligned) == (1 if start else 0)
+    assert meta.extra.get("clips_aligned_to_episode_start", 0) == (1 if start else 0)
+    ds = ParquetWindowDataset(tmp_path / "t.parquet", WindowSpec(0.1, 0.1), tokenizer=tokenizer_path)
+    with_frame = sum(bool(ds.sample_numpy(i)["frames_mask"][0]) for i in range(len(ds)))
+    # frames at 0 .. 1.45 s (20 fps) cover anchors up to 1.47 s; at 1.48 s frame 30 (1.50 s) would be nearest
+    assert with_frame == 148
+
+
 def test_defect10_overrides_are_checked_per_stream_kind():
     layout = _layout(20.0, 20.0, cameras=(("cam", 2, 2, 10.0),))
     with pytest.raises(SpecError, match=r"overrides\['cam'\].*obs_length_sec.*camera"):

@@ -8,6 +8,7 @@ relative to the directory the seed ran in (or to the table's folder). Media byte
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +155,17 @@ def _first_media_shapes(
     return found.get("image"), found.get("video")
 
 
+def clip_start(first_action: float, first_observation: float, n_frames: int, fps: float) -> float:
+    """Time of a seed clip's frame 0 on the episode's clock.
+
+    The seed's clips start at time 0. When the episode's first timestamp lies within the clip's span
+    `[0, n_frames / fps]` the episode and clip share that clock and 0 is kept; otherwise (an epoch clock,
+    where every frame at j / fps would fall outside every window) frame 0 goes to the first timestamp.
+    """
+    first = min(first_action, first_observation)
+    return 0.0 if 0.0 <= first <= n_frames / fps else first
+
+
 def _seed_streams(dims: tuple[int, int], image_hw: tuple[int, int] | None,
                   video_hw: tuple[int, int] | None) -> list:
     streams = [actions_stream(dims[0]), signal_stream("observations", dims[1])]
@@ -175,7 +187,9 @@ def build_from_seed(
     """Convert a seed-layout table into a version 2 table at `out` (atomically); ids are `seed-000000`, ...
 
     Timestamps are column 0 of each action/observation row (signal `observations`); clips keep their own
-    encoding as camera `frames`, frame j shown at j / fps (the seed's clips start at 0); `image` stays.
+    encoding as camera `frames`, frame j shown at j / fps (the seed's clips start at 0 on the episode's
+    clock) - unless the episode's first timestamp lies outside the clip's span (e.g. epoch seconds): then
+    frame 0 is placed at that first timestamp, with a warning (`clip_start`); `image` stays.
     `missing_media="skip"`: an image or clip file that does not exist leaves that episode's image/clip
     empty (masks false in every sample); a column none of whose files exist gives no stream at all. The
     counts are in the returned metadata's `extra["missing_media_skipped"]`.
@@ -211,7 +225,7 @@ def build_from_seed(
     image_hw: tuple[int, int] | None = None
     video_info: tuple[int, int, float] | None = None
     dims: tuple[int, int] | None = None
-    row = 0
+    row = aligned = 0
     bar = tqdm(total=pf.metadata.num_rows, desc=f"build {Path(out).name}", unit="ep", disable=not progress)
     try:
         for g in range(pf.num_row_groups):
@@ -265,7 +279,9 @@ def build_from_seed(
                         if not fps:
                             raise SchemaError(f"{here}, column 'video' ({value!r}): the clip has no frame rate")
                         info = (h, w, fps)
-                        frame_ts = np.arange(n_frames, dtype=np.float64) / fps
+                        clip_t0 = clip_start(float(a[0, 0]), float(o[0, 0]), n_frames, fps)
+                        aligned += clip_t0 != 0.0
+                        frame_ts = clip_t0 + np.arange(n_frames, dtype=np.float64) / fps
                         if video_info is None:
                             video_info = info
                         elif info != video_info:
@@ -290,8 +306,16 @@ def build_from_seed(
                 bar.update(1)
         if writer is None:
             raise SchemaError(f"{where}: the seed table has no rows")
-        extra = {"missing_media_skipped": skipped} if skipped else None
-        return writer.close(source=f"seed({seed_table.name})", extra=extra)
+        extra = {"missing_media_skipped": skipped} if skipped else {}
+        if aligned:
+            extra["clips_aligned_to_episode_start"] = aligned
+            warnings.warn(
+                f"{where}: {aligned} episode(s) have timestamps that do not start near 0 (e.g. epoch seconds) "
+                "while their clips start at 0; frame 0 of those clips is placed at the episode's first "
+                "action/observation time (recorded in the table's extra['clips_aligned_to_episode_start'])",
+                stacklevel=2,
+            )
+        return writer.close(source=f"seed({seed_table.name})", extra=extra or None)
     except BaseException:
         if writer is not None:
             writer.abort()
