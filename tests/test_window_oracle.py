@@ -340,3 +340,42 @@ def test_oracle_camera_frames_every_window(data, seed):
         one_base = oracle_base_frame(C[:1], t0, F(r_a))  # no camera rate: the action rate stands in
         assert s["one_mask"].tolist() == [one_base + o == 0 for o in offsets]
     assert seen_before and seen_after  # frames just outside the clip are still used near its ends
+
+
+# --------------------------------------------------------------------------------------------------
+# Exports made under the earlier rules
+# --------------------------------------------------------------------------------------------------
+def test_old_rules_export_warns_once_and_verify_reports_it(small_table, tokenizer_path, tmp_path, monkeypatch):
+    """An export cut by the earlier rule (first sample at or after t, no padding) and recorded without a
+    window rules version: streaming it warns once naming it; `verify --table` reports its windows."""
+    import json
+    import warnings
+
+    import wdspq
+    import wdspq.windows as w
+    from wdspq.shardfmt.manifest import OldWindowRulesWarning
+    from wdspq.verify import verify_shards
+
+    spec = WindowSpec(0.2, 0.1, obs_offset_sec=-0.05)
+    old = tmp_path / "old"
+    with monkeypatch.context() as mp:
+        mp.setattr(w, "first_row", lambda ts, t, rate, align="at_or_before": int(np.searchsorted(ts, t, side="left")))
+        wdspq.export_shards(small_table, old, spec, tokenizer=tokenizer_path, workers=1, progress=False)
+    manifest = json.loads((old / "manifest.json").read_text())
+    assert manifest["window_rules_version"] == w.WINDOW_RULES_VERSION
+    del manifest["window_rules_version"]  # as written before the field existed
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        wdspq.ShardStream(old, shuffle=False)
+        wdspq.ShardStream(old, shuffle=False)
+    found = [c for c in caught if issubclass(c.category, OldWindowRulesWarning)]
+    assert len(found) == 1 and str(old) in str(found[0].message) and "version 1" in str(found[0].message)
+    report = verify_shards(str(old), table=small_table, tokenizer=tokenizer_path)
+    assert not report.ok and any(p.key == "observations" for p in report.problems)
+    new = tmp_path / "new"
+    wdspq.export_shards(small_table, new, spec, tokenizer=tokenizer_path, workers=1, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OldWindowRulesWarning)
+        wdspq.ShardStream(new, shuffle=False)
+    assert verify_shards(str(new), table=small_table, tokenizer=tokenizer_path).ok

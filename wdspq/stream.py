@@ -88,6 +88,7 @@ class ShardStream(IterableDataset):
         super().__init__()
         self.source = str(source)
         self.manifest: Manifest = load_manifest(self.source, storage_options)
+        self.manifest.warn_old_window_rules()
         self.shuffle = bool(shuffle)
         self.seed = int(seed)
         if self.seed < 0:

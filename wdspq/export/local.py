@@ -46,7 +46,7 @@ from ..shardfmt.manifest import tuning_entry
 from ..shardfmt.tuning import DICTIONARY_NAME
 from ..storage import open_storage
 from ..table_dataset import ParquetWindowDataset
-from ..windows import WindowSpec
+from ..windows import WINDOW_RULES_VERSION, WindowSpec
 from .journal import JOURNAL_NAME, Journal, config_difference, existing_manifest, read_journal, shard_intact
 from .phases import assemble_shard, shard_name, spill_chunk
 from .plan import (
@@ -155,6 +155,7 @@ def export_shards(
         "shuffle": bool(shuffle),
         "format": MANIFEST_VERSION,
         "encoding": enc.to_dict(),
+        "window_rules_version": WINDOW_RULES_VERSION,
     }
     digest = config_digest(config)
     own_spill = spill_dir is None
@@ -258,6 +259,7 @@ def export_shards(
         "table": {"name": Path(table).name, **config["table"]},
         "table_meta": json.loads(ds.meta.to_json()),
         "spec": spec.to_dict(),
+        "window_rules_version": WINDOW_RULES_VERSION,
         "resolved": ds.rspec.summary(),
         "tokenizer": dict(ds.tokenizer_id),
         "sample_schema": [{"key": k, **v} for k, v in ds.sample_schema().items()],  # ordered: the record layout

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,12 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "wdspq-shards"
 MANIFEST_VERSION = 2
 READABLE_VERSIONS = (1, 2)
+_WARNED_RULES: set[str] = set()  # exports already warned about in this process
 _INDEX_CACHE = 8  # indexes a process keeps (O(open shards), never O(windows of the epoch))
+
+
+class OldWindowRulesWarning(UserWarning):
+    """An export made under older window rules is being read."""
 
 
 def tuning_entry(codec: SampleCodec) -> dict[str, Any]:
@@ -73,6 +79,25 @@ class Manifest:
     @property
     def num_windows(self) -> int:
         return int(self.data["num_windows"])
+
+    @property
+    def window_rules_version(self) -> int:
+        """The window rules the export's samples were cut by (docs/windows.md "Versions"); 1 when unrecorded."""
+        return int(self.data.get("window_rules_version", 1))
+
+    def warn_old_window_rules(self) -> None:
+        """Warn once per export and process when its windows were cut by older window rules."""
+        from ..windows import WINDOW_RULES_VERSION
+
+        if self.window_rules_version >= WINDOW_RULES_VERSION or self.url in _WARNED_RULES:
+            return
+        _WARNED_RULES.add(self.url)
+        warnings.warn(OldWindowRulesWarning(
+            f"{self.url}: this export's windows were cut by window rules version {self.window_rules_version} "
+            f"(this wdspq cuts by version {WINDOW_RULES_VERSION}: causal signal rows, padding before an "
+            "episode's first sample, see docs/windows.md); its samples differ from the map-style dataset "
+            "and `wdspq verify --table` reports them; re-export the table to get the current rules"
+        ), stacklevel=3)
 
     @property
     def spec_id(self) -> str:
