@@ -1,4 +1,4 @@
-"""Window semantics (docs/table.md "Window rules"): the spec, the index, and the one cut.
+"""Window semantics (docs/windows.md, rules version 2): the spec, the index, and the one cut.
 
 Pure numpy in, numpy out: no I/O, no torch. The map-style dataset and the shard exporter both call
 `cut_window`, so they agree by construction.
@@ -369,7 +369,7 @@ def cut_window(
     window_index: int,
     episode_index: int,
 ) -> dict[str, np.ndarray]:
-    """The sample dict (docs/windows.md "The sample") of the window anchored at action index `k`.
+    """The sample dict (README "The sample") of the window anchored at action index `k`.
 
     `anchor_index` in the sample is `k`, the anchor's action row. Every array is freshly allocated,
     so callers may hand them to torch without copies.
