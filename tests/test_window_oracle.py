@@ -379,3 +379,32 @@ def test_old_rules_export_warns_once_and_verify_reports_it(small_table, tokenize
         warnings.simplefilter("error", OldWindowRulesWarning)
         wdspq.ShardStream(new, shuffle=False)
     assert verify_shards(str(new), table=small_table, tokenizer=tokenizer_path).ok
+
+
+def test_oracle_lerobot_import_every_window(tmp_path, tokenizer_path):
+    """A LeRobot v2.1 dataset imported with `build lerobot` (float32 timestamps i / fps): every window of
+    every episode against the oracle computed from the table's raw arrays (intended time round(ts * fps) / fps)."""
+    import pyarrow.parquet as pq
+    from lerobot_fixture import CAMERAS, FPS, write_v21
+
+    from wdspq.build import build_from_lerobot
+    from wdspq.table_dataset import ParquetWindowDataset
+
+    root = write_v21(tmp_path / "ds", {CAMERAS[0]: "libx264", CAMERAS[1]: "libx264"})
+    build_from_lerobot(root, tmp_path / "t.parquet", progress=False)
+    table = pq.read_table(tmp_path / "t.parquet")
+    raw = [(np.array(table.column("action_ts")[e].as_py()),
+            [F(round(x * FPS), FPS) for x in table.column("observation.state_ts")[e].as_py()],
+            np.array(table.column("observation.state")[e].as_py(), np.float32)) for e in range(table.num_rows)]
+    for offset in (-0.2, -0.1, -0.05, 0.0, 0.1, 0.15):
+        ds = ParquetWindowDataset(tmp_path / "t.parquet", WindowSpec(0.2, 0.3, obs_offset_sec=offset),
+                                  tokenizer=tokenizer_path)
+        O = oracle_length(0.3, F(FPS))  # noqa: E741
+        for i in range(len(ds)):
+            s = ds.sample_numpy(i)
+            e, k = int(s["episode_index"]), int(s["anchor_index"])
+            a_ts, T, vals = raw[e]
+            t = F(round(a_ts[k] * FPS), FPS) + dec(offset)
+            want, wmask, _ = oracle_rows(T, vals, t, F(FPS), O)
+            np.testing.assert_array_equal(s["observation.state_mask"], wmask, err_msg=f"offset {offset} window {i}")
+            np.testing.assert_array_equal(s["observation.state"], want, err_msg=f"offset {offset} window {i}")
