@@ -408,3 +408,18 @@ def test_oracle_lerobot_import_every_window(tmp_path, tokenizer_path):
             want, wmask, _ = oracle_rows(T, vals, t, F(FPS), O)
             np.testing.assert_array_equal(s["observation.state_mask"], wmask, err_msg=f"offset {offset} window {i}")
             np.testing.assert_array_equal(s["observation.state"], want, err_msg=f"offset {offset} window {i}")
+
+
+def test_cli_spec_flag_obs_align():
+    import argparse
+
+    from wdspq.cli_shards import add_spec_args, spec_from_args
+
+    p = argparse.ArgumentParser()
+    add_spec_args(p)
+    assert spec_from_args(p.parse_args([])).obs_align == "at_or_before"
+    spec = spec_from_args(p.parse_args(["--obs-align", "at_or_after", "--obs-offset-sec", "-0.1"]))
+    assert spec.obs_align == "at_or_after" and spec.to_dict()["obs_align"] == "at_or_after"
+    assert WindowSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(SpecError, match="obs_align"):
+        WindowSpec(0.1, 0.1, obs_align="nearest")

@@ -67,6 +67,9 @@ def add_spec_args(p: argparse.ArgumentParser, title: str = "window spec") -> Non
                    help="observation rows by time (none) or resampled (default none)")
     g.add_argument("--obs-rate-hz", type=_cli._positive_float, default=None,
                    help="resampling rate (default: the action rate)")
+    g.add_argument("--obs-align", choices=("at_or_before", "at_or_after"), default="at_or_before",
+                   help="a signal window's first row: the latest sample at or before its start (default, causal) "
+                        "or the first at or after it (docs/windows.md)")
     g.add_argument("--max-text-tokens", type=_cli._int_at_least(1), default=32, help="token ids per sample (default 32)")
 
 
@@ -86,6 +89,7 @@ def spec_from_args(args: argparse.Namespace) -> Any:
         obs_resample=args.obs_resample,
         obs_rate_hz=args.obs_rate_hz,
         max_text_tokens=args.max_text_tokens,
+        obs_align=getattr(args, "obs_align", "at_or_before"),
     )
 
 
