@@ -16,19 +16,17 @@ from typing import Any
 import numpy as np
 
 from .errors import SpecError
-from .timegrid import (
+from .timegrid import (  # base_frame, frame_indices, nearest_frame: re-exported (they lived here)
     OBS_ALIGN,
     base_frame,
     decimal_fraction,
     first_row,
-    frame_indices,
+    frame_indices,  # noqa: F401
     length_rows,
-    nearest_frame,
+    nearest_frame,  # noqa: F401
     rate_fraction,
     resample_rows,
 )
-
-__all__ = ["base_frame", "frame_indices", "nearest_frame"]  # re-exported: the time rules live in timegrid
 
 RESAMPLE_MODES = ("none", "linear", "nearest")
 WINDOW_RULES_VERSION = 2  # docs/windows.md "Versions": 1 = every export before this field existed
