@@ -21,10 +21,10 @@ OBS_ALIGN = ("at_or_before", "at_or_after")
 
 def tolerance(rate_hz: float | None, *times: float) -> float:
     """Seconds within which two times count as equal: 1e-3 of a period, at least 8 ulps of the times."""
-    floor = ULPS * float(np.spacing(max((abs(float(t)) for t in times), default=1.0)))
+    floor = ULPS * math.ulp(max(map(abs, times), default=1.0))
     if not rate_hz:
         return max(floor, 1e-9)
-    return max(TOL_FRACTION / float(rate_hz), floor)
+    return max(TOL_FRACTION / rate_hz, floor)
 
 
 def decimal_fraction(x: float) -> Fraction:
@@ -55,14 +55,15 @@ def first_row(ts: np.ndarray, t: float, rate_hz: float, align: str = "at_or_befo
     n = len(ts)
     if n == 0:
         return 0
-    tol = tolerance(rate_hz, t, ts[0], ts[-1])
+    t, first, last = float(t), float(ts[0]), float(ts[-1])
+    tol = tolerance(rate_hz, t, first, last)
     if align == "at_or_after":
-        return int(np.searchsorted(ts, t - tol, side="left"))
-    if t < ts[0] - tol:
-        return -math.ceil((float(ts[0]) - t) * rate_hz - TOL_FRACTION)
-    if t > ts[-1] + tol:
-        return n - 1 + math.floor((t - float(ts[-1])) * rate_hz + TOL_FRACTION)
-    return int(np.searchsorted(ts, t + tol, side="right")) - 1
+        return int(ts.searchsorted(t - tol, side="left"))
+    if t < first - tol:
+        return -math.ceil((first - t) * rate_hz - TOL_FRACTION)
+    if t > last + tol:
+        return n - 1 + math.floor((t - last) * rate_hz + TOL_FRACTION)
+    return int(ts.searchsorted(t + tol, side="right")) - 1
 
 
 def resample_rows(
@@ -77,7 +78,7 @@ def resample_rows(
     out = np.zeros((len(t), S), dtype=np.float32)
     if n == 0 or len(t) == 0:
         return out, np.zeros(len(t), dtype=bool)
-    tol = tolerance(rate_hz, float(np.abs(t).max()), ts[0], ts[-1])
+    tol = tolerance(rate_hz, float(t[0]), float(t[-1]), float(ts[0]), float(ts[-1]))
     mask = (t >= ts[0] - tol) & (t <= ts[-1] + tol)
     if not mask.any():
         return out, mask
@@ -103,7 +104,7 @@ def resample_rows(
 def nearest_frame(ts: np.ndarray, t: float, rate_hz: float | None = None) -> int:
     """Index of the frame whose time is nearest to `t`; ties (within the tolerance) go to the later frame."""
     n = len(ts)
-    tol = tolerance(rate_hz, t, ts[0], ts[-1])
+    tol = tolerance(rate_hz, t, float(ts[0]), float(ts[-1]))
     j = int(np.searchsorted(ts, t - tol, side="left"))  # ts[j - 1] < t - tol <= ts[j]
     if j == 0:
         return 0

@@ -350,11 +350,12 @@ def observation_rows(
     src_rate = win.src_rate_hz or win.rate_hz
     if win.mode == "none":
         out = np.zeros((O, observations.shape[1]), dtype=np.float32)
+        mask = np.zeros(O, dtype=bool)
         j0 = first_row(obs_ts, t_start, src_rate, win.align)
-        rows = j0 + np.arange(O)
-        mask = (rows >= 0) & (rows < n)
-        if mask.any():
-            out[mask] = observations[rows[mask]]
+        lo, hi = max(j0, 0), min(j0 + O, n)  # rows that exist; the others are padding or past the end
+        if hi > lo:
+            out[lo - j0 : hi - j0] = observations[lo:hi]
+            mask[lo - j0 : hi - j0] = True
         return out, mask
     t = t_start + np.arange(O, dtype=np.float64) / win.rate_hz
     return resample_rows(obs_ts, observations, t, win.mode, src_rate)
