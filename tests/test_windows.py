@@ -395,7 +395,7 @@ PERIODS_MS = (10, 20, 40, 50, 100)  # 100, 50, 25, 20, 10 Hz
 
 
 @st.composite
-def ticks(draw, max_n: int = 30) -> tuple[list[int], int]:
+def ticks(draw, max_n: int = 40) -> tuple[list[int], int]:
     """(times in integer ms, rate Hz): a start up to epoch size, jitter up to a quarter period, drops.
 
     Times are whole milliseconds and tolerances are at most 1e-3 of a period, so no sample lies within
@@ -448,7 +448,7 @@ def specs(draw) -> WindowSpec:
     """Specs that always resolve (lengths of at least one period at 10 Hz): no example is skipped."""
     mode = draw(st.sampled_from(["none", "linear", "nearest"]))
     return WindowSpec(
-        acts_length_sec=draw(st.integers(50, 500)) / 1000,
+        acts_length_sec=draw(st.integers(50, 300)) / 1000,
         obs_length_sec=draw(st.integers(50, 500)) / 1000,
         obs_offset_sec=draw(st.integers(-500, 500)) / 1000,
         video_frame_offsets=draw(st.lists(st.integers(-5, 5), min_size=1, max_size=4)),
