@@ -524,8 +524,16 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in COMMANDS:
         register(sub)
+    for name in S3_COMMANDS:
+        sub.choices[name].add_argument(
+            "--s3-timeout", type=_positive_float, default=None, metavar="SECONDS",
+            help="most seconds one S3 request may take, every retry included, before the command fails naming the "
+                 "endpoint and object (default: $WDSPQ_S3_TIMEOUT, else 60)")
     _add_debug(sub)
     return parser
+
+
+S3_COMMANDS = ("export", "verify", "info", "show")  # the commands that may read or write s3:// paths
 
 
 def _add_debug(sub: Any) -> None:
@@ -568,8 +576,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:  # not the main thread
         pass
+    env_timeout = os.environ.get("WDSPQ_S3_TIMEOUT")
     try:
         args = make_parser().parse_args(args_list)
+        if getattr(args, "s3_timeout", None) is not None:  # S3Storage objects (and worker processes) read it
+            os.environ["WDSPQ_S3_TIMEOUT"] = repr(float(args.s3_timeout))
         return int(args.func(args) or 0)
     except SystemExit as e:  # --help
         return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_ERROR)
@@ -591,3 +602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if env_timeout is None:
+            os.environ.pop("WDSPQ_S3_TIMEOUT", None)
+        else:
+            os.environ["WDSPQ_S3_TIMEOUT"] = env_timeout
