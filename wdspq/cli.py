@@ -576,11 +576,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:  # not the main thread
         pass
-    env_timeout = os.environ.get("WDSPQ_S3_TIMEOUT")
+    from .s3_time import S3_TIMEOUT_ENV
+
+    env_timeout = os.environ.get(S3_TIMEOUT_ENV)
     try:
         args = make_parser().parse_args(args_list)
         if getattr(args, "s3_timeout", None) is not None:  # S3Storage objects (and worker processes) read it
-            os.environ["WDSPQ_S3_TIMEOUT"] = repr(float(args.s3_timeout))
+            os.environ[S3_TIMEOUT_ENV] = repr(float(args.s3_timeout))
         return int(args.func(args) or 0)
     except SystemExit as e:  # --help
         return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_ERROR)
@@ -603,6 +605,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         if env_timeout is None:
-            os.environ.pop("WDSPQ_S3_TIMEOUT", None)
+            os.environ.pop(S3_TIMEOUT_ENV, None)
         else:
-            os.environ["WDSPQ_S3_TIMEOUT"] = env_timeout
+            os.environ[S3_TIMEOUT_ENV] = env_timeout

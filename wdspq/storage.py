@@ -42,13 +42,12 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from .errors import StorageError
+from .s3_time import attempt_timeouts, resolve_timeout, retry_wait
 
 MiB = 1 << 20
 DEFAULT_READ_AHEAD = 8 * MiB
 DEFAULT_MULTIPART_THRESHOLD = 16 * MiB
 DEFAULT_MULTIPART_CHUNKSIZE = 16 * MiB
-DEFAULT_S3_TIMEOUT = 60.0  # seconds one S3 request may take, every attempt and backoff included
-S3_TIMEOUT_ENV = "WDSPQ_S3_TIMEOUT"
 _STAGING_MARK = ".tmp-"
 
 
@@ -464,7 +463,7 @@ class S3Storage(Storage):
         self.backoff_max = float(backoff_max)
         self.connect_timeout = float(connect_timeout)
         self.read_timeout = float(read_timeout)
-        self.timeout = _s3_timeout(timeout)
+        self.timeout = resolve_timeout(timeout)
         self.multipart_threshold = int(multipart_threshold)
         self.multipart_chunksize = int(multipart_chunksize)
         self.max_pool_connections = int(max_pool_connections)
@@ -542,8 +541,7 @@ class S3Storage(Storage):
     @property
     def attempt_timeouts(self) -> tuple[float, float]:
         """(connect, read) timeouts of one attempt, clipped so that one attempt fits in `timeout`."""
-        connect = min(self.connect_timeout, self.timeout / 4)
-        return connect, min(self.read_timeout, self.timeout - connect)
+        return attempt_timeouts(self.connect_timeout, self.read_timeout, self.timeout)
 
     def endpoint(self) -> str:
         """The endpoint URL requests go to (for messages)."""
@@ -554,18 +552,9 @@ class S3Storage(Storage):
                        or "the default AWS endpoint")
 
     def _retry_wait(self, exc: BaseException, where: str, started: float, failures: int) -> float:
-        """Seconds to back off before attempt `failures + 1` of a request started at `started` (monotonic),
-        or StorageError when another attempt could not finish within `timeout`."""
-        wait = min(self.backoff * 2 ** (failures - 1), self.backoff_max)
-        spent = time.monotonic() - started
-        if spent + wait + sum(self.attempt_timeouts) > self.timeout:
-            raise StorageError(
-                f"{where}: no answer from {self.endpoint()} within the S3 timeout: gave up after {spent:.1f} s "
-                f"and {failures} attempt{'s' if failures > 1 else ''} (timeout {self.timeout:g} s; set it with "
-                f"--s3-timeout, ${S3_TIMEOUT_ENV} or the storage option timeout); last error: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
-        return wait
+        """Backoff before attempt `failures + 1`, or StorageError when it could not finish within `timeout`."""
+        return retry_wait(exc, where, self.endpoint(), started, failures, self.backoff, self.backoff_max,
+                          self.timeout, sum(self.attempt_timeouts))
 
     def _call(self, name: str, action: str, fn: Any) -> Any:
         """`fn(client)` for one request, retried here (network faults, 5xx, throttling) within `timeout`
@@ -721,24 +710,6 @@ class S3Storage(Storage):
         except Exception as exc:
             raise self._error(_root_cause(exc), name, f"upload of {staging_path}") from exc
         self.discard(staging_path)
-
-
-def _s3_timeout(value: float | None) -> float:
-    """The S3 request time bound: the argument, else $WDSPQ_S3_TIMEOUT, else DEFAULT_S3_TIMEOUT; > 0."""
-    where = "timeout"
-    if value is None:
-        text = os.environ.get(S3_TIMEOUT_ENV, "").strip()
-        if not text:
-            return DEFAULT_S3_TIMEOUT
-        where = f"${S3_TIMEOUT_ENV}"
-        try:
-            value = float(text)
-        except ValueError:
-            raise StorageError(f"{where} is {text!r}; expected the S3 timeout in seconds (e.g. 60)") from None
-    value = float(value)
-    if not (value > 0 and value != float("inf")):
-        raise StorageError(f"{where} is {value!r}; the S3 timeout must be a positive number of seconds")
-    return value
 
 
 def _root_cause(exc: BaseException) -> BaseException:
