@@ -158,10 +158,11 @@ def test_verify_with_table_reads_runs_not_samples(s3_export: str, small_table: s
     opts = {"endpoint_url": fault_proxy.endpoint_url}
     plain = verify_shards(s3_export, storage_options=opts)
     assert plain.ok
-    integrity = len(_tar_gets(fault_proxy))
+    integrity, integrity_all = len(_tar_gets(fault_proxy)), len(fault_proxy.requests)
     fault_proxy.clear_requests()
     report = verify_shards(s3_export, table=small_table, sample=sample, tokenizer=tokenizer_path, storage_options=opts)
     assert report.ok and report.parity_checked == (sample or plain.samples)
     gets = _tar_gets(fault_proxy)
     assert len(gets) <= 2 * report.shards, [g.range for g in gets]
     assert len(gets) - integrity < report.parity_checked / 4
+    assert len(fault_proxy.requests) <= integrity_all + report.shards  # indexes are not read again per sample

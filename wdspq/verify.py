@@ -317,6 +317,7 @@ def _parity(
             report.parity_mismatches += 1
             report.problems.extend(probs)
 
+    m = _KeepIndexes(m)  # type: ignore[assignment]  # blocks revisit every shard: read each index once
     with tqdm(total=len(chosen), desc="verify: parity", unit="win", disable=not progress) as bar:
         for b0 in range(0, len(chosen), PARITY_BLOCK):
             block = chosen[b0 : b0 + PARITY_BLOCK]
@@ -326,6 +327,24 @@ def _parity(
                 wins = wins[np.argsort(pos_of[wins], kind="stable")]
                 _parity_shard(m, codec, int(s), wins, pos_of[wins], compare, report)
             bar.update(len(chosen[b0 : b0 + PARITY_BLOCK]))
+
+
+class _KeepIndexes:
+    """The manifest, keeping every shard index it loads (16 bytes a sample) rather than the few its cache
+    holds: each block of the parity pass visits the shards again."""
+
+    def __init__(self, m: Manifest) -> None:
+        self._m = m
+        self._spans: dict[int, np.ndarray] = {}
+
+    def index(self, shard: int) -> np.ndarray:
+        spans = self._spans.get(shard)
+        if spans is None:
+            spans = self._spans[shard] = self._m.index(shard)
+        return spans
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._m, name)
 
 
 def _runs(spans: np.ndarray, positions: np.ndarray) -> list[tuple[int, int]]:
