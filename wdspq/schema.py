@@ -434,14 +434,18 @@ class RatePool:
     def __init__(self) -> None:
         self.diffs: list[np.ndarray] = []
         self.keep = 1  # every k-th step of an episode is pooled
+        self.count = 0  # steps in the pool
         self.max_abs_ts = 0.0
 
     def add(self, ts: np.ndarray) -> None:
         """Pool the steps of one episode's timestamps."""
         ts = np.asarray(ts, dtype=np.float64)
-        self.diffs.append(np.diff(ts)[:: self.keep])
-        if sum(len(x) for x in self.diffs) > MAX_RATE_DIFFS:
+        d = np.diff(ts)[:: self.keep]
+        self.diffs.append(d)
+        self.count += len(d)
+        if self.count > MAX_RATE_DIFFS:
             self.diffs = [np.concatenate(self.diffs)[::2]]
+            self.count = len(self.diffs[0])
             self.keep *= 2
         if ts.size:
             self.max_abs_ts = max(self.max_abs_ts, float(np.abs(ts).max()))

@@ -111,7 +111,7 @@ def read_row_group(pf: Any, path: str | os.PathLike, group: int, columns: list[s
 
     try:
         return pf.read_row_group(group, columns=columns)
-    except WdspqError:
+    except (WdspqError, MemoryError):
         raise
     except (pa.ArrowException, OSError) as e:
         raise _damaged(pf, path, group, columns, e) from None
