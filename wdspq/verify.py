@@ -371,10 +371,10 @@ def _parity_shard(m: Manifest, codec: SampleCodec, s: int, wins: np.ndarray, pos
         done = a
         try:
             for pos, rec in enumerate(read_records(m, s, a, b, codec), a):
-                done = pos + 1
                 wi = wanted.get(pos)
                 if wi is not None:
                     compare(codec.view(rec), wi, name)
+                done = pos + 1
         except WdspqError:
             # a bad sample in the run: the rest of the run one sample at a time, naming the failing ones
             for pos in range(done, b):
