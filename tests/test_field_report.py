@@ -97,7 +97,7 @@ def test_14_table_writer_pools_bounded_timestamp_diffs(tmp_path, monkeypatch):
         for e in range(30):  # 30 x 200 diffs: 6,000 > 1,000
             ts = np.arange(201) / 50.0
             w.add(schema.Episode(f"e{e}", "go", ts, np.zeros((201, 2), np.float32)))
-            assert sum(len(d) for d in w._diffs["actions"]) <= 1000
+            assert sum(len(d) for d in w._rates["actions"].diffs) <= 1000
     meta = schema.read_meta(tmp_path / "t.parquet")
     assert meta.actions.rate_hz == 50.0
 

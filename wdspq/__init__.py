@@ -20,6 +20,7 @@ from .errors import (
     SpecError,
     StateError,
     StorageError,
+    TableReadError,
     TokenizerError,
     WdspqError,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "SpecError",
     "StateError",
     "StorageError",
+    "TableReadError",
     "TokenizerError",
     "WdspqError",
     "WindowSpec",

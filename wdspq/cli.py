@@ -344,7 +344,8 @@ def add_validate(sub: Any) -> None:
             "every stream's columns and types, widths, timestamps (finite, strictly increasing), NaN/inf values, "
             "empty episodes, stream/timestamp lengths, duplicate ids, image and clip bytes (images decoded; "
             "clips opened, their first frame decoded and their frames counted against the frame timestamps, "
-            "every frame decoded with --full-media), frame sizes. Exits 0 if valid, 2 with the first violation."
+            "every frame decoded with --full-media), frame sizes, every stream's rate against its timestamps, Parquet page "
+            "checksums (a table without them is valid, with a note). Exits 0 if valid, 2 with the first violation."
         ),
         formatter_class=_formatter,
     )
@@ -366,8 +367,14 @@ def run_validate(args: argparse.Namespace) -> int:
                 print(f"wdspq: error: {v}", file=sys.stderr)
             return EXIT_ERROR
         raise
+    from .table_file import has_page_checksums
+
     streams = ", ".join(f"{st.name} ({st.kind})" for st in meta.streams)
     print(f"{args.table}: valid ({meta.num_episodes} episodes; streams: {streams})")
+    if has_page_checksums(args.table) is False:
+        print(f"{args.table}: note: the table has no page checksums (written by an older wdspq or another "
+              "tool), so a changed byte inside a data page cannot be detected; rebuild it with `wdspq build` "
+              "to add them")
     return 0
 
 
@@ -424,15 +431,15 @@ def format_export(m: Any) -> str:
 def table_summary(path: str | os.PathLike) -> dict[str, Any]:
     """Facts about a table for humans: metadata plus durations, read from the `action_ts` column only."""
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     from .schema import read_meta
+    from .table_file import open_parquet, read_row_group
 
     meta = read_meta(path)
-    pf = pq.ParquetFile(path)
+    pf = open_parquet(path)
     durations = []
     for g in range(pf.num_row_groups):
-        arr = pf.read_row_group(g, columns=[meta.actions.ts_column]).column(0).combine_chunks()
+        arr = read_row_group(pf, path, g, [meta.actions.ts_column]).column(0).combine_chunks()
         lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False).astype(np.int64)
         values = arr.flatten().to_numpy(zero_copy_only=False)
         off = np.concatenate([[0], np.cumsum(lengths)])
@@ -517,8 +524,16 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in COMMANDS:
         register(sub)
+    for name in S3_COMMANDS:
+        sub.choices[name].add_argument(
+            "--s3-timeout", type=_positive_float, default=None, metavar="SECONDS",
+            help="most seconds one S3 request may take, every retry included, before the command fails naming the "
+                 "endpoint and object (default: $WDSPQ_S3_TIMEOUT, else 60)")
     _add_debug(sub)
     return parser
+
+
+S3_COMMANDS = ("export", "verify", "info", "show")  # the commands that may read or write s3:// paths
 
 
 def _add_debug(sub: Any) -> None:
@@ -561,8 +576,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:  # not the main thread
         pass
+    from .s3_time import S3_TIMEOUT_ENV
+
+    env_timeout = os.environ.get(S3_TIMEOUT_ENV)
     try:
         args = make_parser().parse_args(args_list)
+        if getattr(args, "s3_timeout", None) is not None:  # S3Storage objects (and worker processes) read it
+            os.environ[S3_TIMEOUT_ENV] = repr(float(args.s3_timeout))
         return int(args.func(args) or 0)
     except SystemExit as e:  # --help
         return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_ERROR)
@@ -584,3 +604,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if env_timeout is None:
+            os.environ.pop(S3_TIMEOUT_ENV, None)
+        else:
+            os.environ[S3_TIMEOUT_ENV] = env_timeout

@@ -723,20 +723,22 @@ class CursorState:
             raise StateError(f"state is missing {', '.join(missing)}")
         topo = Topology.from_dict(d["topology"])
         digest = d["digest"]
+        if not isinstance(d["complete"], bool):
+            raise StateError(f"state field 'complete' is {d['complete']!r}, expected true or false")
         try:
             st = cls(
                 manifest_id=str(d["manifest_id"]),
                 spec_id=str(d["spec_id"]),
-                seed=int(d["seed"]),
+                seed=_state_int(d["seed"], "seed"),
                 shuffle=bool(d["shuffle"]),
-                epoch=int(d["epoch"]),
+                epoch=_state_int(d["epoch"], "epoch"),
                 topology=topo,
-                base=[int(b) for b in d["base"]],
-                delivered=[None if x is None else int(x) for x in d["delivered"]],
+                base=[_state_int(b, f"base[{i}]") for i, b in enumerate(d["base"])],
+                delivered=[None if x is None else _state_int(x, f"delivered[{i}]") for i, x in enumerate(d["delivered"])],
                 digest_ordered=[None if x is None else str(x) for x in digest["ordered"]],
                 digest_set=[None if x is None else str(x) for x in digest["set"]],
                 digest_carried=str(digest["carried"]),
-                complete=bool(d["complete"]),
+                complete=d["complete"],
                 version=int(version),
             )
         except (KeyError, TypeError, ValueError) as e:
@@ -765,6 +767,27 @@ class CursorState:
                 "base": list(self.base),
             }
         )
+
+
+def _state_int(value: Any, name: str) -> int:
+    """An integer field of a saved state; 160.5 (or "160", or true) is an edited or corrupt state, not 160."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)  # JSON tools that write every number as a float
+    raise StateError(f"state field {name!r} is {value!r}, expected an integer")
+
+
+def _check_complete(st: CursorState, plan: Plan) -> None:
+    """`complete: true` must follow from the counts (every slot the state knows delivered all its entries):
+    a hand-set one would silently skip the rest of the epoch. (`false` with nothing left is harmless:
+    the epoch resumes to nothing, e.g. a fresh state of an empty export.)"""
+    known = [(s, d) for s, d in enumerate(st.delivered) if d is not None]
+    short = next(((s, d) for s, d in known if d != plan.slot_length(s)), None)
+    if st.complete and (short is not None or not known):
+        detail = f"slot {short[0]} delivered {short[1]} of its {plan.slot_length(short[0])} entries" if short else "no slot is known"
+        raise StateError(f"state field 'complete' is true but {detail}; it follows from the counts (was the "
+                         "state edited?)")
 
 
 def new_epoch_state(
@@ -861,6 +884,7 @@ def resume(
     if st.topology.key() == topology.key():
         st = CursorState(**{**st.__dict__, "topology": topology})  # num_workers 0 and 1 plan alike
         old = Plan.for_state(st, shard_sizes)
+        _check_complete(st, old)
         if rank is not None and rank not in st.known_ranks():
             raise StateError(
                 f"this state does not hold rank {rank}'s position (it knows ranks {st.known_ranks()}): "
@@ -877,6 +901,7 @@ def resume(
             "wdspq.cursor.merge_states"
         )
     old = Plan.for_state(st, shard_sizes)
+    _check_complete(st, old)
     # A finished epoch stays finished under any topology: with even="drop" its dropped surplus was never
     # delivered, and folding the counts would hand it out now (field report item 1).
     base = [int(x) for x in shard_sizes] if st.complete else old.consumed_after(st.delivered)

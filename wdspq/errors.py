@@ -11,6 +11,10 @@ class SchemaError(WdspqError):
     """A table (or a source being converted into one) violates the table schema."""
 
 
+class TableReadError(SchemaError):
+    """A table's data cannot be read back: damaged pages, a page checksum mismatch, a truncated chunk."""
+
+
 class SpecError(WdspqError):
     """A window spec is invalid, or does not fit the table it is applied to."""
 

@@ -384,6 +384,41 @@ def episodes_to_record_batch(
     return pa.RecordBatch.from_arrays(cols, schema=arrow_schema(streams))
 
 
+class RatePool:
+    """One stream's timestamp steps pooled over episodes for its rate, in bounded memory.
+
+    Beyond MAX_RATE_DIFFS steps the pool is thinned to every other value and later episodes alike
+    (deterministic), so `TableWriter` and `validate_table` derive the same rate from the same table.
+    """
+
+    def __init__(self) -> None:
+        self.diffs: list[np.ndarray] = []
+        self.keep = 1  # every k-th step of an episode is pooled
+        self.count = 0  # steps in the pool
+        self.max_abs_ts = 0.0
+
+    def add(self, ts: np.ndarray) -> None:
+        """Pool the steps of one episode's timestamps."""
+        ts = np.asarray(ts, dtype=np.float64)
+        d = np.diff(ts)[:: self.keep]
+        self.diffs.append(d)
+        self.count += len(d)
+        if self.count > MAX_RATE_DIFFS:
+            self.diffs = [np.concatenate(self.diffs)[::2]]
+            self.count = len(self.diffs[0])
+            self.keep *= 2
+        if ts.size:
+            self.max_abs_ts = max(self.max_abs_ts, float(np.abs(ts).max()))
+
+    @property
+    def empty(self) -> bool:
+        return not any(d.size for d in self.diffs)
+
+    def rate(self, column: str) -> float:
+        """The stream's rate by the table rule (`rate_from_diffs`)."""
+        return rate_from_diffs(self.diffs, column, self.max_abs_ts)
+
+
 class TableWriter:
     """Write episodes to a version 2 table at `out`, atomically, validating each episode as it comes.
 
@@ -391,7 +426,8 @@ class TableWriter:
     MAX_RATE_DIFFS timestamp differences per stream for the rates). Rates are only known at the end and the metadata must live in the Arrow
     schema, so `close()` rewrites the part file row group by row group into `.<out>.tmp-<pid>` with the
     final schema, fsyncs it and renames it to `out`. On error or `abort()` both are removed: no table
-    ever appears half-written under its final name. `overwrite=False` refuses an existing `out`.
+    ever appears half-written under its final name. `overwrite=False` refuses an existing `out`. Every
+    data page carries a CRC checksum, which every wdspq reader verifies (a flipped byte is an error).
     """
 
     def __init__(
@@ -412,22 +448,12 @@ class TableWriter:
         self.row_group_size = row_group_size
         self.meta_extra = dict(meta_extra or {})
         self._pending: list[Episode] = []
-        self._diffs: dict[str, list[np.ndarray]] = {s.name: [] for s in self.streams if s.timed}
-        self._keep: dict[str, int] = {s.name: 1 for s in self.streams if s.timed}  # keep every k-th diff
-        self._max_ts: dict[str, float] = {s.name: 0.0 for s in self.streams if s.timed}
+        self._rates: dict[str, RatePool] = {s.name: RatePool() for s in self.streams if s.timed}
         self._ids: set[str] = set()
         self.count = 0
         self.closed = False
-        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self.part, arrow_schema(self.streams), compression="none")
-
-    def _add_diffs(self, name: str, d: np.ndarray) -> None:
-        """Pool a stream's timestamp differences for its rate, in bounded memory: beyond MAX_RATE_DIFFS the
-        pool is thinned to every other value (deterministically), and later episodes are thinned alike."""
-        pool = self._diffs[name]
-        pool.append(d[:: self._keep[name]])
-        if sum(len(x) for x in pool) > MAX_RATE_DIFFS:
-            self._diffs[name] = [np.concatenate(pool)[::2]]
-            self._keep[name] *= 2
+        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
+            self.part, arrow_schema(self.streams), compression="none", write_page_checksum=True)
 
     def add(self, ep: Episode) -> None:
         """Append one episode (checked against the streams; errors name the episode and stream)."""
@@ -444,10 +470,7 @@ class TableWriter:
                 ts = ep.cameras[s.name][1]
             else:
                 continue
-            ts = np.asarray(ts, dtype=np.float64)
-            self._add_diffs(s.name, np.diff(ts))
-            if ts.size:
-                self._max_ts[s.name] = max(self._max_ts[s.name], float(np.abs(ts).max()))
+            self._rates[s.name].add(ts)
         self._pending.append(ep)
         self.count += 1
         if len(self._pending) >= self.row_group_size:
@@ -471,17 +494,18 @@ class TableWriter:
             streams = []
             for s in self.streams:
                 if s.timed:
-                    diffs = self._diffs[s.name]
-                    if s.kind == "camera" and not any(d.size for d in diffs):
+                    pool = self._rates[s.name]
+                    if s.kind == "camera" and pool.empty:
                         rate = None  # no episode has two frames of this camera
                     else:
-                        rate = rate_from_diffs(diffs, s.ts_column or s.name, self._max_ts[s.name])
+                        rate = pool.rate(s.ts_column or s.name)
                     s = replace(s, rate_hz=rate)
                 streams.append(s)
             meta = TableMeta(streams=streams, num_episodes=self.count, source=source,
                              extra={**self.meta_extra, **(extra or {})})
             schema = arrow_schema(streams, meta)
-            with pq.ParquetFile(self.part) as pf, pq.ParquetWriter(self.tmp, schema, compression="zstd") as w:
+            with pq.ParquetFile(self.part) as pf, pq.ParquetWriter(
+                    self.tmp, schema, compression="zstd", write_page_checksum=True) as w:
                 for g in range(pf.num_row_groups):
                     t = pf.read_row_group(g)
                     w.write_table(pa.Table.from_arrays(t.columns, schema=schema), row_group_size=t.num_rows)

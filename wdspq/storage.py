@@ -7,6 +7,11 @@ Export, stream and verify all go through a `Storage` (see README "Shards on S3")
   resets, ends early or stalls past the read timeout is reopened with `Range: bytes=<offset>-` at the
   exact offset already consumed, with bounded retries and exponential backoff: nothing lost, nothing
   repeated. Exhausted retries raise `StorageError` naming the object and the offset.
+- Every S3 request (a read waiting for its next bytes, a HEAD, a LIST, a PUT) is bounded in time: all
+  its attempts and backoff together stay within `timeout` (default 60 s; `WDSPQ_S3_TIMEOUT`, the CLI's
+  `--s3-timeout`), each attempt within clipped connect/read timeouts; an endpoint that accepts
+  connections and never answers fails with a `StorageError` naming the endpoint, the object and the
+  time spent.
 - `put_bytes` writes small objects atomically; big files are written to `staging_path(name)` and then
   published with `commit` (local: a rename in the same folder; S3: a managed, multipart-above-a-threshold
   upload), so a reader never sees a partial object under its final name.
@@ -37,6 +42,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from .errors import StorageError
+from .s3_time import attempt_timeouts, resolve_timeout, retry_wait
 
 MiB = 1 << 20
 DEFAULT_READ_AHEAD = 8 * MiB
@@ -406,6 +412,12 @@ class S3Storage(Storage):
     cannot keep a read alive forever); backoff doubles
     from `backoff` seconds up to `backoff_max`. `read_timeout` is how long a stalled connection is
     waited for. Uploads through `commit` use multipart above `multipart_threshold` bytes.
+
+    `timeout` (default: $WDSPQ_S3_TIMEOUT, else 60 s) bounds one request in all: a read waiting for its
+    next bytes, a HEAD, LIST, DELETE or PUT, every attempt and backoff included. Each attempt's connect
+    timeout is clipped to a quarter of it and its read timeout to the rest, and another attempt is only
+    started when it can finish in time; past that, `StorageError` names the endpoint, the object and
+    the seconds spent. Uploads (`commit`) keep botocore's retries, with the same per-attempt timeouts.
     """
 
     def __init__(
@@ -426,7 +438,8 @@ class S3Storage(Storage):
         backoff: float = 0.2,
         backoff_max: float = 10.0,
         connect_timeout: float = 10.0,
-        read_timeout: float = 60.0,
+        read_timeout: float = 20.0,
+        timeout: float | None = None,
         multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
         multipart_chunksize: int = DEFAULT_MULTIPART_CHUNKSIZE,
         max_pool_connections: int = 10,
@@ -450,6 +463,7 @@ class S3Storage(Storage):
         self.backoff_max = float(backoff_max)
         self.connect_timeout = float(connect_timeout)
         self.read_timeout = float(read_timeout)
+        self.timeout = resolve_timeout(timeout)
         self.multipart_threshold = int(multipart_threshold)
         self.multipart_chunksize = int(multipart_chunksize)
         self.max_pool_connections = int(max_pool_connections)
@@ -499,9 +513,10 @@ class S3Storage(Storage):
             region = self.region or os.environ.get("AWS_REGION") or session.region_name
             if region is None and endpoint:
                 region = "us-east-1"  # S3-compatible servers accept any region; botocore needs one
+            connect, read = self.attempt_timeouts
             kwargs: dict[str, Any] = dict(
-                connect_timeout=self.connect_timeout,
-                read_timeout=self.read_timeout,
+                connect_timeout=connect,
+                read_timeout=read,
                 max_pool_connections=self.max_pool_connections,
             )
             if kind == "read":
@@ -520,6 +535,43 @@ class S3Storage(Storage):
             return client
         except Exception as exc:
             raise StorageError(f"{self.url()}: cannot create an S3 client: {exc}") from exc
+
+    # -- time bounds ------------------------------------------------------------------------------
+
+    @property
+    def attempt_timeouts(self) -> tuple[float, float]:
+        """(connect, read) timeouts of one attempt, clipped so that one attempt fits in `timeout`."""
+        return attempt_timeouts(self.connect_timeout, self.read_timeout, self.timeout)
+
+    def endpoint(self) -> str:
+        """The endpoint URL requests go to (for messages)."""
+        try:
+            return str(self._client("read").meta.endpoint_url)
+        except Exception:
+            return str(self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+                       or "the default AWS endpoint")
+
+    def _retry_wait(self, exc: BaseException, where: str, started: float, failures: int) -> float:
+        """Backoff before attempt `failures + 1`, or StorageError when it could not finish within `timeout`."""
+        return retry_wait(exc, where, self.endpoint(), started, failures, self.backoff, self.backoff_max,
+                          self.timeout, sum(self.attempt_timeouts))
+
+    def _call(self, name: str, action: str, fn: Any) -> Any:
+        """`fn(client)` for one request, retried here (network faults, 5xx, throttling) within `timeout`
+        and `max_retries`; other errors are raised as they are, for the caller to translate."""
+        started, failures = time.monotonic(), 0
+        while True:
+            try:
+                return fn(self._client("read"))
+            except Exception as exc:
+                if isinstance(exc, StorageError) or not _is_retryable(exc):
+                    raise
+                failures += 1
+                where = f"{self.url(name) if name else self.url()} ({action})"
+                if failures > self.max_retries:
+                    raise StorageError(f"{where}: failed after {self.max_retries} retries: "
+                                       f"{type(exc).__name__}: {exc}") from exc
+                time.sleep(self._retry_wait(exc, where, started, failures))
 
     # -- names ------------------------------------------------------------------------------------
 
@@ -556,7 +608,7 @@ class S3Storage(Storage):
         from botocore.exceptions import ClientError
 
         try:
-            self._client().head_bucket(Bucket=self.bucket)
+            self._call("", "head bucket", lambda c: c.head_bucket(Bucket=self.bucket))
             return True
         except ClientError as exc:
             code, status = _client_error_code(exc)
@@ -580,7 +632,8 @@ class S3Storage(Storage):
         from botocore.exceptions import ClientError
 
         try:
-            return self._client().head_object(Bucket=self.bucket, Key=self._key(name))
+            key = self._key(name)
+            return self._call(name, action, lambda c: c.head_object(Bucket=self.bucket, Key=key))
         except ClientError as exc:
             code, status = _client_error_code(exc)
             if status == 404 or code in _MISSING_CODES:
@@ -602,21 +655,25 @@ class S3Storage(Storage):
 
     def list(self, prefix: str = "") -> list[str]:
         root = f"{self.prefix}/" if self.prefix else ""
-        out: list[str] = []
-        try:
-            paginator = self._client().get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=root + prefix):
+
+        def listing(client: Any) -> list[str]:
+            out: list[str] = []
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=root + prefix):
                 for obj in page.get("Contents", []):
                     name = obj["Key"][len(root):]
                     if name and not name.endswith("/"):
                         out.append(name)
+            return out
+
+        try:
+            return sorted(self._call("", f"list {prefix!r}", listing))
         except Exception as exc:
             raise self._error(exc, "", f"list {prefix!r}") from exc
-        return sorted(out)
 
     def delete(self, name: str) -> None:
         try:
-            self._client().delete_object(Bucket=self.bucket, Key=self._key(name))
+            key = self._key(name)
+            self._call(name, "delete", lambda c: c.delete_object(Bucket=self.bucket, Key=key))
         except Exception as exc:
             raise self._error(exc, name, "delete") from exc
 
@@ -624,7 +681,8 @@ class S3Storage(Storage):
 
     def put_bytes(self, name: str, data: bytes) -> None:
         try:
-            self._client().put_object(Bucket=self.bucket, Key=self._key(name), Body=bytes(data))
+            key, body = self._key(name), bytes(data)
+            self._call(name, "put", lambda c: c.put_object(Bucket=self.bucket, Key=key, Body=body))
         except Exception as exc:
             raise self._error(exc, name, "put") from exc
 
@@ -710,6 +768,7 @@ class _S3RangeRaw(_RangeRaw):
         self._body: Any = None  # the urllib3 response of the current GetObject
         self._etag: str | None = None
         self._failures = 0  # consecutive failed attempts since the last byte of progress
+        self._started = time.monotonic()  # when the current request began waiting (the S3 timeout's clock)
 
     def _get(self) -> None:
         """One GetObject from the current offset; sets the body and learns the object's end."""
@@ -770,6 +829,7 @@ class _S3RangeRaw(_RangeRaw):
             self._end = self._pos
 
     def _with_retries(self, fn: Any) -> None:
+        self._started = time.monotonic()
         while True:
             try:
                 fn()
@@ -794,7 +854,8 @@ class _S3RangeRaw(_RangeRaw):
                 f"{self.url}: read failed at byte offset {self._pos}: the connection broke {self.reopens + 1} "
                 f"times during this read (max_reopens={self._s.max_reopens}); last: {type(exc).__name__}: {exc}"
             ) from exc
-        time.sleep(min(self._s.backoff * 2 ** (self._failures - 1), self._s.backoff_max))
+        where = f"{self.url}: read at byte offset {self._pos}"
+        time.sleep(self._s._retry_wait(exc, where, self._started, self._failures))
         self.reopens += 1
 
     def _close_body(self) -> None:
@@ -825,6 +886,7 @@ class _S3RangeRaw(_RangeRaw):
         needs bytes past it (every byte before it has been handed out).
         """
         mv = memoryview(b).cast("B")
+        self._started = time.monotonic()
         while self._pos < self._end and len(mv):
             try:
                 if self._body is None:
@@ -860,7 +922,8 @@ class _S3RangeRaw(_RangeRaw):
 
 _S3_OPTIONS = {
     "endpoint_url", "region", "access_key", "secret_key", "session_token", "profile", "addressing_style",
-    "max_retries", "max_reopens", "backoff", "backoff_max", "connect_timeout", "read_timeout", "multipart_threshold",
+    "max_retries", "max_reopens", "backoff", "backoff_max", "connect_timeout", "read_timeout", "timeout",
+    "multipart_threshold",
     "multipart_chunksize", "max_pool_connections", "staging_dir",
 }
 

@@ -11,13 +11,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 
 from .errors import SchemaError
 from .media import decode_image, decode_video
 from .schema import TableMeta, read_meta
-from .table_file import open_table
+from .table_file import open_parquet, read_row_group
 from .text import load_tokenizer, tokenize, tokenizer_identity
 from .windows import CameraClip, EpisodeArrays, WindowIndex, WindowSpec, cut_window, sample_schema
 
@@ -83,14 +82,14 @@ class ParquetWindowDataset(torch.utils.data.Dataset):
         self.spec = spec if isinstance(spec, WindowSpec) else WindowSpec.from_dict(spec)
         self.meta: TableMeta = read_meta(self.path)
         self.rspec = self.spec.resolve(self.meta.layout())
-        pf = pq.ParquetFile(open_table(self.path))
+        pf = open_parquet(self.path)
         # One row group at a time: only the ids, texts and action counts are kept (never whole columns of a
         # huge table; the timestamps themselves are read again per episode when it is used).
         self.episode_ids: list[str] = []
         texts: list[str] = []
         lengths: list[np.ndarray] = []
         for g in range(pf.metadata.num_row_groups):
-            cols = pf.read_row_group(g, columns=["episode_id", "text", self.meta.actions.ts_column])
+            cols = read_row_group(pf, self.path, g, ["episode_id", "text", self.meta.actions.ts_column])
             self.episode_ids += cols.column("episode_id").to_pylist()
             texts += cols.column("text").to_pylist()
             lengths.append(pc.list_value_length(cols.column(self.meta.actions.ts_column)).to_numpy(zero_copy_only=False))
@@ -120,7 +119,7 @@ class ParquetWindowDataset(torch.utils.data.Dataset):
         if loc is None or loc["pid"] != os.getpid():
             loc = self._local = {
                 "pid": os.getpid(),
-                "pf": pq.ParquetFile(open_table(self.path)),
+                "pf": open_parquet(self.path),
                 "cache": _LRU(self.cache_bytes),  # ("episode", i) -> EpisodeArrays, ("row_group", g) -> Table
             }
         return loc
@@ -147,7 +146,7 @@ class ParquetWindowDataset(torch.utils.data.Dataset):
         cache: _LRU = loc["cache"]
         table = cache.get(("row_group", rg))
         if table is None:
-            table = loc["pf"].read_row_group(rg)
+            table = read_row_group(loc["pf"], self.path, rg)
             cache.put(("row_group", rg), table, table.nbytes)
         return table.slice(episode - int(self._rg_starts[rg]), 1)
 

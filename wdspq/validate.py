@@ -15,13 +15,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from .errors import MediaError, SchemaError
+from .errors import MediaError, SchemaError, TableReadError
 from .media import decode_image, probe_clip
-from .schema import TableMeta, arrow_schema, read_meta
+from .schema import RatePool, TableMeta, arrow_schema, read_meta
+from .table_file import open_parquet, read_row_group
 
 MAX_REPORTED = 50  # violations kept in full on the error (the message shows the first)
+RATE_TOLERANCE = 1e-3  # relative slack around the middle half of a stream's timestamp steps (_check_rates)
 PER_CHECK = 5  # offending episodes named per check and row group
 
 FLOAT32_HINT = (
@@ -231,7 +232,7 @@ def validate_table(path: str | os.PathLike, full_media: bool = False) -> TableMe
             if st.kind != "camera" or st.rate_hz is not None:
                 rep.add(f"metadata 'wdspq': stream {st.name!r} rate is {st.rate_hz!r}, expected a positive finite rate")
 
-    pf = pq.ParquetFile(path)
+    pf = open_parquet(path)  # page checksums are verified where the table has them
     schema = pf.schema_arrow
     expected = arrow_schema(meta.streams)
     ok: set[str] = set()
@@ -268,7 +269,7 @@ def validate_table(path: str | os.PathLike, full_media: bool = False) -> TableMe
         rep.add(f"{label}: wrong type {got}, expected {f.type}")
     if meta.read_as == 1:
         for col, kind in (("video", "camera"), ("image", "image")):
-            if col in names and not meta.of_kind(kind) and pf.read(columns=[col]).column(0).null_count < pf.metadata.num_rows:
+            if col in names and not meta.of_kind(kind) and _nulls(pf, col) < pf.metadata.num_rows:
                 rep.add(f"column {col!r}: holds media but the table metadata describes no {kind} (no frame size); "
                         "rebuild the table with `wdspq build`")
 
@@ -280,10 +281,18 @@ def validate_table(path: str | os.PathLike, full_media: bool = False) -> TableMe
     seen_ids: dict[str, int] = {}
     start = 0
     read_cols = [c for c in expected.names if c in ok or c + ":loose" in ok]
+    rates = {st.name: RatePool() for st in meta.streams if st.ts_column and st.ts_column in ok}
     for g in range(pf.num_row_groups):
-        tbl = pf.read_row_group(g, columns=read_cols)
+        try:
+            tbl = read_row_group(pf, path, g, read_cols)
+        except TableReadError as e:
+            rep.add(str(e).removeprefix(f"{where}: "))
+            start += pf.metadata.row_group(g).num_rows
+            rates.clear()  # the rates cannot be derived without every timestamp
+            continue
         n = tbl.num_rows
         col = _columns(tbl)
+        _pool_timestamps(meta, rates, col)
         ids = col("episode_id").to_pylist()
         for r, ep_id in enumerate(ids):
             if ep_id is None:
@@ -320,8 +329,61 @@ def validate_table(path: str | os.PathLike, full_media: bool = False) -> TableMe
         rep.add(m)
     if start == 0:
         rep.add("the table has no episodes")
+    _check_rates(meta, rates, rep)
     rep.raise_if_any()
     return meta
+
+
+def _pool_timestamps(meta: TableMeta, rates: dict[str, RatePool], col: Callable[[str], pa.Array]) -> None:
+    """Add one row group's timestamps, episode by episode, to each stream's rate pool (as the builder does)."""
+    for st in meta.streams:
+        pool = rates.get(st.name)
+        if pool is None:
+            continue
+        arr = col(st.ts_column)
+        off = _offsets(_list_lengths(arr))
+        values = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+        for r in range(len(off) - 1):
+            pool.add(values[off[r] : off[r + 1]])
+
+
+def _check_rates(meta: TableMeta, rates: dict[str, RatePool], rep: _Report) -> None:
+    """Each stream's stored `rate_hz` against the rate its timestamps give by the builder's rule.
+
+    Metadata edited by hand (100 -> 50 Hz) would otherwise silently change every window's length. The
+    stored rate passes when it equals the derived one, or when its step lies within the middle half
+    (25th-75th percentile, RATE_TOLERANCE slack) of the pooled steps: a filtered table (pyarrow read ->
+    filter -> write keeps the metadata) of jittered frames moves the median step a little.
+    """
+    for st in meta.streams:
+        pool = rates.get(st.name)
+        if pool is None or pool.empty:
+            continue  # a camera with no two frames anywhere has no rate (None)
+        try:
+            derived = pool.rate(st.ts_column or st.name)
+        except SchemaError:
+            continue  # already reported as a timestamp violation
+        stored = st.rate_hz
+        if not (isinstance(stored, (int, float)) and stored > 0 and np.isfinite(stored)):
+            continue  # reported with the metadata checks
+        if stored == derived:
+            continue
+        lo, hi = np.percentile(np.concatenate(pool.diffs), [25, 75])
+        if lo * (1 - RATE_TOLERANCE) <= 1.0 / stored <= hi * (1 + RATE_TOLERANCE):
+            continue
+        rep.add(
+            f"metadata 'wdspq': stream {st.name!r} has rate_hz {stored!r}, but its timestamps "
+            f"({st.ts_column!r}) give {derived:g} Hz; the metadata was edited or does not belong to "
+            "this table: rebuild it (or restore the rate)"
+        )
+
+
+def _nulls(pf, column: str) -> int:
+    """Null count of a whole column (0 when it cannot be read: the row-group pass names that)."""
+    try:
+        return pf.read(columns=[column]).column(0).null_count
+    except (pa.ArrowException, OSError):
+        return 0
 
 
 def _check_camera(st, col, ok: set[str], rep: _Report, ids: list, start: int, n: int, full: bool) -> None:

@@ -8,8 +8,10 @@ appears exactly once across shards.
 Parity (with a table): the table must be the one the manifest names (size and footer hash; a
 different table is one problem, not one per window); each checked window's shard sample equals
 `ParquetWindowDataset[window_index]` key for key (dtype, shape, values), frames within the
-manifest's recorded `max_abs_error` for a lossy encoding. Windows are visited in canonical order and
-read by byte offset, so the table side decodes each episode once; `sample=N` checks a seeded subset.
+manifest's recorded `max_abs_error` for a lossy encoding. Windows are taken in canonical order, in
+blocks of PARITY_BLOCK, so the table side decodes each episode about once; within a block each shard's
+samples are read as runs by byte range (one request per run, not per sample); `sample=N` checks a
+seeded subset. A damaged table is one problem per damaged row group.
 Problems are collected (not raised) so one run reports all of them.
 """
 
@@ -23,11 +25,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from .errors import ShardError, WdspqError
-from .shardfmt import Manifest, SampleCodec, key_of, load_manifest, read_run
+from .errors import ShardError, TableReadError, WdspqError
+from .shardfmt import Manifest, SampleCodec, key_of, load_manifest, read_records, read_run
 from .shardfmt.layout import member_end
 
 _MAX_PER_SHARD = 20  # problems listed per shard before the rest are summarised
+PARITY_BLOCK = 4096  # windows compared per block, in canonical order (the table decodes each episode once)
+MERGE_BYTES = 1 << 20  # bytes between two wanted samples of a shard read through rather than a new request
 
 
 @dataclass
@@ -275,7 +279,13 @@ def _parity(
             return
     if tokenizer is None:
         tokenizer = _export_tokenizer(m)
-    ds = ParquetWindowDataset(table, m.data["spec"], tokenizer=tokenizer)
+    try:
+        ds = ParquetWindowDataset(table, m.data["spec"], tokenizer=tokenizer)
+    except WdspqError as e:
+        if not isinstance(e, TableReadError):
+            raise
+        report.problems.append(Problem(f"cannot read the table: {e}; parity not checked"))
+        return
     want = m.data.get("tokenizer", {}).get("vocab_sha256")
     if want and ds.tokenizer_id["vocab_sha256"] != want:
         report.problems.append(Problem(
@@ -291,21 +301,92 @@ def _parity(
     else:
         chosen = np.arange(n)
     bound, fkeys = m.max_abs_error, tuple(frame_keys(m.sample_schema)) if not m.encoding.lossless else ()
-    for wi in tqdm(chosen.tolist(), desc="verify: parity", unit="win", disable=not progress):
-        s, pos = int(shard_of[wi]), int(pos_of[wi])
-        if s < 0:
-            continue  # unreadable: already reported by the integrity pass
-        name = m.shards[s]["name"]
+    table_errors: set[str] = set()
+
+    def compare(got: dict[str, np.ndarray], wi: int, name: str) -> None:
         try:
-            got = next(iter(read_run(m, s, pos, pos + 1, codec)))
-        except WdspqError as e:
-            report.problems.append(Problem(f"cannot read the sample: {e}", name, wi))
-            continue
-        probs = _compare(got, ds.sample_numpy(wi), wi, name, bound, fkeys)
+            ref = ds.sample_numpy(wi)
+        except WdspqError as e:  # a damaged table: one problem per distinct error (per row group), not per window
+            if str(e) not in table_errors:
+                table_errors.add(str(e))
+                report.problems.append(Problem(f"window_index {wi}: cannot read the table: {e}"))
+            return
+        probs = _compare(got, ref, wi, name, bound, fkeys)
         report.parity_checked += 1
         if probs:
             report.parity_mismatches += 1
             report.problems.extend(probs)
+
+    m = _KeepIndexes(m)  # type: ignore[assignment]  # blocks revisit every shard: read each index once
+    with tqdm(total=len(chosen), desc="verify: parity", unit="win", disable=not progress) as bar:
+        for b0 in range(0, len(chosen), PARITY_BLOCK):
+            block = chosen[b0 : b0 + PARITY_BLOCK]
+            block = block[shard_of[block] >= 0]  # unreadable ones are already reported by the integrity pass
+            for s in np.unique(shard_of[block]).tolist():
+                wins = block[shard_of[block] == s]
+                wins = wins[np.argsort(pos_of[wins], kind="stable")]
+                _parity_shard(m, codec, int(s), wins, pos_of[wins], compare, report)
+            bar.update(len(chosen[b0 : b0 + PARITY_BLOCK]))
+
+
+class _KeepIndexes:
+    """The manifest, keeping every shard index it loads (16 bytes a sample) rather than the few its cache
+    holds: each block of the parity pass visits the shards again."""
+
+    def __init__(self, m: Manifest) -> None:
+        self._m = m
+        self._spans: dict[int, np.ndarray] = {}
+
+    def index(self, shard: int) -> np.ndarray:
+        spans = self._spans.get(shard)
+        if spans is None:
+            spans = self._spans[shard] = self._m.index(shard)
+        return spans
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._m, name)
+
+
+def _runs(spans: np.ndarray, positions: np.ndarray) -> list[tuple[int, int]]:
+    """[start, stop) runs of sample positions (ascending) to read with one request each: neighbours
+    are joined when the bytes between them are at most MERGE_BYTES (cheaper than another request)."""
+    runs: list[tuple[int, int]] = []
+    for p in positions.tolist():
+        if runs:
+            a, b = runs[-1]
+            gap = int(spans[p, 0]) - int(spans[b - 1, 0] + spans[b - 1, 1])
+            if p < b or gap <= MERGE_BYTES:
+                runs[-1] = (a, max(b, p + 1))
+                continue
+        runs.append((p, p + 1))
+    return runs
+
+
+def _parity_shard(m: Manifest, codec: SampleCodec, s: int, wins: np.ndarray, positions: np.ndarray,
+                  compare: Any, report: VerifyReport) -> None:
+    """Compare the windows `wins` (at `positions`, ascending) of shard `s`, read as runs of samples."""
+    name = m.shards[s]["name"]
+    wanted = dict(zip(positions.tolist(), wins.tolist()))
+    for a, b in _runs(m.index(s), positions):
+        done = a
+        try:
+            for pos, rec in enumerate(read_records(m, s, a, b, codec), a):
+                wi = wanted.get(pos)
+                if wi is not None:
+                    compare(codec.view(rec), wi, name)
+                done = pos + 1
+        except WdspqError:
+            # a bad sample in the run: the rest of the run one sample at a time, naming the failing ones
+            for pos in range(done, b):
+                wi = wanted.get(pos)
+                if wi is None:
+                    continue
+                try:
+                    got = next(iter(read_run(m, s, pos, pos + 1, codec)))
+                except WdspqError as e:
+                    report.problems.append(Problem(f"cannot read the sample: {e}", name, wi))
+                    continue
+                compare(got, wi, name)
 
 
 def _export_tokenizer(m: Manifest) -> Any:

@@ -62,15 +62,13 @@ def table_stats(path: str, meta: Any) -> dict[str, RunningStats]:
     Reads only the numeric columns, row group by row group, merged in table order: the same floats
     whatever the number of export workers, and no video is decoded.
     """
-    import pyarrow.parquet as pq
-
-    from ..table_file import open_table
+    from ..table_file import open_parquet, read_row_group
 
     streams = [meta.actions, *meta.signals]
     out = {s.name: RunningStats.empty(s.width) for s in streams}
-    with pq.ParquetFile(open_table(path)) as pf:
+    with open_parquet(path) as pf:
         for g in range(pf.num_row_groups):
-            t = pf.read_row_group(g, columns=[s.column for s in streams])
+            t = read_row_group(pf, path, g, [s.column for s in streams])
             for s in streams:
                 flat = t.column(s.column).combine_chunks().flatten().flatten()
                 out[s.name].add(flat.to_numpy(zero_copy_only=False).astype(np.float64).reshape(-1, s.width))
