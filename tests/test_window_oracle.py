@@ -413,6 +413,7 @@ def test_oracle_lerobot_import_every_window(tmp_path, tokenizer_path):
 def test_cli_spec_flag_obs_align():
     import argparse
 
+    import wdspq.cli  # noqa: F401  (wdspq.cli_shards is imported through the CLI package's entry module)
     from wdspq.cli_shards import add_spec_args, spec_from_args
 
     p = argparse.ArgumentParser()
@@ -423,3 +424,30 @@ def test_cli_spec_flag_obs_align():
     assert WindowSpec.from_dict(spec.to_dict()) == spec
     with pytest.raises(SpecError, match="obs_align"):
         WindowSpec(0.1, 0.1, obs_align="nearest")
+
+
+def test_obs_align_with_resampling_is_refused():
+    """obs_align applies to raw rows; accepting it with resampling would change the digest and nothing else."""
+    with pytest.raises(SpecError, match="raw rows only"):
+        WindowSpec(acts_length_sec=0.1, obs_length_sec=0.1, obs_resample="linear", obs_align="at_or_after")
+    with pytest.raises(SpecError, match="raw rows only"):
+        WindowSpec(acts_length_sec=0.1, obs_length_sec=0.1, obs_align="at_or_after",
+                   overrides={"s": {"obs_resample": "linear"}})
+
+
+def test_constant_fps_frames_follow_the_exact_half_rule():
+    """Version 1 clips: base = floor((t0 - video_t0) * fps + 1/2) exactly; no anchor short of the halfway
+    point between two frames is moved to the farther frame (only float noise counts as a tie)."""
+    fps = 30
+    clip = CameraClip(ts=np.arange(40, dtype=np.float64) / fps, frames=np.zeros((40, 3, 1, 1), np.uint8), fps=fps)
+    from wdspq.windows import camera_indices
+
+    for us in range(0, 1_000_000, 37):  # anchors every 37 µs over one second
+        t0 = us / 1_000_000
+        expected = math.floor(Fraction(us, 1_000_000) * fps + Fraction(1, 2))
+        assert camera_indices(clip, t0, np.array([0]), float(fps))[0] == expected, t0
+    # per-frame times (version 2 clips): nearest frame, an anchor 1e-4 of a period short of the half
+    ts = np.arange(40, dtype=np.float64) / fps
+    clip2 = CameraClip(ts=ts, frames=clip.frames)
+    t_half = (0.5 - 1e-4) / fps
+    assert camera_indices(clip2, t_half, np.array([0]), float(fps))[0] == 0

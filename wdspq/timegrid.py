@@ -4,6 +4,8 @@ Pure numpy in, numpy out. Every "at or before t" / "equal in time" comparison us
 `tolerance()`: 1e-3 of the stream's period, and never less than 8 float64 ulps of the times compared.
 It absorbs float noise (`0.2 - 0.05 == 0.15000000000000002`, epoch clocks spaced 2.4e-7 s apart) but is
 far below any real step between two samples, so it never admits a sample from the future.
+Camera frames are chosen by nearness (ties later): there only float noise counts as a tie
+(`tolerance(None, ...)`), so the version 1 frame formula is unchanged away from exact halves.
 """
 
 from __future__ import annotations
@@ -60,9 +62,9 @@ def first_row(ts: np.ndarray, t: float, rate_hz: float, align: str = "at_or_befo
     if align == "at_or_after":
         return int(ts.searchsorted(t - tol, side="left"))
     if t < first - tol:
-        return -math.ceil((first - t) * rate_hz - TOL_FRACTION)
+        return -math.ceil((first - t - tol) * rate_hz)
     if t > last + tol:
-        return n - 1 + math.floor((t - last) * rate_hz + TOL_FRACTION)
+        return n - 1 + math.floor((t - last + tol) * rate_hz)
     return int(ts.searchsorted(t + tol, side="right")) - 1
 
 
@@ -102,9 +104,14 @@ def resample_rows(
 
 
 def nearest_frame(ts: np.ndarray, t: float, rate_hz: float | None = None) -> int:
-    """Index of the frame whose time is nearest to `t`; ties (within the tolerance) go to the later frame."""
+    """Index of the frame whose time is nearest to `t`; ties go to the later frame.
+
+    Frames are picked by nearness, not by "at or before", so only float noise (`tolerance(None, ...)`:
+    8 ulps of the times, at least 1 ns) counts as a tie: a frame never wins by being up to 1e-3 of a
+    period farther away. `rate_hz` is accepted for symmetry and unused.
+    """
     n = len(ts)
-    tol = tolerance(rate_hz, t, float(ts[0]), float(ts[-1]))
+    tol = tolerance(None, t, float(ts[0]), float(ts[-1]))
     j = int(np.searchsorted(ts, t - tol, side="left"))  # ts[j - 1] < t - tol <= ts[j]
     if j == 0:
         return 0
@@ -116,7 +123,7 @@ def nearest_frame(ts: np.ndarray, t: float, rate_hz: float | None = None) -> int
 def frame_indices(t0: float, video_t0: float, fps: float, offsets: np.ndarray) -> np.ndarray:
     """Version 1 constant-rate clips: `floor((t0 - video_t0) * fps + 0.5) + offsets` (halves within the
     tolerance round up)."""
-    base = math.floor((t0 - video_t0) * fps + 0.5 + TOL_FRACTION)
+    base = math.floor((t0 - video_t0 + tolerance(None, t0, video_t0)) * fps + 0.5)
     return base + offsets
 
 
@@ -130,7 +137,7 @@ def base_frame(ts: np.ndarray, t0: float, rate_hz: float) -> int:
     """
     n = len(ts)
     if t0 < ts[0]:
-        return math.floor((t0 - float(ts[0])) * rate_hz + 0.5 + TOL_FRACTION)
+        return math.floor((t0 - float(ts[0]) + tolerance(None, t0, float(ts[0]))) * rate_hz + 0.5)
     if t0 > ts[-1]:
-        return n - 1 + math.floor((t0 - float(ts[-1])) * rate_hz + 0.5 + TOL_FRACTION)
+        return n - 1 + math.floor((t0 - float(ts[-1]) + tolerance(None, t0, float(ts[-1]))) * rate_hz + 0.5)
     return nearest_frame(ts, t0, rate_hz)

@@ -92,6 +92,11 @@ class WindowSpec:
             raise SpecError(f"obs_resample must be one of {RESAMPLE_MODES}, got {self.obs_resample!r}")
         if self.obs_align not in OBS_ALIGN:
             raise SpecError(f"obs_align must be one of {OBS_ALIGN}, got {self.obs_align!r}")
+        if self.obs_align != "at_or_before" and self.obs_resample != "none":
+            raise SpecError(
+                f"obs_align={self.obs_align!r} applies to raw rows only (obs_resample='none'); a resampled "
+                f"stream (obs_resample={self.obs_resample!r}) is read on its time grid: drop obs_align"
+            )
         if self.obs_rate_hz is not None:
             r = self.obs_rate_hz
             if not isinstance(r, (int, float, np.number)) or not math.isfinite(r) or r <= 0:
