@@ -61,10 +61,8 @@ def dist_topology(rank: int | None = None, world_size: int | None = None) -> tup
 class ShardStream(StreamPipeline):
     """Stream the samples of an export (a shard folder, a manifest path, or `s3://bucket/prefix`).
 
-    A `webdataset.DataPipeline` with webdataset's fluid interface (wdspq.pipeline): its stages are the
-    resumable cursor, the index-ranged read and the decode; add your own with webdataset's API
-    (`stream.map(f)`, `stream.map(f, rng=True)` for per-sample randomness, `.map_dict(...)`,
-    `.compose(stage)`). They must keep one sample in, one sample out, in order (checked).
+    A `webdataset.DataPipeline` (cursor, ranged read and decode stages; wdspq.pipeline, docs/stages.md):
+    add one-in, one-out stages with webdataset's API, `stream.map(f, rng=True)` for per-sample randomness.
 
     Yields the same sample dicts (torch tensors, same keys, dtypes, shapes and values) as
     `ParquetWindowDataset[window_index]`. Iterated directly (or by a plain DataLoader) it delivers one
@@ -256,8 +254,9 @@ class ShardStream(StreamPipeline):
             raise StateError(f"the stream was planned for {N} workers but runs in {n_workers}")
         w = (j + int(start[self.rank] or 0)) % N
         slot = plan.topology.slot(self.rank, w)
-        batch_size = plan.topology.batch_size if self._batched else None
-        yield from run_stages(self, StageContext(self, plan, slot, int(skip[slot] or 0), self._current_epoch(), batch_size))
+        ctx = StageContext(self, plan, slot, int(skip[slot] or 0), self._current_epoch(),
+                           plan.topology.batch_size if self._batched else None)
+        yield from run_stages(self, ctx)  # wdspq.pipeline: cursor, read, decode, then the user's stages
 
 
 def _end_workers(it: Any, ring: BatchRing, generation: int) -> None:
