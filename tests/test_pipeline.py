@@ -199,6 +199,14 @@ def test_augmented_elastic_resume_2_to_1_ranks(export, uninterrupted, n_windows)
     assert len(got) == n_windows and got == uninterrupted["windows"]
 
 
+def test_stages_travel_to_spawned_workers(export, uninterrupted):
+    """With the spawn start method the stream, its stages and their functions are pickled to the workers;
+    the augmented batches are the same as with fork."""
+    stream = make_stream(dict(source=export, seed=5))
+    loader = wdspq.StreamLoader(stream, batch_size=B, num_workers=2, multiprocessing_context="spawn")
+    assert [batch_digest(b) for b in take(loader, 4)] == uninterrupted["digests"][:4]
+
+
 # ----------------------------------------------------------------------------------------------
 # stages that break the count
 
