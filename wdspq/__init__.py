@@ -35,6 +35,10 @@ _LAZY = {
     "to_device": "seed_compat",
     "ShardStream": "stream",
     "StreamLoader": "stream",
+    "StageError": "pipeline",
+    "sample_rng": "pipeline",
+    "torch_generator": "pipeline",
+    "torch_seed": "pipeline",
     "ParquetWindowDataset": "table_dataset",
     # writing your own importer (README "Writing your own importer")
     "TableWriter": "schema",
@@ -49,7 +53,7 @@ _LAZY = {
     "build_from_lerobot": "build",
     "build_from_robomimic": "build",
 }
-_SUBMODULES = ("build", "cursor", "export", "media", "normalize", "schema", "shardfmt", "storage", "stream",
+_SUBMODULES = ("build", "cursor", "export", "media", "normalize", "pipeline", "schema", "shardfmt", "storage", "stream",
                "table_dataset", "text", "validate", "viz", "windows")
 
 __all__ = [

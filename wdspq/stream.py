@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, get_worker_info
 
 from .cursor import (
     CursorState,
@@ -33,6 +33,7 @@ from .cursor import (
 )
 from .errors import StateError, WdspqError
 from .handoff import RING_KEY, BatchLayout, BatchRing, batch_tensors
+from .pipeline import StageContext, StreamPipeline, run_stages
 from .reader import SampleReader
 from .shardfmt import Manifest, load_manifest
 
@@ -57,8 +58,11 @@ def dist_topology(rank: int | None = None, world_size: int | None = None) -> tup
     return r, w
 
 
-class ShardStream(IterableDataset):
+class ShardStream(StreamPipeline):
     """Stream the samples of an export (a shard folder, a manifest path, or `s3://bucket/prefix`).
+
+    A `webdataset.DataPipeline` (cursor, ranged read and decode stages; wdspq.pipeline, docs/stages.md):
+    add one-in, one-out stages with webdataset's API, `stream.map(f, rng=True)` for per-sample randomness.
 
     Yields the same sample dicts (torch tensors, same keys, dtypes, shapes and values) as
     `ParquetWindowDataset[window_index]`. Iterated directly (or by a plain DataLoader) it delivers one
@@ -133,10 +137,13 @@ class ShardStream(IterableDataset):
         return new_epoch_state(m.id, m.spec_id, self.seed, self.shuffle, epoch, len(m.shards), topology)
 
     # -- reading -------------------------------------------------------------------------------------
-    def _slot_items(self, plan: Plan, slot: int, skip: int, raw: bool) -> Iterator[tuple[Any, bool]]:
+    def _slot_items(self, plan: Plan, slot: int, skip: int, raw: bool,
+                    entries: Iterator[tuple[int, int, bool]] | None = None) -> Iterator[tuple[Any, bool]]:
         """(sample, is_pad) of one slot from entry `skip` on, reading each shard run with one ranged read.
 
         A sample is a dict of arrays, or with `raw` its record bytes; each sample owns its buffer.
+        `entries`: the slot's (shard, position, is_pad) from entry `skip` on (the pipeline's cursor
+        stage); by default the plan's.
         """
         # The slot's plan is generated chunk by chunk (Plan.slot_sequence), never materialised: memory is
         # O(its pieces + one chunk), not O(its windows). Each shard's real entries are consecutive positions
@@ -150,7 +157,7 @@ class ShardStream(IterableDataset):
         pad_reader: Iterator[Any] | None = None
         next_pad = (-1, -1)
         try:
-            for s, p, is_pad in plan.slot_sequence(slot, skip):
+            for s, p, is_pad in plan.slot_sequence(slot, skip) if entries is None else entries:
                 if not is_pad:
                     it = readers.get(s)
                     if it is None:
@@ -175,27 +182,26 @@ class ShardStream(IterableDataset):
             _close(pad_reader)
             self._reader.end_iteration()
 
-    def _slot_samples(self, plan: Plan, slot: int, skip: int) -> Iterator[dict[str, torch.Tensor]]:
-        """One slot's samples as dicts of tensors viewing each record (pads get window_index -1).
+    def _decode_records(self, records: Iterator[tuple[Any, bool]]) -> Iterator[dict[str, torch.Tensor]]:
+        """Records `(bytes, is_pad)` as sample dicts of tensors viewing each record (pads get window_index -1).
 
         Tensors are made straight from the record's fields (no intermediate dict of arrays): with ~16 keys
         this per-sample work is what bounds a per-sample stream, so it is kept to one dict."""
         record_array, keys, from_numpy = self._codec.record_array, list(self._codec.schema), torch.from_numpy
-        for record, is_pad in self._slot_items(plan, slot, skip, raw=True):
+        for record, is_pad in records:
             rec = record_array(record)
             t = {k: from_numpy(rec[k]) for k in keys}
             if is_pad:
                 t["window_index"] = torch.tensor(-1, dtype=torch.int64)
             yield t
 
-    def _slot_batches(self, plan: Plan, slot: int, skip: int, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
-        """One slot's entries collated in the worker, `batch_size` at a time (the last batch may be short).
+    def _collate_records(self, items: Iterator[tuple[Any, bool]], batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Records `(bytes, is_pad)` collated in the worker, `batch_size` at a time (the last batch may be short).
 
-        Equal to default collation of `_slot_samples`, but each sample costs one copy of its record into a
+        Equal to default collation of `_decode_records`, but each sample costs one copy of its record into a
         batch row and each key one vectorised copy per batch, instead of per-sample tensors and stacking.
         """
         dtype = self._codec.dtype
-        items = self._slot_items(plan, slot, skip, raw=True)
         info = get_worker_info()
         ring = self._ring if info is not None else None
         rec = np.empty(batch_size, dtype=dtype)  # reused: its pages are faulted in once per iteration
@@ -238,6 +244,10 @@ class ShardStream(IterableDataset):
         order = epoch_shard_order(n, self.seed, epoch, self.shuffle)
         return Plan.build(self.shard_sizes, base, order, topo), skip, start, j, n_workers
 
+    def _current_epoch(self) -> int:
+        """Epoch of this iteration: the loader's control block (its first entry), else `set_epoch`'s."""
+        return int(self._control[0]) if self._control is not None else self.epoch
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         plan, skip, start, j, n_workers = self._current_plan()
         N = plan.topology.workers
@@ -245,10 +255,9 @@ class ShardStream(IterableDataset):
             raise StateError(f"the stream was planned for {N} workers but runs in {n_workers}")
         w = (j + int(start[self.rank] or 0)) % N
         slot = plan.topology.slot(self.rank, w)
-        if self._batched:
-            yield from self._slot_batches(plan, slot, int(skip[slot] or 0), plan.topology.batch_size)
-        else:
-            yield from self._slot_samples(plan, slot, int(skip[slot] or 0))
+        ctx = StageContext(self, plan, slot, int(skip[slot] or 0), self._current_epoch(),
+                           plan.topology.batch_size if self._batched else None)
+        yield from run_stages(self, ctx)  # wdspq.pipeline: cursor, read, decode, then the user's stages
 
 
 def _end_workers(it: Any, ring: BatchRing, generation: int) -> None:
@@ -335,7 +344,7 @@ class StreamLoader(DataLoader):
         view._batched = collate_fn is None
         workers = int(num_workers)
         ring_layout, per_worker = None, 0
-        if view._batched and workers > 0 and shared_ring:
+        if view._batched and workers > 0 and shared_ring and not stream.user_stages:  # user stages: default_collate
             ring_layout = BatchLayout.of(stream._codec.dtype, stream._codec.schema, topo.batch_size)
             per_worker = int(dataloader_kwargs.get("prefetch_factor") or DEFAULT_PREFETCH) + 2  # a block per batch in flight
             if not BatchRing.fits(ring_layout.nbytes * per_worker * workers):
