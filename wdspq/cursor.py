@@ -26,7 +26,8 @@ Rules (normative for the stream)
 --------------------------------
 1. Epoch shard order: ``np.random.default_rng([seed, epoch]).permutation(n_shards)`` when shuffling
    (numpy PCG64 seeded through ``SeedSequence([seed, epoch])``; seed and epoch must be >= 0), else
-   manifest order.
+   manifest order. Positions within a shard follow the epoch's in-shard order (``shard_order``,
+   wdspq.epoch_order); the plan never needs it, only the reader does.
 2. Dealing: pieces, in epoch order, go one by one to the rank with the fewest samples so far (ties:
    lowest rank), and within it to the worker with the fewest samples (ties: lowest worker). Ranks
    are balanced first because the per-rank totals decide how much padding or dropping is needed.
