@@ -174,7 +174,7 @@ class ShardStream(IterableDataset):
                     a, end = next(r for r in runs[s] if r[0] <= p < r[1])
                     it = readers.get((s, a))
                     if it is None:
-                        it = readers[s, a] = self._ordered(s, p, end, raw, perms)
+                        it = readers[s, a] = self._ordered(plan, s, p, end, raw, perms)
                     sample = next(it, None)
                     if p + 1 == end:
                         _close(readers.pop((s, a)))  # the run is done; its samples keep their buffers (or mapping)
@@ -185,7 +185,7 @@ class ShardStream(IterableDataset):
                         _close(pad_reader)
                         src = plan.pad_source(slot)
                         assert src is not None
-                        pad_reader = self._ordered(s, p, src.end, raw, perms)
+                        pad_reader = self._ordered(plan, s, p, src.end, raw, perms)
                     sample = next(pad_reader, None)  # type: ignore[arg-type]
                     next_pad = (s, p + 1)
                 if sample is None:
@@ -197,11 +197,12 @@ class ShardStream(IterableDataset):
             _close(pad_reader)
             self._reader.end_iteration()
 
-    def _ordered(self, shard: int, q0: int, q1: int, raw: bool, perms: dict[int, np.ndarray]) -> Iterator[Any]:
+    def _ordered(self, plan: Plan, shard: int, q0: int, q1: int, raw: bool, perms: dict[int, np.ndarray]) -> Iterator[Any]:
         """Samples at ordinals `q0 .. q1-1` of `shard` in this epoch's order: one ranged read per block."""
         perm = perms.get(shard)
         if perm is None:
-            perm = perms[shard] = self.in_shard_order(shard, self._order_epoch)
+            perm = perms[shard] = in_shard_order(self.seed, self._order_epoch, shard, plan.shard_sizes[shard],
+                                                 self._blocks[shard], self.shard_order)
         run = self._reader.run_records if raw else self._reader.run
         return read_in_order(lambda a, b: run(shard, a, b), perm, self._blocks[shard], q0, q1)
 
