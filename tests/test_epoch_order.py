@@ -152,6 +152,35 @@ def test_one_shard_export_gives_every_worker_samples(one_shard, world_size, pers
     assert sorted(ids) == list(range(m.num_windows))
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_one_shard_elastic_chain_is_exactly_once(one_shard):
+    """Pieces that are parts of one shard, stopped mid-piece and resumed under other worker counts twice:
+    the second resume carries consumed ranges to its workers (through the loader's control block)."""
+    n = load_manifest(one_shard).num_windows
+
+    def loader(workers):
+        return wdspq.StreamLoader(wdspq.ShardStream(one_shard, seed=4), batch_size=8, num_workers=workers)
+
+    first = loader(2)
+    ids = real(indices(take(first, 7)))
+    state = json.loads(json.dumps(first.state_dict()))
+    second = loader(3)
+    second.load_state_dict(state)
+    ids += real(indices(take(second, 9)))
+    state = json.loads(json.dumps(second.state_dict()))
+    assert state["consumed"], "the fold of split pieces leaves ranges past each shard's base"
+    third = loader(2)
+    third.load_state_dict(state)
+    ids += real(indices(take(third, 5)))
+    state = json.loads(json.dumps(third.state_dict()))
+    assert state["consumed"]
+    fourth = loader(2)  # same topology: the workers rebuild the plan from the consumed ranges
+    fourth.load_state_dict(state)
+    ids += real(indices(take(fourth)))
+    assert sorted(ids) == list(range(n))
+    assert fourth.state_dict()["complete"]
+
+
 def test_format_1_states_resume_in_the_sequential_order_only(small_table, tokenizer_path, tmp_path):
     export = make_export(small_table, tokenizer_path, tmp_path)
     def loader(order):
