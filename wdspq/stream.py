@@ -154,11 +154,11 @@ class ShardStream(IterableDataset):
         A sample is a dict of arrays, or with `raw` its record bytes; each sample owns its buffer.
         """
         # The slot's plan is generated chunk by chunk (Plan.slot_sequence), never materialised: memory is
-        # O(its pieces + one chunk), not O(its windows). Each shard's real entries are consecutive positions
-        # [lo, end) of its piece, so one reader (one ranged read) serves a shard's whole run; the run ends
-        # where the slot stops taking from the piece (its end, or earlier under even="drop").
-        # Positions are ordinals of the epoch's in-shard order: `_ordered` reads them block by block. A slot
-        # may hold several pieces of one shard, so a run is found by its piece, not its shard.
+        # O(its pieces + one chunk), not O(its windows). A piece's real entries are consecutive positions
+        # [lo, end), so one reader serves the piece's whole run; the run ends where the slot stops taking from
+        # the piece (its end, or earlier under even="drop"). Positions are ordinals of the epoch's in-shard
+        # order: `_ordered` reads them with one ranged read per block (sequential order: one for the run). A
+        # slot may hold several pieces of one shard, so a run is found by its piece, not its shard.
         pieces = plan.slot_pieces(slot)
         taken = plan.slot_emitted(slot, plan.slot_real_count(slot))
         runs: dict[int, list[tuple[int, int]]] = {}
