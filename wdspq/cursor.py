@@ -770,11 +770,15 @@ class CursorState:
                 digest_set=[None if x is None else str(x) for x in digest["set"]],
                 digest_carried=str(digest["carried"]),
                 complete=bool(d["complete"]),
-                shard_order=str(d["shard_order"]),
-                consumed=[[int(x) for x in r] for r in d["consumed"]],
+                version=int(version),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise StateError(f"state is malformed: {e}") from e
+        try:
+            st.shard_order, st.consumed = str(d["shard_order"]), [[int(x) for x in r] for r in d["consumed"]]
+        except (TypeError, ValueError) as e:
+            raise StateError(f"state is malformed: {e}") from e
+        st.version = STATE_VERSION  # a format-1 state is re-saved in format 2 (same plan, sequential order)
         if st.shard_order not in epoch_order.ORDERS:
             raise StateError(f"state shard_order {st.shard_order!r} is not one of {epoch_order.ORDERS}")
         if any(len(r) != 3 for r in st.consumed):
