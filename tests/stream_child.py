@@ -82,7 +82,8 @@ def make_loader(job: dict[str, Any]) -> Any:
 
     stream = wdspq.ShardStream(job["source"], shuffle=job.get("shuffle", True), seed=job.get("seed", 0),
                                interleave=job.get("interleave", 4), even=job.get("even", "pad"),
-                               rank=job.get("rank", 0), world_size=job.get("world_size", 1))
+                               rank=job.get("rank", 0), world_size=job.get("world_size", 1),
+                               shard_order=job.get("shard_order"))
     return wdspq.StreamLoader(stream, batch_size=job["batch_size"], num_workers=job["num_workers"],
                               persistent_workers=job.get("persistent_workers", False))
 

@@ -383,8 +383,8 @@ def test_state_json_round_trip_and_size():
     state.base = plan.consumed_after([plan.slot_length(s) // 2 for s in range(topo.n_slots)])
     assert len(json.dumps(state.to_dict())) < 6 * n + 2000
     assert set(d) == {
-        "version", "manifest_id", "spec_id", "seed", "shuffle", "epoch", "topology",
-        "base", "delivered", "digest", "complete",
+        "version", "manifest_id", "spec_id", "seed", "shuffle", "epoch", "topology", "shard_order",
+        "base", "consumed", "delivered", "digest", "complete",
     }  # fmt: skip
 
 

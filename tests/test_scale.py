@@ -11,6 +11,7 @@ import pytest
 
 import wdspq
 from wdspq.cursor import Plan, Topology, epoch_shard_order
+from wdspq.epoch_order import block_size
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,7 @@ def _worker_peak(stream: wdspq.ShardStream, windows: int, even: str = "pad") -> 
     topo = Topology(world_size=1, num_workers=2, batch_size=32, interleave=4, even=even)
     plan = Plan.build(sizes, [0] * len(sizes), epoch_shard_order(len(sizes), 0, 0, True), topo)
     stream._reader = _NoShards()
+    stream._blocks = [block_size(1000, 1000 * 20_000)] * len(sizes)  # the stand-in plan's shards: ~20 kB samples
     tracemalloc.start()
     try:
         n = sum(1 for _ in stream._slot_items(plan, 0, 0, raw=True))
@@ -52,13 +54,13 @@ def _worker_peak(stream: wdspq.ShardStream, windows: int, even: str = "pad") -> 
 def test_stream_worker_plan_is_generated_lazily(stream):
     """At 250k and 1M windows a worker's memory is the same: O(its pieces + one chunk of the plan), not
     O(its windows) (materialising 500k entries would take > 16 MB in arrays and Python lists)."""
-    reader = stream._reader
+    reader, blocks = stream._reader, stream._blocks
     try:
         n_small, small = _worker_peak(stream, 250_000)
         n_big, big = _worker_peak(stream, 1_000_000)
         n_drop, drop = _worker_peak(stream, 1_000_000, even="drop")
     finally:
-        stream._reader = reader
+        stream._reader, stream._blocks = reader, blocks
     assert (n_small, n_big) == (125_000, 500_000) and n_drop <= 500_000
     assert big <= 1.1 * small + (1 << 20), (small, big)
     assert max(big, drop) < 16 << 20, (big, drop)

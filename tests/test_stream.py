@@ -50,11 +50,20 @@ def reference(small_table, tokenizer_path) -> wdspq.ParquetWindowDataset:
     return wdspq.ParquetWindowDataset(small_table, wdspq.WindowSpec(**SPEC), tokenizer=tokenizer_path)
 
 
+def ordinal_map(export: str, wmap: dict, seed: int = 0, epoch: int = 0, shuffle: bool = True) -> dict:
+    """(shard, ordinal of the epoch's in-shard order) -> window_index (the plan's positions are ordinals)."""
+    stream = wdspq.ShardStream(export, seed=seed, shuffle=shuffle)
+    return {(s, q): wmap[(s, int(p))] for s in range(len(stream.shard_sizes))
+            for q, p in enumerate(stream.in_shard_order(s, epoch))}
+
+
 def expected(export: str, wmap: dict, topo: Topology, rank: int = 0, seed: int = 0, epoch: int = 0,
              shuffle: bool = True) -> list[list[int]]:
     """window_index lists of a fresh epoch's batches for `rank`, from the plan (pads -1)."""
     sizes = load_manifest(export).shard_sizes
-    plan = Plan.build(sizes, [0] * len(sizes), epoch_shard_order(len(sizes), seed, epoch, shuffle), topo)
+    plan = Plan.build(sizes, [0] * len(sizes), epoch_shard_order(len(sizes), seed, epoch, shuffle), topo,
+                      split=shuffle)
+    wmap = ordinal_map(export, wmap, seed, epoch, shuffle)
     per_worker = []
     for w in range(topo.workers):
         s, p, pad = plan.slot_arrays(topo.slot(rank, w))
@@ -199,7 +208,8 @@ def test_r1_drop_and_none(export, wmap, n_windows):
 
 
 def stop_points(full: list[list[int]], wmap: dict, sizes: list[int]) -> dict[str, int]:
-    """Batches to run before stopping: first batch, mid-shard, a shard boundary, last batch."""
+    """Batches to run before stopping: first batch, mid-shard, a shard boundary, last batch (`wmap` maps
+    (shard, ordinal of the epoch's order) to window_index)."""
     where = {w: k for k, w in wmap.items()}
     ends_shard = [where[b[-1]][1] == sizes[where[b[-1]][0]] - 1 for b in full]
     boundary = next(t for t in range(1, len(full) - 1) if ends_shard[t])
@@ -214,7 +224,7 @@ def test_r3_exact_resume_in_a_fresh_process(export, wmap, tmp_path, num_workers)
     full = take(uninterrupted)
     full_idx = indices(full)
     final = uninterrupted.state_dict()
-    stops = stop_points(full_idx, wmap, load_manifest(export).shard_sizes)
+    stops = stop_points(full_idx, ordinal_map(export, wmap, seed=5), load_manifest(export).shard_sizes)
     jobs = []
     for name, t in stops.items():
         loader = make_loader(job)
@@ -273,20 +283,33 @@ def test_r4_elastic_resume(export, n_windows, new_world, new_workers):
 # R5: resuming never reads the skipped samples
 
 
-def consumed(state: dict[str, Any], sizes: list[int]) -> list[int]:
-    """Per-shard prefix delivered before `state` (its plan's fold)."""
+def delivered_positions(state: dict[str, Any], stream: wdspq.ShardStream) -> list[set[int]]:
+    """Per shard, the sample positions (in the file) delivered before `state`: its plan's fold mapped
+    through the epoch's in-shard order."""
     st = CursorState.from_dict(state)
-    return Plan.for_state(st, sizes).consumed_after(st.delivered)
+    base, ranges = Plan.for_state(st, stream.shard_sizes).fold(st.delivered)
+    out = []
+    for s in range(len(stream.shard_sizes)):
+        perm = stream.in_shard_order(s, st.epoch)
+        ords = list(range(base[s])) + [q for t, a, b in ranges if t == s for q in range(a, b)]
+        out.append({int(perm[q]) for q in ords})
+    return out
 
 
-def test_r5_resume_reads_only_what_is_left(export, monkeypatch):
-    job = dict(source=export, seed=7, batch_size=B, num_workers=0)
+@pytest.mark.parametrize("shard_order, stop", [("block", 20), ("block", 45), ("sequential", 20)])
+def test_r5_resume_reads_only_what_is_left(export, monkeypatch, shard_order, stop):
+    """Resume at ~40 % and ~90 %: every read covers only samples not yet delivered, and the bytes read are
+    exactly those of the samples left (no skipped sample is read), in either in-shard order."""
+    job = dict(source=export, seed=7, batch_size=B, num_workers=0, shard_order=shard_order)
     loader = make_loader(job)
-    take(loader, 20)
+    take(loader, stop)
     state = loader.state_dict()
     m = load_manifest(export)
-    done = consumed(state, m.shard_sizes)
-    assert 0 < sum(done) < m.num_windows and any(0 < d < n for d, n in zip(done, m.shard_sizes))
+    done = delivered_positions(state, loader.stream)
+    n_done = sum(len(d) for d in done)
+    assert 0 < n_done < m.num_windows and any(0 < len(d) < n for d, n in zip(done, m.shard_sizes))
+    if stop == 45:
+        assert n_done >= 0.85 * m.num_windows
 
     resumed = make_loader(job)
     resumed.load_state_dict(state)
@@ -305,10 +328,13 @@ def test_r5_resume_reads_only_what_is_left(export, monkeypatch):
     reads = [r for r in reads if r[0] in names]  # index sidecars are read whole (a few bytes per sample)
     expected_bytes = 0
     for s in range(len(m.shards)):
-        expected_bytes += int(m.offsets(s)[-1] - m.offsets(s)[done[s]])
-    for name, start, _end, _f in reads:
+        lengths = np.diff(m.offsets(s))
+        expected_bytes += int(sum(int(n) for p, n in enumerate(lengths) if p not in done[s]))
+    for name, start, end, _f in reads:
         s = names.index(name)
-        assert start >= m.offsets(s)[done[s]], f"{name}: read from {start}, before the resume point"
+        off = m.offsets(s)
+        hit = [p for p in done[s] if start <= off[p] < (end if end is not None else off[-1])]
+        assert not hit, f"{name}: bytes {start}..{end} cover samples {hit} delivered before the resume point"
     assert sum(f.bytes_read for *_, f in reads) == expected_bytes
 
 
@@ -322,14 +348,14 @@ def test_r5_corrupt_samples_before_the_resume_point(export, tmp_path, n_windows)
     copy = tmp_path / "corrupt"
     shutil.copytree(export, copy)
     m = load_manifest(export)
-    done = consumed(state, m.shard_sizes)
+    done = delivered_positions(state, loader.stream)
     rng = np.random.default_rng(0)
     for i, (shard, d) in enumerate(zip(m.shards, done)):
-        if d:
-            off = m.offsets(i).tolist()
-            with open(copy / shard["name"], "r+b") as f:
-                f.seek(off[0])
-                f.write(rng.integers(0, 256, off[d] - off[0], dtype=np.uint8).tobytes())
+        off = m.offsets(i).tolist()
+        with open(copy / shard["name"], "r+b") as f:
+            for p in sorted(d):
+                f.seek(off[p])
+                f.write(rng.integers(0, 256, off[p + 1] - off[p], dtype=np.uint8).tobytes())
     with pytest.raises(wdspq.ShardError):  # the corruption is real: a fresh epoch trips over it
         take(make_loader({**job, "source": str(copy), "num_workers": 0}))
     resumed = make_loader({**job, "source": str(copy)})

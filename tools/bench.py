@@ -3,7 +3,9 @@
 
 One run, on the same data: builds (or reuses, keyed by scale and data options) a synthetic table
 (default 16 episodes x ~8 s at 100 Hz actions, 96x96 video at 20 fps, 64x64 images; `--grow K`
-multiplies the episode count; `--scale` runs tools/bench_scale.py instead: 250k and 1M windows), exports it with 1 s windows, frame offsets [-2, -1, 0] and stride 4
+multiplies the episode count; `--scale` runs tools/bench_scale.py instead: 250k and 1M windows;
+`--epoch-order` runs tools/bench_epoch.py instead: batch-mate repeats, raw stream vs `cat`, S3 bytes per
+epoch and a one-shard export's worker scaling, block vs sequential in-shard order), exports it with 1 s windows, frame offsets [-2, -1, 0] and stride 4
 (about 3,300 windows of ~103 KiB, ~330 MiB at scale 1), then measures:
 
   export       export_shards windows/s and MB/s written (single process; build time reported apart);
@@ -588,6 +590,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grow", type=int, default=1, metavar="K", help="multiply the episode count (default 1: 16 episodes)")
     p.add_argument("--scale", action="store_true",
                    help="run the scale check instead (tools/bench_scale.py: 250k and 1M windows; minutes, ~3 GB)")
+    p.add_argument("--epoch-order", action="store_true",
+                   help="run tools/bench_epoch.py instead (in-shard order: batch-mates, cat, S3 bytes, one shard)")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported (default 3)")
     p.add_argument("--json", dest="json_path", default="bench_out/bench.json", help="write all figures here")
     p.add_argument("--work", default="bench_out/data", help="folder for tables and shards (reused, keyed by scale)")
@@ -636,6 +640,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench_scale import main as scale_main  # tools/ is on sys.path when this file runs as a script
 
         return scale_main([])
+    if args.epoch_order:
+        from bench_epoch import main as epoch_main  # tools/ is on sys.path when this file runs as a script
+
+        return epoch_main(["--rounds", str(args.rounds), *(["--json", args.json_path] if args.json_path else [])])
     t_start = time.perf_counter()
     # import what every measurement needs once, before forking (no data is touched here)
     import torch  # noqa: F401

@@ -12,9 +12,13 @@ Vocabulary
   (samples of each shard already consumed before the segment: all zeros at the start of an epoch).
   An elastic resume (another topology) folds the finished part of a segment into a new ``base`` and
   starts a new segment.
-* **piece**: ``(shard, start, end)``, the unconsumed part ``[base, size)`` of one shard. Every piece
-  belongs to exactly one slot, which reads it sequentially, so the consumed part of every shard is
-  always a prefix: this is why a state of O(shards + slots) integers suffices.
+* **position**: an ordinal of the shard in the epoch's in-shard order (wdspq.epoch_order): position
+  ``q`` is the ``q``-th sample read from the shard this epoch, not its place in the file.
+* **piece**: ``(shard, start, end)``, an unconsumed range of one shard's positions: the part ``[base,
+  size)`` less the ``consumed`` ranges, cut into several pieces under ``shard_order="block"`` when it is
+  long (`epoch_order.split_ranges`) so every slot gets work. Every piece belongs to exactly one slot,
+  which reads it in order, so the consumed part of every piece is a prefix: this is why a state of
+  O(shards + slots) integers suffices (``base`` per shard, plus one range per partly read piece).
 * **entry**: one item of a slot's sequence ``(shard, position, is_pad)``. A slot's sequence is its
   real entries followed by its pad entries.
 
@@ -22,7 +26,8 @@ Rules (normative for the stream)
 --------------------------------
 1. Epoch shard order: ``np.random.default_rng([seed, epoch]).permutation(n_shards)`` when shuffling
    (numpy PCG64 seeded through ``SeedSequence([seed, epoch])``; seed and epoch must be >= 0), else
-   manifest order.
+   manifest order. Positions within a shard follow the epoch's in-shard order (``shard_order``,
+   wdspq.epoch_order); the plan never needs it, only the reader does.
 2. Dealing: pieces, in epoch order, go one by one to the rank with the fewest samples so far (ties:
    lowest rank), and within it to the worker with the fewest samples (ties: lowest worker). Ranks
    are balanced first because the per-rank totals decide how much padding or dropping is needed.
@@ -79,9 +84,10 @@ from typing import Any
 import numpy as np
 import numpy.random  # noqa: F401 - imported here, not lazily inside the first epoch_shard_order (7 ms)
 
+from . import epoch_order
 from .errors import StateError, WdspqError
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: in-shard order and consumed ranges (1: sequential order, prefixes only)
 EVEN_MODES = ("pad", "drop", "none")
 _MASK64 = (1 << 64) - 1
 _ZERO_SET = "0" * 16
@@ -329,6 +335,8 @@ class Plan:
         base: Sequence[int],
         order: Sequence[int],
         topology: Topology,
+        consumed: Sequence[Sequence[int]] = (),
+        split: bool = False,
     ) -> None:
         n = len(shard_sizes)
         if len(base) != n:
@@ -345,11 +353,14 @@ class Plan:
         self.base: tuple[int, ...] = tuple(int(x) for x in base)
         self.order: tuple[int, ...] = tuple(int(x) for x in order_arr)
         self.topology = topology
-        self.pieces: tuple[Piece, ...] = tuple(
-            Piece(s, self.base[s], self.shard_sizes[s])
-            for s in self.order
-            if self.base[s] < self.shard_sizes[s]
+        self.consumed: tuple[tuple[int, int, int], ...] = tuple(
+            tuple(r) for r in epoch_order.check_consumed(consumed, self.shard_sizes, self.base)  # type: ignore[misc]
         )
+        self.split = bool(split)
+        ranges = epoch_order.remaining_ranges(self.shard_sizes, self.base, self.consumed, self.order)
+        if self.split:
+            ranges = epoch_order.split_ranges(ranges, topology.n_slots)
+        self.pieces: tuple[Piece, ...] = tuple(Piece(*r) for r in ranges)
         self._slot_pieces = self._deal()
         W, N, B = int(topology.world_size), topology.workers, int(topology.batch_size)
         real = [sum(len(p) for p in ps) for ps in self._slot_pieces]
@@ -376,16 +387,23 @@ class Plan:
 
     @classmethod
     def build(
-        cls, shard_sizes: Sequence[int], base: Sequence[int], order: Sequence[int], topology: Topology
+        cls,
+        shard_sizes: Sequence[int],
+        base: Sequence[int],
+        order: Sequence[int],
+        topology: Topology,
+        consumed: Sequence[Sequence[int]] = (),
+        split: bool = False,
     ) -> Plan:
-        """Plan of the segment that starts from ``base`` (per-shard consumed prefix) in ``order``."""
-        return cls(shard_sizes, base, order, topology)
+        """Plan of the segment that starts from ``base`` (per-shard consumed prefix) and the ``consumed``
+        ranges past it, shards in ``order``; ``split`` cuts long ranges into pieces (``shard_order="block"``)."""
+        return cls(shard_sizes, base, order, topology, consumed, split)
 
     @classmethod
     def for_state(cls, state: CursorState, shard_sizes: Sequence[int]) -> Plan:
-        """Plan of the segment a state belongs to (its base, epoch order and topology)."""
+        """Plan of the segment a state belongs to (its base, consumed ranges, epoch order and topology)."""
         order = epoch_shard_order(len(shard_sizes), state.seed, state.epoch, state.shuffle)
-        return cls(shard_sizes, state.base, order, state.topology)
+        return cls(shard_sizes, state.base, order, state.topology, state.consumed, state.shard_order == "block")
 
     def _deal(self) -> list[tuple[Piece, ...]]:
         W, N = int(self.topology.world_size), self.topology.workers
@@ -555,9 +573,13 @@ class Plan:
     # --- whole plan -----------------------------------------------------------------------------
 
     def consumed_after(self, delivered: Sequence[int | None]) -> list[int]:
-        """New per-shard base after every slot delivered ``delivered[slot]`` entries (pads excluded).
+        """New per-shard base (consumed prefix) after every slot delivered ``delivered[slot]`` entries;
+        `fold` also gives the ranges consumed past it (pieces that are parts of a shard)."""
+        return self.fold(delivered)[0]
 
-        Needs every slot's count (a merged state). The consumed part of each shard stays a prefix.
+    def fold(self, delivered: Sequence[int | None]) -> tuple[list[int], list[list[int]]]:
+        """``(base, consumed)`` of the segment that follows, after every slot delivered ``delivered[slot]``
+        entries (pads excluded). Needs every slot's count (a merged state).
         """
         if len(delivered) != self.topology.n_slots:
             raise StateError(f"delivered has {len(delivered)} entries for {self.topology.n_slots} slots")
@@ -567,11 +589,11 @@ class Plan:
                 f"elastic resume needs every slot's count, slots {missing} are unknown: "
                 "merge the per-rank states first (wdspq.cursor.merge_states)"
             )
-        out = list(self.base)
+        taken = []
         for slot, d in enumerate(delivered):
             for p, e in zip(self._slot_pieces[slot], self.slot_emitted(slot, int(d))):  # type: ignore[arg-type]
-                out[p.shard] = p.start + e
-        return out
+                taken.append((p.shard, p.start, p.start + e))
+        return epoch_order.fold_consumed(self.shard_sizes, self.base, self.consumed, taken)
 
     def full_delivered(self) -> list[int]:
         """Per-slot counts of a finished segment."""
@@ -633,7 +655,10 @@ class CursorState:
     builds the full state an elastic resume needs). ``digest_ordered``/``digest_set`` are per rank
     (``None`` where unknown) for this segment; ``digest_carried`` is the set digest of the windows
     delivered in earlier segments of the epoch (before an elastic fold). ``complete``: every slot this
-    state knows has delivered all its entries (for a full state: the epoch is over).
+    state knows has delivered all its entries (for a full state: the epoch is over). ``shard_order``
+    names the in-shard order (wdspq.epoch_order); ``consumed`` lists ``[shard, start, end]`` position
+    ranges consumed in earlier segments past the shard's ``base`` (empty unless a piece was part of a
+    shard when the topology changed).
     """
 
     manifest_id: str
@@ -649,6 +674,8 @@ class CursorState:
     digest_carried: str = _ZERO_SET
     complete: bool = False
     version: int = STATE_VERSION
+    shard_order: str = "block"
+    consumed: list[list[int]] = field(default_factory=list)
 
     def is_full(self) -> bool:
         """Whether every slot's count and every rank's digests are known."""
@@ -683,7 +710,9 @@ class CursorState:
             "shuffle": bool(self.shuffle),
             "epoch": int(self.epoch),
             "topology": self.topology.to_dict(),
+            "shard_order": self.shard_order,
             "base": [int(b) for b in self.base],
+            "consumed": [[int(x) for x in r] for r in self.consumed],
             "delivered": [None if d is None else int(d) for d in self.delivered],
             "digest": {
                 "ordered": list(self.digest_ordered),
@@ -701,7 +730,9 @@ class CursorState:
         if not isinstance(d, Mapping):
             raise StateError(f"a loader state must be a dict, got {type(d).__name__}")
         version = d.get("version")
-        if version != STATE_VERSION:
+        if version == 1:  # saved before in-shard orders: the sequential order, whole shards (same plan)
+            d = {**d, "shard_order": "sequential", "consumed": []}
+        elif version != STATE_VERSION:
             raise StateError(f"state format version {version!r} is not supported (expected {STATE_VERSION})")
         missing = [
             k
@@ -712,7 +743,9 @@ class CursorState:
                 "shuffle",
                 "epoch",
                 "topology",
+                "shard_order",
                 "base",
+                "consumed",
                 "delivered",
                 "digest",
                 "complete",
@@ -743,6 +776,15 @@ class CursorState:
             )
         except (KeyError, TypeError, ValueError) as e:
             raise StateError(f"state is malformed: {e}") from e
+        try:
+            st.shard_order, st.consumed = str(d["shard_order"]), [[int(x) for x in r] for r in d["consumed"]]
+        except (TypeError, ValueError) as e:
+            raise StateError(f"state is malformed: {e}") from e
+        st.version = STATE_VERSION  # a format-1 state is re-saved in format 2 (same plan, sequential order)
+        if st.shard_order not in epoch_order.ORDERS:
+            raise StateError(f"state shard_order {st.shard_order!r} is not one of {epoch_order.ORDERS}")
+        if any(len(r) != 3 for r in st.consumed):
+            raise StateError("state consumed ranges must be [shard, start, end] each")
         if len(st.delivered) != topo.n_slots:
             raise StateError(
                 f"state has {len(st.delivered)} delivered counts for {topo.n_slots} slots ({topo.describe()})"
@@ -765,6 +807,7 @@ class CursorState:
                 "digest_ordered": [d if r == rank else None for r, d in enumerate(self.digest_ordered)],
                 "digest_set": [d if r == rank else None for r, d in enumerate(self.digest_set)],
                 "base": list(self.base),
+                "consumed": [list(r) for r in self.consumed],
             }
         )
 
@@ -791,10 +834,19 @@ def _check_complete(st: CursorState, plan: Plan) -> None:
 
 
 def new_epoch_state(
-    manifest_id: str, spec_id: str, seed: int, shuffle: bool, epoch: int, n_shards: int, topology: Topology
+    manifest_id: str,
+    spec_id: str,
+    seed: int,
+    shuffle: bool,
+    epoch: int,
+    n_shards: int,
+    topology: Topology,
+    shard_order: str | None = None,
 ) -> CursorState:
-    """Start-of-epoch state: nothing consumed. Full (every slot known), so any rank may save it."""
+    """Start-of-epoch state: nothing consumed. Full (every slot known), so any rank may save it.
+    ``shard_order`` defaults to ``"block"`` when shuffling, else ``"sequential"`` (wdspq.epoch_order)."""
     W = topology.world_size
+    order = epoch_order.check_order(shard_order or epoch_order.default_order(shuffle), shuffle)
     return CursorState(
         manifest_id=manifest_id,
         spec_id=spec_id,
@@ -808,6 +860,8 @@ def new_epoch_state(
         digest_set=[_ZERO_SET] * W,
         digest_carried=_ZERO_SET,
         complete=False,
+        shard_order=order,
+        consumed=[],
     )
 
 
@@ -822,11 +876,12 @@ def check_compatible(
     seed: int,
     shuffle: bool,
     n_shards: int,
+    shard_order: str | None = None,
 ) -> CursorState:
     """Raise StateError naming every difference between the state and the stream; return the state.
 
     Epoch and topology may differ (the stream follows the state's epoch; another topology is an
-    elastic resume).
+    elastic resume). ``shard_order`` defaults to the stream's default for ``shuffle``.
     """
     st = CursorState.from_dict(state)  # type: ignore[arg-type]
     problems = []
@@ -840,6 +895,13 @@ def check_compatible(
         problems.append(f"seed {st.seed} in the state vs {seed} in this stream")
     if st.shuffle != bool(shuffle):
         problems.append(f"shuffle={st.shuffle} in the state vs shuffle={bool(shuffle)} in this stream")
+    order = shard_order or epoch_order.default_order(shuffle)
+    if st.shard_order != order:
+        hint = ""
+        if st.shard_order == "sequential":
+            hint = (" (states of format 1, saved before per-epoch in-shard orders, read shards sequentially: "
+                    "open the stream with shard_order='sequential' to resume one)")
+        problems.append(f"shard_order={st.shard_order!r} in the state vs {order!r} in this stream{hint}")
     if len(st.base) != n_shards:
         problems.append(f"state covers {len(st.base)} shards, this stream has {n_shards}")
     if problems:
@@ -904,8 +966,11 @@ def resume(
     _check_complete(st, old)
     # A finished epoch stays finished under any topology: with even="drop" its dropped surplus was never
     # delivered, and folding the counts would hand it out now (field report item 1).
-    base = [int(x) for x in shard_sizes] if st.complete else old.consumed_after(st.delivered)
-    new = Plan(shard_sizes, base, old.order, topology)
+    if st.complete:
+        base, consumed = [int(x) for x in shard_sizes], []
+    else:
+        base, consumed = old.fold(st.delivered)
+    new = Plan(shard_sizes, base, old.order, topology, consumed, old.split)
     folded = CursorState(
         manifest_id=st.manifest_id,
         spec_id=st.spec_id,
@@ -919,6 +984,8 @@ def resume(
         digest_set=[_ZERO_SET] * W,
         digest_carried=st.total_set_digest(),
         complete=new.full_delivered() == [0] * topology.n_slots,
+        shard_order=st.shard_order,
+        consumed=consumed,
     )
     return Resume(plan=new, state=folded, skip=[0] * topology.n_slots, start_worker=[0] * W, elastic=True)
 
@@ -933,13 +1000,14 @@ def merge_states(states: Sequence[CursorState | Mapping[str, Any]]) -> dict[str,
         raise StateError("merge_states needs at least one state")
     sts = [CursorState.from_dict(s) for s in states]  # type: ignore[arg-type]
     first = sts[0].to_dict()
-    shared = ("version", "manifest_id", "spec_id", "seed", "shuffle", "epoch", "topology", "base")
+    shared = ("version", "manifest_id", "spec_id", "seed", "shuffle", "epoch", "topology", "shard_order", "base",
+              "consumed")
     for i, s in enumerate(sts[1:], 1):
         d = s.to_dict()
         for k in shared:
             if d[k] != first[k]:
                 a, b = first[k], d[k]
-                if k == "base":
+                if k in ("base", "consumed"):
                     a, b = "(one list)", "(another list)"
                 raise StateError(
                     f"cannot merge states: {k} differs between state 0 ({a}) and state {i} ({b})"
@@ -1055,4 +1123,6 @@ class RankCursor:
             digest_set=sets,
             digest_carried=st.digest_carried,
             complete=self.done,
+            shard_order=st.shard_order,
+            consumed=[list(r) for r in self.plan.consumed],
         )

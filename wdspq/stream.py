@@ -1,7 +1,8 @@
 """Streaming the shards into training: `ShardStream` (an IterableDataset) and `StreamLoader` (a DataLoader).
 
 The order of an epoch is a pure function of the manifest, seed, epoch and topology (wdspq.cursor): each
-(rank, worker) slot reads its shards sequentially, interleaving `interleave` open shards, starting at
+(rank, worker) slot reads its pieces (shards, or ranges of a shard) in the epoch's in-shard order
+(wdspq.epoch_order: a block shuffle by default), interleaving `interleave` open pieces, with ranged reads at
 byte offsets from the shard indexes (R5). `StreamLoader` counts, in the main process, the batches it hands
 to the training loop; its `state_dict()` is a small JSON-able dict from which a fresh process continues
 with exactly the batches an uninterrupted run would have produced (R3), or, under another world size,
@@ -31,6 +32,7 @@ from .cursor import (
     new_epoch_state,
     resume,
 )
+from .epoch_order import block_size, check_order, default_order, in_shard_order, read_in_order
 from .errors import StateError, WdspqError
 from .handoff import RING_KEY, BatchLayout, BatchRing, batch_tensors
 from .pipeline import StageContext, StreamPipeline, run_stages
@@ -74,6 +76,11 @@ class ShardStream(StreamPipeline):
     `episode_index` -1) so batches and the cursor stay exact, warns once per worker and logs the count
     (wdspq.reader). `verify_checksums=True` checks each shard's size and sha256 against the manifest
     before its first read in a process.
+
+    `shard_order`: `"block"` (default with `shuffle=True`): every epoch reads each shard in a new order,
+    its ~8 MiB blocks permuted and the samples inside each block permuted, and long shards are cut into
+    pieces so every worker has work; `"sequential"` (default with `shuffle=False`): each shard read front
+    to back, whole, in the same order every epoch (the version 1 order; README "Epoch order").
     """
 
     def __init__(
@@ -88,12 +95,14 @@ class ShardStream(StreamPipeline):
         storage_options: dict[str, Any] | None = None,
         on_error: str = "raise",
         verify_checksums: bool = False,
+        shard_order: str | None = None,
     ) -> None:
         super().__init__()
         self.source = str(source)
         self.manifest: Manifest = load_manifest(self.source, storage_options)
         self.manifest.warn_old_window_rules()
         self.shuffle = bool(shuffle)
+        self.shard_order = check_order(shard_order or default_order(self.shuffle), self.shuffle)
         self.seed = int(seed)
         if self.seed < 0:
             raise WdspqError(f"seed must be >= 0, got {seed}")
@@ -108,6 +117,8 @@ class ShardStream(StreamPipeline):
         self._ring: BatchRing | None = None  # set by StreamLoader: reusable shared blocks for worker batches
         self._ring_generation = 0
         self._topology: Topology | None = None
+        self._order_epoch = 0  # epoch of the iteration being read (its in-shard orders)
+        self._blocks = [block_size(int(e["samples"]), e.get("bytes")) for e in self.manifest.shards]
         Topology(world_size=self.world_size, interleave=self.interleave, even=even)  # validate early
 
     # -- identity ------------------------------------------------------------------------------------
@@ -134,7 +145,12 @@ class ShardStream(StreamPipeline):
 
     def fresh_state(self, epoch: int, topology: Topology) -> CursorState:
         m = self.manifest
-        return new_epoch_state(m.id, m.spec_id, self.seed, self.shuffle, epoch, len(m.shards), topology)
+        return new_epoch_state(m.id, m.spec_id, self.seed, self.shuffle, epoch, len(m.shards), topology,
+                               self.shard_order)
+
+    def in_shard_order(self, shard: int, epoch: int) -> np.ndarray:
+        """Sample positions of `shard` in the order epoch `epoch` reads them (wdspq.epoch_order)."""
+        return in_shard_order(self.seed, epoch, shard, self.shard_sizes[shard], self._blocks[shard], self.shard_order)
 
     # -- reading -------------------------------------------------------------------------------------
     def _slot_items(self, plan: Plan, slot: int, skip: int, raw: bool,
@@ -146,31 +162,38 @@ class ShardStream(StreamPipeline):
         stage); by default the plan's.
         """
         # The slot's plan is generated chunk by chunk (Plan.slot_sequence), never materialised: memory is
-        # O(its pieces + one chunk), not O(its windows). Each shard's real entries are consecutive positions
-        # [lo, end) of its piece, so one reader (one ranged read) serves a shard's whole run; the run ends
-        # where the slot stops taking from the piece (its end, or earlier under even="drop").
+        # O(its pieces + one chunk), not O(its windows). A piece's real entries are consecutive positions
+        # [lo, end), so one reader serves the piece's whole run; the run ends where the slot stops taking from
+        # the piece (its end, or earlier under even="drop"). Positions are ordinals of the epoch's in-shard
+        # order: `_ordered` reads them with one ranged read per block (sequential order: one for the run). A
+        # slot may hold several pieces of one shard, so a run is found by its piece, not its shard.
         pieces = plan.slot_pieces(slot)
         taken = plan.slot_emitted(slot, plan.slot_real_count(slot))
-        ends = {p.shard: p.start + e for p, e in zip(pieces, taken)}
-        run = self._reader.run_records if raw else self._reader.run
-        readers: dict[int, Iterator[Any]] = {}
+        runs: dict[int, list[tuple[int, int]]] = {}
+        for piece, e in zip(pieces, taken):
+            runs.setdefault(piece.shard, []).append((piece.start, piece.start + e))
+        perms: dict[int, np.ndarray] = {}
+        readers: dict[tuple[int, int], Iterator[Any]] = {}
         pad_reader: Iterator[Any] | None = None
         next_pad = (-1, -1)
         try:
             for s, p, is_pad in plan.slot_sequence(slot, skip) if entries is None else entries:
                 if not is_pad:
-                    it = readers.get(s)
+                    a, end = next(r for r in runs[s] if r[0] <= p < r[1])
+                    it = readers.get((s, a))
                     if it is None:
-                        it = readers[s] = run(s, p, ends[s])
+                        it = readers[s, a] = self._ordered(plan, s, p, end, raw, perms)
                     sample = next(it, None)
-                    if p + 1 == ends[s]:
-                        _close(readers.pop(s))  # the run is done; its samples keep their buffers (or mapping)
+                    if p + 1 == end:
+                        _close(readers.pop((s, a)))  # the run is done; its samples keep their buffers (or mapping)
+                        if not any(k[0] == s for k in readers):
+                            perms.pop(s, None)
                 else:
                     if (s, p) != next_pad:
                         _close(pad_reader)
                         src = plan.pad_source(slot)
                         assert src is not None
-                        pad_reader = run(s, p, src.end)
+                        pad_reader = self._ordered(plan, s, p, src.end, raw, perms)
                     sample = next(pad_reader, None)  # type: ignore[arg-type]
                     next_pad = (s, p + 1)
                 if sample is None:
@@ -181,6 +204,15 @@ class ShardStream(StreamPipeline):
                 _close(it)
             _close(pad_reader)
             self._reader.end_iteration()
+
+    def _ordered(self, plan: Plan, shard: int, q0: int, q1: int, raw: bool, perms: dict[int, np.ndarray]) -> Iterator[Any]:
+        """Samples at ordinals `q0 .. q1-1` of `shard` in this epoch's order: one ranged read per block."""
+        perm = perms.get(shard)
+        if perm is None:
+            perm = perms[shard] = in_shard_order(self.seed, self._order_epoch, shard, plan.shard_sizes[shard],
+                                                 self._blocks[shard], self.shard_order)
+        run = self._reader.run_records if raw else self._reader.run
+        return read_in_order(lambda a, b: run(shard, a, b), perm, self._blocks[shard], q0, q1)
 
     def _decode_records(self, records: Iterator[tuple[Any, bool]]) -> Iterator[dict[str, torch.Tensor]]:
         """Records `(bytes, is_pad)` as sample dicts of tensors viewing each record (pads get window_index -1).
@@ -232,17 +264,23 @@ class ShardStream(StreamPipeline):
             topo = Topology(world_size=self.world_size, num_workers=n_workers if info else 0, batch_size=1,
                             interleave=self.interleave, even=self.even)
             r = resume(self.fresh_state(self.epoch, topo), self.shard_sizes, topo, self.rank)
+            self._order_epoch = self.epoch
             return r.plan, r.skip, r.start_worker, j, n_workers
         c = self._control.tolist()
         n = len(self.shard_sizes)
         topo = self._topology
         assert topo is not None
         epoch, base = int(c[0]), c[1 : 1 + n]
-        skip = c[1 + n : 1 + n + topo.n_slots]
-        start = c[1 + n + topo.n_slots : -1]
+        n_consumed = int(c[1 + n])
+        consumed = [c[2 + n + 3 * i : 5 + n + 3 * i] for i in range(n_consumed)]
+        at = 2 + n + 3 * _consumed_capacity(n, topo.n_slots)
+        skip = c[at : at + topo.n_slots]
+        start = c[at + topo.n_slots : -1]
         self._ring_generation = int(c[-1])
+        self._order_epoch = epoch
         order = epoch_shard_order(n, self.seed, epoch, self.shuffle)
-        return Plan.build(self.shard_sizes, base, order, topo), skip, start, j, n_workers
+        plan = Plan.build(self.shard_sizes, base, order, topo, consumed, self.shard_order == "block")
+        return plan, skip, start, j, n_workers
 
     def _current_epoch(self) -> int:
         """Epoch of this iteration: the loader's control block (its first entry), else `set_epoch`'s."""
@@ -269,6 +307,12 @@ def _end_workers(it: Any, ring: BatchRing, generation: int) -> None:
             ring.reclaim(generation)
     except Exception:  # a torch without these internals: the blocks stay claimed, later batches use fresh memory
         pass
+
+
+def _consumed_capacity(n_shards: int, n_slots: int) -> int:
+    """Consumed ranges the loader's control block can carry to its workers (a state has at most one per
+    piece of an earlier segment, and pieces number at most shards + 2 x slots)."""
+    return n_shards + 8 * n_slots + 256
 
 
 def _close(it: Any) -> None:
@@ -335,10 +379,11 @@ class StreamLoader(DataLoader):
         )
         n = len(stream.shard_sizes)
         view._topology = topo
-        # The plan of the next iteration, [epoch, base per shard, skip per slot, start worker per rank, ring
-        # generation], written by the main process before each iter() and read by every worker (persistent
-        # ones too) at __iter__.
-        view._control = torch.zeros(2 + n + topo.n_slots + topo.world_size, dtype=torch.int64).share_memory_()
+        # The plan of the next iteration, [epoch, base per shard, number of consumed ranges, consumed ranges
+        # (shard, start, end; capacity-padded), skip per slot, start worker per rank, ring generation], written
+        # by the main process before each iter() and read by every worker (persistent ones too) at __iter__.
+        size = 3 + n + 3 * _consumed_capacity(n, topo.n_slots) + topo.n_slots + topo.world_size
+        view._control = torch.zeros(size, dtype=torch.int64).share_memory_()
         # Default collation happens inside the stream (vectorised, in the workers); a custom collate_fn
         # gets the per-sample path with the DataLoader's own batching.
         view._batched = collate_fn is None
@@ -415,8 +460,13 @@ class StreamLoader(DataLoader):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state` at the next iter() (see the class doc)."""
         m = self.stream.manifest
-        st = check_compatible(state, m.id, m.spec_id, self.stream.seed, self.stream.shuffle, len(m.shards))
-        resume(st, self.stream.shard_sizes, self.topology, self.rank)  # fail now, not at iter(), if unusable
+        st = check_compatible(state, m.id, m.spec_id, self.stream.seed, self.stream.shuffle, len(m.shards),
+                              self.stream.shard_order)
+        r = resume(st, self.stream.shard_sizes, self.topology, self.rank)  # fail now, not at iter(), if unusable
+        cap = _consumed_capacity(len(m.shards), self.topology.n_slots)
+        if len(r.state.consumed) > cap:
+            raise StateError(f"this state has {len(r.state.consumed)} consumed ranges, more than this loader carries "
+                             f"to its workers ({cap}): resume it with more workers, or finish the epoch elsewhere")
         self._state = st
         self._epoch = st.epoch
         self._cursor = None
@@ -448,8 +498,10 @@ class StreamLoader(DataLoader):
             self._epoch = st.epoch
         self._explicit_epoch = False
         r = resume(st, self.stream.shard_sizes, self.topology, self.rank)
-        c = [r.state.epoch, *r.plan.base, *[int(x or 0) for x in r.skip], *[int(x or 0) for x in r.start_worker],
-             self._generation]
+        cap = _consumed_capacity(len(r.plan.base), self.topology.n_slots)
+        consumed = [x for rng in r.plan.consumed for x in rng]
+        c = [r.state.epoch, *r.plan.base, len(r.plan.consumed), *consumed, *[0] * (3 * cap - len(consumed)),
+             *[int(x or 0) for x in r.skip], *[int(x or 0) for x in r.start_worker], self._generation]
         self.dataset._control.copy_(torch.tensor(c, dtype=torch.int64))  # type: ignore[attr-defined]
         self._state = r.state
         self._cursor = RankCursor(r.plan, self.rank, r.state)

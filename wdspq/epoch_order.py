@@ -1,0 +1,194 @@
+"""Epoch order inside shards, and pieces: pure functions behind the cursor's plan (README "Epoch order").
+
+No file I/O. The cursor plans in *ordinal* space: position ``q`` of a shard means "the ``q``-th sample of
+this shard in this epoch's order", so the consumed part of a shard is always a set of ordinal ranges (a
+prefix when the shard is read by one slot). The stream turns an ordinal into a sample position with
+`in_shard_order`, and reads a stretch of ordinals with `read_in_order`.
+
+Orders (``shard_order``)
+------------------------
+* ``"block"`` (the default when shuffling): the shard's samples are cut into blocks of `block_size`
+  samples (about BLOCK_BYTES each, from the manifest's shard bytes and sample count); the full blocks are
+  permuted, the short tail block (if any) stays last, and the samples inside every block are permuted.
+  All of it is drawn from ``np.random.default_rng([ORDER_TAG, seed, epoch, shard])``, so each epoch reads
+  each shard in a new order, a pure function of (seed, epoch, shard). One block is read as one ranged read
+  (one mapping locally, one Range GET on S3) and held while its samples are handed out.
+  Unconsumed ranges are cut into pieces (`split_ranges`) so that every slot gets work.
+* ``"sequential"``: the version 1 order: every shard read front to back, whole shards as pieces (with
+  fewer shards than slots some workers idle). States saved before format 2 have this order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import StateError, WdspqError
+
+ORDERS = ("block", "sequential")
+BLOCK_BYTES = 8 * 2**20  # about one mapped block of a local shard (shardfmt.layout.MAP_BYTES)
+ORDER_TAG = 0x0B10C5  # first word of the in-shard generator's seed: its stream differs from any other use
+
+
+def default_order(shuffle: bool) -> str:
+    """``"block"`` when shuffling, else ``"sequential"`` (canonical order everywhere)."""
+    return "block" if shuffle else "sequential"
+
+
+def check_order(shard_order: str, shuffle: bool) -> str:
+    """Validate a ``shard_order`` against ``shuffle``; returns it."""
+    if shard_order not in ORDERS:
+        raise WdspqError(f"shard_order must be one of {ORDERS}, got {shard_order!r}")
+    if shard_order == "block" and not shuffle:
+        raise WdspqError("shard_order='block' shuffles inside shards: it needs shuffle=True")
+    return shard_order
+
+
+def block_size(n_samples: int, shard_bytes: int | None) -> int:
+    """Samples per block of a shard: the shard cut into ``round(bytes / BLOCK_BYTES)`` blocks (at least one)
+    of equal sample counts (the last one shorter). Unknown bytes: one block."""
+    n = int(n_samples)
+    if n <= 0:
+        return 1
+    blocks = max(1, round(int(shard_bytes or 0) / BLOCK_BYTES))
+    return -(-n // blocks)
+
+
+def in_shard_order(seed: int, epoch: int, shard: int, n_samples: int, block: int, shard_order: str) -> np.ndarray:
+    """``perm[q]`` = sample position read at ordinal ``q`` of the shard in this epoch (int64, a permutation)."""
+    n = int(n_samples)
+    if shard_order == "sequential" or n <= 1:
+        return np.arange(n, dtype=np.int64)
+    if seed < 0 or epoch < 0:
+        raise WdspqError(f"seed and epoch must be >= 0 to shuffle, got seed={seed}, epoch={epoch}")
+    rng = np.random.default_rng([ORDER_TAG, int(seed), int(epoch), int(shard)])
+    g = max(1, min(int(block), n))
+    full = n // g
+    grid = rng.permutation(full).astype(np.int64)[:, None] * g + np.arange(g, dtype=np.int64)[None, :]
+    head = rng.permuted(grid, axis=1).reshape(-1)
+    tail = full * g + rng.permutation(n - full * g).astype(np.int64)
+    return np.concatenate([head, tail])
+
+
+def read_in_order(
+    run: Callable[[int, int], Iterator[Any]], perm: np.ndarray, block: int, q0: int, q1: int
+) -> Iterator[Any]:
+    """Samples at ordinals ``q0 .. q1-1``, in order. ``run(a, b)`` reads sample positions ``a .. b-1``
+    (one ranged read). Per ordinal block, the positions it needs are read as runs of consecutive
+    positions (the whole block in one read unless a resume point or a piece boundary cuts it; never a
+    sample outside ``q0 .. q1-1``, R5), held, and yielded in order. An identity order streams one run."""
+    if q1 <= q0:
+        return
+    part = perm[q0:q1]
+    if part[-1] - part[0] == q1 - q0 - 1 and np.array_equal(part, np.arange(part[0], part[0] + q1 - q0)):
+        yield from run(int(part[0]), int(part[0]) + q1 - q0)
+        return
+    g = max(1, int(block))
+    q = q0
+    while q < q1:
+        e = min(q1, (q // g + 1) * g)
+        phys = perm[q:e]
+        srt = np.sort(phys)
+        got: dict[int, Any] = {}
+        for seg in np.split(srt, np.flatnonzero(np.diff(srt) != 1) + 1):
+            a, b = int(seg[0]), int(seg[-1]) + 1
+            it = run(a, b)
+            try:
+                for i, rec in zip(range(a, b), it):
+                    got[i] = rec
+            finally:
+                close = getattr(it, "close", None)
+                if close is not None:
+                    close()
+        for i in phys.tolist():
+            yield got.pop(i)
+        q = e
+
+
+# ----------------------------------------------------------------------------------------------
+# unconsumed ranges and pieces
+
+
+def check_consumed(consumed: Sequence[Sequence[int]], shard_sizes: Sequence[int], base: Sequence[int]) -> list[list[int]]:
+    """Validated, sorted ``[[shard, start, end], ...]``: ranges consumed past each shard's ``base``."""
+    out = []
+    for r in consumed:
+        try:
+            s, a, b = (int(x) for x in r)
+        except (TypeError, ValueError):
+            raise StateError(f"consumed range {r!r} is not [shard, start, end]") from None
+        if not 0 <= s < len(shard_sizes) or not int(base[s]) < a < b <= int(shard_sizes[s]):
+            raise StateError(f"consumed range {[s, a, b]} is outside shard {s}'s unconsumed part")
+        out.append([s, a, b])
+    out.sort()
+    for x, y in zip(out, out[1:]):
+        if x[0] == y[0] and y[1] <= x[2]:
+            raise StateError(f"consumed ranges {x} and {y} overlap or touch (not canonical)")
+    return out
+
+
+def remaining_ranges(
+    shard_sizes: Sequence[int], base: Sequence[int], consumed: Sequence[Sequence[int]], order: Sequence[int]
+) -> list[tuple[int, int, int]]:
+    """Unconsumed ``(shard, start, end)`` ranges, shards in ``order``, each shard's ranges by start."""
+    by_shard: dict[int, list[tuple[int, int]]] = {}
+    for s, a, b in consumed:
+        by_shard.setdefault(int(s), []).append((int(a), int(b)))
+    out = []
+    for s in order:
+        s = int(s)
+        pos = int(base[s])
+        for a, b in sorted(by_shard.get(s, ())):
+            if a > pos:
+                out.append((s, pos, a))
+            pos = max(pos, b)
+        if pos < int(shard_sizes[s]):
+            out.append((s, pos, int(shard_sizes[s])))
+    return out
+
+
+def split_ranges(ranges: Sequence[tuple[int, int, int]], n_slots: int) -> list[tuple[int, int, int]]:
+    """Cut ranges longer than ``f = total // n_slots`` into near-equal pieces of at most ``f`` samples.
+
+    With every piece at most ``total / n_slots``, the cursor's dealing (least-loaded rank, then worker)
+    gives every slot at least one piece; pieces number at most ``len(ranges) + 2 * n_slots``. Nothing is cut
+    when every range is already short enough (e.g. as many equal shards as slots, or more)."""
+    total = sum(b - a for _, a, b in ranges)
+    f = total // max(1, int(n_slots))
+    if n_slots <= 1 or f < 1:
+        return list(ranges)
+    out = []
+    for s, a, b in ranges:
+        n = b - a
+        m = -(-n // f)
+        cuts = [a + (i * n) // m for i in range(m + 1)]
+        out.extend((s, x, y) for x, y in zip(cuts, cuts[1:]))
+    return out
+
+
+def fold_consumed(
+    shard_sizes: Sequence[int], base: Sequence[int], consumed: Sequence[Sequence[int]], taken: Sequence[tuple[int, int, int]]
+) -> tuple[list[int], list[list[int]]]:
+    """Canonical ``(base, consumed)`` after also consuming the ``(shard, start, end)`` ranges ``taken``:
+    ``base[s]`` is the consumed prefix of shard ``s``, ``consumed`` the other consumed ranges, merged."""
+    spans: dict[int, list[tuple[int, int]]] = {}
+    for s, a, b in [*consumed, *taken]:
+        if b > a:
+            spans.setdefault(int(s), []).append((int(a), int(b)))
+    new_base, rest = [int(x) for x in base], []
+    for s in sorted(spans):
+        merged: list[list[int]] = []
+        for a, b in sorted(spans[s]):
+            if merged and a <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], b)
+            else:
+                merged.append([a, b])
+        for a, b in merged:
+            if a <= new_base[s]:
+                new_base[s] = max(new_base[s], b)
+            else:
+                rest.append([s, a, b])
+        new_base[s] = min(new_base[s], int(shard_sizes[s]))
+    return new_base, rest
