@@ -321,8 +321,11 @@ class LocalStorage(Storage):
     def put_bytes(self, name: str, data: bytes) -> None:
         tmp = self.staging_path(name)
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+            except OSError as exc:  # e.g. ENOSPC, which names no file by itself
+                raise StorageError(f"{self.url(name)}: cannot write {tmp}: {exc.strerror or exc}") from None
             self.commit(tmp, name)
         except BaseException:
             self.discard(tmp)

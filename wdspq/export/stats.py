@@ -64,12 +64,14 @@ def table_stats(path: str, meta: Any) -> dict[str, RunningStats]:
     """
     import pyarrow.parquet as pq
 
+    from .. import interrupt
     from ..table_file import open_table
 
     streams = [meta.actions, *meta.signals]
     out = {s.name: RunningStats.empty(s.width) for s in streams}
     with pq.ParquetFile(open_table(path)) as pf:
         for g in range(pf.num_row_groups):
+            interrupt.check()  # a safe point for SIGTERM (the export defers it while its pools run)
             t = pf.read_row_group(g, columns=[s.column for s in streams])
             for s in streams:
                 flat = t.column(s.column).combine_chunks().flatten().flatten()

@@ -1,0 +1,209 @@
+"""Export under real faults: two writers into one output (local and S3), stale locks, a re-run of a
+finished export (docs/reliability.md). Exports run as `wdspq export` processes; a running export is held
+still with SIGSTOP where the test needs it to be mid-way, so no timing decides the outcome."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from wdspq.verify import verify_shards
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC_ARGS = ["--acts-length-sec", "0.1", "--obs-length-sec", "0.1", "--stride", "2", "--max-text-tokens", "8",
+             "--samples-per-shard", "40", "--compression", "none", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory) -> Path:
+    from wdspq.build import build_synthetic
+
+    path = tmp_path_factory.mktemp("rel") / "t.parquet"
+    build_synthetic(path, episodes=24, seconds=2.0, image_size=8, video_size=16, seed=2, progress=False)
+    return path
+
+
+def cli(table: Path, out: str, tok: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "wdspq", "export", str(table), out, *SPEC_ARGS, "--tokenizer", tok, *extra]
+
+
+def run(argv: list[str], timeout: float = 180) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def start(argv: list[str], **env: str) -> subprocess.Popen:
+    return subprocess.Popen(argv, env={**os.environ, "PYTHONPATH": str(REPO), **env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def wait_for(pred, proc: subprocess.Popen, timeout: float = 120) -> None:
+    end = time.monotonic() + timeout
+    while not pred():
+        assert proc.poll() is None, f"the export ended first: {proc.communicate()}"
+        assert time.monotonic() < end, "the export made no progress"
+        time.sleep(0.01)
+
+
+def concurrent_exports(table: Path, out: str, tok: str, spilled, second: list[str], **env: str):
+    """Export A runs; once it is spilling (`spilled()`), it is stopped and export B (A's command plus
+    `second`) runs to the end; then A continues. Returns (A, B) as (returncode, stdout, stderr)."""
+    a = start(cli(table, out, tok), **env)
+    try:
+        wait_for(spilled, a)
+        os.kill(a.pid, signal.SIGSTOP)
+        try:
+            b = run(cli(table, out, tok, *second))
+        finally:
+            os.kill(a.pid, signal.SIGCONT)
+        out_a, err_a = a.communicate(timeout=180)
+    finally:
+        if a.poll() is None:
+            os.killpg(a.pid, signal.SIGKILL)
+            a.wait()
+    return (a.returncode, out_a, err_a, a.pid), (b.returncode, b.stdout, b.stderr)
+
+
+def assert_refused(b, pid: int) -> None:
+    rc, out, err = b
+    assert rc == 2, (rc, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert f"pid {pid}," in lines[0] and f"host {socket.gethostname()}" in lines[0] and "since" in lines[0], lines[0]
+    assert "another export" in lines[0] and out == ""
+
+
+@pytest.mark.parametrize("second", [["--seed", "1"], []], ids=["other-config", "same-config"])
+def test_two_exports_into_one_folder_one_refuses_the_other_verifies(table, tokenizer_path, tmp_path, second):
+    out = tmp_path / "o"
+    a, b = concurrent_exports(table, str(out), tokenizer_path, lambda: any(out.glob(".wdspq-spill-*/chunk-*.bin")),
+                              second)
+    assert_refused(b, a[3])
+    assert a[0] == 0 and a[1].startswith("wrote "), a
+    report = verify_shards(str(out), progress=False)
+    assert report.ok, report.problems
+    assert json.loads((out / "manifest.json").read_text())["seed"] == 0
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # lock and spill removed
+
+
+def test_two_exports_into_one_s3_prefix_one_refuses_the_other_verifies(table, tokenizer_path, tmp_path, s3_bucket):
+    spill = tmp_path / "tmp"
+    spill.mkdir()
+    a, b = concurrent_exports(table, s3_bucket, tokenizer_path, lambda: any(spill.glob("wdspq-spill-*/chunk-*.bin")),
+                              ["--seed", "1"], TMPDIR=str(spill))
+    assert_refused(b, a[3])
+    assert a[0] == 0, a
+    report = verify_shards(s3_bucket, progress=False)
+    assert report.ok, report.problems
+    from wdspq.storage import open_storage
+
+    assert ".wdspq-lock" not in open_storage(s3_bucket).list("")  # released
+
+
+def test_lock_of_a_killed_export_is_taken_over(table, tokenizer_path, tmp_path):
+    out = tmp_path / "o"
+    a = start(cli(table, str(out), tokenizer_path))
+    wait_for(lambda: any(out.glob(".wdspq-spill-*/chunk-*.bin")), a)
+    os.killpg(a.pid, signal.SIGKILL)
+    a.wait()
+    assert (out / ".wdspq-lock").exists()  # left behind, but no longer held
+    done = run(cli(table, str(out), tokenizer_path))
+    assert done.returncode == 0, done.stderr
+    assert verify_shards(str(out), progress=False).ok
+
+
+def _put_lock(s3_url: str, info: dict) -> None:
+    from wdspq.storage import open_storage
+
+    open_storage(s3_url).put_bytes(".wdspq-lock", json.dumps(info).encode())
+
+
+def test_s3_lock_fresh_refuses_stale_is_taken_over(table, tokenizer_path, s3_bucket, tmp_path, monkeypatch):
+    from wdspq.export.lock import LockError, S3Lock
+    from wdspq.storage import open_storage
+
+    storage = open_storage(s3_bucket)
+    now = time.time()
+    _put_lock(s3_bucket, {"host": "elsewhere", "pid": 4242, "started": "2026-01-01 00:00:00 UTC", "heartbeat_unix": now})
+    with pytest.raises(LockError, match=r"host elsewhere, pid 4242, since 2026-01-01 00:00:00 UTC"):
+        S3Lock(storage).acquire()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that is not running on this host
+    _put_lock(s3_bucket, {"host": socket.gethostname(), "pid": dead.pid, "heartbeat_unix": now})
+    lock = S3Lock(storage)
+    lock.acquire()  # the holder died: taken over
+    with pytest.raises(LockError, match=f"pid {os.getpid()},"):
+        S3Lock(storage).acquire()  # ours is fresh: a second writer is refused
+    lock.release()
+    assert ".wdspq-lock" not in storage.list("")
+    monkeypatch.setenv("WDSPQ_LOCK_LEASE_SEC", "1")
+    _put_lock(s3_bucket, {"host": "elsewhere", "pid": 4242, "heartbeat_unix": now - 60})
+    time.sleep(1.1)  # the server's LastModified of the lock object also ages past the lease
+    lock = S3Lock(storage)
+    lock.acquire()  # not refreshed within its lease: taken over
+    lock.release()
+
+
+def test_s3_lock_lost_to_a_takeover_stops_the_holder(s3_bucket, monkeypatch):
+    from wdspq.export.lock import LockError, S3Lock
+    from wdspq.storage import open_storage
+
+    storage = open_storage(s3_bucket)
+    lock = S3Lock(storage)
+    lock.acquire()
+    lock._stop.set()  # a holder that stopped refreshing (e.g. suspended)
+    lock._thread.join()
+    _put_lock(s3_bucket, {"host": "elsewhere", "pid": 4242, "heartbeat_unix": time.time()})  # taken over
+    lock._stop.clear()
+    lock.lease = 0.2
+    lock._beat()
+    with pytest.raises(LockError, match="lost its lock"):
+        lock.check()
+    lock.release()
+    assert ".wdspq-lock" in storage.list("")  # the new holder's lock is left alone
+
+
+def test_rerun_of_a_finished_export_says_already_complete(table, tokenizer_path, tmp_path):
+    out = tmp_path / "o"
+    first = run(cli(table, str(out), tokenizer_path))
+    assert first.returncode == 0 and first.stdout.startswith("wrote "), first.stderr
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    again = run(cli(table, str(out), tokenizer_path))  # --no-progress: the outcome is still said
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("already complete: ") and "wrote" not in again.stdout, again.stdout
+    assert again.stderr == ""
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_rerun_into_a_read_only_finished_export(table, tokenizer_path, tmp_path):
+    out, ro = tmp_path / "o", tmp_path / "ro"
+    assert run(cli(table, str(out), tokenizer_path)).returncode == 0
+    ro.mkdir()
+    if os.geteuid() != 0:
+        out.chmod(0o555)
+        target = out
+    else:  # root writes through permissions: a read-only bind mount instead
+        if subprocess.run(["mount", "--bind", str(out), str(ro)], capture_output=True).returncode != 0:
+            pytest.skip("cannot make a read-only folder (root, and bind mounts are not permitted)")
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], check=True)
+        target = ro
+    try:
+        again = run(cli(table, str(target), tokenizer_path))
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.startswith("already complete: "), again.stdout
+        other = run(cli(table, str(target), tokenizer_path, "--seed", "1", "--overwrite"))
+        assert other.returncode == 2 and len(other.stderr.strip().splitlines()) == 1, other.stderr
+        assert str(target) in other.stderr
+    finally:
+        if target is ro:
+            subprocess.run(["umount", str(ro)], check=True)
+        else:
+            out.chmod(0o755)
