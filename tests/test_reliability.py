@@ -207,3 +207,98 @@ def test_rerun_into_a_read_only_finished_export(table, tokenizer_path, tmp_path)
             subprocess.run(["umount", str(ro)], check=True)
         else:
             out.chmod(0o755)
+
+
+# -- a full disk ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """An 8 MiB tmpfs (root only); `small_disk.grow()` frees space by enlarging it to 64 MiB."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {res.stderr.strip()}")
+
+    class Disk(type(disk)):  # a Path with a grow() method
+        def grow(self) -> None:
+            subprocess.run(["mount", "-o", "remount,size=64m", str(self)], check=True)
+
+    try:
+        yield Disk(disk)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def big_table(tmp_path_factory) -> Path:
+    """About 15 MiB of uncompressed windows: more than the small disk holds."""
+    from wdspq.build import build_synthetic
+
+    path = tmp_path_factory.mktemp("rel") / "big.parquet"
+    build_synthetic(path, episodes=48, seconds=2.0, image_size=8, video_size=16, seed=2, progress=False)
+    return path
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(str(p) for p in folder.rglob("*") if ".tmp-" in p.name or "staging" in p.name)
+
+
+def test_disk_full_names_the_path_leaves_nothing_partial_and_the_rerun_checks_space(big_table, tokenizer_path,
+                                                                                   small_disk):
+    out = small_disk / "o"
+    full = run(cli(big_table, str(out), tokenizer_path, "--force"))
+    assert full.returncode == 2, full
+    line = full.stderr.strip()
+    assert len(line.splitlines()) == 1 and "No space left on device" in line, line
+    assert f"{out}/" in line and "cannot write" in line, line  # the file it could not write
+    assert _leftovers(small_disk) == []  # no partial spill or shard file keeps the disk full
+    again = run(cli(big_table, str(out), tokenizer_path))  # the spill folder exists: still checked
+    assert again.returncode == 2 and "not enough space" in again.stderr, again.stderr
+    small_disk.grow()
+    done = run(cli(big_table, str(out), tokenizer_path))
+    assert done.returncode == 0, done.stderr
+    assert verify_shards(str(out), progress=False).ok
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+
+def test_disk_full_in_a_given_spill_dir_leaves_no_partial_file(big_table, tokenizer_path, small_disk, tmp_path):
+    out, spill = tmp_path / "o", small_disk / "spill"
+    full = run(cli(big_table, str(out), tokenizer_path, "--force", "--spill-dir", str(spill)))
+    assert full.returncode == 2 and f"{spill}/" in full.stderr and "No space left" in full.stderr, full.stderr
+    assert _leftovers(small_disk) == []
+    small_disk.grow()
+    done = run(cli(big_table, str(out), tokenizer_path, "--spill-dir", str(spill)))
+    assert done.returncode == 0, done.stderr
+    assert _leftovers(small_disk) == [] and not (spill / ".wdspq-lock").exists()
+    assert verify_shards(str(out), progress=False).ok
+
+
+def test_disk_full_injected_names_the_path_and_leaves_nothing_partial(table, tokenizer_path, tmp_path, monkeypatch):
+    """The same without a tmpfs: ENOSPC injected into the spill writes (and into a shard's staging file)."""
+    import errno
+
+    import wdspq.export.phases as phases
+    from wdspq import WdspqError, WindowSpec, export_shards
+
+    spec = WindowSpec(acts_length_sec=0.1, obs_length_sec=0.1, stride=2, max_text_tokens=8)
+    kw = dict(tokenizer=tokenizer_path, samples_per_shard=40, progress=False)
+    out = tmp_path / "o"
+    real_write, calls = phases._write, [0]
+
+    class Full:
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")  # as a full disk does: no file named
+
+    def full_write(f, data, path):
+        calls[0] += 1
+        real_write(Full() if calls[0] > 50 else f, data, path)
+
+    monkeypatch.setattr(phases, "_write", full_write)
+    with pytest.raises(WdspqError, match=r"/chunk-\d{6}\.bin: cannot write the spill file: No space left on device"):
+        export_shards(table, out, spec, **kw)
+    assert _leftovers(out) == []
+    monkeypatch.undo()
+    export_shards(table, out, spec, **kw)
+    assert verify_shards(str(out), progress=False).ok and _leftovers(out) == []
