@@ -302,3 +302,52 @@ def test_disk_full_injected_names_the_path_and_leaves_nothing_partial(table, tok
     monkeypatch.undo()
     export_shards(table, out, spec, **kw)
     assert verify_shards(str(out), progress=False).ok and _leftovers(out) == []
+
+
+# -- an export rewritten under a running stream -----------------------------------------------------
+
+
+def _samples(batch: dict) -> list[tuple[int, str]]:
+    """(window_index, digest of every tensor's row) of each sample of a batch."""
+    import hashlib
+
+    keys = sorted(k for k, v in batch.items() if hasattr(v, "shape"))
+    out = []
+    for i in range(len(batch["window_index"])):
+        h = hashlib.sha256()
+        for k in keys:
+            h.update(k.encode() + batch[k][i].contiguous().numpy().tobytes())
+        out.append((int(batch["window_index"][i]), h.hexdigest()))
+    return out
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("change", [["--seed", "1"], ["--obs-offset-sec", "-0.05"]], ids=["seed", "obs-offset"])
+def test_overwrite_under_a_running_stream_never_mixes_two_exports(table, tokenizer_path, tmp_path, change, num_workers):
+    from wdspq import ShardStream, StreamLoader
+    from wdspq.errors import ExportChangedError
+
+    out = tmp_path / "o"
+    assert run(cli(table, str(out), tokenizer_path)).returncode == 0
+    ref_loader = StreamLoader(ShardStream(out, seed=3), batch_size=8, num_workers=num_workers)
+    reference = [s for b in ref_loader for s in _samples(b)]  # the epoch's order depends on the topology
+    assert len({w for w, _ in reference}) == len(reference)  # one epoch: every window once
+    loader = StreamLoader(ShardStream(out, seed=3), batch_size=8, num_workers=num_workers)
+    it = iter(loader)
+    got = [s for _ in range(50) for s in _samples(next(it))]  # paused after 50 batches
+    over = run(cli(table, str(out), tokenizer_path, *change, "--overwrite"))
+    assert over.returncode == 0, over.stderr
+    error = None
+    try:
+        for b in it:
+            got += _samples(b)
+    except ExportChangedError as e:
+        error = str(e)
+    windows = [w for w, _ in got]
+    assert len(set(windows)) == len(windows), f"{len(windows) - len(set(windows))} windows delivered twice"
+    assert got == reference[: len(got)], "samples of the new export were delivered in the old export's epoch"
+    if error is None:
+        assert len(got) == len(reference)  # finished on the old export
+    else:
+        assert f"{out}/manifest.json" in error and "changed while it was being read" in error, error
+        assert "stopped before shard shard-" in error  # (from a DataLoader worker torch adds its traceback)
