@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-REPEATS = 10
+REPEATS = 12
 ARGS = ["--acts-length-sec", "0.1", "--obs-length-sec", "0.1", "--stride", "2", "--max-text-tokens", "8",
         "--samples-per-shard", "40", "--seed", "0", "--no-progress", "--workers", "2"]
 INTERRUPTED = "wdspq: interrupted; re-run the same command to resume (committed shards are kept)"
@@ -47,11 +47,14 @@ def test_sigterm_to_a_two_worker_export_at_random_points(tmp_path, tokenizer_pat
     stopped = 0
     for i in range(REPEATS):
         proc = _start(table, out, tokenizer_path)
-        have, goal = _progress(out), rng.randint(1, 12)
-        end = time.monotonic() + 120
-        while _progress(out) < have + goal and proc.poll() is None and time.monotonic() < end:
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0, 0.05))
+        if i % 3 == 0:  # during start-up (imports, tokenizer, tuning): where finalizers run
+            time.sleep(rng.uniform(0.3, 3.0))
+        else:  # during the spill or the assembly, after a random amount of progress
+            have, goal = _progress(out), rng.randint(1, 12)
+            end = time.monotonic() + 120
+            while _progress(out) < have + goal and proc.poll() is None and time.monotonic() < end:
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0, 0.05))
         group = i % 2 == 0  # a scheduler signals the group; `kill PID` only the export process
         try:
             if group:

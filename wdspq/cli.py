@@ -553,9 +553,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in args_list[:cut]
     if debug:
         args_list = [a for i, a in enumerate(args_list) if not (a == "--debug" and i < cut)]
-    previous = None
+    previous = previous_alarm = None
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        previous_alarm = signal.signal(signal.SIGALRM, interrupt.on_alarm)  # a SIGTERM raised once safe
     except ValueError:  # not the main thread
         pass
     hint = "; re-run the same command to resume (committed shards are kept)" if "export" in args_list[:1] else ""
@@ -589,3 +590,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if previous_alarm is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous_alarm)
