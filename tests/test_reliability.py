@@ -351,3 +351,51 @@ def test_overwrite_under_a_running_stream_never_mixes_two_exports(table, tokeniz
     else:
         assert f"{out}/manifest.json" in error and "changed while it was being read" in error, error
         assert "stopped before shard shard-" in error  # (from a DataLoader worker torch adds its traceback)
+
+
+# -- SIGTERM ----------------------------------------------------------------------------------------
+
+
+def test_sigterm_landing_in_a_finalizer_still_stops_the_export(monkeypatch, capsys, tmp_path):
+    """A SIGTERM whose handler runs inside a finalizer (`__del__`: Python prints and swallows what it
+    raises) must still stop the command: exit code 130 and one line, not a success."""
+    import wdspq.export as ex
+    from wdspq.cli import main as cli_main
+
+    class Finalized:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs before this frame returns
+
+    def export_shards(*a, **k):
+        Finalized()  # collected at once: the signal lands in its __del__
+        time.sleep(0.5)  # the export goes on working
+        return {"num_windows": 1, "shards": [{"bytes": 1}]}
+
+    monkeypatch.setattr(ex, "export_shards", export_shards)
+    rc = cli_main(["export", str(tmp_path / "t.parquet"), str(tmp_path / "o"), "--no-progress"])
+    captured = capsys.readouterr()
+    assert rc == 130, captured
+    assert captured.err.splitlines() == [
+        "wdspq: interrupted; re-run the same command to resume (committed shards are kept)"], captured.err
+    assert "wrote" not in captured.out
+
+
+_IDLE_WORKERS = """
+import os, signal, sys, time
+from wdspq import cli
+from wdspq.export.pool import Workers
+signal.signal(signal.SIGTERM, cli._on_sigterm)  # as under `wdspq export`
+pool = Workers(2, {})
+assert sorted(pool.run(abs, [-1, -2, -3, -4])) == [1, 2, 3, 4]  # the workers are up, now idle
+for p in list(pool.pool._processes.values()):
+    os.kill(p.pid, signal.SIGTERM)  # what a scheduler's SIGTERM to the process group does to them
+    p.join(30)
+print("workers gone", flush=True)
+os._exit(0)
+"""
+
+
+def test_sigterm_to_idle_workers_prints_no_traceback():
+    res = run([sys.executable, "-c", _IDLE_WORKERS], timeout=120)
+    assert res.stdout == "workers gone\n", res
+    assert res.stderr == "", res.stderr  # no "Process ForkProcess-1: Traceback ..." per worker
