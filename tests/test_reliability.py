@@ -324,11 +324,20 @@ def _samples(batch: dict) -> list[tuple[int, str]]:
 @pytest.mark.parametrize("num_workers", [0, 2])
 @pytest.mark.parametrize("change", [["--seed", "1"], ["--obs-offset-sec", "-0.05"]], ids=["seed", "obs-offset"])
 def test_overwrite_under_a_running_stream_never_mixes_two_exports(table, tokenizer_path, tmp_path, change, num_workers):
+    overwrite_under_a_stream(table, tokenizer_path, str(tmp_path / "o"), change, num_workers)
+
+
+def test_overwrite_under_a_running_s3_stream_never_mixes_two_exports(table, tokenizer_path, s3_bucket):
+    overwrite_under_a_stream(table, tokenizer_path, s3_bucket, ["--seed", "1"], 0)
+
+
+def overwrite_under_a_stream(table: Path, tokenizer_path: str, out: str, change: list[str], num_workers: int) -> None:
+    """Stream an epoch, pause after 50 batches, overwrite the export, go on: the samples delivered are a
+    prefix of the old export's epoch (or all of it), never a sample of the new one, or twice."""
     from wdspq import ShardStream, StreamLoader
     from wdspq.errors import ExportChangedError
 
-    out = tmp_path / "o"
-    assert run(cli(table, str(out), tokenizer_path)).returncode == 0
+    assert run(cli(table, out, tokenizer_path)).returncode == 0
     ref_loader = StreamLoader(ShardStream(out, seed=3), batch_size=8, num_workers=num_workers)
     reference = [s for b in ref_loader for s in _samples(b)]  # the epoch's order depends on the topology
     assert len({w for w, _ in reference}) == len(reference)  # one epoch: every window once

@@ -593,3 +593,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         if previous_alarm is not None:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous_alarm)
+        interrupt.reset()  # handled: a later call in this process (an API user, a test) starts clean

@@ -179,6 +179,8 @@ class S3Lock:
             if _status(e) == 404:
                 return None
             raise self.storage._error(e, LOCK_NAME, "read the export lock") from None
+        except Exception as e:  # network faults: a StorageError naming the lock object
+            raise self.storage._error(e, LOCK_NAME, "read the export lock") from None
         return _parse(data), resp.get("ETag", ""), resp["LastModified"].timestamp()
 
     def _stale(self, info: dict[str, Any], modified: float) -> bool:
@@ -207,6 +209,10 @@ class S3Lock:
                     continue
                 if status not in (409, 412):
                     raise self.storage._error(e, LOCK_NAME, "create the export lock") from None
+            except WdspqError:
+                raise
+            except Exception as e:
+                raise self.storage._error(e, LOCK_NAME, "create the export lock") from None
             held = self._held()
             if held is None:
                 continue  # released meanwhile: try again
