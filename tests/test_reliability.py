@@ -321,8 +321,9 @@ def _samples(batch: dict) -> list[tuple[int, str]]:
     return out
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
-@pytest.mark.parametrize("change", [["--seed", "1"], ["--obs-offset-sec", "-0.05"]], ids=["seed", "obs-offset"])
+@pytest.mark.parametrize("num_workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("change", [["--seed", "1"], pytest.param(["--obs-offset-sec", "-0.05"], marks=pytest.mark.slow)],
+                         ids=["seed", "obs-offset"])
 def test_overwrite_under_a_running_stream_never_mixes_two_exports(table, tokenizer_path, tmp_path, change, num_workers):
     overwrite_under_a_stream(table, tokenizer_path, str(tmp_path / "o"), change, num_workers)
 
