@@ -409,3 +409,21 @@ def test_sigterm_to_idle_workers_prints_no_traceback():
     res = run([sys.executable, "-c", _IDLE_WORKERS], timeout=120)
     assert res.stdout == "workers gone\n", res
     assert res.stderr == "", res.stderr  # no "Process ForkProcess-1: Traceback ..." per worker
+
+
+_BUSY_WORKERS = """
+import time
+from wdspq.export.pool import Workers
+pool = Workers(2, {})
+try:
+    for _ in pool.run(time.sleep, [0, 600, 600, 600]):
+        raise KeyboardInterrupt  # the export stops (a signal, an error) while two jobs still run
+except KeyboardInterrupt:
+    pool.close(abort=True)  # terminates them: no waiting on a job, or on a worker blocked on a pipe
+print("closed", flush=True)
+"""
+
+
+def test_an_aborted_pool_does_not_wait_for_running_jobs():
+    res = run([sys.executable, "-c", _BUSY_WORKERS], timeout=120)  # the jobs would take 10 minutes
+    assert res.returncode == 0 and res.stdout == "closed\n" and res.stderr == "", res

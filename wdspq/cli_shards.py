@@ -115,7 +115,10 @@ def add_export(sub: Any) -> None:
             "an export that would not fit is refused unless --force.\n\n"
             "Shards appear under their final names only when complete and the manifest is written last. "
             "An interrupted export keeps its spill folder: re-run the same command to reuse what is done. "
-            "An OUT holding an export with another configuration is refused unless --overwrite."
+            "An OUT holding an export with another configuration is refused unless --overwrite. One export "
+            "writes into OUT at a time: a second is refused, naming the running one (host, pid, since); the lock "
+            "of a crashed export is taken over (docs/reliability.md). SIGTERM or Ctrl-C stops the export with "
+            "exit code 130; re-run the same command to resume."
         ),
         formatter_class=_cli._formatter,
     )
