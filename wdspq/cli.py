@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from . import interrupt
 from ._version import __version__
 from .cli_import import add_build_lerobot, add_build_robomimic, episodes_arg
 from .cli_shards import add_export, add_verify
@@ -556,12 +557,8 @@ def _os_error_text(e: OSError) -> str:
     return str(e)
 
 
-class _Terminated(BaseException):
-    """SIGTERM, turned into an exception so builders clean up their temporary files."""
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise _Terminated()
+_Terminated = interrupt.Terminated
+_on_sigterm = interrupt.on_sigterm
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -571,19 +568,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in args_list[:cut]
     if debug:
         args_list = [a for i, a in enumerate(args_list) if not (a == "--debug" and i < cut)]
-    previous = None
+    previous = previous_alarm = None
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        previous_alarm = signal.signal(signal.SIGALRM, interrupt.on_alarm)  # a SIGTERM raised once safe
     except ValueError:  # not the main thread
         pass
     from .s3_time import S3_TIMEOUT_ENV
 
     env_timeout = os.environ.get(S3_TIMEOUT_ENV)
+    hint = "; re-run the same command to resume (committed shards are kept)" if "export" in args_list[:1] else ""
+    interrupt.reset()
     try:
         args = make_parser().parse_args(args_list)
         if getattr(args, "s3_timeout", None) is not None:  # S3Storage objects (and worker processes) read it
             os.environ[S3_TIMEOUT_ENV] = repr(float(args.s3_timeout))
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        if interrupt.requested():  # a SIGTERM whose exception was swallowed (e.g. raised in a finalizer)
+            print(f"wdspq: interrupted{hint}", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        return code
     except SystemExit as e:  # --help
         return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_ERROR)
     except UsageError as e:
@@ -592,13 +596,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (WdspqError, OSError, ValueError) as e:
         if debug:
             traceback.print_exc()
+        if interrupt.requested():  # the error is a consequence of the SIGTERM (e.g. workers it stopped)
+            print(f"wdspq: interrupted{hint}", file=sys.stderr)
+            return EXIT_INTERRUPTED
         text = _os_error_text(e) if isinstance(e, OSError) and not isinstance(e, WdspqError) else str(e)
         print(f"wdspq: error: {_one_line(text)}", file=sys.stderr)
         return EXIT_ERROR
     except (KeyboardInterrupt, _Terminated):
         if debug:
             traceback.print_exc()
-        hint = "; re-run the same command to resume (committed shards are kept)" if "export" in args_list[:1] else ""
         print(f"wdspq: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
@@ -608,3 +614,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.environ.pop(S3_TIMEOUT_ENV, None)
         else:
             os.environ[S3_TIMEOUT_ENV] = env_timeout
+        if previous_alarm is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous_alarm)
+        interrupt.reset()  # handled: a later call in this process (an API user, a test) starts clean

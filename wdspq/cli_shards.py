@@ -119,7 +119,10 @@ def add_export(sub: Any) -> None:
             "an export that would not fit is refused unless --force.\n\n"
             "Shards appear under their final names only when complete and the manifest is written last. "
             "An interrupted export keeps its spill folder: re-run the same command to reuse what is done. "
-            "An OUT holding an export with another configuration is refused unless --overwrite."
+            "An OUT holding an export with another configuration is refused unless --overwrite. One export "
+            "writes into OUT at a time: a second is refused, naming the running one (host, pid, since); the lock "
+            "of a crashed export is taken over (docs/reliability.md). SIGTERM or Ctrl-C stops the export with "
+            "exit code 130; re-run the same command to resume."
         ),
         formatter_class=_cli._formatter,
     )
@@ -172,6 +175,7 @@ def run_export(args: argparse.Namespace) -> int:
                         quality=args.jpeg_quality, subsampling=args.jpeg_subsampling,
                         delta=not args.no_delta, dictionary=not args.no_dictionary)
     t = time.perf_counter()
+    report: dict[str, Any] = {}
     m = export_shards(
         args.table, args.out, spec,
         tokenizer=args.tokenizer,
@@ -187,6 +191,7 @@ def run_export(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=_cli._progress(args),
         overwrite=args.overwrite,
+        report=report,
     )
     dt = time.perf_counter() - t
     if args.dry_run:
@@ -194,6 +199,10 @@ def run_export(args: argparse.Namespace) -> int:
         return 0
     n = m["num_windows"]
     total = sum(s["bytes"] for s in m["shards"])
+    if report.get("outcome") == "complete":  # nothing was written: say so (the folder may even be read-only)
+        print(f"already complete: {args.out} holds this export ({n} windows in {len(m['shards'])} shards, "
+              f"{_cli._bytes_text(total)}, all intact); nothing written")
+        return 0
     print(
         f"wrote {n} windows in {len(m['shards'])} shards to {args.out} ({_cli._bytes_text(total)}, "
         f"{total / max(n, 1):.0f} bytes/sample) in {dt:.1f} s ({n / max(dt, 1e-9):.0f} windows/s)"

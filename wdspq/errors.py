@@ -37,3 +37,8 @@ class StateError(WdspqError):
 
 class StorageError(WdspqError):
     """Reading or writing local files or S3 objects failed (after retries, where retries apply)."""
+
+
+class ExportChangedError(ShardError):
+    """The export was rewritten (e.g. `wdspq export --overwrite`) while a reader was using it: reading on
+    would mix two exports, so this is raised under every error policy."""

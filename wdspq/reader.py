@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ShardError, StorageError, WdspqError
+from .errors import ExportChangedError, ShardError, StorageError, WdspqError
 from .shardfmt import Manifest, SampleCodec, read_records, read_run
 
 logger = logging.getLogger("wdspq")
@@ -241,6 +241,8 @@ class SampleReader:
                         sample = next(it)
                     except StopIteration:
                         break
+                    except ExportChangedError:
+                        raise  # never skipped: reading on would mix two exports
                     except WdspqError as e:
                         error = e
                         break

@@ -216,6 +216,11 @@ class Storage(ABC):
     def exists(self, name: str) -> bool:
         """Whether `name` exists (on S3 a missing bucket raises instead of answering False)."""
 
+    def stamp(self, name: str) -> str | None:
+        """A token that changes whenever object `name` is replaced (None: missing). Readers compare the
+        manifest's stamp at each shard open to notice an export rewritten under them."""
+        return None
+
     @abstractmethod
     def list(self, prefix: str = "") -> list[str]:
         """Sorted names under the root that start with `prefix` (a plain string prefix, as on S3).
@@ -298,6 +303,15 @@ class LocalStorage(Storage):
     def exists(self, name: str) -> bool:
         return self._path(name).is_file()
 
+    def stamp(self, name: str) -> str | None:
+        try:
+            st = self._path(name).stat()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"{self.url(name)}: cannot stat: {exc}") from exc
+        return f"{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"  # a commit is a new inode
+
     def list(self, prefix: str = "") -> list[str]:
         base = self.root
         head, sep, _ = prefix.rpartition("/")
@@ -327,8 +341,11 @@ class LocalStorage(Storage):
     def put_bytes(self, name: str, data: bytes) -> None:
         tmp = self.staging_path(name)
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+            except OSError as exc:  # e.g. ENOSPC, which names no file by itself
+                raise StorageError(f"{self.url(name)}: cannot write {tmp}: {exc.strerror or exc}") from None
             self.commit(tmp, name)
         except BaseException:
             self.discard(tmp)
@@ -652,6 +669,10 @@ class S3Storage(Storage):
 
     def exists(self, name: str) -> bool:
         return self._head(name, "exists") is not None
+
+    def stamp(self, name: str) -> str | None:
+        head = self._head(name, "stamp")
+        return None if head is None else f"{head.get('ETag')}:{head.get('LastModified')}"
 
     def list(self, prefix: str = "") -> list[str]:
         root = f"{self.prefix}/" if self.prefix else ""

@@ -38,12 +38,18 @@ class Journal:
         self.f = open(path, "a", encoding="utf-8")
 
     def append(self, entry: dict[str, Any]) -> None:
-        self.f.write(json.dumps({"config": self.digest, "entry": entry}, sort_keys=True) + "\n")
-        self.f.flush()
-        os.fsync(self.f.fileno())
+        try:
+            self.f.write(json.dumps({"config": self.digest, "entry": entry}, sort_keys=True) + "\n")
+            self.f.flush()
+            os.fsync(self.f.fileno())
+        except OSError as e:
+            raise WdspqError(f"{self.f.name}: cannot write the export journal: {e.strerror or e}") from None
 
     def close(self) -> None:
-        self.f.close()
+        try:
+            self.f.close()
+        except OSError:
+            pass  # a line cut by a full disk: that shard is simply redone by the re-run
 
 
 def _intact(storage: Storage, name: str, size: int, sha256: str) -> bool:

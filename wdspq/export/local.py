@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from .. import interrupt
 from .._version import __version__
 from ..errors import WdspqError
 from ..schema import read_meta
@@ -48,11 +49,13 @@ from ..storage import open_storage
 from ..table_dataset import ParquetWindowDataset
 from ..windows import WINDOW_RULES_VERSION, WindowSpec
 from .journal import JOURNAL_NAME, Journal, config_difference, existing_manifest, read_journal, shard_intact
+from .lock import LocalLock, export_lock
 from .phases import assemble_shard, shard_name, spill_chunk
 from .plan import (
     SPILL_PREFIX,
     check_int,
     config_digest,
+    credit_existing,
     default_spill_dir,
     estimate_export,
     shard_assignment,
@@ -98,6 +101,7 @@ def export_shards(
     force: bool = False,
     engine: str = "local",
     ray_address: str | None = None,
+    report: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Export every window of `table` into WebDataset shards under `out` (a folder or `s3://bucket/prefix`).
 
@@ -122,6 +126,10 @@ def export_shards(
     - `engine="ray"` runs the same jobs as Ray tasks (`ray_address`: an existing cluster, e.g. "auto";
       default: the cluster `ray.init()` finds or starts); the output is byte-identical to the local
       engine. On a cluster the table and the spill folder must be on a file system every node sees.
+    - One writer at a time: the export holds a lock on `out` (and on a spill folder outside it) while it
+      writes; a second export into the same output is refused naming the running one (host, pid,
+      since). A crashed export's lock is taken over (docs/reliability.md).
+    - `report`: if given, `report["outcome"]` is set to "written" or "complete" (a finished export reused).
     """
     if engine not in ("local", "ray"):
         raise WdspqError(f"export: engine must be 'local' or 'ray', got {engine!r}")
@@ -168,26 +176,75 @@ def export_shards(
         options.setdefault("staging_dir", str(spill_root))
     storage = open_storage(out, **options)
 
-    # An export already there: same configuration -> reuse; another -> refuse unless overwrite.
-    candidates: dict[str, dict[str, Any]] = {}
+    # An export already there: same configuration and intact -> reuse, without taking the lock (the
+    # output may be read-only); otherwise this export must own the output while it writes.
     existing, unusable = existing_manifest(storage)
+    if existing is not None and not unusable and existing.get("export_config_digest") == digest:
+        entries = existing.get("shards", [])
+        if len(entries) == len(shards_windows) and all(shard_intact(storage, e) for e in entries):
+            _say(progress and report is None, f"export: {storage.url()} already holds this export ({len(entries)} shards intact); reused")
+            if report is not None:
+                report["outcome"] = "complete"
+            return existing
+    locks = [export_lock(storage, out)]
+    if out.startswith("s3://") or not _inside(spill_root, Path(out)):  # a spill folder another export may share
+        locks.append(LocalLock(spill_root, "spill folder"))
+    try:
+        for lock in locks:
+            lock.acquire()
+        manifest = _export_locked(
+            ds, enc, config, digest, storage, out, table, spec, spill_root, own_spill, shards_windows,
+            overwrite, force, progress, engine, ray_address, workers, samples_per_shard, seed, shuffle, locks[0])
+    finally:
+        for lock in reversed(locks):
+            lock.release()
+    if report is not None:
+        report["outcome"] = "written"
+    return manifest
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.absolute().relative_to(folder.absolute())
+        return True
+    except ValueError:
+        return False
+
+
+def _remove_stale_staging(spill_root: Path, out: str) -> None:
+    """Staging files of earlier runs that died (this run holds the lock, so none is in use): they can be
+    large (a partial spill or shard) and would keep a full disk full."""
+    for p in spill_root.glob("*.tmp-*"):
+        p.unlink(missing_ok=True)
+    for p in spill_root.glob("wdspq-s3-staging-*"):
+        shutil.rmtree(p, ignore_errors=True)
+    if not out.startswith("s3://") and Path(out).is_dir():
+        for p in Path(out).glob(".shard-*.tmp-*"):
+            p.unlink(missing_ok=True)
+
+
+def _export_locked(ds: Any, enc: Encoding, config: dict[str, Any], digest: str, storage: Any, out: str, table: str,
+                   spec: WindowSpec, spill_root: Path, own_spill: bool, shards_windows: list[np.ndarray],
+                   overwrite: bool, force: bool, progress: bool, engine: str, ray_address: str | None, workers: int,
+                   samples_per_shard: int, seed: int, shuffle: bool, lock: Any) -> dict[str, Any]:
+    """The export proper, run while this process holds the output's lock."""
+    n = len(ds)
+    candidates: dict[str, dict[str, Any]] = {}
+    existing, unusable = existing_manifest(storage)  # again: it may have changed before the lock was taken
     if existing is not None:
-        same = not unusable and existing.get("export_config_digest") == digest
-        if same:
-            entries = existing.get("shards", [])
-            if len(entries) == len(shards_windows) and all(shard_intact(storage, e) for e in entries):
-                _say(progress, f"export: {storage.url()} already holds this export ({len(entries)} shards intact); reused")
-                return existing
-            candidates = {e["name"]: e for e in entries if isinstance(e, dict) and "name" in e}
+        if not unusable and existing.get("export_config_digest") == digest:
+            candidates = {e["name"]: e for e in existing.get("shards", []) if isinstance(e, dict) and "name" in e}
         elif not overwrite:
             why = unusable or config_difference(existing.get("export_config"), config)
             raise WdspqError(
                 f"{storage.url(MANIFEST_NAME)}: the output already holds an export and {why}; "
                 "pass overwrite=True (wdspq export --overwrite) to replace it, or choose another output"
             )
+    _remove_stale_staging(spill_root, out)
     codec = tune_codec(ds, enc)  # after the reuse check: a finished export is returned without it
-    if not spill_root.exists() and not force:
-        problem = space_problem(estimate_export(ds, codec, samples_per_shard, out, spill_root, config["table"]["bytes"]))
+    if not force:  # also on a re-run: what is already spilled is space it will not need again
+        est = estimate_export(ds, codec, samples_per_shard, out, spill_root, config["table"]["bytes"])
+        problem = space_problem(credit_existing(est, spill_root))
         if problem:
             raise WdspqError(f"export: not enough space: {problem}; free some or pass force=True (--force)")
     if existing is not None:
@@ -205,49 +262,53 @@ def export_shards(
     else:
         pool = Workers(workers, state)
     journal = Journal(journal_path, digest)
+    aborted = True
     try:
-        # Phase 1: spill (chunk jobs, windows/s progress).
-        # window -> chunk, offset and length in the spill files (16 bytes a window: the export's only
-        # per-window memory besides the shard order's 4)
-        loc_chunk, loc_off, loc_len = np.zeros(n, np.int32), np.zeros(n, np.int64), np.zeros(n, np.int32)
-        frame_error = 0
-        jobs = ((c, e0, min(e0 + EPISODES_PER_CHUNK, ds.num_episodes))
-                for c, e0 in enumerate(range(0, ds.num_episodes, EPISODES_PER_CHUNK)))
-        with tqdm(total=n, desc="export: cut windows", unit="win", disable=not progress, smoothing=0.1) as bar:
-            for res in pool.run(spill_chunk, jobs):
-                idx = res["index"]
-                loc_chunk[idx[:, 0]] = res["chunk"]
-                loc_off[idx[:, 0]], loc_len[idx[:, 0]] = idx[:, 1], idx[:, 2]
-                frame_error = max(frame_error, res["frame_error"])
-                bar.update(len(idx))
-        stats = table_stats(table, ds.meta)  # every table row once, in table order
+        with interrupt.deferred():  # SIGTERM is acted on at safe points while the pools run
+            # Phase 1: spill (chunk jobs, windows/s progress).
+            # window -> chunk, offset and length in the spill files (16 bytes a window: the export's only
+            # per-window memory besides the shard order's 4)
+            loc_chunk, loc_off, loc_len = np.zeros(n, np.int32), np.zeros(n, np.int64), np.zeros(n, np.int32)
+            frame_error = 0
+            jobs = ((c, e0, min(e0 + EPISODES_PER_CHUNK, ds.num_episodes))
+                    for c, e0 in enumerate(range(0, ds.num_episodes, EPISODES_PER_CHUNK)))
+            with tqdm(total=n, desc="export: cut windows", unit="win", disable=not progress, smoothing=0.1) as bar:
+                for res in pool.run(spill_chunk, jobs):
+                    idx = res["index"]
+                    loc_chunk[idx[:, 0]] = res["chunk"]
+                    loc_off[idx[:, 0]], loc_len[idx[:, 0]] = idx[:, 1], idx[:, 2]
+                    frame_error = max(frame_error, res["frame_error"])
+                    bar.update(len(idx))
+            stats = table_stats(table, ds.meta)  # every table row once, in table order
 
-        # Phase 2: assemble shards, reusing those committed intact before.
-        entries: list[dict[str, Any] | None] = [None] * len(shards_windows)
-        todo: list[int] = []
-        for i, wins in enumerate(shards_windows):
-            prev = candidates.get(shard_name(i))
-            if prev is not None and prev.get("samples") == len(wins) and shard_intact(storage, prev):
-                entries[i] = prev
-            else:
-                todo.append(i)
-        n_reused = len(shards_windows) - len(todo)
-        if n_reused:
-            _say(progress, f"export: reusing {n_reused} of {len(shards_windows)} shards written intact by an earlier run")
-        reused = sum(len(shards_windows[i]) for i in range(len(shards_windows)) if entries[i] is not None)
-        with tqdm(total=n, initial=reused, desc="export: write shards", unit="win", disable=not progress) as bar:
-            def shard_job(i: int) -> tuple[int, np.ndarray, np.ndarray]:
-                w = shards_windows[i]
-                return i, w, np.stack([loc_chunk[w].astype(np.int64), loc_off[w], loc_len[w].astype(np.int64)], axis=1)
+            # Phase 2: assemble shards, reusing those committed intact before.
+            entries: list[dict[str, Any] | None] = [None] * len(shards_windows)
+            todo: list[int] = []
+            for i, wins in enumerate(shards_windows):
+                prev = candidates.get(shard_name(i))
+                if prev is not None and prev.get("samples") == len(wins) and shard_intact(storage, prev):
+                    entries[i] = prev
+                else:
+                    todo.append(i)
+            n_reused = len(shards_windows) - len(todo)
+            if n_reused:
+                _say(progress, f"export: reusing {n_reused} of {len(shards_windows)} shards written intact by an earlier run")
+            reused = sum(len(shards_windows[i]) for i in range(len(shards_windows)) if entries[i] is not None)
+            with tqdm(total=n, initial=reused, desc="export: write shards", unit="win", disable=not progress) as bar:
+                def shard_job(i: int) -> tuple[int, np.ndarray, np.ndarray]:
+                    w = shards_windows[i]
+                    return i, w, np.stack([loc_chunk[w].astype(np.int64), loc_off[w], loc_len[w].astype(np.int64)], axis=1)
 
-            jobs2 = (shard_job(i) for i in todo)
-            for entry in pool.run(assemble_shard, jobs2, io_threads=2):  # overlaps one shard's fsync with the next
-                entries[int(entry["name"][6:12])] = entry
-                journal.append(entry)
-                bar.update(entry["samples"])
+                jobs2 = (shard_job(i) for i in todo)
+                for entry in pool.run(assemble_shard, jobs2, io_threads=2):  # overlaps one shard's fsync with the next
+                    entries[int(entry["name"][6:12])] = entry
+                    journal.append(entry)
+                    bar.update(entry["samples"])
+            lock.check()
+            aborted = False
     finally:
         journal.close()
-        pool.close()
+        pool.close(abort=aborted)
 
     stats_out = {f: st.to_dict() for f, st in stats.items()}
     manifest = {
@@ -278,15 +339,15 @@ def export_shards(
         storage.put_bytes(DICTIONARY_NAME, codec.dictionary)  # before the manifest that names it
     elif storage.exists(DICTIONARY_NAME):  # of a replaced export
         storage.delete(DICTIONARY_NAME)
+    interrupt.check()  # a SIGTERM that arrived after the pools: no manifest, the re-run finishes
+    lock.check()
     storage.put_bytes(MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True).encode())
     if own_spill:
         shutil.rmtree(spill_root, ignore_errors=True)
         if not out.startswith("s3://"):  # spill folders of interrupted exports of other configurations
-            for p in Path(out).glob(SPILL_PREFIX + "*"):
+            for p in Path(out).glob(SPILL_PREFIX + "*"):  # (the lock on out: no other export is using one)
                 shutil.rmtree(p, ignore_errors=True)
-    if not out.startswith("s3://"):  # staging files left by a killed run (the storage layer's naming)
-        for p in Path(out).glob(".shard-*.tmp-*"):
-            p.unlink(missing_ok=True)
+    _remove_stale_staging(spill_root, out)  # with --spill-dir: partial spill files of killed runs
     keep = {e["name"] for e in entries if e is not None}
     keep |= {e["index"]["name"] for e in entries if e is not None}
     for name in storage.list("shard-"):

@@ -11,6 +11,7 @@ when complete (a rename locally, an upload on S3).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from collections import OrderedDict
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import interrupt
 from ..errors import ShardError, WdspqError
 from ..shardfmt import SampleCodec, end_of_archive, index_bytes, index_name, key_of, sample_tar
 from ..storage import Storage
@@ -26,6 +28,22 @@ from ..table_dataset import ParquetWindowDataset
 from .pool import W, check_parent
 
 _OPEN_SPILLS = 64  # spill files a shard writer keeps open at once
+
+
+def disk_error(path: str | os.PathLike, e: OSError, what: str) -> WdspqError:
+    """An OSError while writing export files, as an error naming the file (ENOSPC has no filename)."""
+    if isinstance(e, WdspqError):
+        return e
+    hint = "; free space there (or pass --spill-dir on another disk for the spill) and re-run" \
+        if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    return WdspqError(f"{path}: cannot write the {what}: {e.strerror or e}{hint}")
+
+
+def _write(f: Any, data: bytes, path: Path) -> None:
+    try:
+        f.write(data)
+    except OSError as e:
+        raise disk_error(path, e, "spill file") from None
 
 
 def shard_name(i: int) -> str:
@@ -67,34 +85,47 @@ def spill_chunk(job: tuple[int, int, int]) -> dict[str, Any]:
     tmp = [p.with_name(p.name + suffix) for p in paths]
     rows: list[tuple[int, int, int]] = []
     frame_error = 0
-    with open(tmp[0], "wb") as f:
-        for ep in range(e0, e1):
-            where = f"{ds.path}: episode {ds.episode_ids[ep]!r} (row {ep})"
-            it = ds.episode_windows(ep)
-            while True:
-                try:
-                    s = next(it, None)
-                except WdspqError:
-                    raise
-                except Exception as e:  # a decoder or Arrow failure: name the episode
-                    raise ShardError(f"{where} could not be windowed: {type(e).__name__}: {e}") from e
-                if s is None:
-                    break
-                w = int(s["window_index"])
-                members = codec.encode(s, where=f"{where}, window {w}")
-                frame_error = max(frame_error, codec.frame_error(s, members))
-                blob = sample_tar(key_of(w), members)
-                rows.append((w, f.tell(), len(blob)))
-                f.write(blob)
-        f.flush()
-        os.fsync(f.fileno())
-    index = np.array(rows, dtype=np.int64).reshape(-1, 3)
-    with open(tmp[1], "wb") as f:
-        np.save(f, index)
-    with open(tmp[2], "wb") as f:
-        np.savez(f, frame_error=np.int64(frame_error))
-    for t, p in zip(tmp, paths):
-        os.replace(t, p)  # the done file last: its presence marks the chunk complete
+    try:
+        with open(tmp[0], "wb") as f:
+            for ep in range(e0, e1):
+                interrupt.check()  # in the export process (one worker); pool workers die on SIGTERM
+                where = f"{ds.path}: episode {ds.episode_ids[ep]!r} (row {ep})"
+                it = ds.episode_windows(ep)
+                while True:
+                    try:
+                        s = next(it, None)
+                    except WdspqError:
+                        raise
+                    except Exception as e:  # a decoder or Arrow failure: name the episode
+                        raise ShardError(f"{where} could not be windowed: {type(e).__name__}: {e}") from e
+                    if s is None:
+                        break
+                    w = int(s["window_index"])
+                    members = codec.encode(s, where=f"{where}, window {w}")
+                    frame_error = max(frame_error, codec.frame_error(s, members))
+                    blob = sample_tar(key_of(w), members)
+                    rows.append((w, f.tell(), len(blob)))
+                    _write(f, blob, paths[0])
+            f.flush()
+            os.fsync(f.fileno())
+        index = np.array(rows, dtype=np.int64).reshape(-1, 3)
+        for t, p, data in ((tmp[1], paths[1], index), (tmp[2], paths[2], None)):
+            try:
+                with open(t, "wb") as f:
+                    if data is None:
+                        np.savez(f, frame_error=np.int64(frame_error))
+                    else:
+                        np.save(f, data)
+            except OSError as e:
+                raise disk_error(p, e, "spill file") from None
+        for t, p in zip(tmp, paths):
+            os.replace(t, p)  # the done file last: its presence marks the chunk complete
+    except OSError as e:
+        raise disk_error(paths[0], e, "spill file") from None
+    finally:  # a partial spill file never stays behind (it could keep a full disk full)
+        for t in tmp:
+            if t.exists():
+                t.unlink(missing_ok=True)
     return {"chunk": chunk, "index": index, "frame_error": frame_error}
 
 
@@ -113,6 +144,8 @@ def assemble_shard(job: tuple[int, np.ndarray, np.ndarray]) -> dict[str, Any]:
     try:
         with open(staging, "wb") as out:
             for i, (w, (chunk, off, length)) in enumerate(zip(windows.tolist(), locations.tolist())):
+                if i % 256 == 0:
+                    interrupt.check()
                 fd = files.get(chunk)
                 if fd is None:
                     if len(files) >= _OPEN_SPILLS:
@@ -137,6 +170,9 @@ def assemble_shard(job: tuple[int, np.ndarray, np.ndarray]) -> dict[str, Any]:
         ix_name, ix_data = index_name(name), index_bytes(spans)
         storage.put_bytes(ix_name, ix_data)  # the index first: a shard under its name always has one
         storage.commit(staging, name)
+    except OSError as e:
+        storage.discard(staging)
+        raise disk_error(storage.url(name) + f" (staged at {staging})", e, "shard") from None
     except BaseException:
         storage.discard(staging)
         raise

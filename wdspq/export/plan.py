@@ -154,6 +154,23 @@ def estimate_export(ds: Any, codec: SampleCodec, samples_per_shard: int, out: st
     }
 
 
+def credit_existing(est: dict[str, Any], spill_root: Path) -> dict[str, Any]:
+    """The estimate less the spill files an earlier run of this export left (a re-run writes only the rest)."""
+    have = 0
+    if spill_root.is_dir():
+        for p in spill_root.glob("chunk-*"):
+            try:
+                have += p.stat().st_size
+            except OSError:
+                pass
+    if have:
+        dev = _device(spill_root)
+        for d in est["disks"]:
+            if _device(d["path"]) == dev:
+                d["needs"] = max(0, d["needs"] - have)
+    return est
+
+
 def space_problem(est: dict[str, Any]) -> str | None:
     """Why the estimated export does not fit (the first disk short of space), or None."""
     for d in est["disks"]:

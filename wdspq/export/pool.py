@@ -1,8 +1,15 @@
-"""The export's process pool: state installed once per worker, bounded jobs in flight, orphan exit."""
+"""The export's process pool: state installed once per worker, bounded jobs in flight, orphan exit.
+
+Signals: a worker dies quietly on SIGTERM (default action, no traceback when a scheduler signals the
+whole process group) and ignores SIGINT (Ctrl-C reaches the export process, which stops its workers).
+The export process acts on SIGTERM between results (`interrupt.check`) and on any failure terminates
+its workers instead of waiting for them (`close(abort=True)`): never a hang on a worker blocked on a pipe.
+"""
 
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import (
     FIRST_COMPLETED,
@@ -14,11 +21,17 @@ from concurrent.futures import (
 )
 from typing import Any
 
+from .. import interrupt
+
+_POLL_SEC = 0.2  # how often the export process looks at the SIGTERM flag while it waits for results
 # worker processes: state is installed once per process by the pool initializer
 W: dict[str, Any] = {}
 
 
 def init_worker(state: dict[str, Any]) -> None:
+    if state.get("parent") is not None:  # a pool process (not the export process itself)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     W.clear()
     W.update(state)
 
@@ -49,7 +62,9 @@ class Workers:
         at once in threads: for jobs that are mostly file I/O, hashing and fsync (which release the GIL) and
         share no unsynchronised state, such as writing shards."""
         if self.pool is None and io_threads <= 1:
-            yield from map(fn, jobs)
+            for job in jobs:
+                interrupt.check()
+                yield fn(job)
             return
         if self.pool is None:
             with ThreadPoolExecutor(io_threads, thread_name_prefix="wdspq-export") as threads:
@@ -57,9 +72,22 @@ class Workers:
             return
         yield from _bounded(self.pool, fn, jobs, 2 * self.workers)
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        """Wait for the workers to finish; with `abort` (a failure or SIGTERM), terminate them at once."""
         if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            if abort:
+                procs = list((getattr(self.pool, "_processes", None) or {}).values())
+                self.pool.shutdown(wait=False, cancel_futures=True)
+                for p in procs:
+                    if p.is_alive():
+                        p.terminate()
+                for p in procs:
+                    p.join(10)
+                    if p.is_alive():
+                        p.kill()
+                        p.join()
+            else:
+                self.pool.shutdown(wait=True, cancel_futures=True)
         W.clear()
 
 
@@ -72,9 +100,15 @@ def _bounded(executor: Executor, fn: Callable[[Any], Any], jobs: Iterable[Any], 
         if len(running) >= in_flight:
             break
     while running:
-        done, running = wait(running, return_when=FIRST_COMPLETED)
+        done, running = wait(running, timeout=_POLL_SEC, return_when=FIRST_COMPLETED)
+        interrupt.check()
         for fut in done:
-            yield fut.result()
+            try:
+                result = fut.result()
+            except BaseException:
+                interrupt.check()  # a worker stopped by the same SIGTERM: report the interruption
+                raise
+            yield result
             nxt = next(it, None)
             if nxt is not None:
                 running.add(executor.submit(fn, nxt))

@@ -71,5 +71,5 @@ class RayWorkers:
                 if nxt is not None:
                     running.append(self._remote.remote(self._key, self._state, fn, nxt))
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
         self._state = None

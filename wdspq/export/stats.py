@@ -62,12 +62,14 @@ def table_stats(path: str, meta: Any) -> dict[str, RunningStats]:
     Reads only the numeric columns, row group by row group, merged in table order: the same floats
     whatever the number of export workers, and no video is decoded.
     """
+    from .. import interrupt
     from ..table_file import open_parquet, read_row_group
 
     streams = [meta.actions, *meta.signals]
     out = {s.name: RunningStats.empty(s.width) for s in streams}
     with open_parquet(path) as pf:
         for g in range(pf.num_row_groups):
+            interrupt.check()  # a safe point for SIGTERM (the export defers it while its pools run)
             t = read_row_group(pf, path, g, [s.column for s in streams])
             for s in streams:
                 flat = t.column(s.column).combine_chunks().flatten().flatten()

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ShardError, WdspqError
+from ..errors import ExportChangedError, ShardError, WdspqError
 from ..storage import open_storage
 from .encoding import RAW, Encoding, SampleCodec
 from .index import check_spans, parse_index, spans_from_offsets
@@ -59,7 +59,29 @@ class Manifest:
     storage: Any
     id: str
     url: str
+    name: str = "manifest.json"  # the manifest's object name in `storage`
+    stamp: str | None = None  # `storage.stamp(name)` when it was read: a rewritten export changes it
     _indexes: OrderedDict = field(default_factory=OrderedDict, repr=False)
+
+    def check_current(self, shard: int) -> None:
+        """Raise ExportChangedError unless the manifest is still the one this object was read from.
+
+        Called after a shard was opened (docs/shards.md, "An export rewritten under a reader"): an export
+        removes the old manifest before it replaces any shard, so an unchanged manifest proves the open
+        file (locally the open inode, on S3 the first GetObject, resumed only with If-Match) is this
+        export's."""
+        if self.stamp is None:
+            return
+        try:
+            now = self.storage.stamp(self.name)
+        except WdspqError:
+            now = None
+        if now != self.stamp:
+            what = "removed" if now is None else "rewritten"
+            raise ExportChangedError(
+                f"{self.url}: the export changed while it was being read (its manifest was {what}, e.g. by "
+                f"`wdspq export --overwrite`); stopped before shard {self.shards[shard]['name']} so that "
+                "samples of two exports are never mixed; start again from the new export")
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_indexes": OrderedDict()}  # a worker loads the indexes it needs
@@ -215,6 +237,10 @@ def load_manifest(source: str, storage_options: dict[str, Any] | None = None) ->
     root, name = split_source(str(source))
     storage = open_storage(root, **(storage_options or {}))
     url = storage.url(name)
+    try:  # before the read: if the manifest is replaced meanwhile, the first shard open says so
+        stamp = storage.stamp(name)
+    except WdspqError:
+        stamp = None  # the read below fails and says why
     try:
         raw = storage.read_bytes(name)
     except WdspqError as e:
@@ -240,4 +266,4 @@ def load_manifest(source: str, storage_options: dict[str, Any] | None = None) ->
         if key not in data:
             raise ShardError(f"{url}: manifest has no {key!r}")
     _check_entries(url, data)
-    return Manifest(data=data, storage=storage, id=hashlib.sha256(raw).hexdigest(), url=url)
+    return Manifest(data=data, storage=storage, id=hashlib.sha256(raw).hexdigest(), url=url, name=name, stamp=stamp)

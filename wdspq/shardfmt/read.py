@@ -27,14 +27,24 @@ def read_records(
     codec = codec or manifest.codec()
     name = manifest.shards[shard]["name"]
     url = manifest.storage.url(name)
-    spans = manifest.index(shard)[start:stop]
+    try:
+        spans = manifest.index(shard)[start:stop]
+    except ShardError:
+        manifest.check_current(shard)  # an index of another export: say that, not "checksum mismatch"
+        raise
     if len(spans) != stop - start:
         raise ShardError(f"{url}: samples {start}..{stop - 1} requested, the shard has {len(manifest.index(shard))}")
     begin, end = int(spans[0, 0]), int(spans[-1, 0] + spans[-1, 1])
     try:
         f = manifest.storage.open_read(name, begin, end)
     except WdspqError as e:
+        manifest.check_current(shard)
         raise ShardError(f"{url}: cannot open shard: {e}") from None
+    try:
+        manifest.check_current(shard)  # the bytes just opened are this export's (Manifest.check_current)
+    except BaseException:
+        f.close()
+        raise
     suffix = None if codec.coded else ("." + codec.record_member).encode()  # one member per sample
     raw = getattr(f, "raw", f)
     spans_of = map_spans if hasattr(raw, "local_file") and mmap_enabled() else read_spans
