@@ -242,6 +242,12 @@ def test_cli_export_with_delta_timestamps(exported, tmp_path, tokenizer_path):
     assert r.returncode == 0, r.stderr
     assert json.loads((out / "manifest.json").read_text())["spec"] == \
         json.loads((shards / "manifest.json").read_text())["spec"]
+    r = subprocess.run([sys.executable, "-m", "wdspq", "verify", str(out), "--table", str(table), "--tokenizer",
+                        tokenizer_path], capture_output=True, text=True)
+    assert r.returncode == 0 and "0 differ" in r.stdout, r.stdout + r.stderr
+    r = subprocess.run([sys.executable, "-m", "wdspq", "show", str(out), "--window", "3", "-o", str(tmp_path / "w.png")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and (tmp_path / "w.png").stat().st_size > 0, r.stderr
     r = subprocess.run([sys.executable, "-m", "wdspq", "export", str(table), str(tmp_path / "x"), "--delta-timestamps",
                         json.dumps(DELTA), "--acts-length-sec", "1"], capture_output=True, text=True)
     assert r.returncode != 0 and "drop --acts-length-sec" in r.stderr and "Traceback" not in r.stderr
