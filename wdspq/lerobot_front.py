@@ -53,6 +53,37 @@ def _task_strings(v: torch.Tensor) -> str | list[str]:
     return [row.tobytes().rstrip(b"\0").decode("utf-8", errors="replace") for row in a]
 
 
+def _plan(x: Mapping[str, Any], lead: int) -> list[tuple[str, str, str]]:
+    """(key, op, output key) for every key of a sample or batch of this layout (cached by `to_lerobot`)."""
+    streams = {k[: -len("_mask")] for k in x if k.endswith("_mask") and k[: -len("_mask")] in x}
+    cameras = {k for k in streams if f"{k}_ts" in x}
+    plan = []
+    for k, v in x.items():
+        name = "action" if k == "actions" else k
+        if k in _DROP or (k.endswith("_ts") and k[:-3] in cameras):
+            continue
+        if k.endswith("_mask") and k[: -len("_mask")] in streams:
+            base = k[: -len("_mask")]
+            if getattr(v, "ndim", 0) > lead:  # a stacked stream: LeRobot flags padded rows
+                plan.append((k, "pad", f"{'action' if base == 'actions' else base}_is_pad"))
+        elif k == "task" and getattr(v, "dtype", None) == torch.uint8:
+            plan.append((k, "task", k))
+        elif k == "episode_index":
+            plan.append(("source_episode_index" if "source_episode_index" in x else k, "keep", k))
+        elif isinstance(v, torch.Tensor) and _is_frames(v):
+            plan.append((k, "frames", name))
+        else:
+            plan.append((k, "keep", name))
+    if "anchor_index" in x:
+        plan.append(("anchor_index", "keep", "frame_index"))
+    if "t0" in x:
+        plan.append(("t0", "float", "timestamp"))
+    return plan
+
+
+_PLANS: dict[tuple, list[tuple[str, str, str]]] = {}
+
+
 def to_lerobot(sample: Mapping[str, Any], frames: str = "float") -> dict[str, Any]:
     """A wdspq sample or collated batch -> a dict with LeRobot's keys and conventions (module doc).
 
@@ -61,34 +92,30 @@ def to_lerobot(sample: Mapping[str, Any], frames: str = "float") -> dict[str, An
     """
     if frames not in FRAME_MODES:
         raise WdspqError(f"to_lerobot: frames must be one of {FRAME_MODES}, got {frames!r}")
-    x = {k: _tensor(v) for k, v in sample.items()}
-    if "window_index" not in x:
+    x = {k: v if isinstance(v, torch.Tensor) else _tensor(v) for k, v in sample.items()}
+    wi = x.get("window_index")
+    if wi is None:
         raise WdspqError(f"to_lerobot: not a wdspq sample or batch (no 'window_index'; keys: {sorted(x)[:12]})")
-    lead = x["window_index"].ndim  # 0 for one sample, 1 for a batch
-    streams = {k[: -len("_mask")] for k in x if k.endswith("_mask") and k[: -len("_mask")] in x}
-    cameras = {k for k in streams if f"{k}_ts" in x}
+    lead = wi.ndim  # 0 for one sample, 1 for a batch
+    sig = (lead, *((k, getattr(v, "ndim", -1), getattr(v, "dtype", None)) for k, v in x.items()))
+    plan = _PLANS.get(sig)
+    if plan is None:
+        plan = _PLANS[sig] = _plan(x, lead)
+        if len(_PLANS) > 64:  # layouts are few; never grow without bound
+            _PLANS.pop(next(iter(_PLANS)))
     out: dict[str, Any] = {}
-    for k, v in x.items():
-        if k in _DROP or (k.endswith("_ts") and k[:-3] in cameras):
-            continue
-        name = "action" if k == "actions" else k
-        if k.endswith("_mask") and k[: -len("_mask")] in streams:
-            base = k[: -len("_mask")]
-            if v.ndim > lead:  # a stacked stream: LeRobot flags padded rows
-                out[f"{'action' if base == 'actions' else base}_is_pad"] = ~v
-            continue
-        if k == "task" and v.dtype == torch.uint8:
-            out["task"] = _task_strings(v)
-        elif k == "episode_index":
-            out[k] = x.get("source_episode_index", v)
-        elif isinstance(v, torch.Tensor) and _is_frames(v) and frames == "float":
-            out[name] = v.to(torch.float32).div_(255.0)
-        else:
+    for k, op, name in plan:
+        v = x[k]
+        if op == "keep":
             out[name] = v
-    if "anchor_index" in x:
-        out["frame_index"] = x["anchor_index"]
-    if "t0" in x:
-        out["timestamp"] = x["t0"].to(torch.float32)
+        elif op == "pad":
+            out[name] = ~v
+        elif op == "frames":
+            out[name] = v.to(torch.float32).div_(255.0) if frames == "float" else v
+        elif op == "float":
+            out[name] = v.to(torch.float32)
+        else:
+            out[name] = _task_strings(v)
     return out
 
 
