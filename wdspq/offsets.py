@@ -89,6 +89,17 @@ class StreamOffsets:
     width: int = 0  # actions / signal
     hw: tuple[int, int] = (0, 0)  # camera
 
+    @property
+    def rows(self) -> int:
+        return 1 if self.offsets is None else len(self.offsets)
+
+
+def spec_dict(spec: Any) -> dict[str, Any]:
+    """`WindowSpec.to_dict` of an explicit-offsets spec (the manifest's and the loader state's spec)."""
+    return {"delta_timestamps": {k: list(v) for k, v in spec.delta_timestamps.items()}, "boundary": spec.boundary,
+            "tolerance_s": spec.tolerance_s, "stride": spec.stride, "max_text_tokens": spec.max_text_tokens,
+            "max_task_bytes": spec.max_task_bytes}
+
 
 def resolve_explicit(spec: Any, layout: Any) -> dict[str, StreamOffsets]:
     """Every stream of the table with its offsets; checks names, and offsets against each stream's rate."""

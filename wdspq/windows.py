@@ -48,9 +48,7 @@ class WindowSpec:
     anchors over action indices; `obs_resample` picks raw rows by time (`none`) or resamples at
     `obs_rate_hz` (default: the action rate). `obs_align` (raw rows only): a window's first row is the
     latest sample `at_or_before` its start (default, causal) or the first `at_or_after` it (opt-in).
-
-    `delta_timestamps` (see `from_delta_timestamps`) gives windows by explicit time offsets per stream
-    instead of the lengths; `boundary`, `tolerance_s` and `max_task_bytes` apply to those windows only.
+    `delta_timestamps` (`from_delta_timestamps`; with `boundary`, `tolerance_s`, `max_task_bytes`) replaces the lengths.
     """
 
     acts_length_sec: float | None = None
@@ -131,9 +129,7 @@ class WindowSpec:
 
     def to_dict(self) -> dict[str, Any]:
         if self.delta_timestamps is not None:
-            return {"delta_timestamps": {k: list(v) for k, v in self.delta_timestamps.items()},
-                    "boundary": self.boundary, "tolerance_s": self.tolerance_s, "stride": self.stride,
-                    "max_text_tokens": self.max_text_tokens, "max_task_bytes": self.max_task_bytes}
+            return _offsets.spec_dict(self)
         return {
             "acts_length_sec": self.acts_length_sec,
             "obs_length_sec": self.obs_length_sec,
@@ -170,9 +166,7 @@ class WindowSpec:
         """Turn seconds into row counts with the table's rates (rounded halves up, never truncated)."""
         if self.delta_timestamps is not None:
             streams = _offsets.resolve_explicit(self, layout)
-            acts = streams["actions"].offsets
-            return ResolvedSpec(spec=self, layout=layout, A=1 if acts is None else len(acts), signals={}, cameras={},
-                                explicit=streams)
+            return ResolvedSpec(spec=self, layout=layout, A=streams["actions"].rows, signals={}, cameras={}, explicit=streams)
         signal_names, camera_names = [c[0] for c in layout.signals], [c[0] for c in layout.cameras]
         unknown = sorted(set(self.overrides or {}) - set(signal_names) - set(camera_names))
         if unknown:
@@ -359,8 +353,7 @@ class EpisodeArrays:
     cameras: Mapping[str, CameraClip | None] = field(default_factory=dict)  # None: no clip in this episode
     images: Mapping[str, np.ndarray | None] = field(default_factory=dict)  # (3, H, W) uint8 or None
     tokens: Mapping[str, np.ndarray] = field(default_factory=dict)  # each (max_text_tokens,) int64
-    # explicit-offsets specs: task (text), task_index, index_from, source_episode_index (offsets.lerobot_values)
-    info: Mapping[str, Any] = field(default_factory=dict)
+    info: Mapping[str, Any] = field(default_factory=dict)  # explicit offsets: offsets.episode_infos' entry
 
 
 def camera_indices(clip: CameraClip, t0: float, offsets: np.ndarray, rate_hz: float) -> np.ndarray:
