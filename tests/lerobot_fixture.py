@@ -64,6 +64,16 @@ def state_of(ep: int, n: int | None = None) -> np.ndarray:
     return (-ep * 10 - np.arange(n)[:, None] * 0.5 + np.arange(STATE_DIM)[None] / 4).astype(np.float32)
 
 
+def episode_stats(ep: int, n: int) -> dict:
+    """LeRobot v2.1's per-episode statistics (meta/episodes_stats.jsonl) of `action` and `observation.state`."""
+    out = {}
+    for key, v in (("action", actions_of(ep, n)), ("observation.state", state_of(ep, n))):
+        v = v.astype(np.float64)
+        out[key] = {"mean": v.mean(0).tolist(), "std": v.std(0).tolist(), "min": v.min(0).tolist(),
+                    "max": v.max(0).tolist(), "count": [n]}
+    return out
+
+
 @dataclass(frozen=True)
 class Recording:
     """What the writers record: episode lengths, frame size, and the frame of (camera, episode, i)."""
@@ -142,6 +152,8 @@ def write_v21(root: Path, codecs: dict[str, str], rec: Recording = Recording()) 
     (root / "meta" / "tasks.jsonl").write_text("".join(json.dumps({"task_index": i, "task": t}) + "\n" for i, t in enumerate(TASKS)))
     (root / "meta" / "episodes.jsonl").write_text("".join(
         json.dumps({"episode_index": ep, "tasks": [TASKS[EP_TASK[ep % 3]]], "length": n}) + "\n" for ep, n in enumerate(rec.lengths)))
+    (root / "meta" / "episodes_stats.jsonl").write_text("".join(
+        json.dumps({"episode_index": ep, "stats": episode_stats(ep, n)}) + "\n" for ep, n in enumerate(rec.lengths)))
     starts = _global_starts(rec)
     for ep, n in enumerate(rec.lengths):
         p = root / f"data/chunk-000/episode_{ep:06d}.parquet"

@@ -83,7 +83,8 @@ def test_lerobot_streams_and_metadata(lerobot):
     assert all(meta.stream(c).hw == (48, 64) and meta.stream(c).lossless for c in CAMERAS)
     lr = meta.extra["lerobot"]
     assert lr["codebase_version"] == version and lr["skipped_features"] == ["next.done"]
-    assert (lr["stats"] is not None) == (root / "meta/stats.json").is_file()
+    has_stats = (root / "meta/stats.json").is_file() or (root / "meta/episodes_stats.jsonl").is_file()
+    assert (lr["stats"] is not None) == has_stats
 
 
 def test_lerobot_values_timestamps_text_and_splits(lerobot):

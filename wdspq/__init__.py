@@ -52,6 +52,10 @@ _LAZY = {
     "encode_png": "media",
     "build_from_lerobot": "build",
     "build_from_robomimic": "build",
+    # the LeRobot front (README "Training a LeRobot policy on wdspq shards")
+    "to_lerobot": "lerobot_front",
+    "lerobot_frames_to_float": "lerobot_front",
+    "lerobot_stats": "lerobot_front",
 }
 _SUBMODULES = ("build", "cursor", "export", "media", "normalize", "pipeline", "schema", "shardfmt", "storage", "stream",
                "table_dataset", "text", "validate", "viz", "windows")

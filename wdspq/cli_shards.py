@@ -55,7 +55,7 @@ def add_spec_args(p: argparse.ArgumentParser, title: str = "window spec") -> Non
     """The window spec flags (export; show for a table): one definition so both cut the same windows."""
     _allow_negative_lists(p)
     g = p.add_argument_group(title)
-    g.add_argument("--acts-length-sec", type=_cli._positive_float, default=1.0, help="action window length (default 1)")
+    g.add_argument("--acts-length-sec", type=_cli._positive_float, default=None, help="action window length (default 1)")
     g.add_argument("--obs-length-sec", type=_cli._positive_float, default=None,
                    help="observation window length (default: --acts-length-sec)")
     g.add_argument("--obs-offset-sec", type=_float, default=0.0, help="observation start relative to the anchor (default 0)")
@@ -71,17 +71,28 @@ def add_spec_args(p: argparse.ArgumentParser, title: str = "window spec") -> Non
                    help="a signal window's first row: the latest sample at or before its start (default, causal) "
                         "or the first at or after it (docs/windows.md)")
     g.add_argument("--max-text-tokens", type=_cli._int_at_least(1), default=32, help="token ids per sample (default 32)")
+    x = p.add_argument_group(f"{title}: explicit offsets (LeRobot's delta_timestamps; replace the length flags)")
+    x.add_argument("--delta-timestamps", metavar="JSON|FILE", default=None,
+                   help='per stream, offsets in seconds from the anchor, as JSON or a JSON file, e.g. '
+                        '\'{"action": [0.0, 0.1], "observation.state": [-0.1, 0.0], "observation.images.top": [0.0]}\'; '
+                        "streams not listed come as their one row at the anchor (docs/windows.md)")
+    x.add_argument("--boundary", choices=("clamp", "pad"), default="clamp",
+                   help="offsets outside a stream: its edge row, flagged (clamp, LeRobot's rule; default) or zeros (pad)")
+    x.add_argument("--tolerance-s", type=_cli._positive_float, default=1e-4,
+                   help="a row counts as present when a sample lies this close to its time (default 1e-4 s)")
 
 
 def spec_from_args(args: argparse.Namespace) -> Any:
     """The WindowSpec the spec flags describe."""
     from .windows import WindowSpec
 
+    if getattr(args, "delta_timestamps", None) is not None:
+        return _explicit_spec(args)
     if args.obs_rate_hz is not None and args.obs_resample == "none":
         raise WdspqError("--obs-rate-hz needs --obs-resample linear or nearest (without resampling rows keep their times)")
     return WindowSpec(
-        acts_length_sec=args.acts_length_sec,
-        obs_length_sec=args.obs_length_sec if args.obs_length_sec is not None else args.acts_length_sec,
+        acts_length_sec=args.acts_length_sec or 1.0,
+        obs_length_sec=args.obs_length_sec if args.obs_length_sec is not None else args.acts_length_sec or 1.0,
         obs_offset_sec=args.obs_offset_sec,
         video_frame_offsets=tuple(args.frame_offsets),
         stride=args.stride,
@@ -91,6 +102,39 @@ def spec_from_args(args: argparse.Namespace) -> Any:
         max_text_tokens=args.max_text_tokens,
         obs_align=getattr(args, "obs_align", "at_or_before"),
     )
+
+
+def _explicit_spec(args: argparse.Namespace) -> Any:
+    """The spec of `--delta-timestamps` (JSON text or a JSON file); the length flags may not be mixed in."""
+    import json
+    import os
+
+    from .windows import WindowSpec
+
+    given = [f for f, v in (("--acts-length-sec", args.acts_length_sec), ("--obs-length-sec", args.obs_length_sec),
+                            ("--obs-offset-sec", args.obs_offset_sec or None), ("--obs-rate-hz", args.obs_rate_hz),
+                            ("--frame-offsets", args.frame_offsets != [0] or None),
+                            ("--obs-resample", args.obs_resample != "none" or None),
+                            ("--full-windows-only", args.full_windows_only or None),
+                            ("--obs-align", getattr(args, "obs_align", "at_or_before") != "at_or_before" or None))
+             if v is not None]
+    if given:
+        raise WdspqError(f"--delta-timestamps lists every stream's offsets; drop {', '.join(given)}")
+    text = args.delta_timestamps
+    if not text.lstrip().startswith("{"):
+        try:
+            with open(text) as f:
+                text = f.read()
+        except OSError as e:
+            raise WdspqError(f"--delta-timestamps {args.delta_timestamps}: not JSON and not a readable file "
+                             f"({e.strerror or e})") from None
+    try:
+        delta = json.loads(text)
+    except ValueError as e:
+        where = "" if text is args.delta_timestamps else f" {os.fspath(args.delta_timestamps)}"
+        raise WdspqError(f"--delta-timestamps{where}: not valid JSON ({e})") from None
+    return WindowSpec.from_delta_timestamps(delta, tolerance_s=args.tolerance_s, boundary=args.boundary,
+                                            stride=args.stride, max_text_tokens=args.max_text_tokens)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import torch
 
 from .errors import SchemaError
 from .media import decode_image, decode_video
+from .offsets import episode_infos
 from .schema import TableMeta, read_meta
 from .table_file import open_parquet, read_row_group
 from .text import load_tokenizer, tokenize, tokenizer_identity
@@ -105,6 +106,8 @@ class ParquetWindowDataset(torch.utils.data.Dataset):
         requested = "default" if tokenizer is None else os.fspath(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else None
         self.tokenizer_id = tokenizer_identity(tok, requested)
         self.tokens = tokenize(tok, texts, self.spec.max_text_tokens)
+        self._infos = (episode_infos(self.meta.extra, self.episode_ids, texts, self.n_actions)
+                       if self.spec.delta_timestamps is not None else None)
         self.cache_bytes = cache_bytes
         self._local: dict[str, Any] | None = None
 
@@ -184,6 +187,7 @@ class ParquetWindowDataset(torch.utils.data.Dataset):
             cameras=cameras,
             images=images,
             tokens={k: v[episode] for k, v in self.tokens.items()},
+            info=self._infos[episode] if self._infos is not None else {},
         )
         nbytes = ep.action_ts.nbytes + ep.actions.nbytes + sum(t.nbytes + v.nbytes for t, v in signals.values())
         nbytes += sum(c.frames.nbytes + c.ts.nbytes for c in cameras.values() if c is not None)

@@ -106,6 +106,13 @@ def show_window(sample: dict[str, Any], path: str | os.PathLike, ctx: WindowCont
     s = {k: _np(v) for k, v in sample.items()}
     meta, spec = ctx.meta, ctx.spec
     t0 = float(s["t0"])
+    delta = spec.delta_timestamps
+    if delta is not None:  # explicit offsets: streams not listed are one unstacked row; draw them as one
+        for name in ["actions", *(x.name for x in meta.signals), *(x.name for x in meta.cameras)]:
+            if name not in delta:
+                for k in (name, f"{name}_mask", f"{name}_ts"):
+                    if k in s:
+                        s[k] = s[k][None]
     cams = [c.name for c in meta.cameras]
     imgs = [i.name for i in meta.images]
     ncols = max([len(s[c]) for c in cams] + [len(imgs), 1])
@@ -115,15 +122,16 @@ def show_window(sample: dict[str, Any], path: str | os.PathLike, ctx: WindowCont
     gs = fig.add_gridspec(rows, ncols, height_ratios=heights)
     r = 0
     for c in cams:
-        offsets = list(spec.for_stream(c).video_frame_offsets)
+        offsets = ([f"{o:+d}" for o in spec.for_stream(c).video_frame_offsets] if delta is None
+                   else [f"{d:+g} s" for d in delta.get(c, (0.0,))])
         for j in range(len(s[c])):
             ax = fig.add_subplot(gs[r, j])
             if bool(s[f"{c}_mask"][j]):
                 ax.imshow(s[c][j].transpose(1, 2, 0), interpolation="nearest")
-                label = f"{c} {offsets[j]:+d}: {float(s[f'{c}_ts'][j]) - t0:+.3f} s"
+                label = f"{c} {offsets[j]}: {float(s[f'{c}_ts'][j]) - t0:+.3f} s"
             else:
                 ax.imshow(_masked_tile(*s[c][j].shape[1:]), interpolation="nearest")
-                label = f"{c} {offsets[j]:+d}: masked"
+                label = f"{c} {offsets[j]}: masked"
             ax.set_title(label, fontsize=7)
             ax.axis("off")
         r += 1
@@ -137,14 +145,15 @@ def show_window(sample: dict[str, Any], path: str | os.PathLike, ctx: WindowCont
     rate = float(meta.actions.rate_hz or 1.0)
     ax = fig.add_subplot(gs[r, :])
     a = s["actions"]
-    _series(ax, np.arange(len(a)) / rate, a, s["actions_mask"].astype(bool), list(meta.actions.names or []),
+    _series(ax, np.arange(len(a)) / rate if delta is None else np.asarray(delta.get("actions", (0.0,))), a, s["actions_mask"].astype(bool), list(meta.actions.names or []),
             f"actions ({a.shape[1]}-D, {rate:g} Hz)")
     r += 1
     for sig in meta.signals:
         ax = fig.add_subplot(gs[r, :])
         v = s[sig.name]
         srate = float((ctx.resolved.get("signals", {}).get(sig.name) or {}).get("rate_hz") or sig.rate_hz or 1.0)
-        t = spec.for_stream(sig.name).obs_offset_sec + np.arange(len(v)) / srate
+        t = (spec.for_stream(sig.name).obs_offset_sec + np.arange(len(v)) / srate if delta is None
+             else np.asarray(delta.get(sig.name, (0.0,))))
         _series(ax, t, v, s[f"{sig.name}_mask"].astype(bool), list(sig.names or []),
                 f"{sig.name} ({v.shape[1]}-D, {srate:g} Hz)")
         r += 1

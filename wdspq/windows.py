@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from . import offsets as _offsets
 from .errors import SpecError
 from .timegrid import (  # base_frame, frame_indices, nearest_frame: re-exported (they lived here)
     OBS_ALIGN,
@@ -47,10 +48,11 @@ class WindowSpec:
     anchors over action indices; `obs_resample` picks raw rows by time (`none`) or resamples at
     `obs_rate_hz` (default: the action rate). `obs_align` (raw rows only): a window's first row is the
     latest sample `at_or_before` its start (default, causal) or the first `at_or_after` it (opt-in).
+    `delta_timestamps` (`from_delta_timestamps`; with `boundary`, `tolerance_s`, `max_task_bytes`) replaces the lengths.
     """
 
-    acts_length_sec: float
-    obs_length_sec: float
+    acts_length_sec: float | None = None
+    obs_length_sec: float | None = None
     obs_offset_sec: float = 0.0
     video_frame_offsets: tuple[int, ...] = (0,)
     stride: int = 1
@@ -60,8 +62,24 @@ class WindowSpec:
     max_text_tokens: int = 32
     overrides: Mapping[str, Mapping[str, Any]] | None = None
     obs_align: str = "at_or_before"
+    delta_timestamps: Mapping[str, Sequence[float]] | None = None
+    boundary: str = "pad"
+    tolerance_s: float = 1e-4
+    max_task_bytes: int = 256
+
+    @classmethod
+    def from_delta_timestamps(
+        cls, delta_timestamps: Mapping[str, Sequence[float]], tolerance_s: float = 1e-4, boundary: str = "clamp",
+        stride: int = 1, max_text_tokens: int = 32, max_task_bytes: int = 256,
+    ) -> WindowSpec:
+        """Windows as LeRobot cuts them: per stream (`action`, a signal, a camera) time offsets in seconds from
+        the anchor, e.g. `{"action": [0.0, 0.1], "observation.state": [-0.1, 0.0]}` (docs/windows.md
+        "Explicit offsets": listed streams stacked, clamped and flagged at the edges; the others one row)."""
+        return cls(delta_timestamps=delta_timestamps, tolerance_s=tolerance_s, boundary=boundary, stride=stride,
+                   max_text_tokens=max_text_tokens, max_task_bytes=max_task_bytes)
 
     def __post_init__(self) -> None:
+        _offsets.check_spec(self)  # delta_timestamps, boundary, tolerance_s, max_task_bytes
         offsets = self.video_frame_offsets
         if isinstance(offsets, (int, np.integer)):
             offsets = (offsets,)
@@ -77,7 +95,7 @@ class WindowSpec:
             ):
                 raise SpecError(f"video_frame_offsets must be integers, got {o!r}")
         object.__setattr__(self, "video_frame_offsets", tuple(int(o) for o in offsets))
-        for name in ("acts_length_sec", "obs_length_sec"):
+        for name in ("acts_length_sec", "obs_length_sec") if self.delta_timestamps is None else ():
             v = getattr(self, name)
             if not isinstance(v, (int, float, np.number)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
                 raise SpecError(f"{name} must be a positive number of seconds, got {v!r}")
@@ -115,6 +133,8 @@ class WindowSpec:
         object.__setattr__(self, "overrides", _check_overrides(self, self.overrides))
 
     def to_dict(self) -> dict[str, Any]:
+        if self.delta_timestamps is not None:
+            return _offsets.spec_dict(self)
         return {
             "acts_length_sec": self.acts_length_sec,
             "obs_length_sec": self.obs_length_sec,
@@ -149,6 +169,9 @@ class WindowSpec:
 
     def resolve(self, layout: SampleLayout) -> ResolvedSpec:
         """Turn seconds into row counts with the table's rates (rounded halves up, never truncated)."""
+        if self.delta_timestamps is not None:
+            streams = _offsets.resolve_explicit(self, layout)
+            return ResolvedSpec(spec=self, layout=layout, A=streams["actions"].rows, signals={}, cameras={}, explicit=streams)
         signal_names, camera_names = [c[0] for c in layout.signals], [c[0] for c in layout.cameras]
         unknown = sorted(set(self.overrides or {}) - set(signal_names) - set(camera_names))
         if unknown:
@@ -265,9 +288,12 @@ class ResolvedSpec:
     A: int
     signals: Mapping[str, SignalWindow]
     cameras: Mapping[str, tuple[np.ndarray, int, int, float | None]]  # offsets, H, W, rate
+    explicit: Mapping[str, _offsets.StreamOffsets] | None = None  # a spec by explicit offsets: every stream
 
     def summary(self) -> dict[str, Any]:
         """JSON-able row counts (recorded in the manifest)."""
+        if self.explicit is not None:
+            return {"offsets": {n: None if s.offsets is None else len(s.offsets) for n, s in self.explicit.items()}}
         return {"A": self.A, "signals": {n: {"O": w.O, "rate_hz": w.rate_hz} for n, w in self.signals.items()},
                 "cameras": {n: len(c[0]) for n, c in self.cameras.items()}}
 
@@ -332,6 +358,7 @@ class EpisodeArrays:
     cameras: Mapping[str, CameraClip | None] = field(default_factory=dict)  # None: no clip in this episode
     images: Mapping[str, np.ndarray | None] = field(default_factory=dict)  # (3, H, W) uint8 or None
     tokens: Mapping[str, np.ndarray] = field(default_factory=dict)  # each (max_text_tokens,) int64
+    info: Mapping[str, Any] = field(default_factory=dict)  # explicit offsets: offsets.episode_infos' entry
 
 
 def camera_indices(clip: CameraClip, t0: float, offsets: np.ndarray, rate_hz: float) -> np.ndarray:
@@ -383,6 +410,11 @@ def cut_window(
     if not 0 <= k < n_a:
         raise SpecError(f"anchor action index {k} is outside the episode (it has {n_a} actions)")
     t0 = float(ep.action_ts[k])
+    if rspec.explicit is not None:
+        sample = _offsets.cut_explicit(ep, k, rspec.explicit, rspec.spec)
+        _tail(sample, ep, layout)
+        sample.update(_offsets.lerobot_values(ep.info, k, rspec.spec.max_task_bytes))
+        return _ids(sample, window_index, episode_index, k, t0)
 
     actions = np.zeros((A, layout.action_dim), dtype=np.float32)
     actions_mask = np.zeros(A, dtype=bool)
@@ -411,6 +443,12 @@ def cut_window(
                 times[mask] = clip.ts[idx[mask]]
         sample[name], sample[f"{name}_mask"], sample[f"{name}_ts"] = frames, mask, times
 
+    _tail(sample, ep, layout)
+    return _ids(sample, window_index, episode_index, k, t0)
+
+
+def _tail(sample: dict[str, np.ndarray], ep: EpisodeArrays, layout: SampleLayout) -> None:
+    """The images and token ids of a sample (the same for every window of an episode)."""
     for name, h, w in layout.images:
         img = ep.images.get(name)
         if img is not None:
@@ -421,6 +459,9 @@ def cut_window(
             sample[f"{name}_mask"] = np.array(False)
     for name, ids in ep.tokens.items():
         sample[name] = np.array(ids, dtype=np.int64, copy=True)
+
+
+def _ids(sample: dict[str, np.ndarray], window_index: int, episode_index: int, k: int, t0: float) -> dict[str, np.ndarray]:
     sample["window_index"] = np.array(window_index, dtype=np.int64)
     sample["episode_index"] = np.array(episode_index, dtype=np.int64)
     sample["anchor_index"] = np.array(k, dtype=np.int64)
@@ -435,6 +476,8 @@ def sample_schema(rspec: ResolvedSpec, token_keys: Sequence[str]) -> dict[str, d
         "actions": {"dtype": "float32", "shape": [rspec.A, rspec.layout.action_dim]},
         "actions_mask": {"dtype": "bool", "shape": [rspec.A]},
     }
+    if rspec.explicit is not None:
+        schema = _offsets.explicit_schema(rspec.explicit)
     for name, win in rspec.signals.items():
         schema[name] = {"dtype": "float32", "shape": [win.O, win.width]}
         schema[f"{name}_mask"] = {"dtype": "bool", "shape": [win.O]}
@@ -447,6 +490,8 @@ def sample_schema(rspec: ResolvedSpec, token_keys: Sequence[str]) -> dict[str, d
         schema[f"{name}_mask"] = {"dtype": "bool", "shape": []}
     for name in token_keys:
         schema[name] = {"dtype": "int64", "shape": [M]}
+    if rspec.explicit is not None:
+        schema.update(_offsets.lerobot_schema(rspec.spec.max_task_bytes))
     for name in ("window_index", "episode_index", "anchor_index"):
         schema[name] = {"dtype": "int64", "shape": []}
     schema["t0"] = {"dtype": "float64", "shape": []}

@@ -356,11 +356,14 @@ def build_from_lerobot(
     splits = _splits(info)
     chosen = select(list(by_index), episodes, split, splits, where=str(root))
     names = _task_names(root, generation)
-    stats_path = root / "meta" / "stats.json"
+    stats, stats_source = lerobot_stats_of(root, chosen)
+    keys = {s.name: ("action" if s.kind == "actions" else s.name) for s in streams}
     extra = {"lerobot": {"codebase_version": info["codebase_version"], "fps": info["fps"],
                          "robot_type": info.get("robot_type"), "skipped_features": skipped,
                          "episodes": len(chosen), "of_episodes": len(refs),
-                         "stats": _json(stats_path) if stats_path.is_file() else None}}
+                         "stats": stats, "stats_source": stats_source, "keys": keys,
+                         "tasks": [names[t] for t in sorted(names)], "episodes_by_id": {}}}
+    starts = dict(zip(sorted(by_index), np.cumsum([0] + [by_index[j].length for j in sorted(by_index)]).tolist()))
     files = _DataFiles(root)
     fps = float(info["fps"])
     with TableWriter(out, streams, row_group_size=8, overwrite=overwrite) as writer:
@@ -368,5 +371,34 @@ def build_from_lerobot(
             ref = by_index[i]
             rows = files.rows(ref)  # filtered and sorted once per episode
             text = _episode_text(ep_tasks.get(i) or [], rows, names)
+            index_from = int(rows.column("index")[0].as_py()) if "index" in rows.column_names and rows.num_rows else starts[i]
+            extra["lerobot"]["episodes_by_id"][f"episode_{i:06d}"] = {"episode_index": i, "index_from": index_from}
             writer.add(read_episode(root, ref, rows, streams, cameras, fps, text, split_of(i, splits), video_codec))
         return writer.close(source=f"lerobot {info['codebase_version']} {root}", extra=extra)
+
+
+def lerobot_stats_of(root: Path, episodes: list[int]) -> tuple[dict[str, Any] | None, str | None]:
+    """LeRobot's per-feature statistics: meta/stats.json as written, else the chosen episodes' entries of
+    meta/episodes_stats.jsonl (v2.1) pooled as LeRobot pools them (count-weighted mean and variance)."""
+    path = root / "meta" / "stats.json"
+    if path.is_file():
+        return _json(path), "meta/stats.json"
+    path = root / "meta" / "episodes_stats.jsonl"
+    if not path.is_file():
+        return None, None
+    chosen = set(episodes)
+    per = [r["stats"] for r in _jsonl(path) if int(r.get("episode_index", -1)) in chosen and r.get("stats")]
+    out: dict[str, Any] = {}
+    for key in sorted({k for st in per for k in st}):
+        items = [st[key] for st in per if key in st and all(f in st[key] for f in ("mean", "std", "min", "max"))]
+        if not items:
+            continue
+        c = np.array([np.asarray(st.get("count", [1]), np.float64).reshape(-1)[0] for st in items])
+        mean = [np.asarray(st["mean"], np.float64) for st in items]
+        m = sum(ci * mi for ci, mi in zip(c, mean)) / c.sum()
+        var = sum(ci * (np.asarray(st["std"], np.float64) ** 2 + (mi - m) ** 2) for ci, st, mi in zip(c, items, mean)) / c.sum()
+        out[key] = {"mean": m.tolist(), "std": np.sqrt(var).tolist(), "count": [int(c.sum())],
+                    "min": np.min([np.asarray(st["min"], np.float64) for st in items], axis=0).tolist(),
+                    "max": np.max([np.asarray(st["max"], np.float64) for st in items], axis=0).tolist()}
+    return out, "meta/episodes_stats.jsonl"
+

@@ -1,0 +1,253 @@
+"""The LeRobot front: windows by `delta_timestamps` and `to_lerobot`, checked against LeRobot's own rule.
+
+The oracle below is LeRobot's `__getitem__` rule (0.3.x-0.4.x), written out in the test from the
+fixture's ground truth, not with wdspq's window code: per key, deltas in frames `round(d * fps)`; rows
+at `clamp(i + delta, 0, length - 1)`; `<key>_is_pad = i + delta` outside the episode; every listed key
+stacked `(T, ...)`; frames float32 in [0, 1]; `task` the task string.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from lerobot_fixture import (
+    CAMERAS,
+    EP_TASK,
+    FPS,
+    LENGTHS,
+    TASKS,
+    V3_FILES,
+    actions_of,
+    decode_all,
+    state_of,
+    write_v21,
+    write_v30,
+)
+
+import wdspq
+from wdspq.build import build_from_lerobot
+from wdspq.errors import SpecError
+from wdspq.windows import CameraClip, EpisodeArrays, SampleLayout, cut_window
+
+CODECS = {"v2.1": {CAMERAS[0]: "libsvtav1", CAMERAS[1]: "libx264"},
+          "v3.0": {CAMERAS[0]: "libx264", CAMERAS[1]: "libsvtav1"}}
+WRITERS = {"v2.1": write_v21, "v3.0": write_v30}
+# negative, zero and positive offsets for every key, non-uniform steps included
+DELTA = {"action": [-0.1, 0.0, 0.1, 0.3, 0.6],
+         "observation.state": [-1.0, -0.5, -0.1, 0.0, 0.2],
+         CAMERAS[0]: [-0.3, 0.0, 0.2],
+         CAMERAS[1]: [-0.1, 0.0, 1.0]}
+
+
+@pytest.fixture(scope="module", params=["v2.1", "v3.0"])
+def exported(request, tmp_path_factory, tokenizer_path):
+    """(version, source folder, table, shards folder) for the DELTA spec."""
+    version = request.param
+    root = WRITERS[version](tmp_path_factory.mktemp("lr") / f"ds-{version}", CODECS[version])
+    table = root.parent / "table.parquet"
+    build_from_lerobot(root, table, progress=False)
+    spec = wdspq.WindowSpec.from_delta_timestamps(DELTA)
+    wdspq.export_shards(table, root.parent / "shards", spec, tokenizer=tokenizer_path, samples_per_shard=9,
+                        progress=False)
+    return version, root, table, root.parent / "shards"
+
+
+def _source_frames(version: str, root: Path, cam: str) -> list[np.ndarray]:
+    """Per episode, the source video's frames as PyAV decodes whole files front to back."""
+    if version == "v2.1":
+        return [decode_all(root / f"videos/chunk-000/{cam}/episode_{ep:06d}.mp4") for ep in range(len(LENGTHS))]
+    out: list[np.ndarray] = []
+    for file_index, eps in enumerate(V3_FILES[cam]):
+        frames, start = decode_all(root / f"videos/{cam}/chunk-000/file-{file_index:03d}.mp4"), 0
+        for ep in eps:
+            out.append(frames[start:start + LENGTHS[ep]])
+            start += LENGTHS[ep]
+    return out
+
+
+def lerobot_item(ep: int, i: int, frames: dict[str, list[np.ndarray]]) -> dict:
+    """LeRobot's `__getitem__` of frame i of episode ep under DELTA, from the ground truth."""
+    n = LENGTHS[ep]
+    item: dict = {}
+    values = {"action": actions_of(ep), "observation.state": state_of(ep)}
+    for key, deltas in DELTA.items():
+        shifted = np.array([i + round(d * FPS) for d in deltas])
+        rows = np.clip(shifted, 0, n - 1)
+        item[f"{key}_is_pad"] = torch.from_numpy((shifted < 0) | (shifted >= n))
+        if key in frames:
+            chw = frames[key][ep][rows].transpose(0, 3, 1, 2)
+            item[key] = torch.from_numpy(np.ascontiguousarray(chw)).to(torch.float32) / 255.0
+        else:
+            item[key] = torch.from_numpy(values[key][rows])
+    item.update(task=TASKS[EP_TASK[ep]], episode_index=torch.tensor(ep), frame_index=torch.tensor(i),
+                index=torch.tensor(sum(LENGTHS[:ep]) + i), task_index=torch.tensor(EP_TASK[ep]),
+                timestamp=torch.tensor(np.float32(i / FPS)))
+    return item
+
+
+def test_streamed_samples_equal_lerobots_getitem_for_every_frame(exported, tokenizer_path):
+    version, root, table, shards = exported
+    frames = {cam: _source_frames(version, root, cam) for cam in CAMERAS}
+    streamed = {int(s["window_index"]): s for s in wdspq.ShardStream(str(shards), shuffle=False)}
+    assert len(streamed) == sum(LENGTHS)
+    ds = wdspq.ParquetWindowDataset(str(table), wdspq.WindowSpec.from_delta_timestamps(DELTA), tokenizer=tokenizer_path)
+    checked = 0
+    for ep, n in enumerate(LENGTHS):
+        for i in range(n):
+            w = sum(LENGTHS[:ep]) + i
+            sample = streamed[w]
+            mapped = ds[w]
+            assert set(sample) == set(mapped) and all(torch.equal(sample[k], mapped[k]) for k in sample), w
+            got, want = wdspq.to_lerobot(sample), lerobot_item(ep, i, frames)
+            for key, v in want.items():
+                if isinstance(v, str):
+                    assert got[key] == v, (ep, i, key)
+                else:
+                    assert got[key].dtype == v.dtype and torch.equal(got[key], v), (ep, i, key, got[key], v)
+            assert not any(k.endswith(("_mask", "_ts")) for k in got if k != "attention_mask")
+            checked += 1
+    assert checked == sum(LENGTHS)
+
+
+def test_to_lerobot_of_a_batch_equals_the_stacked_samples_and_uint8_frames(exported):
+    _, _, _, shards = exported
+    samples = [s for _, s in zip(range(6), wdspq.ShardStream(str(shards), shuffle=False))]
+    batch = torch.utils.data.default_collate(samples)
+    got = wdspq.to_lerobot(batch)
+    per = torch.utils.data.default_collate([wdspq.to_lerobot(s) for s in samples])  # as a stream stage
+    assert set(got) == set(per)
+    for k, v in per.items():
+        assert got[k] == v if isinstance(v, list) else torch.equal(got[k], v), k
+    assert got["task"] == [TASKS[EP_TASK[int(e)]] for e in batch["episode_index"]]
+    assert got[CAMERAS[0]].shape == (6, 3, 3, 48, 64)
+    assert got["observation.images.wrist"].dtype == torch.float32
+    raw = wdspq.to_lerobot(batch, frames="uint8")
+    assert raw[CAMERAS[0]].dtype == torch.uint8
+    back = wdspq.lerobot_frames_to_float(raw)
+    assert torch.equal(back[CAMERAS[0]], got[CAMERAS[0]]) and torch.equal(back["action"], got["action"])
+
+
+def test_source_episode_index_task_and_lerobot_stats(tmp_path, tokenizer_path):
+    root = write_v21(tmp_path / "ds", CODECS["v2.1"])
+    table = tmp_path / "t.parquet"
+    build_from_lerobot(root, table, episodes=[1, 2], progress=False)
+    spec = wdspq.WindowSpec.from_delta_timestamps({"action": [0.0, 0.1]})
+    ds = wdspq.ParquetWindowDataset(str(table), spec, tokenizer=tokenizer_path)
+    s = wdspq.to_lerobot(ds[LENGTHS[1] + 2])  # row 1 of the table is the source's episode 2
+    assert int(s["episode_index"]) == 2 and int(s["frame_index"]) == 2
+    assert int(s["index"]) == LENGTHS[0] + LENGTHS[1] + 2 and s["task"] == TASKS[EP_TASK[2]]
+    assert int(s["task_index"]) == EP_TASK[2]
+    assert s["observation.state"].shape == (4,) and "observation.state_is_pad" not in s  # not listed: one row
+    # v2.1 has no stats.json: the chosen episodes' statistics pooled as LeRobot pools them
+    stats = wdspq.lerobot_stats(table)
+    acts = np.concatenate([actions_of(1), actions_of(2)]).astype(np.float64)
+    assert torch.allclose(stats["action"]["mean"], torch.tensor(acts.mean(0), dtype=torch.float32))
+    assert torch.allclose(stats["action"]["std"], torch.tensor(acts.std(0), dtype=torch.float32))
+    assert torch.equal(stats["action"]["max"], torch.tensor(acts.max(0), dtype=torch.float32))
+    # Normalize on to_lerobot batches normalises the clamped (padded) rows too, as LeRobot does
+    last = wdspq.to_lerobot(ds[len(ds) - 1])
+    assert bool(last["action_is_pad"][1])
+    norm = wdspq.Normalize(stats, keys=["action"])(last)
+    expect = (last["action"] - stats["action"]["mean"]) / stats["action"]["std"]
+    assert torch.allclose(norm["action"], expect) and bool((norm["action"][1] != 0).all())
+    meta = wdspq.schema.read_meta(str(table)).extra["lerobot"]
+    assert meta["keys"]["actions"] == "action" and meta["tasks"] == list(TASKS) and meta["fps"] == FPS
+
+
+# -- jittered and dropped camera frames (the pure window function) -------------------------------------------
+
+def _episode(cam_ts: np.ndarray) -> EpisodeArrays:
+    n = 10
+    frames = (np.arange(len(cam_ts), dtype=np.uint8)[:, None, None, None] + 1) * np.ones((1, 3, 2, 2), np.uint8)
+    return EpisodeArrays(action_ts=np.arange(n) / 10, actions=np.arange(n, dtype=np.float32)[:, None],
+                         cameras={"cam": CameraClip(ts=cam_ts, frames=frames)})
+
+
+def _cut(ep: EpisodeArrays, k: int, **kw) -> dict:
+    spec = wdspq.WindowSpec.from_delta_timestamps({"cam": [-0.1, 0.0, 0.1]}, **kw)
+    layout = SampleLayout(action_dim=1, action_rate_hz=10.0, cameras=(("cam", 2, 2, 10.0),))
+    return cut_window(ep, k, spec.resolve(layout), 0, 0)
+
+
+def test_jittered_frames_count_within_tolerance_s_and_are_flagged_beyond_it():
+    ts = np.arange(10) / 10
+    ts[4] += 3e-4  # frame 4 shown 0.3 ms late
+    ep = _episode(ts)
+    s = _cut(ep, 4)  # default tolerance 1e-4 s: frame 4 is not at 0.4 s
+    assert s["cam_mask"].tolist() == [True, False, True]
+    assert s["cam"][:, 0, 0, 0].tolist() == [4, 5, 6]  # clamp: the nearest frame, flagged
+    assert s["cam_ts"][1] == ts[4]
+    s = _cut(ep, 4, boundary="pad")
+    assert s["cam_mask"].tolist() == [True, False, True] and s["cam"][1].max() == 0 and s["cam_ts"][1] == 0
+    s = _cut(ep, 4, tolerance_s=5e-4)  # within tolerance: the frame is present
+    assert s["cam_mask"].all() and s["cam"][:, 0, 0, 0].tolist() == [4, 5, 6]
+
+
+def test_dropped_frames_are_flagged_and_edges_clamp():
+    ts = np.delete(np.arange(10) / 10, 5)  # frame at 0.5 s dropped
+    ep = _episode(ts)
+    s = _cut(ep, 5)
+    assert s["cam_mask"].tolist() == [True, False, True]
+    assert s["cam"][:, 0, 0, 0].tolist() == [5, 5, 6]  # 0.4 s and 0.6 s tie: the earlier frame, flagged
+    s = _cut(ep, 5, boundary="pad")
+    assert s["cam"][1].max() == 0 and s["cam"][2, 0, 0, 0] == 6
+    s = _cut(ep, 0)  # before the clip: frame 0, flagged
+    assert s["cam_mask"].tolist() == [False, True, True] and s["cam"][0, 0, 0, 0] == 1
+    s = _cut(ep, 9)  # after the clip: the last frame, flagged
+    assert s["cam_mask"].tolist() == [True, True, False] and s["cam"][2, 0, 0, 0] == 9
+    lr = wdspq.to_lerobot({k: torch.from_numpy(v) for k, v in s.items()})
+    assert lr["cam_is_pad"].tolist() == [False, False, True] and lr["cam"].dtype == torch.float32
+
+
+def test_explicit_spec_round_trip_and_errors():
+    spec = wdspq.WindowSpec.from_delta_timestamps({"action": [0, 0.1], "obs": [-1.0, -0.5, 0.0]}, stride=2)
+    d = spec.to_dict()
+    assert d["delta_timestamps"] == {"actions": [0.0, 0.1], "obs": [-1.0, -0.5, 0.0]} and d["boundary"] == "clamp"
+    again = wdspq.WindowSpec.from_dict(json.loads(json.dumps(d)))
+    assert again == spec and again.digest() == spec.digest()
+    assert wdspq.WindowSpec.from_delta_timestamps({"action": [0, 0.1]}, boundary="pad").digest() != \
+        wdspq.WindowSpec.from_delta_timestamps({"action": [0, 0.1]}).digest()
+    old = wdspq.WindowSpec(acts_length_sec=1.0, obs_length_sec=1.0)
+    assert "delta_timestamps" not in old.to_dict() and "boundary" not in old.to_dict()
+    with pytest.raises(SpecError, match="acts_length_sec does not apply"):
+        wdspq.WindowSpec(acts_length_sec=1.0, delta_timestamps={"action": [0.0]})
+    with pytest.raises(SpecError, match="video_frame_offsets"):
+        wdspq.WindowSpec(delta_timestamps={"action": [0.0]}, video_frame_offsets=[-1, 0])
+    with pytest.raises(SpecError, match="boundary='clamp' applies"):
+        wdspq.WindowSpec(acts_length_sec=1.0, obs_length_sec=1.0, boundary="clamp")
+    with pytest.raises(SpecError, match="non-empty list"):
+        wdspq.WindowSpec.from_delta_timestamps({"action": []})
+    layout = SampleLayout(action_dim=1, action_rate_hz=10.0, signals=(("obs", 2, 10.0),))
+    with pytest.raises(SpecError, match="not a multiple of the stream's period"):
+        wdspq.WindowSpec.from_delta_timestamps({"obs": [0.05]}).resolve(layout)
+    with pytest.raises(SpecError, match=r"\['nope'\], which are not streams"):
+        wdspq.WindowSpec.from_delta_timestamps({"nope": [0.0]}).resolve(layout)
+
+
+def test_cli_export_with_delta_timestamps(exported, tmp_path, tokenizer_path):
+    import subprocess
+    import sys
+
+    _, _, table, shards = exported
+    dt = tmp_path / "dt.json"
+    dt.write_text(json.dumps(DELTA))
+    out = tmp_path / "cli"
+    r = subprocess.run([sys.executable, "-m", "wdspq", "export", str(table), str(out), "--delta-timestamps", str(dt),
+                        "--samples-per-shard", "9", "--tokenizer", tokenizer_path, "--no-progress"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "manifest.json").read_text())["spec"] == \
+        json.loads((shards / "manifest.json").read_text())["spec"]
+    r = subprocess.run([sys.executable, "-m", "wdspq", "verify", str(out), "--table", str(table), "--tokenizer",
+                        tokenizer_path], capture_output=True, text=True)
+    assert r.returncode == 0 and "0 differ" in r.stdout, r.stdout + r.stderr
+    r = subprocess.run([sys.executable, "-m", "wdspq", "show", str(out), "--window", "3", "-o", str(tmp_path / "w.png")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and (tmp_path / "w.png").stat().st_size > 0, r.stderr
+    r = subprocess.run([sys.executable, "-m", "wdspq", "export", str(table), str(tmp_path / "x"), "--delta-timestamps",
+                        json.dumps(DELTA), "--acts-length-sec", "1"], capture_output=True, text=True)
+    assert r.returncode != 0 and "drop --acts-length-sec" in r.stderr and "Traceback" not in r.stderr
