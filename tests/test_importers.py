@@ -366,10 +366,18 @@ def test_a_video_pyav_cannot_decode_names_the_codec_and_the_file(tmp_path, monke
 def test_clip_writer_frame_by_frame_equals_encode_clip():
     frames = np.random.default_rng(1).integers(0, 255, (5, 16, 24, 3), dtype=np.uint8)
     for codec in ("ffv1", "h264"):
-        w = wdspq.ClipWriter(16, 24, codec=codec)
-        for f in frames:
-            w.add(f)
-        assert w.close() == wdspq.encode_clip(frames, codec=codec)
+        # libx264 through PyAV is intermittently not byte-deterministic even with one thread (one encode in
+        # several differs), so h264 gets three tries of each path: the writer must match one of the clips.
+        tries = 1 if codec == "ffv1" else 3
+        clips = {wdspq.encode_clip(frames, codec=codec) for _ in range(tries)}
+        for _ in range(tries):
+            w = wdspq.ClipWriter(16, 24, codec=codec)
+            for f in frames:
+                w.add(f)
+            got = w.close()
+            if got in clips:
+                break
+        assert got in clips
     w = wdspq.ClipWriter(16, 24)
     with pytest.raises(wdspq.MediaError, match=r"frame 0 is \(16, 16, 3\), the clip's frames are \(16, 24, 3\)"):
         w.add(frames[0][:, :16])
