@@ -40,6 +40,8 @@ def tuning_entry(codec: SampleCodec) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if codec.encoding.compression == "zstd":
         out["delta_keys"] = list(codec.delta_keys)
+    if getattr(codec, "shared", None) is not None:  # shared frames: the keys stored once per segment
+        out["shared_keys"] = [[k, n] for k, n in codec.shared]
     if codec.dictionary is not None:
         out["dictionary_file"] = {"name": DICTIONARY_NAME, "bytes": len(codec.dictionary),
                                   "sha256": hashlib.sha256(codec.dictionary).hexdigest()}
@@ -129,7 +131,8 @@ class Manifest:
             if self.encoding.layout == "shared-frames":
                 from .shared import SharedFramesCodec
 
-                return SharedFramesCodec(self.sample_schema, self.encoding, enc.get("delta_keys", ()), dictionary)
+                return SharedFramesCodec(self.sample_schema, self.encoding, enc.get("delta_keys", ()), dictionary,
+                                         enc.get("shared_keys"))
             return SampleCodec(self.sample_schema, self.encoding, enc.get("delta_keys", ()), dictionary)
         except ShardError as e:
             raise ShardError(f"{self.url}: {e}") from None

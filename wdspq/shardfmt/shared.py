@@ -1,12 +1,16 @@
 """The shared-frames layout (docs/shards.md "Shared frames"): each distinct frame stored once per segment.
 
+What is shared: every pixel key (frames of a camera, an image) and every numeric key whose rows (axis 0)
+are at least MIN_ROW_BYTES (overlapping windows repeat the same action/state rows); the manifest lists
+them as `shared_keys`, `[key, refs per window]` in schema order.
+
 A *segment* is a run of up to `Encoding.segment` consecutive windows of one episode. In the shard, a
 segment is one *frame pack* member `frames-<first window>.frames.npy.zst` followed by its samples, each
 one member `<key>.sample.npy.zst` (the record without its pixel keys, tuned as usual). The pack is one
 zstd frame of a 0-d npy record: `windows` (int64, the segment's window indices, ascending), `refs`
-(int32, one row per window, one column per frame slot) and, per pixel key, its distinct frames
-(uint8 (n, 3, H, W), first-seen order; equal bytes are stored once, so masked zeros and frames two
-windows share cost nothing). Frames compressed together in time order let zstd find what
+(int32, one row per window, one column per frame slot or row) and, per shared key, its distinct units
+(a frame (3, H, W), an image, a row of a numeric key; first-seen order; equal bytes are stored once, so
+masked zeros and frames or rows two windows share cost nothing). Frames compressed together in time order let zstd find what
 consecutive frames share, which per-sample compression never sees.
 
 The index sidecar has four columns: a sample's member (offset, length) and its pack's (offset, length).
@@ -29,6 +33,7 @@ from .layout import parse_members, single_member
 PACK_MEMBER = "frames.npy.zst"
 SAMPLE_MEMBER = "sample.npy.zst"
 TAR_BLOCK = 512
+MIN_ROW_BYTES = 16  # a numeric key is shared row by row when a row is at least this big (a ref costs 4 bytes)
 
 
 def pack_key(first_window: int) -> str:
@@ -36,10 +41,24 @@ def pack_key(first_window: int) -> str:
     return f"frames-{int(first_window):010d}"
 
 
-def rest_schema(schema: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The sample schema without its pixel keys: what a shared-frames sample member holds."""
+def default_shared_keys(schema: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, int]]:
+    """[(key, refs per window)] in schema order: pixel keys (a camera's F frames, an image as one unit) and
+    numeric keys of at least two rows of MIN_ROW_BYTES (one ref per row)."""
     pix = set(frame_keys(schema))
-    return {k: dict(v) for k, v in schema.items() if k not in pix}
+    out = []
+    for k, v in schema.items():
+        shape, dt = tuple(int(x) for x in v["shape"]), np.dtype(v["dtype"])
+        if k in pix:
+            out.append((k, shape[0] if len(shape) == 4 else 1))
+        elif dt.kind in "fiu" and len(shape) >= 2 and shape[0] >= 2 and dt.itemsize * int(np.prod(shape[1:])) >= MIN_ROW_BYTES:
+            out.append((k, shape[0]))
+    return out
+
+
+def rest_schema(schema: Mapping[str, Mapping[str, Any]], shared: Sequence[tuple[str, int]] | None = None) -> dict[str, dict[str, Any]]:
+    """The sample schema without its shared keys: what a shared-frames sample member holds."""
+    keys = {k for k, _ in (default_shared_keys(schema) if shared is None else shared)}
+    return {k: dict(v) for k, v in schema.items() if k not in keys}
 
 
 class SharedFramesCodec:
@@ -50,24 +69,28 @@ class SharedFramesCodec:
     """
 
     def __init__(self, schema: Mapping[str, Mapping[str, Any]], encoding: Encoding,
-                 delta_keys: Sequence[str] = (), dictionary: bytes | None = None) -> None:
+                 delta_keys: Sequence[str] = (), dictionary: bytes | None = None,
+                 shared: Sequence[Sequence[Any]] | None = None) -> None:
         if encoding.layout != "shared-frames":
             raise WdspqError(f"SharedFramesCodec needs layout 'shared-frames', got {encoding.layout!r}")
         self.schema = {k: dict(v) for k, v in schema.items()}
         self.encoding = encoding
         self.full = SampleCodec(self.schema, RAW)  # checks, record layout and views of full records
         self.dtype = self.full.dtype
-        self.pixel_keys = frame_keys(self.schema)
+        self.shared = [(str(k), int(n)) for k, n in (default_shared_keys(self.schema) if shared is None else shared)]
+        for k, n in self.shared:
+            shape = tuple(int(x) for x in self.schema.get(k, {}).get("shape", ()))
+            if k not in self.schema or not shape or n not in (1, shape[0]):
+                raise ShardError(f"shared key {k!r} ({n} refs a window) does not fit the sample schema")
+        self.pixel_keys = [k for k, _ in self.shared]
         rest_enc = Encoding(level=encoding.level, delta=encoding.delta, dictionary=encoding.dictionary)
-        self.rest = SampleCodec(rest_schema(self.schema), rest_enc, delta_keys, dictionary)
+        self.rest = SampleCodec(rest_schema(self.schema, self.shared), rest_enc, delta_keys, dictionary)
         self.delta_keys, self.dictionary = self.rest.delta_keys, self.rest.dictionary
-        self.slots: list[tuple[str, int, int]] = []  # (key, first ref column, frames of the key in a window)
+        self.slots: list[tuple[str, int, int]] = []  # (key, first ref column, refs of the key in a window)
         col = 0
-        for k in self.pixel_keys:
-            shape = self.schema[k]["shape"]
-            f = int(shape[0]) if len(shape) == 4 else 1
-            self.slots.append((k, col, f))
-            col += f
+        for k, n in self.shared:
+            self.slots.append((k, col, n))
+            col += n
         self.n_slots = col
         self.record_member = SAMPLE_MEMBER
         self.member_names = [SAMPLE_MEMBER]
@@ -80,8 +103,10 @@ class SharedFramesCodec:
 
     # -- encoding -------------------------------------------------------------------------------------
     def _frame_shape(self, k: str) -> tuple[int, ...]:
+        """The shape of one shared unit of key `k` (a frame, an image, a row)."""
         shape = tuple(int(x) for x in self.schema[k]["shape"])
-        return shape[1:] if len(shape) == 4 else shape
+        n = dict(self.shared)[k]
+        return shape if n == 1 and len(shape) == 3 and k in frame_keys(self.schema) else shape[1:]
 
     def pack_bytes(self, samples: Sequence[Mapping[str, Any]]) -> bytes:
         """The frame pack payload of a segment (checked samples, windows ascending)."""
@@ -92,8 +117,9 @@ class SharedFramesCodec:
         for k, col, f in self.slots:
             seen: dict[bytes, int] = {}
             got = frames[k] = []
+            dt = np.dtype(self.schema[k]["dtype"])
             for r, s in enumerate(samples):
-                v = np.asarray(s[k], dtype=np.uint8)
+                v = np.asarray(s[k], dtype=dt)
                 v = v.reshape((f, *self._frame_shape(k)))
                 for j in range(f):
                     b = np.ascontiguousarray(v[j]).tobytes()
@@ -103,7 +129,8 @@ class SharedFramesCodec:
                         got.append(np.ascontiguousarray(v[j]))
                     refs[r, col + j] = idx
         fields = [("windows", "<i8", (len(samples),)), ("refs", "<i4", refs.shape)]
-        fields += [(k, "u1", (len(frames[k]), *self._frame_shape(k))) for k, _, _ in self.slots]
+        fields += [(k, np.dtype(self.schema[k]["dtype"]).str, (len(frames[k]), *self._frame_shape(k)))
+                   for k, _, _ in self.slots]
         rec = np.zeros((), dtype=np.dtype(fields))
         rec["windows"] = [int(s["window_index"]) for s in samples]
         rec["refs"] = refs
@@ -173,11 +200,7 @@ class SharedFramesCodec:
             raise ShardError(f"{where}: window {wi} is not in its frame pack (windows {int(wins[0])}..{int(wins[-1])})")
         refs = pack["refs"][row]
         for k, col, f in self.slots:
-            frames = pack[k]
-            if len(self.schema[k]["shape"]) == 4:
-                out[k] = frames[refs[col : col + f]]
-            else:
-                out[k] = frames[refs[col]]
+            out[k] = pack[k][refs[col : col + f]].reshape(out[k].shape)
         return memoryview(out.reshape(1).view(np.uint8))
 
     def record(self, members: Mapping[str, Any], where: str = "sample", pack: np.ndarray | None = None) -> memoryview:
