@@ -165,23 +165,33 @@ def estimate_export(ds: Any, codec: SampleCodec, samples_per_shard: int, out: st
 
 
 def _shared_bytes_per_sample(ds: Any, codec: Any, probe: int) -> tuple[float, int]:
-    """Shared frames: bytes per window of whole segments (pack and samples) of the probe episodes, up to
-    `probe` segments spread over each (sharing is only seen over a whole segment)."""
+    """Shared frames: bytes per window of the held-out probe episodes (those the dictionary was judged on),
+    each measured on whole segments (sharing is only seen over a segment): up to `probe` full segments
+    spread over the episode stand for all of its full segments, and its short last segment is encoded as is."""
     from ..shardfmt.shared import segment_blobs
 
     seg = codec.encoding.segment
     eps = sorted({e for e, _ in probe_windows(ds, PROBE_EPISODES)})
-    per_episode = max(2, probe // (4 * len(eps)))
-    total = windows = 0
+    eps = [e for e, h in zip(eps, held_out(eps)) if h] or eps
+    total = 0.0
+    windows = measured = 0
     for e in eps:
         c, a = int(ds.index.counts[e]), int(ds.index.starts[e])
-        firsts = list(range(0, c, seg))
-        picks = [firsts[int(i)] for i in np.unique(np.linspace(0, len(firsts) - 1, num=min(per_episode, len(firsts))).round())]
-        for k in picks:
-            samples = [ds.sample_numpy(a + j) for j in range(k, min(k + seg, c))]
-            total += sum(map(len, segment_blobs(codec, samples, f"window {a + k}")))
-            windows += len(samples)
-    return total / max(windows, 1), windows
+
+        def seg_bytes(k: int, n: int, a: int = a) -> int:
+            samples = [ds.sample_numpy(a + j) for j in range(k, k + n)]
+            return sum(map(len, segment_blobs(codec, samples, f"window {a + k}")))
+
+        full = c // seg
+        if full:
+            picks = np.unique(np.linspace(0, full - 1, num=min(probe, full)).round().astype(np.int64)).tolist()
+            total += full * float(np.mean([seg_bytes(i * seg, seg) for i in picks]))
+            measured += len(picks) * seg
+        if c % seg:
+            total += seg_bytes(full * seg, c % seg)
+            measured += c % seg
+        windows += c
+    return total / max(windows, 1), measured
 
 
 def _estimate(ds: Any, codec: Any, per_sample: float, n_probe: int, samples_per_shard: int, out: str,
