@@ -42,6 +42,7 @@ def tuning_entry(codec: SampleCodec) -> dict[str, Any]:
         out["delta_keys"] = list(codec.delta_keys)
     if getattr(codec, "shared", None) is not None:  # shared frames: the keys stored once per segment
         out["shared_keys"] = [[k, n] for k, n in codec.shared]
+        out["pack_delta_keys"] = list(codec.pack_delta)
     if codec.dictionary is not None:
         out["dictionary_file"] = {"name": DICTIONARY_NAME, "bytes": len(codec.dictionary),
                                   "sha256": hashlib.sha256(codec.dictionary).hexdigest()}

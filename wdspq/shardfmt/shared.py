@@ -29,6 +29,7 @@ import numpy as np
 from ..errors import ShardError, WdspqError
 from .encoding import RAW, Encoding, SampleCodec, frame_keys
 from .layout import parse_members, single_member
+from .tuning import delta_decode, delta_encode
 
 PACK_MEMBER = "frames.npy.zst"
 SAMPLE_MEMBER = "sample.npy.zst"
@@ -92,6 +93,11 @@ class SharedFramesCodec:
             self.slots.append((k, col, n))
             col += n
         self.n_slots = col
+        pix = set(frame_keys(self.schema))
+        # shared float rows are stored as byte planes of their second-order delta along the pack's units
+        # (the `tuning` filter; smooth trajectories become small integers): `pack_delta_keys` in the manifest
+        self.pack_delta = [k for k, _ in self.shared if k not in pix
+                           and np.dtype(self.schema[k]["dtype"]).kind == "f" and encoding.delta]
         self.record_member = SAMPLE_MEMBER
         self.member_names = [SAMPLE_MEMBER]
         self.coded = list(self.pixel_keys)
@@ -129,13 +135,18 @@ class SharedFramesCodec:
                         got.append(np.ascontiguousarray(v[j]))
                     refs[r, col + j] = idx
         fields = [("windows", "<i8", (len(samples),)), ("refs", "<i4", refs.shape)]
-        fields += [(k, np.dtype(self.schema[k]["dtype"]).str, (len(frames[k]), *self._frame_shape(k)))
-                   for k, _, _ in self.slots]
+        for k, _, _ in self.slots:
+            dt, shape = np.dtype(self.schema[k]["dtype"]), (len(frames[k]), *self._frame_shape(k))
+            if k in self.pack_delta:  # (itemsize, values) byte planes
+                fields.append((k, "u1", (dt.itemsize, int(np.prod(shape)))))
+            else:
+                fields.append((k, dt.str, shape))
         rec = np.zeros((), dtype=np.dtype(fields))
         rec["windows"] = [int(s["window_index"]) for s in samples]
         rec["refs"] = refs
         for k, _, _ in self.slots:
-            rec[k] = np.stack(frames[k])
+            units = np.stack(frames[k])
+            rec[k] = delta_encode(units) if k in self.pack_delta else units
         buf = io.BytesIO()
         np.lib.format.write_array_header_1_0(buf, np.lib.format.header_data_from_array_1_0(rec))
         buf.write(rec.tobytes())
@@ -157,8 +168,8 @@ class SharedFramesCodec:
         return 0  # lossless
 
     # -- decoding -------------------------------------------------------------------------------------
-    def decode_pack(self, payload: Any, where: str) -> np.ndarray:
-        """A frame pack payload -> its 0-d record (windows, refs, frames per pixel key), checked."""
+    def decode_pack(self, payload: Any, where: str) -> dict[str, np.ndarray]:
+        """A frame pack payload -> {windows, refs, units of each shared key}, checked (delta keys undone)."""
         if self._zd is None:
             import zstandard
 
@@ -177,15 +188,24 @@ class SharedFramesCodec:
         refs = rec["refs"]
         if refs.ndim != 2 or refs.shape[1] != self.n_slots or len(rec["windows"]) != refs.shape[0]:
             raise ShardError(f"{where}: frame pack refs have shape {refs.shape}, expected ({len(rec['windows'])}, {self.n_slots})")
+        out = {"windows": rec["windows"], "refs": refs}
         for k, col, f in self.slots:
-            n = rec[k].shape[0]
+            units = rec[k]
+            if k in self.pack_delta:
+                dt, unit = np.dtype(self.schema[k]["dtype"]), self._frame_shape(k)
+                per = int(np.prod(unit))
+                if units.ndim != 2 or units.shape[0] != dt.itemsize or units.shape[1] % max(per, 1):
+                    raise ShardError(f"{where}: frame pack rows of {k!r} have shape {units.shape}")
+                units = delta_decode(units, dt, (units.shape[1] // per, *unit))
+            n = units.shape[0]
             if refs.size and (refs[:, col : col + f].min() < 0 or refs[:, col : col + f].max() >= n):
-                raise ShardError(f"{where}: frame pack refs of {k!r} point outside its {n} frames")
-            if rec[k].shape[1:] != self._frame_shape(k):
-                raise ShardError(f"{where}: frame pack frames of {k!r} have shape {rec[k].shape[1:]}, the schema says {self._frame_shape(k)}")
-        return rec
+                raise ShardError(f"{where}: frame pack refs of {k!r} point outside its {n} units")
+            if units.shape[1:] != self._frame_shape(k):
+                raise ShardError(f"{where}: frame pack units of {k!r} have shape {units.shape[1:]}, the schema says {self._frame_shape(k)}")
+            out[k] = units
+        return out
 
-    def record_from(self, payload: Any, pack: np.ndarray, where: str) -> memoryview:
+    def record_from(self, payload: Any, pack: Mapping[str, np.ndarray], where: str) -> memoryview:
         """A sample member's payload plus its segment's decoded pack -> the full record's bytes."""
         rest = self.rest.record_from(payload, f"{where}, member {SAMPLE_MEMBER!r}")
         r = np.frombuffer(rest, dtype=self.rest.dtype, count=1).reshape(())
@@ -203,7 +223,7 @@ class SharedFramesCodec:
             out[k] = pack[k][refs[col : col + f]].reshape(out[k].shape)
         return memoryview(out.reshape(1).view(np.uint8))
 
-    def record(self, members: Mapping[str, Any], where: str = "sample", pack: np.ndarray | None = None) -> memoryview:
+    def record(self, members: Mapping[str, Any], where: str = "sample", pack: Mapping[str, np.ndarray] | None = None) -> memoryview:
         """Members {name: payload} of one sample, with its decoded pack -> the full record's bytes."""
         payload = members.get(SAMPLE_MEMBER)
         if payload is None:
@@ -285,7 +305,7 @@ def _read_exact(raw: Any, n: int, url: str, what: str, at: int) -> memoryview:
     return buf
 
 
-def _pack_of(codec: SharedFramesCodec, buf: memoryview, url: str, i: int, at: int) -> np.ndarray:
+def _pack_of(codec: SharedFramesCodec, buf: memoryview, url: str, i: int, at: int) -> dict[str, np.ndarray]:
     where = f"{url}, frame pack of sample {i}"
     payload = single_member(buf, b"." + PACK_MEMBER.encode())
     if payload is None:
@@ -304,7 +324,7 @@ def read_shared(manifest: Any, shard: int, start: int, stop: int, codec: SharedF
     if len(spans) != stop - start:
         raise ShardError(f"{url}: samples {start}..{stop - 1} requested, the shard has {len(manifest.index(shard))}")
     off, ln, po, pl = (spans[:, i].tolist() for i in range(4))
-    pack: np.ndarray | None = None
+    pack: dict[str, np.ndarray] | None = None
     cur = -1
     inside = po[0] + pl[0] != off[0]  # the run starts inside a segment: its pack is read on its own
     if inside:
