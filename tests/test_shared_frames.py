@@ -227,3 +227,18 @@ def test_s3_epoch_bytes_and_resume_reads_no_delivered_sample(export: Path, small
             read.update(windows[i][p] for p in inside.tolist())
         assert not delivered & set(read), sorted(delivered & set(read))[:5]
         assert set(read) == set(range(local.num_windows)) - delivered
+
+
+@pytest.mark.slow
+def test_ray_engine_is_byte_identical(export: Path, small_table: str, tokenizer_path: str, tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray")
+    ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        _export(small_table, tmp_path / "ray", tokenizer_path, engine="ray")
+    finally:
+        ray.shutdown()
+    names = sorted(p.name for p in export.iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "ray").iterdir())
+    for n in names:
+        assert (export / n).read_bytes() == (tmp_path / "ray" / n).read_bytes(), n
