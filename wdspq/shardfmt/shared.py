@@ -98,6 +98,15 @@ class SharedFramesCodec:
         # (the `tuning` filter; smooth trajectories become small integers): `pack_delta_keys` in the manifest
         self.pack_delta = [k for k, _ in self.shared if k not in pix
                            and np.dtype(self.schema[k]["dtype"]).kind == "f" and encoding.delta]
+        # where each byte of the record without shared keys lands in the full record (one gather per sample)
+        full_fields, rest_fields = self.dtype.fields or {}, self.rest.dtype.fields or {}
+        src, dst = [], []
+        for k, (ft, off, *_) in rest_fields.items():
+            src.append(np.arange(off, off + ft.itemsize))
+            dst.append(np.arange(full_fields[k][1], full_fields[k][1] + ft.itemsize))
+        self._src = np.concatenate(src) if src else np.zeros(0, np.int64)
+        self._dst = np.concatenate(dst) if dst else np.zeros(0, np.int64)
+        self._views = [(k, col, f, full_fields[k][1], full_fields[k][0]) for k, col, f in self.slots]
         self.record_member = SAMPLE_MEMBER
         self.member_names = [SAMPLE_MEMBER]
         self.coded = list(self.pixel_keys)
@@ -209,19 +218,19 @@ class SharedFramesCodec:
         """A sample member's payload plus its segment's decoded pack -> the full record's bytes."""
         rest = self.rest.record_from(payload, f"{where}, member {SAMPLE_MEMBER!r}")
         r = np.frombuffer(rest, dtype=self.rest.dtype, count=1).reshape(())
-        out = np.empty((), dtype=self.dtype)
-        out.reshape(1).view(np.uint8)[:] = 0  # alignment padding stays zero, as in the map-style record
-        for k in self.rest.dtype.names or ():
-            out[k] = r[k]
+        out = np.zeros(self.dtype.itemsize, dtype=np.uint8)  # alignment padding stays zero, as in the map-style record
+        out[self._dst] = np.frombuffer(rest, dtype=np.uint8)[self._src]
         wins = pack["windows"]
         wi = int(r["window_index"])
         row = int(np.searchsorted(wins, wi))
         if row >= len(wins) or int(wins[row]) != wi:
             raise ShardError(f"{where}: window {wi} is not in its frame pack (windows {int(wins[0])}..{int(wins[-1])})")
         refs = pack["refs"][row]
-        for k, col, f in self.slots:
-            out[k] = pack[k][refs[col : col + f]].reshape(out[k].shape)
-        return memoryview(out.reshape(1).view(np.uint8))
+        for k, col, f, off, ft in self._views:
+            units = pack[k]
+            dest = out[off : off + ft.itemsize].view(ft.base).reshape((f, *units.shape[1:]))
+            np.take(units, refs[col : col + f], axis=0, out=dest)
+        return memoryview(out)
 
     def record(self, members: Mapping[str, Any], where: str = "sample", pack: Mapping[str, np.ndarray] | None = None) -> memoryview:
         """Members {name: payload} of one sample, with its decoded pack -> the full record's bytes."""
