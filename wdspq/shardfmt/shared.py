@@ -160,7 +160,7 @@ class SharedFramesCodec:
         np.lib.format.write_array_header_1_0(buf, np.lib.format.header_data_from_array_1_0(rec))
         buf.write(rec.tobytes())
         if self._zc is None:
-            self._zc = zstandard.ZstdCompressor(level=self.encoding.level, write_content_size=True,
+            self._zc = zstandard.ZstdCompressor(level=self.encoding.pack_level, write_content_size=True,
                                                 write_checksum=True, threads=0)
         return self._zc.compress(buf.getvalue())
 
