@@ -152,6 +152,8 @@ def add_export(sub: Any) -> None:
                         "docs/shards.md 'Shared frames')")
     e.add_argument("--segment-windows", type=_cli._int_at_least(1), default=DEFAULT_ENCODING.segment, metavar="N",
                    help=f"with --layout shared-frames: windows per frame pack (default {DEFAULT_ENCODING.segment})")
+    e.add_argument("--pack-level", type=_cli._int_at_least(1), default=DEFAULT_ENCODING.pack_level, metavar="L",
+                   help=f"with --layout shared-frames: zstd level of the frame packs (default {DEFAULT_ENCODING.pack_level})")
     e.add_argument("--jpeg-quality", type=_cli._int_at_least(1), default=DEFAULT_ENCODING.quality, metavar="Q",
                    help=f"JPEG quality, 1..100 (default {DEFAULT_ENCODING.quality})")
     e.add_argument("--jpeg-subsampling", choices=SUBSAMPLINGS, default=DEFAULT_ENCODING.subsampling,
@@ -178,7 +180,7 @@ def run_export(args: argparse.Namespace) -> int:
     encoding = Encoding(frames=args.frame_codec, compression=args.compression, level=args.zstd_level,
                         quality=args.jpeg_quality, subsampling=args.jpeg_subsampling,
                         delta=not args.no_delta, dictionary=not args.no_dictionary, layout=args.layout,
-                        segment=args.segment_windows)
+                        segment=args.segment_windows, pack_level=args.pack_level)
     t = time.perf_counter()
     m = export_shards(
         args.table, args.out, spec,
