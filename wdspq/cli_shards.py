@@ -14,7 +14,7 @@ from typing import Any
 
 from . import cli as _cli
 from .errors import WdspqError
-from .shardfmt.encoding import COMPRESSIONS, DEFAULT_ENCODING, FRAME_CODECS, SUBSAMPLINGS, Encoding
+from .shardfmt.encoding import COMPRESSIONS, DEFAULT_ENCODING, FRAME_CODECS, LAYOUTS, SUBSAMPLINGS, Encoding
 
 EXIT_FAIL = 1
 # `--frame-offsets -2,-1,0`: let a comma list of negative integers count as a value, not an option.
@@ -192,6 +192,15 @@ def add_export(sub: Any) -> None:
     e.add_argument("--no-dictionary", action="store_true",
                    help="zstd: no dictionary (default: one trained on the table's windows, kept only if it makes "
                         "held-out windows smaller; written next to the manifest)")
+    e.add_argument("--layout", choices=LAYOUTS, default=DEFAULT_ENCODING.layout,
+                   help="per-sample: every sample holds its own frames (one member per sample); shared-frames: "
+                        "each segment of consecutive windows of an episode stores its distinct frames once, in a "
+                        "frame pack before its samples (several times smaller; raw frames, zstd only; "
+                        "docs/shards.md 'Shared frames')")
+    e.add_argument("--segment-windows", type=_cli._int_at_least(1), default=DEFAULT_ENCODING.segment, metavar="N",
+                   help=f"with --layout shared-frames: windows per frame pack (default {DEFAULT_ENCODING.segment})")
+    e.add_argument("--pack-level", type=_cli._int_at_least(1), default=DEFAULT_ENCODING.pack_level, metavar="L",
+                   help=f"with --layout shared-frames: zstd level of the frame packs (default {DEFAULT_ENCODING.pack_level})")
     e.add_argument("--jpeg-quality", type=_cli._int_at_least(1), default=DEFAULT_ENCODING.quality, metavar="Q",
                    help=f"JPEG quality, 1..100 (default {DEFAULT_ENCODING.quality})")
     e.add_argument("--jpeg-subsampling", choices=SUBSAMPLINGS, default=DEFAULT_ENCODING.subsampling,
@@ -217,7 +226,8 @@ def run_export(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
     encoding = Encoding(frames=args.frame_codec, compression=args.compression, level=args.zstd_level,
                         quality=args.jpeg_quality, subsampling=args.jpeg_subsampling,
-                        delta=not args.no_delta, dictionary=not args.no_dictionary)
+                        delta=not args.no_delta, dictionary=not args.no_dictionary, layout=args.layout,
+                        segment=args.segment_windows, pack_level=args.pack_level)
     t = time.perf_counter()
     report: dict[str, Any] = {}
     m = export_shards(

@@ -130,13 +130,16 @@ def _check_shard(
             sample: dict[str, bytes] = {}
             key: str | None = None
             end = 0
+            shared = not isinstance(codec, SampleCodec)  # shared frames: a frame pack precedes its samples
+            pack: Any = None
 
             def finish() -> None:
                 nonlocal pos
                 if key is None:
                     return
                 try:
-                    rec = codec.view(codec.record(sample, where=f"sample {pos} (key {key!r})"))
+                    extra = {"pack": pack} if shared else {}
+                    rec = codec.view(codec.record(sample, where=f"sample {pos} (key {key!r})", **extra))
                 except WdspqError as e:
                     add(str(e))
                 else:
@@ -164,6 +167,15 @@ def _check_shard(
                         add(f"member {ti.name!r} is not a regular file")
                         continue
                     k, _, ext = ti.name.partition(".")
+                    if shared and ext == "frames.npy.zst":
+                        finish()
+                        key, sample, end = None, {}, member_end(ti.offset_data, ti.size)
+                        try:
+                            pack = codec.decode_pack(tar.extractfile(ti).read(), f"frame pack {ti.name!r}")  # type: ignore[union-attr]
+                        except WdspqError as e:
+                            add(str(e))
+                            pack = None
+                        continue
                     if k != key:
                         finish()
                         key, sample = k, {}

@@ -58,6 +58,7 @@ from .plan import (
     credit_existing,
     default_spill_dir,
     estimate_export,
+    segment_assignment,
     shard_assignment,
     space_problem,
     table_fingerprint,
@@ -170,7 +171,11 @@ def export_shards(
     spill_root = Path(spill_dir) if spill_dir is not None else default_spill_dir(out, digest)
     if dry_run:
         return estimate_export(ds, tune_codec(ds, enc), samples_per_shard, out, spill_root, config["table"]["bytes"])
-    shards_windows = shard_assignment(n, samples_per_shard, seed, bool(shuffle))
+    if enc.layout == "shared-frames":  # shards of whole segments (windows sharing a frame pack)
+        shards_windows = segment_assignment(ds.index.starts, ds.index.counts, enc.segment, samples_per_shard, seed,
+                                            bool(shuffle))
+    else:
+        shards_windows = shard_assignment(n, samples_per_shard, seed, bool(shuffle))
     options = dict(storage_options or {})
     if out.startswith("s3://"):  # S3 staging files inside the spill folder: removed with it, even after a kill
         options.setdefault("staging_dir", str(spill_root))

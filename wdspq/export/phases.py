@@ -23,6 +23,7 @@ import numpy as np
 from .. import interrupt
 from ..errors import ShardError, WdspqError
 from ..shardfmt import SampleCodec, end_of_archive, index_bytes, index_name, key_of, sample_tar
+from ..shardfmt.shared import pack_tar_length
 from ..storage import Storage
 from ..table_dataset import ParquetWindowDataset
 from .pool import W, check_parent
@@ -85,12 +86,16 @@ def spill_chunk(job: tuple[int, int, int]) -> dict[str, Any]:
     tmp = [p.with_name(p.name + suffix) for p in paths]
     rows: list[tuple[int, int, int]] = []
     frame_error = 0
+    segment = codec.encoding.segment if codec.encoding.layout == "shared-frames" else 0
     try:
         with open(tmp[0], "wb") as f:
             for ep in range(e0, e1):
                 interrupt.check()  # in the export process (one worker); pool workers die on SIGTERM
                 where = f"{ds.path}: episode {ds.episode_ids[ep]!r} (row {ep})"
                 it = ds.episode_windows(ep)
+                if segment:
+                    _spill_segments(codec, it, segment, where, rows, f, paths[0])
+                    continue
                 while True:
                     try:
                         s = next(it, None)
@@ -129,6 +134,31 @@ def spill_chunk(job: tuple[int, int, int]) -> dict[str, Any]:
     return {"chunk": chunk, "index": index, "frame_error": frame_error}
 
 
+def _spill_segments(codec: Any, it: Any, segment: int, where: str, rows: list[tuple[int, int, int]], f: Any,
+                    path: Any) -> None:
+    """Shared frames: an episode's windows in segments of `segment`; the first window's bytes carry the
+    segment's frame pack (`shardfmt.shared.segment_blobs`)."""
+    from ..shardfmt.shared import segment_blobs
+
+    buf: list[dict[str, Any]] = []
+    while True:
+        try:
+            s = next(it, None)
+        except WdspqError:
+            raise
+        except Exception as e:
+            raise ShardError(f"{where} could not be windowed: {type(e).__name__}: {e}") from e
+        if s is not None:
+            buf.append(s)
+        if buf and (s is None or len(buf) == segment):
+            for sample, blob in zip(buf, segment_blobs(codec, buf, f"{where}, window {int(buf[0]['window_index'])}")):
+                rows.append((int(sample["window_index"]), f.tell(), len(blob)))
+                _write(f, blob, path)
+            buf = []
+        if s is None:
+            return
+
+
 def assemble_shard(job: tuple[int, np.ndarray, np.ndarray]) -> dict[str, Any]:
     """Phase 2 job: write one shard and its index from spilled samples in shard order; its manifest entry."""
     check_parent()
@@ -137,7 +167,8 @@ def assemble_shard(job: tuple[int, np.ndarray, np.ndarray]) -> dict[str, Any]:
     spill_root: str = W["spill_root"]
     name = shard_name(number)
     staging = storage.staging_path(name)
-    spans = np.zeros((len(windows), 2), dtype=np.int64)
+    shared = getattr(W.get("codec"), "encoding", None) is not None and W["codec"].encoding.layout == "shared-frames"
+    spans = np.zeros((len(windows), 4 if shared else 2), dtype=np.int64)
     h = hashlib.sha256()
     files: OrderedDict[int, Any] = OrderedDict()
     size = 0
@@ -157,7 +188,11 @@ def assemble_shard(job: tuple[int, np.ndarray, np.ndarray]) -> dict[str, Any]:
                 blob = fd.read(length)
                 if len(blob) != length:
                     raise ShardError(f"{fd.name}: spill file is truncated (window {w}); delete it and re-run")
-                spans[i] = (size, length)
+                if shared:  # (sample member, its frame pack): a segment's first blob opens with the pack
+                    p = pack_tar_length(blob)
+                    spans[i] = (size + p, length - p, size, p) if p else (size, length, spans[i - 1, 2], spans[i - 1, 3])
+                else:
+                    spans[i] = (size, length)
                 h.update(blob)
                 out.write(blob)
                 size += length

@@ -37,6 +37,31 @@ def shard_assignment(n_windows: int, samples_per_shard: int, seed: int, shuffle:
     return [order[i : i + samples_per_shard] for i in range(0, n_windows, samples_per_shard)]
 
 
+def segment_assignment(starts: np.ndarray, counts: np.ndarray, segment: int, samples_per_shard: int, seed: int,
+                       shuffle: bool) -> list[np.ndarray]:
+    """Shared frames: window indices of each shard in write order. Each episode's windows are cut into
+    segments of `segment` consecutive windows; a seeded permutation of all segments (canonical order with
+    `shuffle=False`) is cut into shards of whole segments, a shard closing once it holds at least
+    `samples_per_shard` windows. Windows stay ascending inside a segment (they share its frame pack)."""
+    seg_first, seg_len = [], []
+    for a, c in zip(np.asarray(starts).tolist(), np.asarray(counts).tolist()):
+        for k in range(0, int(c), segment):
+            seg_first.append(int(a) + k)
+            seg_len.append(min(segment, int(c) - k))
+    first, length = np.asarray(seg_first, dtype=np.int64), np.asarray(seg_len, dtype=np.int64)
+    order = np.random.default_rng(seed).permutation(len(first)) if shuffle else np.arange(len(first))
+    shards, cur, held = [], [], 0
+    for g in order.tolist():
+        cur.append(np.arange(first[g], first[g] + length[g], dtype=np.int64))
+        held += int(length[g])
+        if held >= samples_per_shard:
+            shards.append(np.concatenate(cur))
+            cur, held = [], 0
+    if cur:
+        shards.append(np.concatenate(cur))
+    return shards
+
+
 def check_int(name: str, value: Any, lo: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise WdspqError(f"export: {name} must be an integer >= {lo}, got {value!r}")
@@ -101,6 +126,16 @@ def probe_windows(ds: Any, count: int) -> list[tuple[int, int]]:
 def tune_codec(ds: Any, encoding: Encoding) -> SampleCodec:
     """The codec an export of `ds` writes with: `encoding` tuned on probe windows (`shardfmt.tuning`)."""
     schema = ds.sample_schema()
+    if encoding.layout == "shared-frames":  # the sample members (records without pixels) are tuned as usual
+        from ..shardfmt.shared import SharedFramesCodec, rest_schema
+
+        rest = rest_schema(schema)
+        per_sample = SampleCodec(rest, encoding.__class__(level=encoding.level)).rest_dtype.itemsize
+        count = max(8, min(TRAIN_SAMPLES, TRAIN_BYTES // max(per_sample, 1)))
+        plain = encoding.__class__(level=encoding.level, delta=encoding.delta, dictionary=encoding.dictionary)
+        tuned = train_codec(rest, plain, [(e, {k: v for k, v in ds.sample_numpy(w).items() if k in rest})
+                                          for e, w in probe_windows(ds, count)], len(ds))
+        return SharedFramesCodec(schema, encoding, tuned.delta_keys, tuned.dictionary)
     if encoding.compression != "zstd" or not (encoding.delta or encoding.dictionary):
         return SampleCodec(schema, encoding)
     per_sample = SampleCodec(schema, encoding).rest_dtype.itemsize
@@ -112,8 +147,10 @@ def estimate_export(ds: Any, codec: SampleCodec, samples_per_shard: int, out: st
                     table_bytes: int, probe: int = PROBE_SAMPLES) -> dict[str, Any]:
     """Measured size of the export of `ds` written with `codec` (see the module doc); bytes are estimates
     from `probe` windows."""
-    n = len(ds)
     encoding = codec.encoding
+    if encoding.layout == "shared-frames":
+        per_sample, n_probe = _shared_bytes_per_sample(ds, codec, probe)
+        return _estimate(ds, codec, per_sample, n_probe, samples_per_shard, out, spill_root, table_bytes)
     if codec.dictionary is None:
         pairs = probe_windows(ds, probe)
     else:  # measured where the dictionary was judged, not where it was trained
@@ -124,10 +161,48 @@ def estimate_export(ds: Any, codec: SampleCodec, samples_per_shard: int, out: st
     for w in picks:
         s = ds.sample_numpy(w)
         sizes.append(len(sample_tar(key_of(w), codec.encode(s, where=f"window {w}"))))
-    per_sample = float(np.mean(sizes))
+    return _estimate(ds, codec, float(np.mean(sizes)), len(picks), samples_per_shard, out, spill_root, table_bytes)
+
+
+def _shared_bytes_per_sample(ds: Any, codec: Any, probe: int) -> tuple[float, int]:
+    """Shared frames: bytes per window of the held-out probe episodes (those the dictionary was judged on),
+    each measured on whole segments (sharing is only seen over a segment): up to `probe` full segments
+    spread over the episode stand for all of its full segments, and its short last segment is encoded as is."""
+    from ..shardfmt.shared import segment_blobs
+
+    seg = codec.encoding.segment
+    eps = sorted({e for e, _ in probe_windows(ds, PROBE_EPISODES)})
+    eps = [e for e, h in zip(eps, held_out(eps)) if h] or eps
+    total = 0.0
+    windows = measured = 0
+    for e in eps:
+        c, a = int(ds.index.counts[e]), int(ds.index.starts[e])
+
+        def seg_bytes(k: int, n: int, a: int = a) -> int:
+            samples = [ds.sample_numpy(a + j) for j in range(k, k + n)]
+            return sum(map(len, segment_blobs(codec, samples, f"window {a + k}")))
+
+        full = c // seg
+        if full:
+            picks = np.unique(np.linspace(0, full - 1, num=min(probe, full)).round().astype(np.int64)).tolist()
+            total += full * float(np.mean([seg_bytes(i * seg, seg) for i in picks]))
+            measured += len(picks) * seg
+        if c % seg:
+            total += seg_bytes(full * seg, c % seg)
+            measured += c % seg
+        windows += c
+    return total / max(windows, 1), measured
+
+
+def _estimate(ds: Any, codec: Any, per_sample: float, n_probe: int, samples_per_shard: int, out: str,
+              spill_root: Path, table_bytes: int) -> dict[str, Any]:
+    """The dry run's figures from a measured `per_sample` (see `estimate_export`)."""
+    n = len(ds)
+    encoding = codec.encoding
     n_shards = -(-n // samples_per_shard)
     shards_bytes = int(per_sample * n + n_shards * len(end_of_archive(0)))
-    index_total = n_shards * len(index_bytes(np.zeros((0, 2)))) + 16 * n
+    cols = 4 if encoding.layout == "shared-frames" else 2
+    index_total = n_shards * len(index_bytes(np.zeros((0, 2)))) + 8 * cols * n
     total = shards_bytes + index_total + len(codec.dictionary or b"")
     # Peak: every spilled sample and every written shard exist together just before the spill is removed.
     needs: dict[int, dict[str, Any]] = {}
@@ -145,7 +220,7 @@ def estimate_export(ds: Any, codec: SampleCodec, samples_per_shard: int, out: st
         "samples_per_shard": samples_per_shard,
         "encoding": encoding.to_dict(),
         "bytes_per_sample": per_sample,
-        "probe_windows": len(picks),
+        "probe_windows": n_probe,
         "total_bytes": total,
         "table_bytes": table_bytes,
         "amplification": total / max(table_bytes, 1),

@@ -26,8 +26,9 @@ def index_name(shard_name: str) -> str:
 
 
 def index_bytes(spans: Any) -> bytes:
-    """The sidecar's bytes for an (n, 2) array of (offset, length): npy, deterministic header."""
-    arr = np.ascontiguousarray(np.asarray(spans, dtype="<i8").reshape(-1, 2))
+    """The sidecar's bytes for an (n, 2) array of (offset, length) (shared frames: (n, 4)): npy, deterministic header."""
+    arr = np.asarray(spans, dtype="<i8")
+    arr = np.ascontiguousarray(arr if arr.ndim == 2 and arr.shape[1] == 4 else arr.reshape(-1, 2))
     buf = io.BytesIO()
     np.save(buf, arr, allow_pickle=False)
     return buf.getvalue()
@@ -65,4 +66,8 @@ def parse_index(data: bytes, samples: int, shard_bytes: int | None, where: str) 
         raise ShardError(f"{where}: index is not a .npy array: {type(e).__name__}: {e}") from None
     if arr.dtype != np.dtype("<i8") or arr.ndim != 2:
         raise ShardError(f"{where}: index must be int64 of shape (samples, 2), got {arr.dtype} {arr.shape}")
+    if arr.shape[1] == 4:  # shared frames: each sample's member and its frame pack
+        from .shared import check_shared_spans
+
+        return check_shared_spans(arr, samples, shard_bytes, where)
     return check_spans(arr, samples, shard_bytes, where)

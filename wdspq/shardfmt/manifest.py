@@ -40,6 +40,9 @@ def tuning_entry(codec: SampleCodec) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if codec.encoding.compression == "zstd":
         out["delta_keys"] = list(codec.delta_keys)
+    if getattr(codec, "shared", None) is not None:  # shared frames: the keys stored once per segment
+        out["shared_keys"] = [[k, n] for k, n in codec.shared]
+        out["pack_delta_keys"] = list(codec.pack_delta)
     if codec.dictionary is not None:
         out["dictionary_file"] = {"name": DICTIONARY_NAME, "bytes": len(codec.dictionary),
                                   "sha256": hashlib.sha256(codec.dictionary).hexdigest()}
@@ -141,13 +144,18 @@ class Manifest:
         """The largest pixel error of the export's frames (0 for lossless encodings), as measured at export."""
         return int(self.data.get("encoding", {}).get("max_abs_error", 0)) if self.version >= 2 else 0
 
-    def codec(self) -> SampleCodec:
+    def codec(self) -> Any:
         """The codec of this export's samples, with its delta keys and dictionary (checked against its sha256)."""
         enc = self.data.get("encoding", {}) if self.version >= 2 else {}
         dictionary = None
         if enc.get("dictionary_file"):
             dictionary = self._read_checked(enc["dictionary_file"], "the export's zstd dictionary", "dictionary")
         try:
+            if self.encoding.layout == "shared-frames":
+                from .shared import SharedFramesCodec
+
+                return SharedFramesCodec(self.sample_schema, self.encoding, enc.get("delta_keys", ()), dictionary,
+                                         enc.get("shared_keys"))
             return SampleCodec(self.sample_schema, self.encoding, enc.get("delta_keys", ()), dictionary)
         except ShardError as e:
             raise ShardError(f"{self.url}: {e}") from None
@@ -171,7 +179,8 @@ class Manifest:
         return self.storage.url(self.shards[shard]["name"])
 
     def index(self, shard: int) -> np.ndarray:
-        """Shard `shard`'s (samples, 2) int64 (offset, length) of each sample, read and checked once per process."""
+        """Shard `shard`'s (samples, 2) int64 (offset, length) of each sample, read and checked once per process
+        (shared frames: (samples, 4), each sample's frame pack's offset and length added)."""
         spans = self._indexes.get(shard)
         if spans is not None:
             self._indexes.move_to_end(shard)

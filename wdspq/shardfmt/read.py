@@ -25,6 +25,11 @@ def read_records(
     if stop <= start:
         return
     codec = codec or manifest.codec()
+    if not isinstance(codec, SampleCodec):  # shared frames: each segment's pack, then its samples
+        from .shared import read_shared
+
+        yield from read_shared(manifest, shard, start, stop, codec)
+        return
     name = manifest.shards[shard]["name"]
     url = manifest.storage.url(name)
     try:
