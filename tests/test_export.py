@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 from killing import kill_after_first_shard
-from test_shards_v2 import readme_decoder
+from test_shard_format import readme_decoder
 
 from wdspq import ParquetWindowDataset, WdspqError, WindowSpec, export_shards
 from wdspq.cli import main as cli_main

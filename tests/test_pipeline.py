@@ -355,7 +355,7 @@ def test_readme_kornia_augmentation_example(export, tmp_path, monkeypatch):
 def test_readme_same_stage_in_plain_webdataset_and_the_stream(export, tmp_path, monkeypatch):
     """The README's side-by-side: one user stage in a plain webdataset pipeline (with the README decoder)
     and in wdspq's stream gives the same values per window."""
-    from test_shards_v2 import readme_decoder
+    from test_shard_format import readme_decoder
 
     (tmp_path / "shards").mkdir()
     (tmp_path / "shards" / "demo").symlink_to(export)

@@ -22,8 +22,8 @@ import pytest
 import wdspq
 from wdspq.cli import main
 from wdspq.errors import StorageError
-from wdspq.s3_time import DEFAULT_S3_TIMEOUT
 from wdspq.storage import S3Storage, open_storage
+from wdspq.storage.s3_time import DEFAULT_S3_TIMEOUT
 from wdspq.verify import verify_shards
 
 SPEC = {"acts_length_sec": 0.5, "obs_length_sec": 0.5, "video_frame_offsets": [-2, -1, 0], "stride": 5}

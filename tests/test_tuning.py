@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
-from test_shards_v2 import readme_decoder
+from test_shard_format import readme_decoder
 
 import wdspq
 from wdspq.build import build_synthetic

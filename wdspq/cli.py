@@ -574,7 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         previous_alarm = signal.signal(signal.SIGALRM, interrupt.on_alarm)  # a SIGTERM raised once safe
     except ValueError:  # not the main thread
         pass
-    from .s3_time import S3_TIMEOUT_ENV
+    from .storage.s3_time import S3_TIMEOUT_ENV
 
     env_timeout = os.environ.get(S3_TIMEOUT_ENV)
     hint = "; re-run the same command to resume (committed shards are kept)" if "export" in args_list[:1] else ""

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from .errors import SchemaError, WdspqError
 from .rates import median_rate, rate_from_diffs, snap_rate  # noqa: F401  (the rate rules live in rates.py)
+from .timestamps import check_timestamps
 from .windows import SampleLayout
 
 FORMAT_VERSION = 2
@@ -335,8 +336,6 @@ def _check_episode(ep: Episode, streams: Sequence[Stream]) -> None:
             raise SchemaError(
                 f"{where}: {kind} streams {sorted(given)} differ from the table's {sorted(by_kind[kind])}"
             )
-    from .validate import check_timestamps  # the shared rule; imported here (validate imports this module)
-
     for s in streams:
         if s.kind in ("actions", "signal"):
             ts, vals = (ep.action_ts, ep.actions) if s.kind == "actions" else ep.signals[s.name]

@@ -2,8 +2,8 @@
 
 `validate_table` reads one row group at a time (memory bounded by a row group) and checks every column
 with vectorised numpy; only episodes that violate a rule are visited one by one, to name them. Every
-violation names the file, the episode (id and row number) and the column. `check_timestamps` is the
-same per-episode timestamp rule, shared with the builders so they refuse what validation would refuse.
+violation names the file, the episode (id and row number) and the column. The per-episode timestamp
+rule lives in `timestamps` (shared with the writer and the builders); `check_timestamps` is re-exported.
 """
 
 from __future__ import annotations
@@ -20,16 +20,11 @@ from .errors import MediaError, SchemaError, TableReadError
 from .media import decode_image, probe_clip
 from .schema import RatePool, TableMeta, arrow_schema, read_meta
 from .table_file import open_parquet, read_row_group
+from .timestamps import FLOAT32_HINT, check_timestamps, not_increasing_message, timestamp_problem  # noqa: F401  (re-exported)
 
 MAX_REPORTED = 50  # violations kept in full on the error (the message shows the first)
 RATE_TOLERANCE = 1e-3  # relative slack around the middle half of a stream's timestamp steps (_check_rates)
 PER_CHECK = 5  # offending episodes named per check and row group
-
-FLOAT32_HINT = (
-    "this looks like float32-collapsed epoch timestamps (float32 has a resolution of 128 s at epoch "
-    "times, so every timestamp of a session becomes one value); re-convert the source logs with "
-    "`wdspq build hdf5`, which keeps nanosecond timestamps as float64 seconds"
-)
 
 
 class _Report:
@@ -57,39 +52,6 @@ class _Report:
         err = SchemaError(msg)
         err.violations = list(self.messages)  # type: ignore[attr-defined]
         raise err
-
-
-def timestamp_problem(ts: np.ndarray) -> str | None:
-    """What is wrong with one episode's timestamps (None if finite and strictly increasing)."""
-    ts = np.asarray(ts)
-    if ts.size == 0:
-        return "empty episode: no timestamps"
-    finite = np.isfinite(ts)
-    if not finite.all():
-        i = int(np.argmin(finite))
-        return f"timestamp {i} is {float(ts[i])!r}; timestamps must be finite"
-    d = np.diff(ts)
-    bad = d <= 0
-    if not bad.any():
-        return None
-    return _not_increasing_message(ts, d, int(np.argmax(bad)))
-
-
-def _not_increasing_message(ts: np.ndarray, d: np.ndarray, i: int) -> str:
-    msg = f"timestamps are not strictly increasing: timestamp {i + 1} ({float(ts[i + 1])!r}) <= timestamp {i} ({float(ts[i])!r})"
-    n_equal = int(np.count_nonzero(d == 0))
-    if ts.size >= 2 and n_equal == ts.size - 1:
-        msg = f"timestamps are not increasing: all {ts.size} timestamps equal {float(ts[0])!r}; {FLOAT32_HINT}"
-    elif ts.size >= 3 and n_equal >= 0.9 * (ts.size - 1):
-        msg += f"; {n_equal} of {ts.size - 1} steps are zero: {FLOAT32_HINT}"
-    return msg
-
-
-def check_timestamps(ts: np.ndarray, where: str) -> None:
-    """Raise SchemaError (prefixed by `where`) unless `ts` is non-empty, finite and strictly increasing."""
-    problem = timestamp_problem(ts)
-    if problem:
-        raise SchemaError(f"{where}: {problem}")
 
 
 def _offsets(lengths: np.ndarray) -> np.ndarray:
@@ -158,7 +120,7 @@ def _check_ts_column(
         if bad.any():
             for p, r in _first_per_row(np.flatnonzero(bad), off, skip=bad_rows):
                 ts = values[off[r] : off[r + 1]]
-                rep.episode(ids[r], start + r, column, _not_increasing_message(ts, np.diff(ts), int(p - off[r])))
+                rep.episode(ids[r], start + r, column, not_increasing_message(ts, np.diff(ts), int(p - off[r])))
     return lengths, off, values
 
 

@@ -35,7 +35,7 @@ from ..schema import (
     check_output_path,
     signal_stream,
 )
-from ..validate import check_timestamps
+from ..timestamps import check_timestamps
 from .common import encode_camera, select
 
 _INT_NAME = re.compile(r"^[+-]?\d+$")

@@ -29,7 +29,7 @@ from ..schema import (
     image_stream,
     signal_stream,
 )
-from ..validate import check_timestamps
+from ..timestamps import check_timestamps
 
 REQUIRED = ("text", "actions", "observations")
 MEDIA = ("image", "video")

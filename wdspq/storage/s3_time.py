@@ -1,7 +1,7 @@
 """The time bound of one S3 request (README "Shards on S3"): every attempt and backoff of a read waiting
 for its next bytes, a HEAD, LIST, DELETE or PUT together take at most `timeout` seconds.
 
-`storage.S3Storage` applies the rule: its clients get the per-attempt timeouts of `attempt_timeouts`,
+`S3Storage` (storage/s3.py) applies the rule: its clients get the per-attempt timeouts of `attempt_timeouts`,
 and its retry loops ask `retry_wait` before each new attempt.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 
-from .errors import StorageError
+from ..errors import StorageError
 
 DEFAULT_S3_TIMEOUT = 60.0  # seconds one S3 request may take, every attempt and backoff included
 S3_TIMEOUT_ENV = "WDSPQ_S3_TIMEOUT"
