@@ -95,7 +95,7 @@ def test_stream_epoch_is_exactly_once_and_equal(export: Path, ds: Any) -> None:
 
 
 def test_readme_decoder_reads_shared_frames_with_plain_webdataset(export: Path, ds: Any) -> None:
-    from test_shards_v2 import readme_decoder
+    from test_shard_format import readme_decoder
 
     m = json.loads((export / "manifest.json").read_text())
     urls = [str(export / s["name"]) for s in m["shards"]]
