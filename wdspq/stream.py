@@ -35,7 +35,7 @@ from .cursor import (
 from .epoch_order import block_size, check_order, default_order, in_shard_order, read_in_order
 from .errors import StateError, WdspqError
 from .handoff import RING_KEY, BatchLayout, BatchRing, batch_tensors
-from .pipeline import StageContext, StreamPipeline, run_stages
+from .pipeline import ShuffleFlag, StageContext, StreamPipeline, run_stages
 from .reader import SampleReader
 from .shardfmt import Manifest, load_manifest
 
@@ -101,8 +101,8 @@ class ShardStream(StreamPipeline):
         self.source = str(source)
         self.manifest: Manifest = load_manifest(self.source, storage_options)
         self.manifest.warn_old_window_rules()
-        self.shuffle = bool(shuffle)
-        self.shard_order = check_order(shard_order or default_order(self.shuffle), self.shuffle)
+        self.shuffle = ShuffleFlag(shuffle)  # a bool to read; calling it (webdataset's shuffle) is refused
+        self.shard_order = check_order(shard_order or default_order(bool(shuffle)), bool(shuffle))
         self.seed = int(seed)
         if self.seed < 0:
             raise WdspqError(f"seed must be >= 0, got {seed}")
@@ -145,7 +145,7 @@ class ShardStream(StreamPipeline):
 
     def fresh_state(self, epoch: int, topology: Topology) -> CursorState:
         m = self.manifest
-        return new_epoch_state(m.id, m.spec_id, self.seed, self.shuffle, epoch, len(m.shards), topology,
+        return new_epoch_state(m.id, m.spec_id, self.seed, bool(self.shuffle), epoch, len(m.shards), topology,
                                self.shard_order)
 
     def in_shard_order(self, shard: int, epoch: int) -> np.ndarray:
@@ -278,7 +278,7 @@ class ShardStream(StreamPipeline):
         start = c[at + topo.n_slots : -1]
         self._ring_generation = int(c[-1])
         self._order_epoch = epoch
-        order = epoch_shard_order(n, self.seed, epoch, self.shuffle)
+        order = epoch_shard_order(n, self.seed, epoch, bool(self.shuffle))
         plan = Plan.build(self.shard_sizes, base, order, topo, consumed, self.shard_order == "block")
         return plan, skip, start, j, n_workers
 
@@ -460,7 +460,7 @@ class StreamLoader(DataLoader):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state` at the next iter() (see the class doc)."""
         m = self.stream.manifest
-        st = check_compatible(state, m.id, m.spec_id, self.stream.seed, self.stream.shuffle, len(m.shards),
+        st = check_compatible(state, m.id, m.spec_id, self.stream.seed, bool(self.stream.shuffle), len(m.shards),
                               self.stream.shard_order)
         r = resume(st, self.stream.shard_sizes, self.topology, self.rank)  # fail now, not at iter(), if unusable
         cap = _consumed_capacity(len(m.shards), self.topology.n_slots)
