@@ -263,7 +263,7 @@ class ShardStream(StreamPipeline):
         if self._control is None:
             topo = Topology(world_size=self.world_size, num_workers=n_workers if info else 0, batch_size=1,
                             interleave=self.interleave, even=self.even)
-            r = resume(self.fresh_state(self.epoch, topo), self.shard_sizes, topo, self.rank)
+            r = resume(self.fresh_state(self.epoch, topo), self.shard_sizes, topo, self.rank, self._blocks)
             self._order_epoch = self.epoch
             return r.plan, r.skip, r.start_worker, j, n_workers
         c = self._control.tolist()
@@ -279,7 +279,7 @@ class ShardStream(StreamPipeline):
         self._ring_generation = int(c[-1])
         self._order_epoch = epoch
         order = epoch_shard_order(n, self.seed, epoch, bool(self.shuffle))
-        plan = Plan.build(self.shard_sizes, base, order, topo, consumed, self.shard_order == "block")
+        plan = Plan.build(self.shard_sizes, base, order, topo, consumed, self.shard_order == "block", self._blocks)
         return plan, skip, start, j, n_workers
 
     def _current_epoch(self) -> int:
@@ -462,7 +462,7 @@ class StreamLoader(DataLoader):
         m = self.stream.manifest
         st = check_compatible(state, m.id, m.spec_id, self.stream.seed, bool(self.stream.shuffle), len(m.shards),
                               self.stream.shard_order)
-        r = resume(st, self.stream.shard_sizes, self.topology, self.rank)  # fail now, not at iter(), if unusable
+        r = resume(st, self.stream.shard_sizes, self.topology, self.rank, self.stream._blocks)  # fail now, not at iter(), if unusable
         cap = _consumed_capacity(len(m.shards), self.topology.n_slots)
         if len(r.state.consumed) > cap:
             raise StateError(f"this state has {len(r.state.consumed)} consumed ranges, more than this loader carries "
@@ -497,7 +497,7 @@ class StreamLoader(DataLoader):
             st = self.stream.fresh_state(st.epoch + 1, self.topology)
             self._epoch = st.epoch
         self._explicit_epoch = False
-        r = resume(st, self.stream.shard_sizes, self.topology, self.rank)
+        r = resume(st, self.stream.shard_sizes, self.topology, self.rank, self.stream._blocks)
         cap = _consumed_capacity(len(r.plan.base), self.topology.n_slots)
         consumed = [x for rng in r.plan.consumed for x in rng]
         c = [r.state.epoch, *r.plan.base, len(r.plan.consumed), *consumed, *[0] * (3 * cap - len(consumed)),
@@ -564,7 +564,7 @@ class StreamLoader(DataLoader):
         st = self._local_state()
         if st.complete and not self._explicit_epoch:
             st = self.stream.fresh_state(st.epoch + 1, self.topology)
-        r = resume(st, self.stream.shard_sizes, self.topology, self.rank)
+        r = resume(st, self.stream.shard_sizes, self.topology, self.rank, self.stream._blocks)
         return RankCursor(r.plan, self.rank, r.state).batches_left
 
 
