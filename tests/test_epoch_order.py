@@ -138,6 +138,26 @@ def test_split_pieces_give_every_slot_work(sizes, topo, blocks):
     assert split_ranges([(0, 0, 40)], 4, [16]) == [(0, 0, 10), (0, 10, 20), (0, 20, 30), (0, 30, 40)]
 
 
+@SETTINGS
+@given(st.lists(st.integers(0, 400), min_size=1, max_size=4), topo_st, st.lists(st.integers(1, 100), min_size=4,
+                                                                              max_size=4))
+def test_pieces_cut_on_block_boundaries_stay_short_enough_for_every_slot(sizes, topo, blocks):
+    """Moving cuts to block boundaries never makes a piece longer than total / slots, so every slot still
+    gets a piece; where every piece has a block's room to spare, every cut is a block boundary."""
+    plan = Plan.build(sizes, [0] * len(sizes), epoch_shard_order(len(sizes), 0, 0, True), topo, split=True,
+                      blocks=blocks)
+    f = sum(sizes) // max(1, topo.n_slots)
+    assert len(plan.pieces) <= len(sizes) + 2 * topo.n_slots
+    assert sorted((p.shard, q) for p in plan.pieces for q in range(p.start, p.end)) == all_samples(sizes)
+    if sum(sizes) >= topo.n_slots:
+        assert all(len(p) <= f for p in plan.pieces if len(p) < sizes[p.shard])
+        assert all(plan.slot_pieces(s) for s in range(topo.n_slots))
+    for s, n in enumerate(sizes):  # with room to spare in every piece, the cuts are block boundaries
+        g, cuts = int(np.prod(block_layout(blocks[s]))), [p.start for p in plan.pieces if p.shard == s and p.start]
+        if cuts and (len(cuts) + 1) * (f - g) >= n:
+            assert all(x % g == 0 for x in cuts), (cuts, g, f)
+
+
 def _reads_per_epoch(sizes: list[int], sample_bytes: int, topo: Topology, aware: bool = True
                      ) -> tuple[int, int, int, int]:
     """(ranged reads, blocks, chunks, pieces) of one epoch of the pure plan, read with the stream's `read_in_order`."""

@@ -179,15 +179,15 @@ def remaining_ranges(
 def split_ranges(
     ranges: Sequence[tuple[int, int, int]], n_slots: int, blocks: Sequence[int] | None = None
 ) -> list[tuple[int, int, int]]:
-    """Cut ranges longer than ``f = total // n_slots`` into ``ceil(len / f)`` pieces each.
+    """Cut ranges longer than ``f = total // n_slots`` into ``ceil(len / f)`` pieces of at most ``f`` each.
 
-    The cuts are near-equal; with ``blocks`` (samples per ordinal block of each shard, `block_size`), a range
-    that spans at least as many blocks as pieces is cut on block boundaries (the nearest ones), so each
-    block is read by one piece in one go; a range of fewer blocks is cut inside blocks, where a stretch
-    of a block is still at most two runs per chunk (`in_shard_order`). Reads per epoch are so
-    O(chunks + pieces), never one per sample. Pieces number at most ``len(ranges) + 2 * n_slots``; with every
-    piece at most ``f`` (no ``blocks``) the cursor's dealing gives every slot at least one. Nothing is cut
-    when every range is already short enough (e.g. as many equal shards as slots, or more)."""
+    The cuts are near-equal; with ``blocks`` (samples per ordinal block of each shard, `block_size`) each
+    cut moves to the block boundary nearest to it among those that keep every piece at most ``f`` (a
+    range spanning enough blocks is so cut on block boundaries only, each block read by one piece in one
+    go); a cut left inside a block still reads each chunk of it in at most two runs (`in_shard_order`), so
+    reads per epoch are O(chunks + pieces), never one per sample. Pieces number at most ``len(ranges) + 2 *
+    n_slots``, and with every piece at most ``f`` the cursor's dealing gives every slot at least one.
+    Nothing is cut when every range is already short enough (e.g. as many equal shards as slots, or more)."""
     total = sum(b - a for _, a, b in ranges)
     f = total // max(1, int(n_slots))
     if n_slots <= 1 or f < 1:
@@ -198,13 +198,10 @@ def split_ranges(
         m = -(-n // f)
         cuts = [a + (i * n) // m for i in range(m + 1)]
         g = int(np.prod(block_layout(blocks[s]))) if blocks is not None else 0
-        first = -(-(a + 1) // g) * g if g else b  # the first block boundary inside (a, b)
-        if g and m > 1 and first + (m - 2) * g < b:  # at least m - 1 boundaries inside: cut on them
-            last = (b - 1) // g * g
-            k, prev = (last - first) // g, -1
-            for i in range(1, m):
-                j = min(max(round((cuts[i] - first) / g), prev + 1), k - (m - 1 - i))
-                cuts[i], prev = first + j * g, j
+        for i in range(1, m if g else 1):
+            lo, hi = max(cuts[i - 1] + 1, b - (m - i) * f), min(cuts[i - 1] + f, b - (m - i))
+            near = [x for x in (cuts[i] // g * g, -(-cuts[i] // g) * g, -(-lo // g) * g, hi // g * g) if lo <= x <= hi]
+            cuts[i] = min(near, key=lambda x: abs(x - cuts[i])) if near else min(max(cuts[i], lo), hi)
         out.extend((s, x, y) for x, y in zip(cuts, cuts[1:]))
     return out
 

@@ -78,7 +78,7 @@ class ShardStream(StreamPipeline):
     before its first read in a process.
 
     `shard_order`: `"block"` (default with `shuffle=True`): every epoch reads each shard in a new order,
-    its ~8 MiB blocks permuted and the samples inside each block permuted, and long shards are cut into
+    ~0.5 MiB chunks dealt to new ~8 MiB blocks and read row by row across them, and long shards are cut into
     pieces so every worker has work; `"sequential"` (default with `shuffle=False`): each shard read front
     to back, whole, in the same order every epoch (the version 1 order; README "Epoch order").
     """
@@ -165,7 +165,7 @@ class ShardStream(StreamPipeline):
         # O(its pieces + one chunk), not O(its windows). A piece's real entries are consecutive positions
         # [lo, end), so one reader serves the piece's whole run; the run ends where the slot stops taking from
         # the piece (its end, or earlier under even="drop"). Positions are ordinals of the epoch's in-shard
-        # order: `_ordered` reads them with one ranged read per block (sequential order: one for the run). A
+        # order: `_ordered` reads them with one ranged read per chunk of a block (sequential: one for the run). A
         # slot may hold several pieces of one shard, so a run is found by its piece, not its shard.
         pieces = plan.slot_pieces(slot)
         taken = plan.slot_emitted(slot, plan.slot_real_count(slot))
@@ -206,7 +206,7 @@ class ShardStream(StreamPipeline):
             self._reader.end_iteration()
 
     def _ordered(self, plan: Plan, shard: int, q0: int, q1: int, raw: bool, perms: dict[int, np.ndarray]) -> Iterator[Any]:
-        """Samples at ordinals `q0 .. q1-1` of `shard` in this epoch's order: one ranged read per block."""
+        """Samples at ordinals `q0 .. q1-1` of `shard` in this epoch's order: one ranged read per chunk."""
         perm = perms.get(shard)
         if perm is None:
             perm = perms[shard] = in_shard_order(self.seed, self._order_epoch, shard, plan.shard_sizes[shard],
