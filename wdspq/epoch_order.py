@@ -182,9 +182,9 @@ def split_ranges(
     """Cut ranges longer than ``f = total // n_slots`` into ``ceil(len / f)`` pieces of at most ``f`` each.
 
     The cuts are near-equal; with ``blocks`` (samples per ordinal block of each shard, `block_size`) each
-    cut moves to the block boundary nearest to it among those that keep every piece at most ``f`` (a
-    range spanning enough blocks is so cut on block boundaries only, each block read by one piece in one
-    go); a cut left inside a block still reads each chunk of it in at most two runs (`in_shard_order`), so
+    cut moves to the block boundary nearest to it among those that keep every piece at most ``f`` (where
+    every piece has a block's room to spare, every cut is a boundary and each block is read by one piece
+    in one go); a cut left inside a block still reads each chunk of it in at most two runs (`in_shard_order`), so
     reads per epoch are O(chunks + pieces), never one per sample. Pieces number at most ``len(ranges) + 2 *
     n_slots``, and with every piece at most ``f`` the cursor's dealing gives every slot at least one.
     Nothing is cut when every range is already short enough (e.g. as many equal shards as slots, or more)."""
