@@ -16,8 +16,8 @@ from stream_child import indices, make_export, real, take
 from test_cursor import _check_elastic_chain, _check_exact_resume, all_samples, fresh_state
 
 import wdspq
-from wdspq.cursor import Plan, Topology, epoch_shard_order
-from wdspq.epoch_order import block_size, in_shard_order, read_in_order, split_ranges
+from wdspq.cursor import Plan, Topology, epoch_shard_order, new_epoch_state, resume
+from wdspq.epoch_order import CHUNKS, block_layout, block_size, in_shard_order, read_in_order, split_ranges
 from wdspq.errors import StateError, WdspqError
 from wdspq.shardfmt import load_manifest
 
@@ -40,25 +40,51 @@ topo_st = st.builds(
 # the order inside a shard
 
 
+def _runs(positions) -> int:
+    """Runs of consecutive values in `positions` (the ranged reads they need)."""
+    p = np.sort(np.asarray(positions))
+    return int(len(p) > 0) + int(np.count_nonzero(np.diff(p) != 1))
+
+
 @SETTINGS
-@given(st.integers(0, 300), st.integers(1, 300), st.integers(0, 9), st.integers(0, 9), st.integers(0, 5))
-def test_in_shard_order_is_a_block_shuffle(n, block, seed, epoch, shard):
+@given(st.integers(0, 300), st.integers(1, 300), st.integers(0, 9), st.integers(0, 9), st.integers(0, 5), st.data())
+def test_in_shard_order_is_a_block_shuffle(n, block, seed, epoch, shard, data):
+    """Ordinal blocks of k <= CHUNKS chunks of c consecutive samples (the shard's last n % c samples in the
+    last block), read row by row across the chunks; any stretch of a block is at most two runs per chunk."""
     perm = in_shard_order(seed, epoch, shard, n, block, "block")
     assert sorted(perm.tolist()) == list(range(n))
-    g = max(1, min(block, n))
-    for j in range(0, n, g):  # each ordinal block is one physical block of g samples (the tail block last)
+    c, k = block_layout(block)
+    assert k <= CHUNKS and block <= c * k < block + c and block_layout(c * k) == (c, k)
+    g = c * k
+    for j in range(0, n, g):
         part = perm[j : j + g]
-        lo = int(part.min())
-        assert lo % g == 0 and sorted(part.tolist()) == list(range(lo, lo + len(part)))
+        if len(part) == g:  # a full block: column t % k is one whole chunk, rotated
+            for col in range(k):
+                chunk = part[col::k]
+                lo = int(chunk.min())
+                assert lo % c == 0 and sorted(chunk.tolist()) == list(range(lo, lo + c))
+                assert _runs(chunk) <= 1 or (_runs(chunk) == 2 and chunk[0] > chunk[-1])
+        else:
+            assert j == n - len(part)  # the short block is the last
+        chunks = {int(p) // c for p in part if p < n // c * c}
+        assert sum(min(c, n - k * c) for k in chunks) + (n % c if j + g >= n else 0) == len(part)
+        t0 = data.draw(st.integers(0, len(part) - 1))
+        t1 = data.draw(st.integers(t0 + 1, len(part)))
+        assert _runs(part[t0:t1]) <= 2 * (CHUNKS + 1)
     assert np.array_equal(perm, in_shard_order(seed, epoch, shard, n, block, "block"))  # pure
     assert np.array_equal(in_shard_order(seed, epoch, shard, n, block, "sequential"), np.arange(n))
 
 
 def test_every_epoch_reads_a_shard_in_a_new_order():
-    orders = {tuple(in_shard_order(0, e, 3, 500, 100, "block").tolist()) for e in range(5)}
-    assert len(orders) == 5
-    assert not np.array_equal(in_shard_order(0, 0, 3, 500, 100, "block"), in_shard_order(0, 0, 4, 500, 100, "block"))
-    assert block_size(1000, 17_800_000) == 500 and block_size(200, 3_560_000) == 200 and block_size(7, None) == 7
+    """A new order every epoch, and new block-mates: a block's chunks are drawn at random each epoch."""
+    orders = [in_shard_order(0, e, 3, 500, 32, "block") for e in range(5)]
+    assert len({tuple(o.tolist()) for o in orders}) == 5
+    members = [{frozenset(o[j : j + 32].tolist()) for j in range(0, 500, 32)} for o in orders]
+    assert all(not (members[0] & m) for m in members[1:])  # no block of epoch 0 is a block again
+    assert not np.array_equal(in_shard_order(0, 0, 3, 500, 32, "block"), in_shard_order(0, 0, 4, 500, 32, "block"))
+    assert block_size(1000, 17_800_000) == 512 and block_size(1000, 102_944_000) == 84
+    assert block_size(200, 3_560_000) == 208 and block_size(7, None) == 7 and block_size(10, 10**9) == 1
+    assert block_size(1000, 3 * 10**9) == 3  # 3 MB samples: blocks of 3 one-sample chunks (~9 MB)
     with pytest.raises(WdspqError, match="shuffle=True"):
         wdspq.cursor.new_epoch_state("m", "s", 0, False, 0, 3, Topology(), "block")
 
@@ -66,7 +92,8 @@ def test_every_epoch_reads_a_shard_in_a_new_order():
 @SETTINGS
 @given(st.integers(1, 200), st.integers(1, 80), st.integers(0, 5), st.data())
 def test_read_in_order_reads_each_needed_sample_once_and_nothing_else(n, block, seed, data):
-    """One read per run of consecutive positions inside a block; a stretch never reads outside itself (R5)."""
+    """A stretch of ordinals is read as runs of consecutive positions inside each block, never outside the
+    stretch (R5): a whole block in at most one read per chunk, a part of one in at most two."""
     perm = in_shard_order(seed, 0, 0, n, block, "block")
     q0 = data.draw(st.integers(0, n - 1))
     q1 = data.draw(st.integers(q0, n))
@@ -80,10 +107,14 @@ def test_read_in_order_reads_each_needed_sample_once_and_nothing_else(n, block, 
     assert got == perm[q0:q1].tolist()
     covered = [p for a, b in reads for p in range(a, b)]
     assert sorted(covered) == sorted(got)  # every needed sample read once, no other
-    g = min(block, n)
-    assert all((b - 1) // g == a // g for a, b in reads)  # a read stays inside one block
+    g = int(np.prod(block_layout(block)))
+    blocks = [(int(perm[j : j + g].min()), set(perm[j : j + g].tolist())) for j in range(0, n, g)]
+    if len(reads) > 1:  # (a stretch that is one run of consecutive positions is read in one go)
+        assert all(any(set(range(a, b)) <= members for _, members in blocks) for a, b in reads)  # inside a block
+    touched = len(range(q0 // g, (q1 - 1) // g + 1)) if q1 > q0 else 0
+    assert len(reads) <= touched * 2 * (CHUNKS + 1)
     if q0 % g == 0 and q1 - q0 >= g:
-        assert (int(perm[q0:q0 + g].min()), int(perm[q0:q0 + g].min()) + g) in reads  # a whole block: one read
+        assert sum(1 for a, _ in reads if a in blocks[q0 // g][1]) <= CHUNKS  # a whole block: one read per chunk
 
 
 # ----------------------------------------------------------------------------------------------
@@ -91,15 +122,76 @@ def test_read_in_order_reads_each_needed_sample_once_and_nothing_else(n, block, 
 
 
 @SETTINGS
-@given(sizes_st, topo_st)
-def test_split_pieces_give_every_slot_work(sizes, topo):
-    plan = Plan.build(sizes, [0] * len(sizes), epoch_shard_order(len(sizes), 0, 0, True), topo, split=True)
+@given(sizes_st, topo_st, st.lists(st.integers(1, 40), min_size=4, max_size=4) | st.none())
+def test_split_pieces_give_every_slot_work(sizes, topo, blocks):
+    plan = Plan.build(sizes, [0] * len(sizes), epoch_shard_order(len(sizes), 0, 0, True), topo, split=True,
+                      blocks=blocks)
     assert len(plan.pieces) <= len(sizes) + 2 * topo.n_slots
     assert sorted((p.shard, q) for p in plan.pieces for q in range(p.start, p.end)) == all_samples(sizes)
     if sum(sizes) >= topo.n_slots:
         assert all(plan.slot_pieces(s) for s in range(topo.n_slots))
     assert split_ranges([(0, 0, 10)], 1) == [(0, 0, 10)]
     assert split_ranges([(0, 0, 9), (1, 0, 1)], 2) == [(0, 0, 4), (0, 4, 9), (1, 0, 1)]
+    # on block boundaries (multiples of 16 here) when the range spans as many blocks as pieces, else inside
+    assert split_ranges([(0, 0, 100)], 3, [16]) == [(0, 0, 32), (0, 32, 48), (0, 48, 80), (0, 80, 100)]
+    assert split_ranges([(0, 5, 100)], 2, [16]) == [(0, 5, 32), (0, 32, 64), (0, 64, 100)]
+    assert split_ranges([(0, 0, 40)], 4, [16]) == [(0, 0, 10), (0, 10, 20), (0, 20, 30), (0, 30, 40)]
+
+
+@SETTINGS
+@given(st.lists(st.integers(0, 400), min_size=1, max_size=4), topo_st, st.lists(st.integers(1, 100), min_size=4,
+                                                                              max_size=4))
+def test_pieces_cut_on_block_boundaries_stay_short_enough_for_every_slot(sizes, topo, blocks):
+    """Moving cuts to block boundaries never makes a piece longer than total / slots, so every slot still
+    gets a piece; where every piece has a block's room to spare, every cut is a block boundary."""
+    plan = Plan.build(sizes, [0] * len(sizes), epoch_shard_order(len(sizes), 0, 0, True), topo, split=True,
+                      blocks=blocks)
+    f = sum(sizes) // max(1, topo.n_slots)
+    assert len(plan.pieces) <= len(sizes) + 2 * topo.n_slots
+    assert sorted((p.shard, q) for p in plan.pieces for q in range(p.start, p.end)) == all_samples(sizes)
+    if sum(sizes) >= topo.n_slots:
+        assert all(len(p) <= f for p in plan.pieces if len(p) < sizes[p.shard])
+        assert all(plan.slot_pieces(s) for s in range(topo.n_slots))
+    for s, n in enumerate(sizes):  # with room to spare in every piece, the cuts are block boundaries
+        g, cuts = int(np.prod(block_layout(blocks[s]))), [p.start for p in plan.pieces if p.shard == s and p.start]
+        if cuts and (len(cuts) + 1) * (f - g) >= n:
+            assert all(x % g == 0 for x in cuts), (cuts, g, f)
+
+
+def _reads_per_epoch(sizes: list[int], sample_bytes: int, topo: Topology, aware: bool = True
+                     ) -> tuple[int, int, int, int]:
+    """(ranged reads, blocks, chunks, pieces) of one epoch of the pure plan, read with the stream's `read_in_order`."""
+    blocks = [block_size(n, n * sample_bytes) for n in sizes]
+    state = new_epoch_state("m", "s", 0, True, 0, len(sizes), topo, "block")
+    reads = pieces = 0
+    for rank in range(topo.world_size):
+        plan = resume(state, sizes, topo, rank, blocks if aware else None).plan
+        for w in range(topo.workers):
+            for p in plan.slot_pieces(topo.slot(rank, w)):
+                calls: list[int] = []
+                perm = in_shard_order(0, 0, p.shard, sizes[p.shard], blocks[p.shard], "block")
+                run = lambda a, b, calls=calls: calls.append(a) or iter(range(a, b))  # noqa: E731
+                for _ in read_in_order(run, perm, blocks[p.shard], p.start, p.end):
+                    pass
+                reads, pieces = reads + len(calls), pieces + 1
+    chunks = sum(-(-n // block_layout(g)[0]) for n, g in zip(sizes, blocks))
+    return reads, sum(-(-n // g) for n, g in zip(sizes, blocks)), chunks, pieces
+
+
+@pytest.mark.parametrize("sizes, sample_bytes, world_size, workers", [
+    ([1000], 17_800, 1, 8), ([1000] * 4, 17_800, 2, 8), ([1000] * 10, 7_004, 4, 8), ([960], 2_000, 1, 2),
+    ([5000] * 3, 102_944, 2, 4), ([20_000], 102_944, 3, 5), ([37, 1000, 3], 300_000, 2, 3),
+])
+def test_ranged_reads_per_epoch_grow_with_blocks_and_pieces_not_samples(sizes, sample_bytes, world_size, workers):
+    """A block is read in one go per chunk (<= CHUNKS reads), a piece boundary inside a block costs at most
+    two reads per chunk more: reads <= CHUNKS x (blocks + 2 x pieces) whatever the sample count. Pieces cut
+    on block boundaries where the shards span enough blocks: each chunk then read once, by one piece."""
+    topo = Topology(world_size=world_size, num_workers=workers, batch_size=32, interleave=4)
+    reads, blocks, chunks, pieces = _reads_per_epoch(sizes, sample_bytes, topo)
+    assert reads <= CHUNKS * (blocks + 2 * pieces), (reads, blocks, pieces)
+    if all(-(-n // block_size(n, n * sample_bytes)) >= 2 * topo.n_slots for n in sizes):
+        assert reads <= chunks
+        assert _reads_per_epoch(sizes, sample_bytes, topo, aware=False)[0] > chunks  # cuts that ignore blocks
 
 
 @SETTINGS
@@ -210,13 +302,14 @@ def _batchmates():
     return mod
 
 
-def test_batch_mates_change_from_epoch_to_epoch():
+@pytest.mark.parametrize("sample_bytes", [17_800, 7_004, 102_944, 3_000_000])
+def test_batch_mates_change_from_epoch_to_epoch(sample_bytes):
     """24 shards x 200, 2 workers, batch 16, interleave 4: the block order repeats <= 2 % of epoch 1's
     batch-mate pairs (the sequential order, the only one before: 20 %); 1,000 x 1,000, 8 workers, batch
-    64: <= 1 % with the sim table's sample size (sequential: 17.4 %)."""
+    64: <= 1 % whatever the sample size (sequential: 17.4 %; fixed blocks of 102.9 kB samples: 3.96 %)."""
     bm = _batchmates()
     small = Topology(num_workers=2, batch_size=16, interleave=4)
-    assert bm.repeat_rate([200] * 24, 17_800, small, "block") <= 0.02
-    assert bm.repeat_rate([200] * 24, 17_800, small, "sequential") > 0.15
+    assert bm.repeat_rate([200] * 24, sample_bytes, small, "block") <= 0.02
+    assert bm.repeat_rate([200] * 24, sample_bytes, small, "sequential") > 0.15
     big = Topology(num_workers=8, batch_size=64, interleave=4)
-    assert bm.repeat_rate([1000] * 1000, 17_800, big, "block") <= 0.01
+    assert bm.repeat_rate([1000] * 1000, sample_bytes, big, "block") <= 0.01

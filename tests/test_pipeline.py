@@ -286,15 +286,33 @@ UNSAFE = {
     "with_epoch": lambda s: s.with_epoch(100),
     "decode": lambda s: s.decode("rgb8"),
     "append": lambda s: s.append(wds.filters.batched(4)),
+    "map_tuple": lambda s: s.map_tuple(lambda x: x),
+    "resampled": lambda s: s.compose(wds.resampled),
+    "resampled(n)": lambda s: s.compose(wds.resampled(10)),
+    "with_length": lambda s: s.with_length(3),
+    "shuffle()": lambda s: s.shuffle(10),
 }
 
 
 @pytest.mark.parametrize("name", list(UNSAFE))
-def test_known_unsafe_webdataset_stages_are_refused_when_composed(export, name):
+def test_known_unsafe_webdataset_stages_are_refused_when_composed(export, name, n_windows):
     stream = wdspq.ShardStream(export, seed=1)
     with pytest.raises(StageError):
         UNSAFE[name](stream)
     assert len(stream.pipeline) == 3
+    assert len(stream) == n_windows and type(stream) is wdspq.ShardStream
+
+
+def test_stream_shuffle_reads_as_the_flag_and_calling_it_is_a_clear_error(export):
+    """`stream.shuffle` is the constructor's flag (webdataset's `shuffle(bufsize)` is refused); the state
+    keeps a JSON bool."""
+    on, off = wdspq.ShardStream(export, seed=1), wdspq.ShardStream(export, shuffle=False)
+    assert on.shuffle and not off.shuffle and on.shuffle == True and off.shuffle == False  # noqa: E712
+    assert repr(on.shuffle) == "True"
+    with pytest.raises(StageError, match="shuffle flag"):
+        on.shuffle(10)
+    loader = wdspq.StreamLoader(on, batch_size=4)
+    assert loader.state_dict()["shuffle"] is True
 
 
 # ----------------------------------------------------------------------------------------------

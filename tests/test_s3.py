@@ -133,9 +133,9 @@ def _object(g: Any) -> str:
 def _planned_reads(stream: ShardStream, state: dict[str, Any], topology: Topology) -> Counter:
     """The ranged GETs a stream resumed from `state` must make: per block of the epoch's in-shard order,
     one per run of consecutive sample positions not yet delivered, each from the manifest byte offset of
-    its first sample to the end of its last (a block left whole is one GET; no delivered sample is read)."""
+    its first sample to the end of its last (a block left whole is one GET per chunk; no delivered sample is read)."""
     manifest = stream.manifest
-    r = resume(state, manifest.shard_sizes, topology, rank=0)
+    r = resume(state, manifest.shard_sizes, topology, rank=0, blocks=stream._blocks)
     reads: Counter = Counter()
     for slot in range(topology.n_slots):
         assert r.plan.slot_pad_count(slot) == 0  # one rank: no pads

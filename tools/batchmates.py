@@ -5,9 +5,9 @@
 
 Of the pairs of windows that share a batch in epoch 1, the share that already shared one in epoch 0
 (every rank's batches; pads excluded). A fresh global shuffle repeats (B-1)/(N-1). The block order's
-rate depends on how many samples fit a block (wdspq.epoch_order.BLOCK_BYTES), so it is printed for a few
-sample sizes: the default export of the sim table (17.8 kB), the default encoding on the synthetic peer
-data (7.0 kB) and raw records (102.9 kB).
+rate may depend on how many samples fit a chunk and a block (wdspq.epoch_order.BLOCK_BYTES, CHUNKS), so it
+is printed for a few sample sizes: the default export of the sim table (17.8 kB), the default encoding on
+the synthetic peer data (7.0 kB), raw records (102.9 kB) and large samples (1 MB: one sample per chunk).
 """
 
 from __future__ import annotations
@@ -23,21 +23,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from wdspq.cursor import Topology, new_epoch_state, resume  # noqa: E402
 from wdspq.epoch_order import block_size, in_shard_order  # noqa: E402
 
-SAMPLE_BYTES = {"sim default 17.8 kB": 17_800, "default 7.0 kB": 7_004, "raw 102.9 kB": 102_944}
+SAMPLE_BYTES = {"sim default 17.8 kB": 17_800, "default 7.0 kB": 7_004, "raw 102.9 kB": 102_944, "large 1 MB": 10**6}
 
 
 def epoch_batch_ids(sizes: list[int], sample_bytes: int, topo: Topology, seed: int, epoch: int,
                     shard_order: str) -> tuple[np.ndarray, np.ndarray]:
     """(window ids of every real entry of the epoch, the global batch number of each), from the plan."""
     offsets = np.r_[0, np.cumsum(sizes)].astype(np.int64)
+    blocks = [block_size(n, n * sample_bytes) for n in sizes]
     phys = np.concatenate([
-        offsets[s] + in_shard_order(seed, epoch, s, n, block_size(n, n * sample_bytes), shard_order)
+        offsets[s] + in_shard_order(seed, epoch, s, n, blocks[s], shard_order)
         for s, n in enumerate(sizes)
     ]) if sizes else np.zeros(0, np.int64)
     state = new_epoch_state("m", "s", seed, True, epoch, len(sizes), topo, shard_order)
     ids, bids, nb = [], [], 0
     for rank in range(topo.world_size):
-        plan = resume(state, sizes, topo, rank).plan
+        plan = resume(state, sizes, topo, rank, blocks).plan
         per_worker, nth = [], [0] * topo.workers
         for w in range(topo.workers):
             s, q, pad = plan.slot_arrays(topo.slot(rank, w))

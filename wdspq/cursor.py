@@ -337,6 +337,7 @@ class Plan:
         topology: Topology,
         consumed: Sequence[Sequence[int]] = (),
         split: bool = False,
+        blocks: Sequence[int] | None = None,
     ) -> None:
         n = len(shard_sizes)
         if len(base) != n:
@@ -357,9 +358,10 @@ class Plan:
             tuple(r) for r in epoch_order.check_consumed(consumed, self.shard_sizes, self.base)  # type: ignore[misc]
         )
         self.split = bool(split)
+        self.blocks: tuple[int, ...] | None = None if blocks is None else tuple(int(g) for g in blocks)
         ranges = epoch_order.remaining_ranges(self.shard_sizes, self.base, self.consumed, self.order)
         if self.split:
-            ranges = epoch_order.split_ranges(ranges, topology.n_slots)
+            ranges = epoch_order.split_ranges(ranges, topology.n_slots, self.blocks)
         self.pieces: tuple[Piece, ...] = tuple(Piece(*r) for r in ranges)
         self._slot_pieces = self._deal()
         W, N, B = int(topology.world_size), topology.workers, int(topology.batch_size)
@@ -394,16 +396,19 @@ class Plan:
         topology: Topology,
         consumed: Sequence[Sequence[int]] = (),
         split: bool = False,
+        blocks: Sequence[int] | None = None,
     ) -> Plan:
         """Plan of the segment that starts from ``base`` (per-shard consumed prefix) and the ``consumed``
-        ranges past it, shards in ``order``; ``split`` cuts long ranges into pieces (``shard_order="block"``)."""
-        return cls(shard_sizes, base, order, topology, consumed, split)
+        ranges past it, shards in ``order``; ``split`` cuts long ranges into pieces (``shard_order="block"``),
+        on the shards' ordinal block boundaries where it can when ``blocks`` (samples per block) is given."""
+        return cls(shard_sizes, base, order, topology, consumed, split, blocks)
 
     @classmethod
-    def for_state(cls, state: CursorState, shard_sizes: Sequence[int]) -> Plan:
+    def for_state(cls, state: CursorState, shard_sizes: Sequence[int], blocks: Sequence[int] | None = None) -> Plan:
         """Plan of the segment a state belongs to (its base, consumed ranges, epoch order and topology)."""
         order = epoch_shard_order(len(shard_sizes), state.seed, state.epoch, state.shuffle)
-        return cls(shard_sizes, state.base, order, state.topology, state.consumed, state.shard_order == "block")
+        return cls(shard_sizes, state.base, order, state.topology, state.consumed, state.shard_order == "block",
+                   blocks)
 
     def _deal(self) -> list[tuple[Piece, ...]]:
         W, N = int(self.topology.world_size), self.topology.workers
@@ -931,13 +936,16 @@ def resume(
     shard_sizes: Sequence[int],
     topology: Topology,
     rank: int | None = None,
+    blocks: Sequence[int] | None = None,
 ) -> Resume:
     """Plan the continuation of ``state`` under ``topology``.
 
     Same topology (`Topology.key`): the state's plan, skipping what each slot delivered (R3); a
     per-rank state suffices, but ``rank``'s slots must be known when ``rank`` is given.
     Other topology: fold the segment into a new base (needs a full, merged state) and plan a new
-    segment from it with zero counts (R4).
+    segment from it with zero counts (R4). ``blocks``: samples per ordinal block of each shard
+    (`epoch_order.block_size`), where pieces are cut; the stream passes its own, and every caller that
+    must agree with a stream's plan must pass the same.
     """
     st = CursorState.from_dict(state)  # type: ignore[arg-type]
     if len(st.base) != len(shard_sizes):
@@ -945,7 +953,7 @@ def resume(
     W = topology.world_size
     if st.topology.key() == topology.key():
         st = CursorState(**{**st.__dict__, "topology": topology})  # num_workers 0 and 1 plan alike
-        old = Plan.for_state(st, shard_sizes)
+        old = Plan.for_state(st, shard_sizes, blocks)
         _check_complete(st, old)
         if rank is not None and rank not in st.known_ranks():
             raise StateError(
@@ -962,7 +970,7 @@ def resume(
             f"rank's position, this state knows ranks {st.known_ranks()}: merge the per-rank states with "
             "wdspq.cursor.merge_states"
         )
-    old = Plan.for_state(st, shard_sizes)
+    old = Plan.for_state(st, shard_sizes, blocks)
     _check_complete(st, old)
     # A finished epoch stays finished under any topology: with even="drop" its dropped surplus was never
     # delivered, and folding the counts would hand it out now (field report item 1).
@@ -970,7 +978,7 @@ def resume(
         base, consumed = [int(x) for x in shard_sizes], []
     else:
         base, consumed = old.fold(st.delivered)
-    new = Plan(shard_sizes, base, old.order, topology, consumed, old.split)
+    new = Plan(shard_sizes, base, old.order, topology, consumed, old.split, blocks)
     folded = CursorState(
         manifest_id=st.manifest_id,
         spec_id=st.spec_id,

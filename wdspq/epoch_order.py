@@ -7,13 +7,15 @@ prefix when the shard is read by one slot). The stream turns an ordinal into a s
 
 Orders (``shard_order``)
 ------------------------
-* ``"block"`` (the default when shuffling): the shard's samples are cut into blocks of `block_size`
-  samples (about BLOCK_BYTES each, from the manifest's shard bytes and sample count); the full blocks are
-  permuted, the short tail block (if any) stays last, and the samples inside every block are permuted.
-  All of it is drawn from ``np.random.default_rng([ORDER_TAG, seed, epoch, shard])``, so each epoch reads
-  each shard in a new order, a pure function of (seed, epoch, shard). One block is read as one ranged read
-  (one mapping locally, one Range GET on S3) and held while its samples are handed out.
-  Unconsumed ranges are cut into pieces (`split_ranges`) so that every slot gets work.
+* ``"block"`` (the default when shuffling): the shard is cut into chunks of consecutive samples, up to
+  CHUNKS of which make a block of about BLOCK_BYTES (`block_size`, from the manifest's shard bytes and
+  sample count). Each epoch the chunks are permuted and dealt to blocks, each chunk is rotated, and a
+  block's samples are handed out row by row across its chunks (`in_shard_order`): block membership and
+  batch-mates change every epoch whatever the sample size. All of it is drawn from
+  ``np.random.default_rng([ORDER_TAG, seed, epoch, shard])``, a pure function of (seed, epoch, shard).
+  A block is read as one ranged read per chunk (mappings locally, Range GETs on S3) and held while its
+  samples are handed out. Unconsumed ranges are cut into pieces (`split_ranges`), on block boundaries
+  where they can, so that every slot gets work.
 * ``"sequential"``: the version 1 order: every shard read front to back, whole shards as pieces (with
   fewer shards than slots some workers idle). States saved before format 2 have this order.
 """
@@ -29,6 +31,7 @@ from .errors import StateError, WdspqError
 
 ORDERS = ("block", "sequential")
 BLOCK_BYTES = 8 * 2**20  # about one mapped block of a local shard (shardfmt.layout.MAP_BYTES)
+CHUNKS = 16  # chunks per block at most: a block is read as CHUNKS ranged reads of ~BLOCK_BYTES / CHUNKS
 ORDER_TAG = 0x0B10C5  # first word of the in-shard generator's seed: its stream differs from any other use
 
 
@@ -47,29 +50,51 @@ def check_order(shard_order: str, shuffle: bool) -> str:
 
 
 def block_size(n_samples: int, shard_bytes: int | None) -> int:
-    """Samples per block of a shard: the shard cut into ``round(bytes / BLOCK_BYTES)`` blocks (at least one)
-    of equal sample counts (the last one shorter). Unknown bytes: one block."""
+    """Samples per ordinal block of a shard: the shard cut into ``round(bytes / BLOCK_BYTES)`` blocks (at least
+    one) of about ``g`` samples, rounded to whole chunks (`block_layout`). Unknown bytes: one block."""
     n = int(n_samples)
     if n <= 0:
         return 1
     blocks = max(1, round(int(shard_bytes or 0) / BLOCK_BYTES))
-    return -(-n // blocks)
+    c, k = block_layout(-(-n // blocks))
+    return c * k
+
+
+def block_layout(block: int) -> tuple[int, int]:
+    """``(c, k)``: a block of about ``block`` samples is ``k <= CHUNKS`` chunks of ``c`` consecutive samples
+    (``c = ceil(block / CHUNKS)``, ``k = ceil(block / c)``; ``block_size``'s values give back themselves)."""
+    g = max(1, int(block))
+    c = -(-g // CHUNKS)
+    return c, -(-g // c)
 
 
 def in_shard_order(seed: int, epoch: int, shard: int, n_samples: int, block: int, shard_order: str) -> np.ndarray:
-    """``perm[q]`` = sample position read at ordinal ``q`` of the shard in this epoch (int64, a permutation)."""
+    """``perm[q]`` = sample position read at ordinal ``q`` of the shard in this epoch (int64, a permutation).
+
+    Block order: the shard's full chunks of ``c`` consecutive samples (`block_layout`) are permuted and dealt
+    ``k`` to an ordinal block of ``k * c`` ordinals (the leftover chunks and the shard's last ``n % c``
+    samples make the last, shorter block). Each chunk starts at a random sample of itself (rotated), and a
+    block's ordinals go row by row across its chunks (ordinal ``t`` of a block is row ``t // k`` of chunk
+    ``t % k``). So consecutive samples come from different chunks, chunks meet in new blocks every epoch,
+    and any stretch of a block's ordinals is at most two runs of consecutive samples per chunk."""
     n = int(n_samples)
     if shard_order == "sequential" or n <= 1:
         return np.arange(n, dtype=np.int64)
     if seed < 0 or epoch < 0:
         raise WdspqError(f"seed and epoch must be >= 0 to shuffle, got seed={seed}, epoch={epoch}")
     rng = np.random.default_rng([ORDER_TAG, int(seed), int(epoch), int(shard)])
-    g = max(1, min(int(block), n))
-    full = n // g
-    grid = rng.permutation(full).astype(np.int64)[:, None] * g + np.arange(g, dtype=np.int64)[None, :]
-    head = rng.permuted(grid, axis=1).reshape(-1)
-    tail = full * g + rng.permutation(n - full * g).astype(np.int64)
-    return np.concatenate([head, tail])
+    c, k = block_layout(block)
+    nc = n // c
+    rows = np.arange(c, dtype=np.int64)
+    cols = rng.permutation(nc).astype(np.int64)[:, None] * c + (rows[None, :] + rng.integers(0, c, (nc, 1))) % c
+    full = nc // k
+    head = cols[: full * k].reshape(full, k, c).transpose(0, 2, 1).reshape(-1)
+    grid = np.full((nc - full * k + 1, c), -1, dtype=np.int64)
+    grid[:-1] = cols[full * k :]
+    r = n - nc * c  # the shard's last samples, a short chunk placed among the last block's chunks
+    grid[-1, :r] = nc * c + (rows[:r] + int(rng.integers(0, max(1, r)))) % max(1, r)
+    tail = grid[rng.permutation(len(grid))].T.reshape(-1)
+    return np.concatenate([head, tail[tail >= 0]])
 
 
 def read_in_order(
@@ -77,15 +102,17 @@ def read_in_order(
 ) -> Iterator[Any]:
     """Samples at ordinals ``q0 .. q1-1``, in order. ``run(a, b)`` reads sample positions ``a .. b-1``
     (one ranged read). Per ordinal block, the positions it needs are read as runs of consecutive
-    positions (the whole block in one read unless a resume point or a piece boundary cuts it; never a
-    sample outside ``q0 .. q1-1``, R5), held, and yielded in order. An identity order streams one run."""
+    positions (a whole block: one read per chunk, fewer where chunks adjoin; a stretch of a block: at most
+    two per chunk; never a sample outside ``q0 .. q1-1``, R5), held, and yielded in order. An identity
+    order streams one run."""
     if q1 <= q0:
         return
     part = perm[q0:q1]
     if part[-1] - part[0] == q1 - q0 - 1 and np.array_equal(part, np.arange(part[0], part[0] + q1 - q0)):
         yield from run(int(part[0]), int(part[0]) + q1 - q0)
         return
-    g = max(1, int(block))
+    c, k = block_layout(block)
+    g = c * k
     q = q0
     while q < q1:
         e = min(q1, (q // g + 1) * g)
@@ -149,12 +176,18 @@ def remaining_ranges(
     return out
 
 
-def split_ranges(ranges: Sequence[tuple[int, int, int]], n_slots: int) -> list[tuple[int, int, int]]:
-    """Cut ranges longer than ``f = total // n_slots`` into near-equal pieces of at most ``f`` samples.
+def split_ranges(
+    ranges: Sequence[tuple[int, int, int]], n_slots: int, blocks: Sequence[int] | None = None
+) -> list[tuple[int, int, int]]:
+    """Cut ranges longer than ``f = total // n_slots`` into ``ceil(len / f)`` pieces of at most ``f`` each.
 
-    With every piece at most ``total / n_slots``, the cursor's dealing (least-loaded rank, then worker)
-    gives every slot at least one piece; pieces number at most ``len(ranges) + 2 * n_slots``. Nothing is cut
-    when every range is already short enough (e.g. as many equal shards as slots, or more)."""
+    The cuts are near-equal; with ``blocks`` (samples per ordinal block of each shard, `block_size`) each
+    cut moves to the block boundary nearest to it among those that keep every piece at most ``f`` (where
+    every piece has a block's room to spare, every cut is a boundary and each block is read by one piece
+    in one go); a cut left inside a block still reads each chunk of it in at most two runs (`in_shard_order`), so
+    reads per epoch are O(chunks + pieces), never one per sample. Pieces number at most ``len(ranges) + 2 *
+    n_slots``, and with every piece at most ``f`` the cursor's dealing gives every slot at least one.
+    Nothing is cut when every range is already short enough (e.g. as many equal shards as slots, or more)."""
     total = sum(b - a for _, a, b in ranges)
     f = total // max(1, int(n_slots))
     if n_slots <= 1 or f < 1:
@@ -164,6 +197,11 @@ def split_ranges(ranges: Sequence[tuple[int, int, int]], n_slots: int) -> list[t
         n = b - a
         m = -(-n // f)
         cuts = [a + (i * n) // m for i in range(m + 1)]
+        g = int(np.prod(block_layout(blocks[s]))) if blocks is not None else 0
+        for i in range(1, m if g else 1):
+            lo, hi = max(cuts[i - 1] + 1, b - (m - i) * f), min(cuts[i - 1] + f, b - (m - i))
+            near = [x for x in (cuts[i] // g * g, -(-cuts[i] // g) * g, -(-lo // g) * g, hi // g * g) if lo <= x <= hi]
+            cuts[i] = min(near, key=lambda x: abs(x - cuts[i])) if near else min(max(cuts[i], lo), hi)
         out.extend((s, x, y) for x, y in zip(cuts, cuts[1:]))
     return out
 

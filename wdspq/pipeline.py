@@ -251,6 +251,8 @@ UNSAFE_STAGES: dict[Any, str] = {
     filters._unlisted: _BATCHING,
     filters._to_tuple: _TUPLE,
     filters._extract_keys: _TUPLE,
+    filters._map_tuple: _TUPLE,
+    shardlists.resampled_: "it draws samples with replacement, and the cursor hands out every window once (R1)",
 }
 # ... and by their class or plain function
 _UNSAFE_OBJECTS: dict[Any, str] = {
@@ -266,8 +268,8 @@ _UNSAFE_OBJECTS: dict[Any, str] = {
 def refuse_unsafe(stage: Any) -> None:
     """Raise StageError for a webdataset stage known to drop, add or reorder samples."""
     why = None
-    if isinstance(stage, filters.FilterFunction):
-        why = UNSAFE_STAGES.get(stage.f)
+    if isinstance(stage, (filters.FilterFunction, filters.RestCurried)):  # a stage, or its uncalled factory
+        why = UNSAFE_STAGES.get(getattr(stage, "f", None))
     if why is None:
         for obj, reason in _UNSAFE_OBJECTS.items():
             if stage is obj or (isinstance(obj, type) and isinstance(stage, obj)):
@@ -276,6 +278,32 @@ def refuse_unsafe(stage: Any) -> None:
     if why is not None:
         raise StageError(f"webdataset stage {_stage_name(stage)!r} cannot be added to a ShardStream: it changes the "
                          f"number or order of samples, and the resumable cursor counts them ({why})")
+
+
+class ShuffleFlag:
+    """`ShardStream.shuffle`: the stream's shuffle flag (reads as the bool given to the constructor), which also
+    stands where webdataset's `shuffle(bufsize)` method would be: calling it is refused with a clear error."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: bool) -> None:
+        self.value = bool(value)
+
+    def __bool__(self) -> bool:
+        return self.value
+
+    def __eq__(self, other: object) -> bool:
+        return self.value == (bool(other) if isinstance(other, ShuffleFlag) else other)
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+    def __call__(self, *args: Any, **kw: Any) -> Any:
+        raise StageError(f"ShardStream.shuffle(...) cannot be added to a ShardStream: {_ORDER}. `stream.shuffle` is the "
+                         "stream's shuffle flag (a bool)")
 
 
 class StreamPipeline(DataPipeline, FluidInterface):
@@ -316,6 +344,10 @@ class StreamPipeline(DataPipeline, FluidInterface):
 
     def with_epoch(self, nsamples: int = -1, nbatches: int = -1) -> StreamPipeline:
         raise StageError("ShardStream.with_epoch: an epoch is every window once (R1); StreamLoader drives epochs")
+
+    def with_length(self, n: int, silent: bool = False) -> StreamPipeline:
+        raise StageError("ShardStream.with_length: len(stream) is the export's window count (pads excluded); "
+                         "len(StreamLoader) is the batches this rank still yields in the epoch")
 
     def iterator1(self) -> Iterator[Any]:
         """One epoch of this slot (webdataset's entry point; the same as `iter(stream)`)."""

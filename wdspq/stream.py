@@ -35,7 +35,7 @@ from .cursor import (
 from .epoch_order import block_size, check_order, default_order, in_shard_order, read_in_order
 from .errors import StateError, WdspqError
 from .handoff import RING_KEY, BatchLayout, BatchRing, batch_tensors
-from .pipeline import StageContext, StreamPipeline, run_stages
+from .pipeline import ShuffleFlag, StageContext, StreamPipeline, run_stages
 from .reader import SampleReader
 from .shardfmt import Manifest, load_manifest
 
@@ -78,7 +78,7 @@ class ShardStream(StreamPipeline):
     before its first read in a process.
 
     `shard_order`: `"block"` (default with `shuffle=True`): every epoch reads each shard in a new order,
-    its ~8 MiB blocks permuted and the samples inside each block permuted, and long shards are cut into
+    ~0.5 MiB chunks dealt to new ~8 MiB blocks and read row by row across them, and long shards are cut into
     pieces so every worker has work; `"sequential"` (default with `shuffle=False`): each shard read front
     to back, whole, in the same order every epoch (the version 1 order; README "Epoch order").
     """
@@ -101,8 +101,8 @@ class ShardStream(StreamPipeline):
         self.source = str(source)
         self.manifest: Manifest = load_manifest(self.source, storage_options)
         self.manifest.warn_old_window_rules()
-        self.shuffle = bool(shuffle)
-        self.shard_order = check_order(shard_order or default_order(self.shuffle), self.shuffle)
+        self.shuffle = ShuffleFlag(shuffle)  # a bool to read; calling it (webdataset's shuffle) is refused
+        self.shard_order = check_order(shard_order or default_order(bool(shuffle)), bool(shuffle))
         self.seed = int(seed)
         if self.seed < 0:
             raise WdspqError(f"seed must be >= 0, got {seed}")
@@ -145,7 +145,7 @@ class ShardStream(StreamPipeline):
 
     def fresh_state(self, epoch: int, topology: Topology) -> CursorState:
         m = self.manifest
-        return new_epoch_state(m.id, m.spec_id, self.seed, self.shuffle, epoch, len(m.shards), topology,
+        return new_epoch_state(m.id, m.spec_id, self.seed, bool(self.shuffle), epoch, len(m.shards), topology,
                                self.shard_order)
 
     def in_shard_order(self, shard: int, epoch: int) -> np.ndarray:
@@ -165,7 +165,7 @@ class ShardStream(StreamPipeline):
         # O(its pieces + one chunk), not O(its windows). A piece's real entries are consecutive positions
         # [lo, end), so one reader serves the piece's whole run; the run ends where the slot stops taking from
         # the piece (its end, or earlier under even="drop"). Positions are ordinals of the epoch's in-shard
-        # order: `_ordered` reads them with one ranged read per block (sequential order: one for the run). A
+        # order: `_ordered` reads them with one ranged read per chunk of a block (sequential: one for the run). A
         # slot may hold several pieces of one shard, so a run is found by its piece, not its shard.
         pieces = plan.slot_pieces(slot)
         taken = plan.slot_emitted(slot, plan.slot_real_count(slot))
@@ -206,7 +206,7 @@ class ShardStream(StreamPipeline):
             self._reader.end_iteration()
 
     def _ordered(self, plan: Plan, shard: int, q0: int, q1: int, raw: bool, perms: dict[int, np.ndarray]) -> Iterator[Any]:
-        """Samples at ordinals `q0 .. q1-1` of `shard` in this epoch's order: one ranged read per block."""
+        """Samples at ordinals `q0 .. q1-1` of `shard` in this epoch's order: one ranged read per chunk."""
         perm = perms.get(shard)
         if perm is None:
             perm = perms[shard] = in_shard_order(self.seed, self._order_epoch, shard, plan.shard_sizes[shard],
@@ -263,7 +263,7 @@ class ShardStream(StreamPipeline):
         if self._control is None:
             topo = Topology(world_size=self.world_size, num_workers=n_workers if info else 0, batch_size=1,
                             interleave=self.interleave, even=self.even)
-            r = resume(self.fresh_state(self.epoch, topo), self.shard_sizes, topo, self.rank)
+            r = resume(self.fresh_state(self.epoch, topo), self.shard_sizes, topo, self.rank, self._blocks)
             self._order_epoch = self.epoch
             return r.plan, r.skip, r.start_worker, j, n_workers
         c = self._control.tolist()
@@ -278,8 +278,8 @@ class ShardStream(StreamPipeline):
         start = c[at + topo.n_slots : -1]
         self._ring_generation = int(c[-1])
         self._order_epoch = epoch
-        order = epoch_shard_order(n, self.seed, epoch, self.shuffle)
-        plan = Plan.build(self.shard_sizes, base, order, topo, consumed, self.shard_order == "block")
+        order = epoch_shard_order(n, self.seed, epoch, bool(self.shuffle))
+        plan = Plan.build(self.shard_sizes, base, order, topo, consumed, self.shard_order == "block", self._blocks)
         return plan, skip, start, j, n_workers
 
     def _current_epoch(self) -> int:
@@ -460,9 +460,9 @@ class StreamLoader(DataLoader):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state` at the next iter() (see the class doc)."""
         m = self.stream.manifest
-        st = check_compatible(state, m.id, m.spec_id, self.stream.seed, self.stream.shuffle, len(m.shards),
+        st = check_compatible(state, m.id, m.spec_id, self.stream.seed, bool(self.stream.shuffle), len(m.shards),
                               self.stream.shard_order)
-        r = resume(st, self.stream.shard_sizes, self.topology, self.rank)  # fail now, not at iter(), if unusable
+        r = resume(st, self.stream.shard_sizes, self.topology, self.rank, self.stream._blocks)  # fail now, not at iter(), if unusable
         cap = _consumed_capacity(len(m.shards), self.topology.n_slots)
         if len(r.state.consumed) > cap:
             raise StateError(f"this state has {len(r.state.consumed)} consumed ranges, more than this loader carries "
@@ -497,7 +497,7 @@ class StreamLoader(DataLoader):
             st = self.stream.fresh_state(st.epoch + 1, self.topology)
             self._epoch = st.epoch
         self._explicit_epoch = False
-        r = resume(st, self.stream.shard_sizes, self.topology, self.rank)
+        r = resume(st, self.stream.shard_sizes, self.topology, self.rank, self.stream._blocks)
         cap = _consumed_capacity(len(r.plan.base), self.topology.n_slots)
         consumed = [x for rng in r.plan.consumed for x in rng]
         c = [r.state.epoch, *r.plan.base, len(r.plan.consumed), *consumed, *[0] * (3 * cap - len(consumed)),
@@ -564,7 +564,7 @@ class StreamLoader(DataLoader):
         st = self._local_state()
         if st.complete and not self._explicit_epoch:
             st = self.stream.fresh_state(st.epoch + 1, self.topology)
-        r = resume(st, self.stream.shard_sizes, self.topology, self.rank)
+        r = resume(st, self.stream.shard_sizes, self.topology, self.rank, self.stream._blocks)
         return RankCursor(r.plan, self.rank, r.state).batches_left
 
 
