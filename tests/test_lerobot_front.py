@@ -21,8 +21,12 @@ from lerobot_fixture import (
     LENGTHS,
     TASKS,
     V3_FILES,
+    Recording,
     actions_of,
     decode_all,
+    encode_timed,
+    pattern,
+    read_pattern,
     state_of,
     write_v21,
     write_v30,
@@ -30,6 +34,7 @@ from lerobot_fixture import (
 
 import wdspq
 from wdspq.build import build_from_lerobot
+from wdspq.build.lerobot import FramesOffRowsWarning
 from wdspq.errors import SpecError
 from wdspq.windows import CameraClip, EpisodeArrays, SampleLayout, cut_window
 
@@ -251,3 +256,38 @@ def test_cli_export_with_delta_timestamps(exported, tmp_path, tokenizer_path):
     r = subprocess.run([sys.executable, "-m", "wdspq", "export", str(table), str(tmp_path / "x"), "--delta-timestamps",
                         json.dumps(DELTA), "--acts-length-sec", "1"], capture_output=True, text=True)
     assert r.returncode != 0 and "drop --acts-length-sec" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_imported_dropped_and_jittered_frames_follow_tolerance_s(tmp_path, tokenizer_path):
+    """A source video with a dropped frame and one with a late frame: the import keeps each frame's own
+    time, and windows take the nearest frame within tolerance_s, else the row is flagged `_is_pad`."""
+    n = 5
+    root = write_v21(tmp_path / "ds", {c: "libx264" for c in CAMERAS}, Recording(lengths=(n, 3)))
+    front, wrist = (root / f"videos/chunk-000/{c}/episode_000000.mp4" for c in CAMERAS)
+    wrist.write_bytes(encode_timed([pattern(1, 0, i) for i in (0, 1, 3, 4)], [0.0, 0.1, 0.3, 0.4]))  # 0.2 s dropped
+    front.write_bytes(encode_timed([pattern(0, 0, i) for i in range(n)], [0.0, 0.1, 0.23, 0.3, 0.4]))  # 30 ms late
+    table = tmp_path / "t.parquet"
+    with pytest.warns(FramesOffRowsWarning, match="episode_000000"):
+        build_from_lerobot(root, table, progress=False)
+    off = wdspq.schema.read_meta(str(table)).extra["lerobot"]["frames_off_rows"]
+    assert off == {"episode_000000": {CAMERAS[0]: {"frames": n, "rows": n, "frames_on_rows": n - 1},
+                                      CAMERAS[1]: {"frames": n - 1, "rows": n, "frames_on_rows": n - 1}}}
+
+    def at(k: int, tol: float) -> dict:
+        spec = wdspq.WindowSpec.from_delta_timestamps({CAMERAS[0]: [0.0], CAMERAS[1]: [-0.1, 0.0, 0.1]},
+                                                      tolerance_s=tol)
+        s = wdspq.to_lerobot(wdspq.ParquetWindowDataset(str(table), spec, tokenizer=tokenizer_path)[k])
+        s["shown"] = {c: [read_pattern((s[c][j] * 255).round().to(torch.uint8).numpy())[2]
+                          for j in range(len(s[c]))] for c in CAMERAS}
+        return s
+
+    s = at(2, 1e-4)  # anchor 0.2 s: no wrist frame there, the front frame is 30 ms late
+    assert s[f"{CAMERAS[1]}_is_pad"].tolist() == [False, True, False]
+    assert s["shown"][CAMERAS[1]][0] == 1 and s["shown"][CAMERAS[1]][2] == 3
+    assert s[f"{CAMERAS[0]}_is_pad"].tolist() == [True] and s["shown"][CAMERAS[0]] == [2]  # clamped: nearest
+    s = at(2, 0.05)  # a tolerance wider than the jitter: the late frame is present, the dropped one still not
+    assert s[f"{CAMERAS[0]}_is_pad"].tolist() == [False] and s["shown"][CAMERAS[0]] == [2]
+    assert s[f"{CAMERAS[1]}_is_pad"].tolist() == [False, True, False]
+    s = at(3, 1e-4)  # anchor 0.3 s: every wrist frame on time; frames keep their own order (3 is 4th row)
+    assert s[f"{CAMERAS[1]}_is_pad"].tolist() == [True, False, False] and s["shown"][CAMERAS[1]][1:] == [3, 4]
+    assert "episode_000001" not in off  # its frames sit on its rows: imported exactly as before
