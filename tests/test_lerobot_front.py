@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from lerobot_fixture import (
@@ -291,3 +293,28 @@ def test_imported_dropped_and_jittered_frames_follow_tolerance_s(tmp_path, token
     s = at(3, 1e-4)  # anchor 0.3 s: every wrist frame on time; frames keep their own order (3 is 4th row)
     assert s[f"{CAMERAS[1]}_is_pad"].tolist() == [True, False, False] and s["shown"][CAMERAS[1]][1:] == [3, 4]
     assert "episode_000001" not in off  # its frames sit on its rows: imported exactly as before
+
+
+def test_an_episode_that_changes_task_gives_each_anchor_its_rows_task(tmp_path, tokenizer_path):
+    """LeRobot takes each frame's task from its row's task_index: an episode listing two tasks, whose rows
+    switch task half-way, gives the anchors of each half their own task string and index."""
+    n = 6
+    root = write_v21(tmp_path / "ds", CODECS["v2.1"], Recording(lengths=(2, n)))
+    data = root / "data/chunk-000/episode_000001.parquet"
+    t = pq.read_table(data)
+    t = t.set_column(t.column_names.index("task_index"), "task_index", pa.array([1] * 3 + [0] * (n - 3), pa.int64()))
+    pq.write_table(t, data)
+    lines = [json.loads(line) for line in (root / "meta/episodes.jsonl").read_text().splitlines()]
+    lines[1]["tasks"] = [TASKS[1], TASKS[0]]
+    (root / "meta/episodes.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    table = tmp_path / "t.parquet"
+    build_from_lerobot(root, table, progress=False)
+    spec = wdspq.WindowSpec.from_delta_timestamps({"action": [0.0, 0.1]})
+    ds = wdspq.ParquetWindowDataset(str(table), spec, tokenizer=tokenizer_path)
+    got = [wdspq.to_lerobot(ds[2 + i]) for i in range(n)]
+    assert [s["task"] for s in got] == [TASKS[1]] * 3 + [TASKS[0]] * (n - 3)
+    assert [int(s["task_index"]) for s in got] == [1] * 3 + [0] * (n - 3)
+    first = wdspq.to_lerobot(ds[0])  # a one-task episode: unchanged
+    assert first["task"] == TASKS[EP_TASK[0]] and int(first["task_index"]) == EP_TASK[0]
+    batch = wdspq.to_lerobot(torch.utils.data.default_collate([ds[1], ds[4], ds[5]]))
+    assert batch["task"] == [TASKS[0], TASKS[1], TASKS[0]] and batch["task_index"].tolist() == [0, 1, 0]

@@ -215,14 +215,20 @@ def lerobot_schema(max_task_bytes: int) -> dict[str, dict]:
 
 
 def lerobot_values(info: Mapping[str, Any], k: int, max_task_bytes: int) -> dict[str, np.ndarray]:
-    """Those keys' values for anchor row `k` of an episode whose `info` is `EpisodeArrays.info`."""
-    raw = str(info.get("task", "")).encode()
+    """Those keys' values for anchor row `k` of an episode whose `info` is `EpisodeArrays.info` (the task of
+    the run of rows holding `k` where the episode changes task, as LeRobot takes each row's task)."""
+    task, task_index = info.get("task", ""), info.get("task_index", -1)
+    runs = info.get("task_runs")
+    if runs:
+        j = max(int(np.searchsorted([run[0] for run in runs], k, side="right")) - 1, 0)
+        task, task_index = runs[j][2], runs[j][1]
+    raw = str(task).encode()
     if len(raw) > max_task_bytes:
         raise SpecError(f"episode {info.get('episode_id', '?')!r}: its task text is {len(raw)} bytes, more than "
                         f"max_task_bytes={max_task_bytes}; export with a larger max_task_bytes")
-    task = np.zeros(max_task_bytes, dtype=np.uint8)
-    task[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
-    return {"task": task, "task_index": np.array(int(info.get("task_index", -1)), dtype=np.int64),
+    task_bytes = np.zeros(max_task_bytes, dtype=np.uint8)
+    task_bytes[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+    return {"task": task_bytes, "task_index": np.array(int(task_index), dtype=np.int64),
             "index": np.array(int(info.get("index_from", 0)) + k, dtype=np.int64),
             "source_episode_index": np.array(int(info.get("source_episode_index", -1)), dtype=np.int64)}
 
@@ -246,7 +252,7 @@ def episode_infos(extra: Mapping[str, Any], episode_ids: list[str], texts: list[
         seen.setdefault(text, len(seen))
         src = by_id.get(eid) or {}
         task_index = tasks.index(text) if text in tasks else (-1 if tasks else seen[text])
-        out.append({"episode_id": eid, "task": text, "task_index": task_index,
+        out.append({"episode_id": eid, "task": text, "task_index": task_index, "task_runs": src.get("task_runs"),
                     "source_episode_index": int(src.get("episode_index", row)),
                     "index_from": int(src.get("index_from", starts[row]))})
     return out

@@ -14,7 +14,9 @@ Mapping (docs/importers.md):
   within `SNAP_S` of a row's timestamp takes that timestamp exactly. A clip with more or fewer frames
   than the episode has rows (a dropped or extra frame) is imported as it is, with a warning and a note in
   the table's extra["lerobot"]["frames_off_rows"]; windows then match frames by time (`tolerance_s`);
-- the episode's task(s) -> `text` (several tasks joined by "; " in order of first appearance);
+- the episode's task(s) -> `text` (several tasks joined by "; " in order of first appearance); an episode
+  whose rows change task also keeps its runs of rows per task (`task_runs`), so a window gets the task of
+  its anchor row, as LeRobot gives each frame its own row's task;
 - `info.json` `splits` ("train": "0:80") -> the `split` column.
 
 Timestamps are the rows' `timestamp` values in float64; where they equal float32(frame_index / fps), as
@@ -320,6 +322,17 @@ def _timed(frames: Iterable[tuple[float, np.ndarray]], start: float, times: list
         yield f
 
 
+def task_runs(rows: pa.Table, names: dict[int, str]) -> list[list[Any]] | None:
+    """[[first row, task_index, task], ...] for an episode whose rows carry more than one task_index, else None."""
+    if "task_index" not in rows.column_names or rows.num_rows == 0:
+        return None
+    ti = np.asarray(rows.column("task_index").to_numpy(zero_copy_only=False), dtype=np.int64)
+    starts = np.flatnonzero(np.concatenate([[True], ti[1:] != ti[:-1]]))
+    if len(starts) == 1:
+        return None
+    return [[int(r), int(ti[r]), names.get(int(ti[r]), "")] for r in starts]
+
+
 def read_episode(
     root: Path, ref: _EpisodeRef, rows: pa.Table, streams: list[Stream], cameras: dict[str, str],
     fps: float, text: str, split: str | None, video_codec: str, off_rows: dict[str, Any] | None = None,
@@ -413,6 +426,9 @@ def build_from_lerobot(
             text = _episode_text(ep_tasks.get(i) or [], rows, names)
             index_from = int(rows.column("index")[0].as_py()) if "index" in rows.column_names and rows.num_rows else starts[i]
             extra["lerobot"]["episodes_by_id"][f"episode_{i:06d}"] = {"episode_index": i, "index_from": index_from}
+            runs = task_runs(rows, names)
+            if runs is not None:
+                extra["lerobot"]["episodes_by_id"][f"episode_{i:06d}"]["task_runs"] = runs
             off: dict[str, Any] = {}
             writer.add(read_episode(root, ref, rows, streams, cameras, fps, text, split_of(i, splits), video_codec, off))
             if off:
