@@ -318,3 +318,29 @@ def test_an_episode_that_changes_task_gives_each_anchor_its_rows_task(tmp_path, 
     assert first["task"] == TASKS[EP_TASK[0]] and int(first["task_index"]) == EP_TASK[0]
     batch = wdspq.to_lerobot(torch.utils.data.default_collate([ds[1], ds[4], ds[5]]))
     assert batch["task"] == [TASKS[0], TASKS[1], TASKS[0]] and batch["task_index"].tolist() == [0, 1, 0]
+
+
+def test_actions_go_by_row_index_and_frames_are_flagged_past_the_episode():
+    """LeRobot's rule: actions (and signals on their clock) at rows `k + round(d * fps)`, so jittered action
+    timestamps never pad; cameras by time, but clamped to and flagged outside the episode's span."""
+    layout = SampleLayout(action_dim=1, action_rate_hz=10.0, signals=(("obs", 1, 10.0),), cameras=(("cam", 2, 2, 10.0),))
+    n = 5
+
+    def cut(action_ts: np.ndarray, cam_ts: np.ndarray, delta: dict, k: int, **kw) -> dict:
+        frames = (np.arange(len(cam_ts), dtype=np.uint8)[:, None, None, None] + 1) * np.ones((1, 3, 2, 2), np.uint8)
+        vals = np.arange(len(action_ts), dtype=np.float32)[:, None] + 1
+        ep = EpisodeArrays(action_ts=action_ts, actions=vals, signals={"obs": (action_ts.copy(), vals * 10)},
+                           cameras={"cam": CameraClip(ts=cam_ts, frames=frames)})
+        return cut_window(ep, k, wdspq.WindowSpec.from_delta_timestamps(delta, **kw).resolve(layout), 0, 0)
+
+    jittered = np.arange(n) / 10 + np.array([0, 2e-3, -2e-3, 1.5e-3, -1e-3])
+    for boundary in ("clamp", "pad"):
+        s = cut(jittered, np.arange(n) / 10, {"action": [-0.2, 0.0, 0.1, 0.2, 0.4], "obs": [0.1, 0.3]}, 1, boundary=boundary)
+        assert s["actions_mask"].tolist() == [False, True, True, True, False]
+        assert s["actions"][:, 0].tolist() == ([1, 2, 3, 4, 5] if boundary == "clamp" else [0, 2, 3, 4, 0])
+        assert s["obs_mask"].tolist() == [True, True] and s["obs"][:, 0].tolist() == [30, 50]
+    # a video one frame longer than the episode: the frame past the last row is not in the episode
+    s = cut(np.arange(n) / 10, np.arange(n + 1) / 10, {"cam": [-0.1, 0.0, 0.1]}, n - 1)
+    assert s["cam_mask"].tolist() == [True, True, False] and s["cam"][:, 0, 0, 0].tolist() == [4, 5, 5]
+    s = cut(np.arange(n) / 10, np.arange(n + 1) / 10, {"cam": [0.1]}, n - 1, boundary="pad")
+    assert s["cam_mask"].tolist() == [False] and s["cam"].max() == 0

@@ -4,10 +4,13 @@ Pure numpy in, numpy out, like `windows.cut_window`, which calls `cut_explicit` 
 `delta_timestamps`; the map-style dataset and the exporter therefore cut these windows in one place.
 
 Per stream (actions, a signal or a camera) a listed stream gets one row per offset `d`, stacked
-`(T, ...)`: the sample nearest in time to `t0 + d` when it lies within `tolerance_s`; otherwise the row
-is padded (mask false) and holds, with `boundary="clamp"`, the nearest sample (the edge row outside the
-stream's span, as LeRobot clamps) or, with `boundary="pad"`, zeros. A stream not listed gets the one row
-at the anchor, without the time axis (LeRobot's rule for keys not in `delta_timestamps`).
+`(T, ...)`. The actions, and signals on the actions' clock (the same timestamps), take LeRobot's row
+rule: row `k + round(d * rate)`, clamped to the episode and flagged outside it. Cameras and signals on
+other clocks take the sample nearest in time to `t0 + d` (clamped to the episode's span, the actions'
+first and last time) when it lies within `tolerance_s`. A flagged row (mask false) holds, with
+`boundary="clamp"`, the row or sample found (the edge one outside the episode, as LeRobot clamps) or,
+with `boundary="pad"`, zeros. A stream not listed gets the one row at the anchor, without the time axis
+(LeRobot's rule for keys not in `delta_timestamps`).
 """
 
 from __future__ import annotations
@@ -88,6 +91,7 @@ class StreamOffsets:
     offsets: np.ndarray | None
     width: int = 0  # actions / signal
     hw: tuple[int, int] = (0, 0)  # camera
+    rate_hz: float | None = None  # actions / signal: the actions' rate, for rows on the actions' clock
 
     @property
     def rows(self) -> int:
@@ -121,9 +125,10 @@ def resolve_explicit(spec: Any, layout: Any) -> dict[str, StreamOffsets]:
                     raise SpecError(
                         f"delta_timestamps[{name!r}]: offset {d} s is not a multiple of the stream's period "
                         f"(1/{rate:g} Hz) within tolerance_s={spec.tolerance_s}; every row would be padded")
-    out = {"actions": StreamOffsets("actions", _arr(delta.get("actions")), width=layout.action_dim)}
+    rate = layout.action_rate_hz or None
+    out = {"actions": StreamOffsets("actions", _arr(delta.get("actions")), width=layout.action_dim, rate_hz=rate)}
     for n, width, _ in layout.signals:
-        out[n] = StreamOffsets("signal", _arr(delta.get(n)), width=width)
+        out[n] = StreamOffsets("signal", _arr(delta.get(n)), width=width, rate_hz=rate)
     for n, h, w, _ in layout.cameras:
         out[n] = StreamOffsets("camera", _arr(delta.get(n)), hw=(h, w))
     return out
@@ -161,13 +166,31 @@ def _take(values: np.ndarray, idx: np.ndarray, ok: np.ndarray, clamp: bool, n: i
     return out
 
 
+def rows_by_index(k: int, n: int, offsets: np.ndarray, rate_hz: float) -> tuple[np.ndarray, np.ndarray]:
+    """LeRobot's rule on the anchor's clock: rows `k + round(d * rate)` clamped to `[0, n)`, and which lie inside."""
+    want = k + np.round(offsets * rate_hz).astype(np.int64)
+    return np.clip(want, 0, max(n - 1, 0)), (want >= 0) & (want < n)
+
+
+def rows_in_span(ts: np.ndarray, t: np.ndarray, span: tuple[float, float], tolerance_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """`rows_at` for times clamped to the episode's `span` (first, last action time); a time outside it
+    (beyond `tolerance_s`) is flagged, as LeRobot clamps and flags a row outside the episode."""
+    lo, hi = span
+    tol = np.maximum(tolerance_s, ULPS * np.spacing(np.maximum(np.abs(t), max(abs(lo), abs(hi)))))
+    inside = (t >= lo - tol) & (t <= hi + tol)
+    idx, ok = rows_at(ts, np.where(inside, t, np.clip(t, lo, hi)), tolerance_s)
+    return idx, ok & inside
+
+
 def cut_explicit(ep: Any, k: int, streams: Mapping[str, StreamOffsets], spec: Any) -> dict[str, np.ndarray]:
     """The stream keys of the window anchored at action row `k` (actions, signals, cameras; masks, `_ts`)."""
     t0 = float(ep.action_ts[k])
+    span = (float(ep.action_ts[0]), float(ep.action_ts[-1]))
     clamp = spec.boundary == "clamp"
     sample: dict[str, np.ndarray] = {}
     for name, so in streams.items():
-        t = t0 + (so.offsets if so.offsets is not None else np.zeros(1))
+        offs = so.offsets if so.offsets is not None else np.zeros(1)
+        t = t0 + offs
         if so.kind == "actions":
             ts, values = ep.action_ts, ep.actions
         elif so.kind == "signal":
@@ -176,8 +199,11 @@ def cut_explicit(ep: Any, k: int, streams: Mapping[str, StreamOffsets], spec: An
             clip = ep.cameras.get(name)
             ts = clip.ts if clip is not None else np.zeros(0)
             values = clip.frames if clip is not None else np.zeros((0, 3, *so.hw), dtype=np.uint8)
-        idx, ok = rows_at(ts, t, spec.tolerance_s)
         n = len(ts)
+        if so.rate_hz and (ts is ep.action_ts or (n == len(ep.action_ts) and np.array_equal(ts, ep.action_ts))):
+            idx, ok = rows_by_index(k, n, offs, so.rate_hz)
+        else:
+            idx, ok = rows_in_span(ts, t, span, spec.tolerance_s)
         vals = _take(values, idx, ok, clamp, n)
         mask = ok.copy()
         if so.kind == "camera":
