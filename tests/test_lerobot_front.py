@@ -148,7 +148,8 @@ def test_source_episode_index_task_and_lerobot_stats(tmp_path, tokenizer_path):
     assert int(s["episode_index"]) == 2 and int(s["frame_index"]) == 2
     assert int(s["index"]) == LENGTHS[0] + LENGTHS[1] + 2 and s["task"] == TASKS[EP_TASK[2]]
     assert int(s["task_index"]) == EP_TASK[2]
-    assert s["observation.state"].shape == (4,) and "observation.state_is_pad" not in s  # not listed: one row
+    assert s["observation.state"].shape == (4,)  # not listed: one row, unstacked, with a 0-d flag
+    assert s["observation.state_is_pad"].shape == () and not s["observation.state_is_pad"]
     # v2.1 has no stats.json: the chosen episodes' statistics pooled as LeRobot pools them
     stats = wdspq.lerobot_stats(table)
     acts = np.concatenate([actions_of(1), actions_of(2)]).astype(np.float64)
@@ -344,3 +345,28 @@ def test_actions_go_by_row_index_and_frames_are_flagged_past_the_episode():
     assert s["cam_mask"].tolist() == [True, True, False] and s["cam"][:, 0, 0, 0].tolist() == [4, 5, 5]
     s = cut(np.arange(n) / 10, np.arange(n + 1) / 10, {"cam": [0.1]}, n - 1, boundary="pad")
     assert s["cam_mask"].tolist() == [False] and s["cam"].max() == 0
+
+
+def test_explicit_spec_hashes_cli_takes_tolerance_zero_and_one_row_flags_are_kept():
+    from wdspq.cli import UsageError, make_parser
+    from wdspq.cli_shards import spec_from_args
+
+    a = wdspq.WindowSpec.from_delta_timestamps({"action": [0, 0.1], "cam": [0.0]})
+    b = wdspq.WindowSpec.from_delta_timestamps({"cam": (0,), "actions": [0.0, 0.1]})
+    assert a == b and hash(a) == hash(b) and {a: 1}[b] == 1
+    assert a.delta_timestamps == {"actions": (0.0, 0.1), "cam": (0.0,)}
+    assert a.to_dict()["delta_timestamps"] == {"actions": [0.0, 0.1], "cam": [0.0]}
+    args = make_parser().parse_args(["export", "t.parquet", "out", "--delta-timestamps", '{"action": [0.0]}',
+                                     "--tolerance-s", "0"])
+    assert spec_from_args(args).tolerance_s == 0.0
+    with pytest.raises(UsageError, match="seconds >= 0"):
+        make_parser().parse_args(["export", "t.parquet", "out", "--tolerance-s", "-1"])
+    # a still image and an unlisted camera keep their 0-d masks as `_is_pad` (true: no image, no frame)
+    layout = SampleLayout(action_dim=1, action_rate_hz=10.0, cameras=(("cam", 2, 2, 10.0),), images=(("img", 2, 2),))
+    ts = np.array([0.0, 0.2])  # no frame at 0.1 s
+    ep = EpisodeArrays(action_ts=np.arange(3) / 10, actions=np.zeros((3, 1), np.float32),
+                       cameras={"cam": CameraClip(ts=ts, frames=np.ones((2, 3, 2, 2), np.uint8))}, images={"img": None})
+    spec = wdspq.WindowSpec.from_delta_timestamps({"action": [0.0]})
+    s = wdspq.to_lerobot({k: torch.from_numpy(v) for k, v in cut_window(ep, 1, spec.resolve(layout), 0, 0).items()})
+    assert s["img_is_pad"].shape == () and bool(s["img_is_pad"]) and bool(s["cam_is_pad"])
+    assert s["action_is_pad"].shape == (1,) and "img_mask" not in s and "cam_mask" not in s

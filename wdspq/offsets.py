@@ -33,8 +33,37 @@ REPLACED = {"obs_offset_sec": 0.0, "video_frame_offsets": (0,), "obs_resample": 
 LEROBOT_KEYS = ("task", "task_index", "index", "source_episode_index")
 
 
-def check_delta_timestamps(delta: Any) -> dict[str, tuple[float, ...]]:
-    """`{stream: [seconds, ...]}` -> a checked, key-sorted dict of float tuples ("action" means `actions`)."""
+class Offsets(Mapping):
+    """A spec's `delta_timestamps` as stored: a read-only, hashable mapping stream -> tuple of seconds
+    (so an explicit spec hashes like any other spec); it compares equal to the plain dict."""
+
+    __slots__ = ("_d", "_items")
+
+    def __init__(self, d: Mapping[str, tuple[float, ...]]) -> None:
+        self._d = dict(d)
+        self._items = tuple(self._d.items())
+
+    def __getitem__(self, key: str) -> tuple[float, ...]:
+        return self._d[key]
+
+    def __iter__(self) -> Any:
+        return iter(self._d)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __hash__(self) -> int:
+        return hash(self._items)
+
+    def __repr__(self) -> str:
+        return repr(self._d)
+
+    def __reduce__(self) -> tuple:
+        return (Offsets, (self._d,))
+
+
+def check_delta_timestamps(delta: Any) -> Offsets:
+    """`{stream: [seconds, ...]}` -> a checked, key-sorted `Offsets` of float tuples ("action" means `actions`)."""
     if not isinstance(delta, Mapping) or not delta:
         raise SpecError(f"delta_timestamps must map stream names to lists of offsets in seconds, got {delta!r}")
     out: dict[str, tuple[float, ...]] = {}
@@ -53,7 +82,7 @@ def check_delta_timestamps(delta: Any) -> dict[str, tuple[float, ...]]:
         if not vals or any(isinstance(o, bool) for o in offs) or not all(math.isfinite(v) for v in vals):
             raise SpecError(f"delta_timestamps[{key!r}]: expected a non-empty list of finite seconds, got {offs!r}")
         out[name] = tuple(vals)
-    return dict(sorted(out.items()))
+    return Offsets(dict(sorted(out.items())))
 
 
 def check_spec(spec: Any) -> None:
