@@ -445,9 +445,11 @@ def build_from_lerobot(
         return writer.close(source=f"lerobot {info['codebase_version']} {root}", extra=extra)
 
 
-def lerobot_stats_of(root: Path, episodes: list[int]) -> tuple[dict[str, Any] | None, str | None]:
-    """LeRobot's per-feature statistics: meta/stats.json as written, else the chosen episodes' entries of
-    meta/episodes_stats.jsonl (v2.1) pooled as LeRobot pools them (count-weighted mean and variance)."""
+def lerobot_stats_of(root: str | os.PathLike, episodes: Iterable[int]) -> tuple[dict[str, Any] | None, str | None]:
+    """LeRobot's per-feature statistics: meta/stats.json as written (the whole dataset's), else the entries
+    of meta/episodes_stats.jsonl (v2.1) for `episodes` pooled as LeRobot pools them (count-weighted mean and
+    variance); give every episode index for the whole file's pool, as LeRobot's dataset metadata has it."""
+    root = Path(root)
     path = root / "meta" / "stats.json"
     if path.is_file():
         return _json(path), "meta/stats.json"
