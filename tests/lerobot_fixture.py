@@ -100,6 +100,24 @@ def encode(frames: list[np.ndarray], codec: str, rec: Recording = Recording()) -
     return buf.getvalue()
 
 
+def encode_timed(frames: list[np.ndarray], times: list[float], rec: Recording = Recording()) -> bytes:
+    """An H.264 mp4 whose frame k is shown at `times[k]` seconds (1 ms time base): dropped or jittered frames."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        s = out.add_stream("libx264", rate=Fraction(FPS, 1))
+        s.width, s.height, s.pix_fmt = rec.w, rec.h, "yuv420p"
+        s.time_base = s.codec_context.time_base = Fraction(1, 1000)
+        s.options = {"crf": "20", "g": "2"}
+        for f, t in zip(frames, times):
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+            vf.pts, vf.time_base = round(t * 1000), Fraction(1, 1000)
+            for p in s.encode(vf):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    return buf.getvalue()
+
+
 def _rows(eps: list[int], global_start: dict[int, int], rec: Recording) -> pa.Table:
     cols: dict[str, list] = {k: [] for k in ("action", "observation.state", "timestamp", "frame_index",
                                              "episode_index", "index", "task_index", "next.done")}

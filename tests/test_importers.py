@@ -34,6 +34,7 @@ from lerobot_fixture import (
 
 import wdspq
 from wdspq.build import build_from_lerobot, build_from_robomimic, parse_episodes
+from wdspq.build.lerobot import FramesOffRowsWarning
 from wdspq.cli import main as cli_main
 from wdspq.errors import SchemaError
 from wdspq.media import decode_video
@@ -189,7 +190,13 @@ def test_lerobot_bad_input_is_named_and_writes_nothing(tmp_path):
     lines = (root / "meta/episodes.jsonl").read_text().splitlines()
     lines[1] = json.dumps({**json.loads(lines[1]), "length": LENGTHS[1] - 1})
     (root / "meta/episodes.jsonl").write_text("\n".join(lines) + "\n")
-    _expect_refused(root, out, "episode 1", "episode_000001.mp4", f"has {LENGTHS[1]} frames", f"has {LENGTHS[1] - 1} rows")
+    # a video with more (or fewer) frames than rows is imported as it is, with a warning (its frames keep
+    # their own times; windows match them by time within tolerance_s)
+    with pytest.warns(FramesOffRowsWarning, match="episode_000001"):
+        build_from_lerobot(root, out, progress=False)
+    off = read_meta(str(out)).extra["lerobot"]["frames_off_rows"]["episode_000001"]
+    assert off[CAMERAS[1]] == {"frames": LENGTHS[1], "rows": LENGTHS[1] - 1, "frames_on_rows": LENGTHS[1] - 1}
+    out.unlink()
 
     lines[1] = json.dumps({**json.loads(lines[1]), "length": LENGTHS[1]})
     (root / "meta/episodes.jsonl").write_text("\n".join(lines) + "\n")

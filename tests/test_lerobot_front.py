@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from lerobot_fixture import (
@@ -21,8 +23,12 @@ from lerobot_fixture import (
     LENGTHS,
     TASKS,
     V3_FILES,
+    Recording,
     actions_of,
     decode_all,
+    encode_timed,
+    pattern,
+    read_pattern,
     state_of,
     write_v21,
     write_v30,
@@ -30,6 +36,7 @@ from lerobot_fixture import (
 
 import wdspq
 from wdspq.build import build_from_lerobot
+from wdspq.build.lerobot import FramesOffRowsWarning
 from wdspq.errors import SpecError
 from wdspq.windows import CameraClip, EpisodeArrays, SampleLayout, cut_window
 
@@ -141,7 +148,8 @@ def test_source_episode_index_task_and_lerobot_stats(tmp_path, tokenizer_path):
     assert int(s["episode_index"]) == 2 and int(s["frame_index"]) == 2
     assert int(s["index"]) == LENGTHS[0] + LENGTHS[1] + 2 and s["task"] == TASKS[EP_TASK[2]]
     assert int(s["task_index"]) == EP_TASK[2]
-    assert s["observation.state"].shape == (4,) and "observation.state_is_pad" not in s  # not listed: one row
+    assert s["observation.state"].shape == (4,)  # not listed: one row, unstacked, with a 0-d flag
+    assert s["observation.state_is_pad"].shape == () and not s["observation.state_is_pad"]
     # v2.1 has no stats.json: the chosen episodes' statistics pooled as LeRobot pools them
     stats = wdspq.lerobot_stats(table)
     acts = np.concatenate([actions_of(1), actions_of(2)]).astype(np.float64)
@@ -251,3 +259,114 @@ def test_cli_export_with_delta_timestamps(exported, tmp_path, tokenizer_path):
     r = subprocess.run([sys.executable, "-m", "wdspq", "export", str(table), str(tmp_path / "x"), "--delta-timestamps",
                         json.dumps(DELTA), "--acts-length-sec", "1"], capture_output=True, text=True)
     assert r.returncode != 0 and "drop --acts-length-sec" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_imported_dropped_and_jittered_frames_follow_tolerance_s(tmp_path, tokenizer_path):
+    """A source video with a dropped frame and one with a late frame: the import keeps each frame's own
+    time, and windows take the nearest frame within tolerance_s, else the row is flagged `_is_pad`."""
+    n = 5
+    root = write_v21(tmp_path / "ds", {c: "libx264" for c in CAMERAS}, Recording(lengths=(n, 3)))
+    front, wrist = (root / f"videos/chunk-000/{c}/episode_000000.mp4" for c in CAMERAS)
+    wrist.write_bytes(encode_timed([pattern(1, 0, i) for i in (0, 1, 3, 4)], [0.0, 0.1, 0.3, 0.4]))  # 0.2 s dropped
+    front.write_bytes(encode_timed([pattern(0, 0, i) for i in range(n)], [0.0, 0.1, 0.23, 0.3, 0.4]))  # 30 ms late
+    table = tmp_path / "t.parquet"
+    with pytest.warns(FramesOffRowsWarning, match="episode_000000"):
+        build_from_lerobot(root, table, progress=False)
+    off = wdspq.schema.read_meta(str(table)).extra["lerobot"]["frames_off_rows"]
+    assert off == {"episode_000000": {CAMERAS[0]: {"frames": n, "rows": n, "frames_on_rows": n - 1},
+                                      CAMERAS[1]: {"frames": n - 1, "rows": n, "frames_on_rows": n - 1}}}
+
+    def at(k: int, tol: float) -> dict:
+        spec = wdspq.WindowSpec.from_delta_timestamps({CAMERAS[0]: [0.0], CAMERAS[1]: [-0.1, 0.0, 0.1]},
+                                                      tolerance_s=tol)
+        s = wdspq.to_lerobot(wdspq.ParquetWindowDataset(str(table), spec, tokenizer=tokenizer_path)[k])
+        s["shown"] = {c: [read_pattern((s[c][j] * 255).round().to(torch.uint8).numpy())[2]
+                          for j in range(len(s[c]))] for c in CAMERAS}
+        return s
+
+    s = at(2, 1e-4)  # anchor 0.2 s: no wrist frame there, the front frame is 30 ms late
+    assert s[f"{CAMERAS[1]}_is_pad"].tolist() == [False, True, False]
+    assert s["shown"][CAMERAS[1]][0] == 1 and s["shown"][CAMERAS[1]][2] == 3
+    assert s[f"{CAMERAS[0]}_is_pad"].tolist() == [True] and s["shown"][CAMERAS[0]] == [2]  # clamped: nearest
+    s = at(2, 0.05)  # a tolerance wider than the jitter: the late frame is present, the dropped one still not
+    assert s[f"{CAMERAS[0]}_is_pad"].tolist() == [False] and s["shown"][CAMERAS[0]] == [2]
+    assert s[f"{CAMERAS[1]}_is_pad"].tolist() == [False, True, False]
+    s = at(3, 1e-4)  # anchor 0.3 s: every wrist frame on time; frames keep their own order (3 is 4th row)
+    assert s[f"{CAMERAS[1]}_is_pad"].tolist() == [True, False, False] and s["shown"][CAMERAS[1]][1:] == [3, 4]
+    assert "episode_000001" not in off  # its frames sit on its rows: imported exactly as before
+
+
+def test_an_episode_that_changes_task_gives_each_anchor_its_rows_task(tmp_path, tokenizer_path):
+    """LeRobot takes each frame's task from its row's task_index: an episode listing two tasks, whose rows
+    switch task half-way, gives the anchors of each half their own task string and index."""
+    n = 6
+    root = write_v21(tmp_path / "ds", CODECS["v2.1"], Recording(lengths=(2, n)))
+    data = root / "data/chunk-000/episode_000001.parquet"
+    t = pq.read_table(data)
+    t = t.set_column(t.column_names.index("task_index"), "task_index", pa.array([1] * 3 + [0] * (n - 3), pa.int64()))
+    pq.write_table(t, data)
+    lines = [json.loads(line) for line in (root / "meta/episodes.jsonl").read_text().splitlines()]
+    lines[1]["tasks"] = [TASKS[1], TASKS[0]]
+    (root / "meta/episodes.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    table = tmp_path / "t.parquet"
+    build_from_lerobot(root, table, progress=False)
+    spec = wdspq.WindowSpec.from_delta_timestamps({"action": [0.0, 0.1]})
+    ds = wdspq.ParquetWindowDataset(str(table), spec, tokenizer=tokenizer_path)
+    got = [wdspq.to_lerobot(ds[2 + i]) for i in range(n)]
+    assert [s["task"] for s in got] == [TASKS[1]] * 3 + [TASKS[0]] * (n - 3)
+    assert [int(s["task_index"]) for s in got] == [1] * 3 + [0] * (n - 3)
+    first = wdspq.to_lerobot(ds[0])  # a one-task episode: unchanged
+    assert first["task"] == TASKS[EP_TASK[0]] and int(first["task_index"]) == EP_TASK[0]
+    batch = wdspq.to_lerobot(torch.utils.data.default_collate([ds[1], ds[4], ds[5]]))
+    assert batch["task"] == [TASKS[0], TASKS[1], TASKS[0]] and batch["task_index"].tolist() == [0, 1, 0]
+
+
+def test_actions_go_by_row_index_and_frames_are_flagged_past_the_episode():
+    """LeRobot's rule: actions (and signals on their clock) at rows `k + round(d * fps)`, so jittered action
+    timestamps never pad; cameras by time, but clamped to and flagged outside the episode's span."""
+    layout = SampleLayout(action_dim=1, action_rate_hz=10.0, signals=(("obs", 1, 10.0),), cameras=(("cam", 2, 2, 10.0),))
+    n = 5
+
+    def cut(action_ts: np.ndarray, cam_ts: np.ndarray, delta: dict, k: int, **kw) -> dict:
+        frames = (np.arange(len(cam_ts), dtype=np.uint8)[:, None, None, None] + 1) * np.ones((1, 3, 2, 2), np.uint8)
+        vals = np.arange(len(action_ts), dtype=np.float32)[:, None] + 1
+        ep = EpisodeArrays(action_ts=action_ts, actions=vals, signals={"obs": (action_ts.copy(), vals * 10)},
+                           cameras={"cam": CameraClip(ts=cam_ts, frames=frames)})
+        return cut_window(ep, k, wdspq.WindowSpec.from_delta_timestamps(delta, **kw).resolve(layout), 0, 0)
+
+    jittered = np.arange(n) / 10 + np.array([0, 2e-3, -2e-3, 1.5e-3, -1e-3])
+    for boundary in ("clamp", "pad"):
+        s = cut(jittered, np.arange(n) / 10, {"action": [-0.2, 0.0, 0.1, 0.2, 0.4], "obs": [0.1, 0.3]}, 1, boundary=boundary)
+        assert s["actions_mask"].tolist() == [False, True, True, True, False]
+        assert s["actions"][:, 0].tolist() == ([1, 2, 3, 4, 5] if boundary == "clamp" else [0, 2, 3, 4, 0])
+        assert s["obs_mask"].tolist() == [True, True] and s["obs"][:, 0].tolist() == [30, 50]
+    # a video one frame longer than the episode: the frame past the last row is not in the episode
+    s = cut(np.arange(n) / 10, np.arange(n + 1) / 10, {"cam": [-0.1, 0.0, 0.1]}, n - 1)
+    assert s["cam_mask"].tolist() == [True, True, False] and s["cam"][:, 0, 0, 0].tolist() == [4, 5, 5]
+    s = cut(np.arange(n) / 10, np.arange(n + 1) / 10, {"cam": [0.1]}, n - 1, boundary="pad")
+    assert s["cam_mask"].tolist() == [False] and s["cam"].max() == 0
+
+
+def test_explicit_spec_hashes_cli_takes_tolerance_zero_and_one_row_flags_are_kept():
+    from wdspq.cli import UsageError, make_parser
+    from wdspq.cli_shards import spec_from_args
+
+    a = wdspq.WindowSpec.from_delta_timestamps({"action": [0, 0.1], "cam": [0.0]})
+    b = wdspq.WindowSpec.from_delta_timestamps({"cam": (0,), "actions": [0.0, 0.1]})
+    assert a == b and hash(a) == hash(b) and {a: 1}[b] == 1
+    assert a.delta_timestamps == {"actions": (0.0, 0.1), "cam": (0.0,)}
+    assert a.to_dict()["delta_timestamps"] == {"actions": [0.0, 0.1], "cam": [0.0]}
+    args = make_parser().parse_args(["export", "t.parquet", "out", "--delta-timestamps", '{"action": [0.0]}',
+                                     "--tolerance-s", "0"])
+    assert spec_from_args(args).tolerance_s == 0.0
+    with pytest.raises(UsageError, match="seconds >= 0"):
+        make_parser().parse_args(["export", "t.parquet", "out", "--tolerance-s", "-1"])
+    # a still image and an unlisted camera keep their 0-d masks as `_is_pad` (true: no image, no frame)
+    layout = SampleLayout(action_dim=1, action_rate_hz=10.0, cameras=(("cam", 2, 2, 10.0),), images=(("img", 2, 2),))
+    ts = np.array([0.0, 0.2])  # no frame at 0.1 s
+    ep = EpisodeArrays(action_ts=np.arange(3) / 10, actions=np.zeros((3, 1), np.float32),
+                       cameras={"cam": CameraClip(ts=ts, frames=np.ones((2, 3, 2, 2), np.uint8))}, images={"img": None})
+    spec = wdspq.WindowSpec.from_delta_timestamps({"action": [0.0]})
+    s = wdspq.to_lerobot({k: torch.from_numpy(v) for k, v in cut_window(ep, 1, spec.resolve(layout), 0, 0).items()})
+    assert s["img_is_pad"].shape == () and bool(s["img_is_pad"]) and bool(s["cam_is_pad"])
+    assert s["action_is_pad"].shape == (1,) and "img_mask" not in s and "cam_mask" not in s

@@ -78,8 +78,20 @@ def add_spec_args(p: argparse.ArgumentParser, title: str = "window spec") -> Non
                         "streams not listed come as their one row at the anchor (docs/windows.md)")
     x.add_argument("--boundary", choices=("clamp", "pad"), default="clamp",
                    help="offsets outside a stream: its edge row, flagged (clamp, LeRobot's rule; default) or zeros (pad)")
-    x.add_argument("--tolerance-s", type=_cli._positive_float, default=1e-4,
-                   help="a row counts as present when a sample lies this close to its time (default 1e-4 s)")
+    x.add_argument("--tolerance-s", type=_seconds, default=1e-4,
+                   help="a row counts as present when a sample lies this close to its time (default 1e-4 s; "
+                        "0: exact, up to float noise)")
+
+
+def _seconds(text: str) -> float:
+    """A finite number of seconds >= 0 (`--tolerance-s`, as `WindowSpec.from_delta_timestamps` takes it)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds >= 0")
+    return v
 
 
 def spec_from_args(args: argparse.Namespace) -> Any:

@@ -5,8 +5,11 @@ and converts a wdspq sample (or a collated batch of them) to the keys and conven
 read (README "Training a LeRobot policy on wdspq shards"):
 
 - `actions` -> `action`; every other stream keeps its name (`observation.state`, `observation.images.top`);
-- `<key>_mask` -> `<key>_is_pad` (its negation) for a stream listed in `delta_timestamps` (stacked
-  `(T, ...)`); streams not listed have no time axis and no flag, as in LeRobot; camera `<key>_ts` is dropped;
+- `<key>_mask` -> `<key>_is_pad` (its negation): `(T,)` for a stream listed in `delta_timestamps`
+  (stacked `(T, ...)`); a stream not listed has no time axis (as in LeRobot) and a 0-d `<key>_is_pad`,
+  and so does a still image (true: the episode has none). LeRobot has no flag for those keys; it is
+  kept so a frame missing at the anchor is not mistaken for a real one (policies ignore keys they do
+  not read); camera `<key>_ts` is dropped;
 - frames -> float32 in [0, 1], `(T, C, H, W)` (stacked) or `(C, H, W)`; with `frames="uint8"` they stay
   uint8 (4x fewer bytes through the loader and to the GPU) and `lerobot_frames_to_float` converts them
   after `.to(device)`;
@@ -63,9 +66,8 @@ def _plan(x: Mapping[str, Any], lead: int) -> list[tuple[str, str, str]]:
         if k in _DROP or (k.endswith("_ts") and k[:-3] in cameras):
             continue
         if k.endswith("_mask") and k[: -len("_mask")] in streams:
-            base = k[: -len("_mask")]
-            if getattr(v, "ndim", 0) > lead:  # a stacked stream: LeRobot flags padded rows
-                plan.append((k, "pad", f"{'action' if base == 'actions' else base}_is_pad"))
+            base = k[: -len("_mask")]  # stacked (LeRobot's flags) or 0-d (one row, a still image): kept
+            plan.append((k, "pad", f"{'action' if base == 'actions' else base}_is_pad"))
         elif k == "task" and getattr(v, "dtype", None) == torch.uint8:
             plan.append((k, "task", k))
         elif k == "episode_index":

@@ -197,7 +197,15 @@ def probe_clip(data: bytes, full: bool = False) -> tuple[int, int, float, int]:
 def iter_file_range(
     path: str, start: float = 0.0, end: float | None = None, fps: float = 0.0, where: str = ""
 ) -> Iterator[np.ndarray]:
-    """The frames of a video file whose times lie in [start, end), one (H, W, 3) uint8 RGB array at a time.
+    """The frames of a video file whose times lie in [start, end), one (H, W, 3) uint8 RGB array at a time
+    (`iter_timed_range` without the times)."""
+    return (f for _, f in iter_timed_range(path, start, end, fps, where))
+
+
+def iter_timed_range(
+    path: str, start: float = 0.0, end: float | None = None, fps: float = 0.0, where: str = ""
+) -> Iterator[tuple[float, np.ndarray]]:
+    """(time in the file, (H, W, 3) uint8 RGB frame) for the frames whose times lie in [start, end).
 
     A frame's time is its pts x time_base (what LeRobot's decoders use). Half a frame period of slack on
     both ends absorbs the rounding of concatenated files; the decoder seeks to the key frame before
@@ -221,7 +229,7 @@ def iter_file_range(
                     continue
                 if end is not None and t >= end - half:
                     break
-                yield frame_chw(frame).transpose(1, 2, 0)
+                yield t, frame_chw(frame).transpose(1, 2, 0)
     except MediaError:
         raise
     except Exception as e:  # PyAV raises many error types for missing decoders and bad bytes

@@ -4,10 +4,13 @@ Pure numpy in, numpy out, like `windows.cut_window`, which calls `cut_explicit` 
 `delta_timestamps`; the map-style dataset and the exporter therefore cut these windows in one place.
 
 Per stream (actions, a signal or a camera) a listed stream gets one row per offset `d`, stacked
-`(T, ...)`: the sample nearest in time to `t0 + d` when it lies within `tolerance_s`; otherwise the row
-is padded (mask false) and holds, with `boundary="clamp"`, the nearest sample (the edge row outside the
-stream's span, as LeRobot clamps) or, with `boundary="pad"`, zeros. A stream not listed gets the one row
-at the anchor, without the time axis (LeRobot's rule for keys not in `delta_timestamps`).
+`(T, ...)`. The actions, and signals on the actions' clock (the same timestamps), take LeRobot's row
+rule: row `k + round(d * rate)`, clamped to the episode and flagged outside it. Cameras and signals on
+other clocks take the sample nearest in time to `t0 + d` (clamped to the episode's span, the actions'
+first and last time) when it lies within `tolerance_s`. A flagged row (mask false) holds, with
+`boundary="clamp"`, the row or sample found (the edge one outside the episode, as LeRobot clamps) or,
+with `boundary="pad"`, zeros. A stream not listed gets the one row at the anchor, without the time axis
+(LeRobot's rule for keys not in `delta_timestamps`).
 """
 
 from __future__ import annotations
@@ -30,8 +33,37 @@ REPLACED = {"obs_offset_sec": 0.0, "video_frame_offsets": (0,), "obs_resample": 
 LEROBOT_KEYS = ("task", "task_index", "index", "source_episode_index")
 
 
-def check_delta_timestamps(delta: Any) -> dict[str, tuple[float, ...]]:
-    """`{stream: [seconds, ...]}` -> a checked, key-sorted dict of float tuples ("action" means `actions`)."""
+class Offsets(Mapping):
+    """A spec's `delta_timestamps` as stored: a read-only, hashable mapping stream -> tuple of seconds
+    (so an explicit spec hashes like any other spec); it compares equal to the plain dict."""
+
+    __slots__ = ("_d", "_items")
+
+    def __init__(self, d: Mapping[str, tuple[float, ...]]) -> None:
+        self._d = dict(d)
+        self._items = tuple(self._d.items())
+
+    def __getitem__(self, key: str) -> tuple[float, ...]:
+        return self._d[key]
+
+    def __iter__(self) -> Any:
+        return iter(self._d)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __hash__(self) -> int:
+        return hash(self._items)
+
+    def __repr__(self) -> str:
+        return repr(self._d)
+
+    def __reduce__(self) -> tuple:
+        return (Offsets, (self._d,))
+
+
+def check_delta_timestamps(delta: Any) -> Offsets:
+    """`{stream: [seconds, ...]}` -> a checked, key-sorted `Offsets` of float tuples ("action" means `actions`)."""
     if not isinstance(delta, Mapping) or not delta:
         raise SpecError(f"delta_timestamps must map stream names to lists of offsets in seconds, got {delta!r}")
     out: dict[str, tuple[float, ...]] = {}
@@ -50,7 +82,7 @@ def check_delta_timestamps(delta: Any) -> dict[str, tuple[float, ...]]:
         if not vals or any(isinstance(o, bool) for o in offs) or not all(math.isfinite(v) for v in vals):
             raise SpecError(f"delta_timestamps[{key!r}]: expected a non-empty list of finite seconds, got {offs!r}")
         out[name] = tuple(vals)
-    return dict(sorted(out.items()))
+    return Offsets(dict(sorted(out.items())))
 
 
 def check_spec(spec: Any) -> None:
@@ -88,6 +120,7 @@ class StreamOffsets:
     offsets: np.ndarray | None
     width: int = 0  # actions / signal
     hw: tuple[int, int] = (0, 0)  # camera
+    rate_hz: float | None = None  # actions / signal: the actions' rate, for rows on the actions' clock
 
     @property
     def rows(self) -> int:
@@ -121,9 +154,10 @@ def resolve_explicit(spec: Any, layout: Any) -> dict[str, StreamOffsets]:
                     raise SpecError(
                         f"delta_timestamps[{name!r}]: offset {d} s is not a multiple of the stream's period "
                         f"(1/{rate:g} Hz) within tolerance_s={spec.tolerance_s}; every row would be padded")
-    out = {"actions": StreamOffsets("actions", _arr(delta.get("actions")), width=layout.action_dim)}
+    rate = layout.action_rate_hz or None
+    out = {"actions": StreamOffsets("actions", _arr(delta.get("actions")), width=layout.action_dim, rate_hz=rate)}
     for n, width, _ in layout.signals:
-        out[n] = StreamOffsets("signal", _arr(delta.get(n)), width=width)
+        out[n] = StreamOffsets("signal", _arr(delta.get(n)), width=width, rate_hz=rate)
     for n, h, w, _ in layout.cameras:
         out[n] = StreamOffsets("camera", _arr(delta.get(n)), hw=(h, w))
     return out
@@ -161,13 +195,31 @@ def _take(values: np.ndarray, idx: np.ndarray, ok: np.ndarray, clamp: bool, n: i
     return out
 
 
+def rows_by_index(k: int, n: int, offsets: np.ndarray, rate_hz: float) -> tuple[np.ndarray, np.ndarray]:
+    """LeRobot's rule on the anchor's clock: rows `k + round(d * rate)` clamped to `[0, n)`, and which lie inside."""
+    want = k + np.round(offsets * rate_hz).astype(np.int64)
+    return np.clip(want, 0, max(n - 1, 0)), (want >= 0) & (want < n)
+
+
+def rows_in_span(ts: np.ndarray, t: np.ndarray, span: tuple[float, float], tolerance_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """`rows_at` for times clamped to the episode's `span` (first, last action time); a time outside it
+    (beyond `tolerance_s`) is flagged, as LeRobot clamps and flags a row outside the episode."""
+    lo, hi = span
+    tol = np.maximum(tolerance_s, ULPS * np.spacing(np.maximum(np.abs(t), max(abs(lo), abs(hi)))))
+    inside = (t >= lo - tol) & (t <= hi + tol)
+    idx, ok = rows_at(ts, np.where(inside, t, np.clip(t, lo, hi)), tolerance_s)
+    return idx, ok & inside
+
+
 def cut_explicit(ep: Any, k: int, streams: Mapping[str, StreamOffsets], spec: Any) -> dict[str, np.ndarray]:
     """The stream keys of the window anchored at action row `k` (actions, signals, cameras; masks, `_ts`)."""
     t0 = float(ep.action_ts[k])
+    span = (float(ep.action_ts[0]), float(ep.action_ts[-1]))
     clamp = spec.boundary == "clamp"
     sample: dict[str, np.ndarray] = {}
     for name, so in streams.items():
-        t = t0 + (so.offsets if so.offsets is not None else np.zeros(1))
+        offs = so.offsets if so.offsets is not None else np.zeros(1)
+        t = t0 + offs
         if so.kind == "actions":
             ts, values = ep.action_ts, ep.actions
         elif so.kind == "signal":
@@ -176,8 +228,11 @@ def cut_explicit(ep: Any, k: int, streams: Mapping[str, StreamOffsets], spec: An
             clip = ep.cameras.get(name)
             ts = clip.ts if clip is not None else np.zeros(0)
             values = clip.frames if clip is not None else np.zeros((0, 3, *so.hw), dtype=np.uint8)
-        idx, ok = rows_at(ts, t, spec.tolerance_s)
         n = len(ts)
+        if so.rate_hz and (ts is ep.action_ts or (n == len(ep.action_ts) and np.array_equal(ts, ep.action_ts))):
+            idx, ok = rows_by_index(k, n, offs, so.rate_hz)
+        else:
+            idx, ok = rows_in_span(ts, t, span, spec.tolerance_s)
         vals = _take(values, idx, ok, clamp, n)
         mask = ok.copy()
         if so.kind == "camera":
@@ -215,14 +270,20 @@ def lerobot_schema(max_task_bytes: int) -> dict[str, dict]:
 
 
 def lerobot_values(info: Mapping[str, Any], k: int, max_task_bytes: int) -> dict[str, np.ndarray]:
-    """Those keys' values for anchor row `k` of an episode whose `info` is `EpisodeArrays.info`."""
-    raw = str(info.get("task", "")).encode()
+    """Those keys' values for anchor row `k` of an episode whose `info` is `EpisodeArrays.info` (the task of
+    the run of rows holding `k` where the episode changes task, as LeRobot takes each row's task)."""
+    task, task_index = info.get("task", ""), info.get("task_index", -1)
+    runs = info.get("task_runs")
+    if runs:
+        j = max(int(np.searchsorted([run[0] for run in runs], k, side="right")) - 1, 0)
+        task, task_index = runs[j][2], runs[j][1]
+    raw = str(task).encode()
     if len(raw) > max_task_bytes:
         raise SpecError(f"episode {info.get('episode_id', '?')!r}: its task text is {len(raw)} bytes, more than "
                         f"max_task_bytes={max_task_bytes}; export with a larger max_task_bytes")
-    task = np.zeros(max_task_bytes, dtype=np.uint8)
-    task[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
-    return {"task": task, "task_index": np.array(int(info.get("task_index", -1)), dtype=np.int64),
+    task_bytes = np.zeros(max_task_bytes, dtype=np.uint8)
+    task_bytes[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+    return {"task": task_bytes, "task_index": np.array(int(task_index), dtype=np.int64),
             "index": np.array(int(info.get("index_from", 0)) + k, dtype=np.int64),
             "source_episode_index": np.array(int(info.get("source_episode_index", -1)), dtype=np.int64)}
 
@@ -246,7 +307,7 @@ def episode_infos(extra: Mapping[str, Any], episode_ids: list[str], texts: list[
         seen.setdefault(text, len(seen))
         src = by_id.get(eid) or {}
         task_index = tasks.index(text) if text in tasks else (-1 if tasks else seen[text])
-        out.append({"episode_id": eid, "task": text, "task_index": task_index,
+        out.append({"episode_id": eid, "task": text, "task_index": task_index, "task_runs": src.get("task_runs"),
                     "source_episode_index": int(src.get("episode_index", row)),
                     "index_from": int(src.get("index_from", starts[row]))})
     return out

@@ -17,11 +17,11 @@ def check_video_codec(codec: str) -> str:
     return codec
 
 
-def encode_frames(frames: Iterable[np.ndarray], hw: tuple[int, int], codec: str, fps: float, rows: int,
+def encode_frames(frames: Iterable[np.ndarray], hw: tuple[int, int], codec: str, fps: float, rows: int | None,
                   where: str, source: str, size_from: str) -> bytes:
     """An episode's camera frames ((H, W, 3) each, as they are decoded) -> one clip of the table, in the memory
     of one frame. Their size must be `hw` (`size_from` says who says so) and their count the episode's `rows`
-    (errors name `where` and the `source` of the frames)."""
+    (None: any count but 0; errors name `where` and the `source` of the frames)."""
     try:
         writer = ClipWriter(hw[0], hw[1], codec=codec, fps=max(1, round(fps)))
     except MediaError as e:
@@ -30,10 +30,12 @@ def encode_frames(frames: Iterable[np.ndarray], hw: tuple[int, int], codec: str,
     for frame in frames:  # a decoder's MediaError passes through: it names its own file and codec
         if frame.shape[:2] != hw:
             raise SchemaError(f"{where}: frames are {frame.shape[0]}x{frame.shape[1]} (HxW), {size_from} says {hw[0]}x{hw[1]}")
-        if n < rows:
+        if rows is None or n < rows:
             writer.add(frame)
         n += 1
-    if n != rows:
+    if rows is None and n == 0:
+        raise SchemaError(f"{where}: the {source} has no frames")
+    if rows is not None and n != rows:
         raise SchemaError(f"{where}: the {source} has {n} frames, the episode has {rows} rows")
     return writer.close()
 

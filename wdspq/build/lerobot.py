@@ -7,9 +7,16 @@ Mapping (docs/importers.md):
 - `action` -> the `actions` stream; every other float feature (`observation.state`, ...) -> a signal
   stream of the same name (multi-dimensional features are flattened); index columns and non-float
   features (`next.done`, ...) are skipped and listed in the table's metadata;
-- every `video` or `image` feature -> a camera of the same name; frame i is the episode's row i and
-  carries that row's timestamp;
-- the episode's task(s) -> `text` (several tasks joined by "; " in order of first appearance);
+- every `image` feature -> a camera of the same name; frame i is the episode's row i and carries that
+  row's timestamp;
+- every `video` feature -> a camera of the same name whose frames keep their own times (pts x time_base
+  minus the episode's `from_timestamp`: the episode's clock, as LeRobot's decoder sees them); a frame
+  within `SNAP_S` of a row's timestamp takes that timestamp exactly. A clip with more or fewer frames
+  than the episode has rows (a dropped or extra frame) is imported as it is, with a warning and a note in
+  the table's extra["lerobot"]["frames_off_rows"]; windows then match frames by time (`tolerance_s`);
+- the episode's task(s) -> `text` (several tasks joined by "; " in order of first appearance); an episode
+  whose rows change task also keeps its runs of rows per task (`task_runs`), so a window gets the task of
+  its anchor row, as LeRobot gives each frame its own row's task;
 - `info.json` `splits` ("train": "0:80") -> the `split` column.
 
 Timestamps are the rows' `timestamp` values in float64; where they equal float32(frame_index / fps), as
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +42,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from ..errors import MediaError, SchemaError
-from ..media import decode_image, iter_file_range
+from ..media import decode_image, iter_timed_range
 from ..schema import (
     Episode,
     Stream,
@@ -47,6 +55,7 @@ from ..schema import (
 )
 from .common import check_video_codec, encode_frames, select, split_of
 
+SNAP_S = 1e-4  # LeRobot's default tolerance_s: a frame this close to a row's timestamp is that row's frame
 VERSIONS = {"v2.0": 2, "v2.1": 2, "v3.0": 3}
 INDEX_COLUMNS = {"timestamp", "frame_index", "episode_index", "index", "task_index"}
 FLOAT_DTYPES = {"float16", "float32", "float64"}
@@ -290,11 +299,46 @@ def _episode_text(listed: list[str], rows: pa.Table, names: dict[int, str]) -> s
     return "; ".join(t for t in tasks if t)
 
 
+class FramesOffRowsWarning(UserWarning):
+    """A camera's video has more or fewer frames than its episode has rows, or frames off the rows' times."""
+
+
+def camera_times(frame_t: np.ndarray, row_ts: np.ndarray) -> np.ndarray:
+    """Each decoded frame's own time on the episode's clock; one within `SNAP_S` of a row's timestamp takes
+    that timestamp exactly (frames on their rows import with the rows' times, bit for bit)."""
+    from ..offsets import rows_at
+
+    out = np.asarray(frame_t, dtype=np.float64).copy()
+    if len(row_ts) and len(out):
+        near, ok = rows_at(np.asarray(row_ts, dtype=np.float64), out, SNAP_S)
+        out[ok] = row_ts[near[ok]]
+    return out
+
+
+def _timed(frames: Iterable[tuple[float, np.ndarray]], start: float, times: list[float]) -> Iterator[np.ndarray]:
+    """The frames of (time, frame) pairs, their times minus `start` appended to `times` on the way."""
+    for t, f in frames:
+        times.append(t - start)
+        yield f
+
+
+def task_runs(rows: pa.Table, names: dict[int, str]) -> list[list[Any]] | None:
+    """[[first row, task_index, task], ...] for an episode whose rows carry more than one task_index, else None."""
+    if "task_index" not in rows.column_names or rows.num_rows == 0:
+        return None
+    ti = np.asarray(rows.column("task_index").to_numpy(zero_copy_only=False), dtype=np.int64)
+    starts = np.flatnonzero(np.concatenate([[True], ti[1:] != ti[:-1]]))
+    if len(starts) == 1:
+        return None
+    return [[int(r), int(ti[r]), names.get(int(ti[r]), "")] for r in starts]
+
+
 def read_episode(
     root: Path, ref: _EpisodeRef, rows: pa.Table, streams: list[Stream], cameras: dict[str, str],
-    fps: float, text: str, split: str | None, video_codec: str,
+    fps: float, text: str, split: str | None, video_codec: str, off_rows: dict[str, Any] | None = None,
 ) -> Episode:
-    """One LeRobot episode (its data-file `rows`) -> Episode; errors name the episode and the file."""
+    """One LeRobot episode (its data-file `rows`) -> Episode; errors name the episode and the file. A video
+    whose frames are not one per row (count or times) is noted in `off_rows` (camera -> counts)."""
     where = f"episode {ref.index} ({_rel(root, ref.data_path)})"
     if rows.num_rows != ref.length:
         raise SchemaError(f"{where}: the episode metadata says {ref.length} frames, the data file has {rows.num_rows} rows")
@@ -314,6 +358,7 @@ def read_episode(
                 signals[s.name] = (ts, vals)
             continue
         cwhere = f"{where}, camera {s.name!r}"
+        times: list[float] | None = None
         if cameras[s.name] == "image":
             frames: Iterable[np.ndarray] = _image_frames(rows, root, s.name, where)
             src = "data file"
@@ -321,14 +366,22 @@ def read_episode(
             v = ref.videos[s.name]
             if not v.path.is_file():
                 raise SchemaError(f"episode {ref.index}, camera {s.name!r}: {_rel(root, v.path)}: video file not found")
-            frames = iter_file_range(str(v.path), v.start, v.end, fps,
-                                     where=f"episode {ref.index}, camera {s.name!r}: {_rel(root, v.path)}")
+            times = []
+            frames = _timed(iter_timed_range(str(v.path), v.start, v.end, fps,
+                                             where=f"episode {ref.index}, camera {s.name!r}: {_rel(root, v.path)}"),
+                            v.start, times)
             src = f"video {_rel(root, v.path)}" + (f" between {v.start:.3f} s and {v.end:.3f} s" if v.end is not None else "")
         try:
-            clip = encode_frames(frames, s.hw, video_codec, fps, ref.length, cwhere, src, "info.json")
+            clip = encode_frames(frames, s.hw, video_codec, fps, None if times is not None else ref.length,
+                                 cwhere, src, "info.json")
         except MediaError as e:  # the decoder's error already names the episode, camera, file and codec
             raise SchemaError(str(e)) from None
-        cams[s.name] = (clip, ts)
+        cam_ts = ts if times is None else camera_times(np.array(times, dtype=np.float64), ts)
+        if times is not None and (len(cam_ts) != len(ts) or not np.array_equal(cam_ts, ts)):
+            on_rows = int(np.isin(cam_ts, ts).sum())
+            if off_rows is not None:
+                off_rows[s.name] = {"frames": len(cam_ts), "rows": len(ts), "frames_on_rows": on_rows}
+        cams[s.name] = (clip, cam_ts)
     assert actions is not None
     return Episode(episode_id=f"episode_{ref.index:06d}", text=text, action_ts=ts, actions=actions,
                    signals=signals, cameras=cams, split=split)
@@ -362,7 +415,7 @@ def build_from_lerobot(
                          "robot_type": info.get("robot_type"), "skipped_features": skipped,
                          "episodes": len(chosen), "of_episodes": len(refs),
                          "stats": stats, "stats_source": stats_source, "keys": keys,
-                         "tasks": [names[t] for t in sorted(names)], "episodes_by_id": {}}}
+                         "tasks": [names[t] for t in sorted(names)], "episodes_by_id": {}, "frames_off_rows": {}}}
     starts = dict(zip(sorted(by_index), np.cumsum([0] + [by_index[j].length for j in sorted(by_index)]).tolist()))
     files = _DataFiles(root)
     fps = float(info["fps"])
@@ -373,13 +426,30 @@ def build_from_lerobot(
             text = _episode_text(ep_tasks.get(i) or [], rows, names)
             index_from = int(rows.column("index")[0].as_py()) if "index" in rows.column_names and rows.num_rows else starts[i]
             extra["lerobot"]["episodes_by_id"][f"episode_{i:06d}"] = {"episode_index": i, "index_from": index_from}
-            writer.add(read_episode(root, ref, rows, streams, cameras, fps, text, split_of(i, splits), video_codec))
+            runs = task_runs(rows, names)
+            if runs is not None:
+                extra["lerobot"]["episodes_by_id"][f"episode_{i:06d}"]["task_runs"] = runs
+            off: dict[str, Any] = {}
+            writer.add(read_episode(root, ref, rows, streams, cameras, fps, text, split_of(i, splits), video_codec, off))
+            if off:
+                extra["lerobot"]["frames_off_rows"][f"episode_{i:06d}"] = off
+        off_rows = extra["lerobot"]["frames_off_rows"]
+        if off_rows:
+            warnings.warn(FramesOffRowsWarning(
+                f"{root}: in {len(off_rows)} episode(s) a camera's frames are not one per row (dropped, extra or "
+                f"jittered frames; e.g. {next(iter(off_rows))}: {next(iter(off_rows.values()))}); they keep their own "
+                "times and windows match them by time within tolerance_s (table extra['lerobot']['frames_off_rows'])"),
+                stacklevel=2)
+        else:
+            del extra["lerobot"]["frames_off_rows"]
         return writer.close(source=f"lerobot {info['codebase_version']} {root}", extra=extra)
 
 
-def lerobot_stats_of(root: Path, episodes: list[int]) -> tuple[dict[str, Any] | None, str | None]:
-    """LeRobot's per-feature statistics: meta/stats.json as written, else the chosen episodes' entries of
-    meta/episodes_stats.jsonl (v2.1) pooled as LeRobot pools them (count-weighted mean and variance)."""
+def lerobot_stats_of(root: str | os.PathLike, episodes: Iterable[int]) -> tuple[dict[str, Any] | None, str | None]:
+    """LeRobot's per-feature statistics: meta/stats.json as written (the whole dataset's), else the entries
+    of meta/episodes_stats.jsonl (v2.1) for `episodes` pooled as LeRobot pools them (count-weighted mean and
+    variance); give every episode index for the whole file's pool, as LeRobot's dataset metadata has it."""
+    root = Path(root)
     path = root / "meta" / "stats.json"
     if path.is_file():
         return _json(path), "meta/stats.json"
