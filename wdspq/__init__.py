@@ -35,6 +35,7 @@ _LAZY = {
     "to_device": "seed_compat",
     "ShardStream": "stream",
     "StreamLoader": "stream",
+    "Source": "mixture",
     "StageError": "pipeline",
     "sample_rng": "pipeline",
     "torch_generator": "pipeline",
@@ -53,7 +54,7 @@ _LAZY = {
     "build_from_lerobot": "build",
     "build_from_robomimic": "build",
 }
-_SUBMODULES = ("build", "cursor", "export", "media", "normalize", "pipeline", "schema", "shardfmt", "storage", "stream",
+_SUBMODULES = ("build", "cursor", "export", "media", "mixture", "normalize", "pipeline", "schema", "shardfmt", "storage", "stream",
                "table_dataset", "text", "validate", "viz", "windows")
 
 __all__ = [
