@@ -356,7 +356,39 @@ def test_kill_loop_delivers_the_uninterrupted_per_source_sequence(exports, tmp_p
         kills += proc.returncode == -signal.SIGKILL
     if not (kill_dir / "done").exists():
         subprocess.run([*argv, str(kill_dir)], check=True, env=env)
-    assert kills >= 10
+    assert kills == 20
     state = json.loads((kill_dir / "state.json").read_text())
     logged = (kill_dir / "log.jsonl").read_text().splitlines()[:state["logged"]]
     assert logged == reference
+
+
+def test_source_batches_give_batches_of_one_source_and_resume(exports) -> None:
+    def make(**kw):
+        return wdspq.StreamLoader(mix(exports, 640, source_batches=8), batch_size=8, **kw)
+
+    full = run(make(num_workers=2))
+    assert all(len({s for s, _ in b}) == 1 for b in full)
+    got = Counter(s for b in full for s, w in b if w != -1)
+    assert [got[j] for j in range(3)] == [384, 192, 64]
+    ld = make(num_workers=2)
+    head = run(ld, 9)
+    again = make(num_workers=2)
+    again.load_state_dict(ld.state_dict())
+    assert head + run(again) == full
+    with pytest.raises(WdspqError, match="batch_size=8"):
+        run(wdspq.StreamLoader(mix(exports, 640, source_batches=8), batch_size=16))
+    with pytest.raises(WdspqError, match="multiple"):
+        mix(exports, 641, source_batches=8)
+
+
+def test_info_on_a_mixture_file(exports, tmp_path, capsys) -> None:
+    from wdspq.cli import main
+
+    f = tmp_path / "mix.json"
+    f.write_text(json.dumps({"sources": [{"path": p, "weight": w} for p, w in zip(exports, WEIGHTS)],
+                             "samples_per_epoch": 1000}))
+    assert main(["info", str(f)]) == 0
+    out = capsys.readouterr().out
+    assert "3 sources, 1,000 samples per epoch" in out
+    assert "60.0%" in out and "1.52" in out  # 600 of source 0's 394 windows: 1.52 passes per epoch
+    assert exports[2] in out

@@ -89,9 +89,10 @@ def schedule(counts: Sequence[int]) -> np.ndarray:
 class Schedule:
     """The schedule with its per-source ranks: position -> (source, k), and a position range's k range."""
 
-    def __init__(self, counts: Sequence[int]) -> None:
-        self.counts = [int(c) for c in counts]
-        self.src = schedule(self.counts)
+    def __init__(self, counts: Sequence[int], group: int = 1) -> None:
+        """`counts` per source; with `group` > 1 they count units of `group` consecutive samples of one source."""
+        self.counts = [int(c) * int(group) for c in counts]
+        self.src = np.repeat(schedule(counts), int(group))
         # positions of each source's samples, in k order (the k-th entry is where sample k sits)
         self.where = [np.flatnonzero(self.src == j).astype(np.int64) for j in range(len(self.counts))]
 
@@ -224,3 +225,42 @@ def mixture_id(described: Sequence[Mapping[str, Any]], samples_per_epoch: int, c
     blob = json.dumps({"sources": [{k: d[k] for k in ("manifest_id", "weight", "rename")} for d in described],
                        "samples_per_epoch": int(samples_per_epoch), "chunk": int(chunk)}, sort_keys=True)
     return "mix-" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+def is_mixture_file(path: str) -> bool:
+    """Whether `path` is a local JSON mixture file (an object with a "sources" list), not a manifest."""
+    if not str(path).endswith(".json") or str(path).startswith("s3://") or not os.path.isfile(path):
+        return False
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and isinstance(d.get("sources"), list)
+
+
+def read_mixture_file(path: str | os.PathLike) -> tuple[list[Source], dict[str, Any]]:
+    """Sources and stream options of a JSON mixture file (docs/mixtures.md "Mixture files"):
+    ``{"sources": [{"path": ..., "weight": ..., "rename": {...}}, ...], "samples_per_epoch": ..., "seed": ...}``;
+    relative source paths are relative to the file's folder."""
+    with open(path) as f:
+        try:
+            d = json.load(f)
+        except ValueError as e:
+            raise WdspqError(f"{path}: not a JSON mixture file ({e})") from None
+    if not isinstance(d, dict) or not isinstance(d.get("sources"), list) or not d["sources"]:
+        raise WdspqError(f'{path}: a mixture file is a JSON object with a non-empty "sources" list')
+    unknown = set(d) - {"sources", "samples_per_epoch", "seed", "shuffle"}
+    if unknown:
+        raise WdspqError(f"{path}: unknown mixture file fields {sorted(unknown)} (known: sources, samples_per_epoch, "
+                         "seed, shuffle)")
+    here = os.path.dirname(os.path.abspath(path))
+    out = []
+    for i, s in enumerate(d["sources"]):
+        if not isinstance(s, dict) or "path" not in s:
+            raise WdspqError(f'{path}: source {i} must be an object with a "path" (and "weight", "rename")')
+        p = str(s["path"])
+        if "://" not in p and not os.path.isabs(p):
+            p = os.path.join(here, p)
+        out.append(Source(p, weight=s.get("weight", 1.0), rename=s.get("rename") or {}))
+    return out, {k: d[k] for k in ("samples_per_epoch", "seed", "shuffle") if k in d}

@@ -102,6 +102,7 @@ class MixtureStream(ShardStream):
         verify_checksums: bool = False,
         shard_order: str | None = None,
         samples_per_epoch: int | None = None,
+        source_batches: int | None = None,
     ) -> None:
         super(ShardStream, self).__init__()  # the pipeline's stages; not ShardStream's single-export setup
         self.sources = as_sources(sources if isinstance(sources, (list, tuple)) else [sources])
@@ -116,13 +117,28 @@ class MixtureStream(ShardStream):
         self.samples_per_epoch = int(samples_per_epoch if samples_per_epoch is not None else total)
         if self.samples_per_epoch < 1:
             raise WdspqError(f"samples_per_epoch must be >= 1, got {samples_per_epoch}")
-        self.counts = apportion([s.weight for s in self.sources], self.samples_per_epoch)
-        self.sched = Schedule(self.counts)
-        self.chunk = self.samples_per_epoch  # one virtual shard: the cursor cuts it into one piece per slot
+        self.group = int(source_batches) if source_batches else None
+        if self.group is None:
+            self.counts = apportion([s.weight for s in self.sources], self.samples_per_epoch)
+            self.sched = Schedule(self.counts)
+            self.chunk = self.samples_per_epoch  # one virtual shard: the cursor cuts it into one piece per slot
+            sizes = [self.samples_per_epoch]
+        else:
+            # one-source batches: the schedule places units of `group` samples; each unit is a virtual shard,
+            # so a slot reads whole units and every batch of `group` entries is one unit (one source)
+            if self.group < 1 or self.samples_per_epoch % self.group:
+                raise WdspqError(f"source_batches={source_batches}: samples_per_epoch ({self.samples_per_epoch}) must "
+                                 "be a positive multiple of it")
+            units = apportion([s.weight for s in self.sources], self.samples_per_epoch // self.group)
+            self.counts = [u * self.group for u in units]
+            self.sched = Schedule(units, self.group)
+            self.chunk = self.group
+            sizes = [self.group] * (self.samples_per_epoch // self.group)
+            interleave = 1
         described = [r.describe() for r in self.readers]
         spec = hashlib.sha256("|".join(r.manifest.spec_id for r in self.readers).encode()).hexdigest()[:16]
         self.manifest = VirtualManifest(mixture_id(described, self.samples_per_epoch, self.chunk), spec,
-                                        [self.samples_per_epoch],
+                                        sizes,
                                         "mixture(" + ", ".join(r.manifest.url for r in self.readers) + ")")
         self.source = self.manifest.url
         # The cursor plans over the epoch as one virtual shard, cut into near-equal contiguous pieces (its
@@ -154,7 +170,7 @@ class MixtureStream(ShardStream):
         """What a saved state names of this mixture: every source (url, manifest id, weight, rename), the
         epoch length and the source order (checked by `check_state`)."""
         return {"sources": [r.describe() for r in self.readers], "samples_per_epoch": self.samples_per_epoch,
-                "shuffle": self.source_shuffle, "shard_order": self.readers[0].order}
+                "shuffle": self.source_shuffle, "shard_order": self.readers[0].order, "source_batches": self.group}
 
     def passes_per_epoch(self) -> list[float]:
         """Passes over each source per epoch (its samples in the epoch / its windows)."""
@@ -201,7 +217,7 @@ class MixtureStream(ShardStream):
                     if k == "manifest_id":
                         va, vb = str(va)[:12], str(vb)[:12]
                     problems.append(f"source {j} ({b['url']}): {k} {va!r} in the state vs {vb!r} in this stream")
-        for k in ("samples_per_epoch", "shuffle", "shard_order"):
+        for k in ("samples_per_epoch", "shuffle", "shard_order", "source_batches"):
             if saved.get(k) != self.describe()[k]:
                 problems.append(f"{k} {saved.get(k)!r} in the state vs {self.describe()[k]!r} in this stream")
         if problems:
@@ -222,6 +238,12 @@ class MixtureStream(ShardStream):
         A chunk piece's real entries are consecutive positions; within them one source's samples are
         consecutive samples of its sequence, so one reader per (piece run, source) serves them in order."""
         C, sched, epoch = self.chunk, self.sched, self._order_epoch
+        if self.group is not None and self._control is not None:
+            topo = plan.topology
+            if topo.batch_size != self.group or topo.interleave != 1:
+                raise WdspqError(f"this mixture makes one-source batches of {self.group} (source_batches): its loader "
+                                 f"needs batch_size={self.group} and interleave=1, not {topo.batch_size} and "
+                                 f"{topo.interleave}")
         pieces = plan.slot_pieces(slot)
         taken = plan.slot_emitted(slot, plan.slot_real_count(slot))
         runs: dict[int, list[tuple[int, int]]] = {}
