@@ -392,3 +392,15 @@ def test_info_on_a_mixture_file(exports, tmp_path, capsys) -> None:
     assert "3 sources, 1,000 samples per epoch" in out
     assert "60.0%" in out and "1.52" in out  # 600 of source 0's 394 windows: 1.52 passes per epoch
     assert exports[2] in out
+
+
+def test_worker_collation_equals_default_collation_of_samples(exports) -> None:
+    from torch.utils.data import default_collate
+
+    fast = list(loader(exports, 300, batch_size=16))
+    slow = list(wdspq.StreamLoader(mix(exports, 300), batch_size=16, collate_fn=default_collate))
+    assert len(fast) == len(slow)
+    for a, b in zip(fast, slow):
+        assert list(a) == list(b)
+        for k in a:
+            assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k

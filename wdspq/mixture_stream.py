@@ -12,6 +12,7 @@ of that source's pass order, read with one ranged read per block (R5).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import default_collate
 
 from .cursor import Plan, Topology
 from .errors import StateError, WdspqError
@@ -292,17 +292,31 @@ class MixtureStream(ShardStream):
             yield t
 
     def _collate_records(self, items: Iterator[tuple[Any, bool]], batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
-        """Decoded samples collated in the worker, `batch_size` at a time (default collation)."""
-        samples = self._decode_records(items)
+        """`((source, record), is_pad)` collated in the worker, `batch_size` at a time: equal to default
+        collation of `_decode_records`, but vectorised per source (each record copied once into its
+        source's row block, each key of each source copied once per batch into the batch's array)."""
+        dtypes = [r.codec.dtype for r in self.readers]
         try:
             while True:
-                chunk = []
-                for s in samples:
-                    chunk.append(s)
-                    if len(chunk) == batch_size:
-                        break
-                if not chunk:
+                got = list(itertools.islice(items, batch_size))
+                if not got:
                     return
-                yield default_collate(chunk)
+                n = len(got)
+                out = {k: np.zeros((n, *v["shape"]), dtype=v["dtype"]) for k, v in self.schema.items()}
+                src = np.fromiter((j for (j, _), _ in got), dtype=np.int64, count=n)
+                out[SOURCE_KEY][:] = src
+                for j in np.unique(src).tolist():
+                    where = np.flatnonzero(src == j)
+                    recs = np.empty(len(where), dtype=dtypes[j])
+                    rows = recs.view(np.uint8).reshape(len(where), dtypes[j].itemsize)
+                    for i, w in enumerate(where.tolist()):
+                        rows[i] = np.frombuffer(got[w][0][1], dtype=np.uint8)
+                    for k, orig, _, _ in self._keymaps[j]:
+                        if orig is not None:
+                            out[k][where] = recs[orig]
+                pads = [i for i, (_, is_pad) in enumerate(got) if is_pad]
+                if pads:
+                    out["window_index"][pads] = -1
+                yield {k: torch.from_numpy(v) for k, v in out.items()}
         finally:
             items.close()  # type: ignore[attr-defined]
