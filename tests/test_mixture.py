@@ -249,9 +249,11 @@ def test_elastic_resume_2x2_to_1x1_and_back(exports) -> None:
         first += run(ld, 7)
         states.append(ld.state_dict(gather=False))
     merged = wdspq.merge_states(states)
+    assert merged["mixture"] == states[0]["mixture"]
     one = loader(exports, spe, batch_size=12)
     one.load_state_dict(merged)
     rest = run(one)
+    done = one.state_dict()
     got = Counter(real(first)) + Counter(real(rest))
     assert got == expected
     # and back: 1 x 1 part way, then 2 ranks x 2 workers finish it
@@ -264,6 +266,17 @@ def test_elastic_resume_2x2_to_1x1_and_back(exports) -> None:
         ld.load_state_dict(st)
         tail += run(ld)
     assert Counter(real(head)) + Counter(real(tail)) == expected
+    # a state saved at the end of the epoch stays finished under another topology
+    one2 = loader(exports, spe, batch_size=12)
+    one2.load_state_dict(done)
+    assert run(one2) == []
+    st_end = one2.state_dict()
+    assert st_end["complete"] and st_end["epoch"] == 0
+    for rank in range(2):
+        ld = loader(exports, spe, num_workers=2, rank=rank, world_size=2)
+        ld.load_state_dict(st_end)
+        ld.set_epoch(0)
+        assert run(ld) == []
 
 
 def test_mismatched_states_are_clear_errors(exports) -> None:
