@@ -383,6 +383,9 @@ def test_source_batches_give_batches_of_one_source_and_resume(exports) -> None:
     assert all(len({s for s, _ in b}) == 1 for b in full)
     got = Counter(s for b in full for s, w in b if w != -1)
     assert [got[j] for j in range(3)] == [384, 192, 64]
+    seq = [b[0][0] for b in full]  # the source of each batch, in delivery order: stratified, not random
+    counts = np.cumsum(np.eye(3)[seq], axis=0)
+    assert np.abs(counts - np.arange(1, len(seq) + 1)[:, None] * np.array(WEIGHTS)).max() <= 2.5
     ld = make(num_workers=2)
     head = run(ld, 9)
     again = make(num_workers=2)

@@ -143,8 +143,9 @@ class MixtureStream(ShardStream):
         self.source = self.manifest.url
         # The cursor plans over the epoch as one virtual shard, cut into near-equal contiguous pieces (its
         # "block" mode; nothing is permuted: positions are the schedule's); the sources' orders shuffle.
-        self.shuffle = True
-        self.shard_order = "block"
+        # One-source batches: the units are the shards, dealt in schedule order (no cutting, no permutation).
+        self.shuffle = self.group is None
+        self.shard_order = "block" if self.group is None else "sequential"
         self.interleave = int(interleave)
         self.even = even
         self.rank, self.world_size = dist_topology(rank, world_size)
