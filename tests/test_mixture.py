@@ -410,11 +410,12 @@ def test_info_on_a_mixture_file(exports, tmp_path, capsys) -> None:
     assert exports[2] in out
 
 
-def test_worker_collation_equals_default_collation_of_samples(exports) -> None:
+@pytest.mark.parametrize("workers", [0, 2])
+def test_worker_collation_equals_default_collation_of_samples(exports, workers) -> None:
     from torch.utils.data import default_collate
 
-    fast = list(loader(exports, 300, batch_size=16))
-    slow = list(wdspq.StreamLoader(mix(exports, 300), batch_size=16, collate_fn=default_collate))
+    fast = list(loader(exports, 300, batch_size=16, num_workers=workers))  # with workers: the shared ring
+    slow = list(wdspq.StreamLoader(mix(exports, 300), batch_size=16, num_workers=workers, collate_fn=default_collate))
     assert len(fast) == len(slow)
     for a, b in zip(fast, slow):
         assert list(a) == list(b)

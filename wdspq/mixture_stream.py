@@ -20,9 +20,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 
 from .cursor import Plan, Topology
 from .errors import StateError, WdspqError
+from .handoff import batch_tensors
 from .mixture import (
     SOURCE_KEY,
     Schedule,
@@ -57,6 +59,14 @@ class VirtualManifest:
     @property
     def num_windows(self) -> int:
         return int(sum(self.sizes))
+
+
+@dataclass
+class UnionLayout:
+    """The record layout of a mixture's batches (the union of keys): `dtype` and `schema`, as a codec has."""
+
+    dtype: np.dtype
+    schema: dict[str, dict[str, Any]]
 
 
 def as_sources(sources: Any) -> list[Source]:
@@ -150,7 +160,9 @@ class MixtureStream(ShardStream):
         self.even = even
         self.rank, self.world_size = dist_topology(rank, world_size)
         self.epoch = 0
-        self._codec = None  # no single record layout: batches are collated from decoded samples
+        # the union's record layout: what worker collation fills and the loader's shared ring carries
+        self._codec = UnionLayout(np.dtype([(k, v["dtype"], tuple(v["shape"])) for k, v in self.schema.items()]),
+                                  self.schema)
         self._reader = None
         self._control = None
         self._batched = False
@@ -294,18 +306,22 @@ class MixtureStream(ShardStream):
 
     def _collate_records(self, items: Iterator[tuple[Any, bool]], batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
         """`((source, record), is_pad)` collated in the worker, `batch_size` at a time: equal to default
-        collation of `_decode_records`, but vectorised per source (each record copied once into its
-        source's row block, each key of each source copied once per batch into the batch's array)."""
+        collation of `_decode_records`, but vectorised per source into one record array of the union's
+        layout (missing keys zero), handed over like a single export's batch (the loader's shared ring,
+        or one shared block per batch)."""
         dtypes = [r.codec.dtype for r in self.readers]
+        union, schema = self._codec.dtype, self._codec.schema
+        info = get_worker_info()
+        ring = self._ring if info is not None else None
         try:
             while True:
                 got = list(itertools.islice(items, batch_size))
                 if not got:
                     return
                 n = len(got)
-                out = {k: np.zeros((n, *v["shape"]), dtype=v["dtype"]) for k, v in self.schema.items()}
+                out = np.zeros(n, dtype=union)
                 src = np.fromiter((j for (j, _), _ in got), dtype=np.int64, count=n)
-                out[SOURCE_KEY][:] = src
+                out[SOURCE_KEY] = src
                 for j in np.unique(src).tolist():
                     where = np.flatnonzero(src == j)
                     recs = np.empty(len(where), dtype=dtypes[j])
@@ -318,6 +334,7 @@ class MixtureStream(ShardStream):
                 pads = [i for i, (_, is_pad) in enumerate(got) if is_pad]
                 if pads:
                     out["window_index"][pads] = -1
-                yield {k: torch.from_numpy(v) for k, v in out.items()}
+                sent = ring.put(info.id, self._ring_generation, out) if ring is not None else None
+                yield sent if sent is not None else batch_tensors(out, schema, info is not None)
         finally:
             items.close()  # type: ignore[attr-defined]

@@ -417,8 +417,7 @@ class StreamLoader(DataLoader):
         view._batched = collate_fn is None
         workers = int(num_workers)
         ring_layout, per_worker = None, 0
-        if view._batched and workers > 0 and shared_ring and not stream.user_stages \
-                and stream._codec is not None:  # a mixture (no single record layout): default_collate
+        if view._batched and workers > 0 and shared_ring and not stream.user_stages:  # user stages: default_collate
             ring_layout = BatchLayout.of(stream._codec.dtype, stream._codec.schema, topo.batch_size)
             per_worker = int(dataloader_kwargs.get("prefetch_factor") or DEFAULT_PREFETCH) + 2  # a block per batch in flight
             if not BatchRing.fits(ring_layout.nbytes * per_worker * workers):
