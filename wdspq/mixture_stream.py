@@ -69,6 +69,28 @@ class UnionLayout:
     schema: dict[str, dict[str, Any]]
 
 
+def union_dtype(first: SourceReader, schema: Mapping[str, Mapping[str, Any]]) -> np.dtype:
+    """The union's record dtype: the first source's record layout (keys renamed, same offsets), then the
+    other keys packed after it; so sources laid out like the first copy their records as one block."""
+    own = first.codec.dtype
+    names, formats, offsets = [], [], []
+    for k in own.names or ():
+        dt, off = own.fields[k][:2]
+        names.append(first.source.rename.get(k, k))
+        formats.append(dt)
+        offsets.append(off)
+    end = own.itemsize
+    for k, v in schema.items():
+        if k not in names:
+            dt = np.dtype((np.dtype(v["dtype"]), tuple(v["shape"])))
+            names.append(k)
+            formats.append(dt)
+            offsets.append(end)
+            end += dt.itemsize
+    # the schema's key order for the batch dicts comes from `schema`, not from the dtype
+    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": end})
+
+
 def as_sources(sources: Any) -> list[Source]:
     """A list of `Source` from Sources, paths (weight 1) or (path, weight) pairs."""
     out = []
@@ -161,8 +183,7 @@ class MixtureStream(ShardStream):
         self.rank, self.world_size = dist_topology(rank, world_size)
         self.epoch = 0
         # the union's record layout: what worker collation fills and the loader's shared ring carries
-        self._codec = UnionLayout(np.dtype([(k, v["dtype"], tuple(v["shape"])) for k, v in self.schema.items()]),
-                                  self.schema)
+        self._codec = UnionLayout(union_dtype(self.readers[0], self.schema), self.schema)
         self._reader = None
         self._control = None
         self._batched = False
@@ -172,6 +193,7 @@ class MixtureStream(ShardStream):
         self._order_epoch = 0
         self._blocks = [1] * len(self.manifest.sizes)
         self._keymaps = [self._keymap(r) for r in self.readers]
+        self._direct = [self._prefix_size(r) for r in self.readers]
         Topology(world_size=self.world_size, interleave=self.interleave, even=even)  # validate early
 
     # -- identity ------------------------------------------------------------------------------------
@@ -244,6 +266,22 @@ class MixtureStream(ShardStream):
         return [(k, back.get(k), np.dtype(v["dtype"]), tuple(v["shape"])) for k, v in self.schema.items()
                 if k != SOURCE_KEY]
 
+    def _prefix_size(self, r: SourceReader) -> int:
+        """The source's record size when its record layout is a prefix of the union's (same keys after
+        rename, in the same order, same dtypes, shapes and offsets, no other key inside it), else 0."""
+        union, own = self._codec.dtype, r.codec.dtype
+        names, unames = list(own.names or ()), list(union.names or ())
+        mapped = [r.source.rename.get(k, k) for k in names]
+        if unames[: len(mapped)] != mapped:
+            return 0
+        for k, m in zip(names, mapped):
+            (dt_a, off_a), (dt_b, off_b) = own.fields[k][:2], union.fields[m][:2]
+            if dt_a != dt_b or off_a != off_b:
+                return 0
+        if any(union.fields[m][1] < own.itemsize for m in unames[len(mapped):]):
+            return 0
+        return int(own.itemsize)
+
     def _slot_items(self, plan: Plan, slot: int, skip: int, raw: bool,
                     entries: Iterator[tuple[int, int, bool]] | None = None) -> Iterator[tuple[Any, bool]]:
         """((source, record), is_pad) of one slot from entry `skip` on.
@@ -313,17 +351,25 @@ class MixtureStream(ShardStream):
         union, schema = self._codec.dtype, self._codec.schema
         info = get_worker_info()
         ring = self._ring if info is not None else None
+        buf = np.zeros(batch_size, dtype=union)  # reused: its pages are faulted in once per iteration
         try:
             while True:
                 got = list(itertools.islice(items, batch_size))
                 if not got:
                     return
                 n = len(got)
-                out = np.zeros(n, dtype=union)
+                out = buf[:n]
+                out.view(np.uint8).fill(0)  # keys a source lacks are zero
                 src = np.fromiter((j for (j, _), _ in got), dtype=np.int64, count=n)
                 out[SOURCE_KEY] = src
+                out_rows = out.view(np.uint8).reshape(n, union.itemsize)
                 for j in np.unique(src).tolist():
                     where = np.flatnonzero(src == j)
+                    size = self._direct[j]
+                    if size:  # the source's records are a prefix of the union's layout: one copy per record
+                        for w in where.tolist():
+                            out_rows[w, :size] = np.frombuffer(got[w][0][1], dtype=np.uint8)
+                        continue
                     recs = np.empty(len(where), dtype=dtypes[j])
                     rows = recs.view(np.uint8).reshape(len(where), dtypes[j].itemsize)
                     for i, w in enumerate(where.tolist()):
