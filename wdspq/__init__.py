@@ -35,6 +35,7 @@ _LAZY = {
     "to_device": "seed_compat",
     "ShardStream": "stream",
     "StreamLoader": "stream",
+    "Source": "mixture",
     "StageError": "pipeline",
     "sample_rng": "pipeline",
     "torch_generator": "pipeline",
@@ -57,7 +58,7 @@ _LAZY = {
     "lerobot_frames_to_float": "lerobot_front",
     "lerobot_stats": "lerobot_front",
 }
-_SUBMODULES = ("build", "cursor", "export", "media", "normalize", "pipeline", "schema", "shardfmt", "storage", "stream",
+_SUBMODULES = ("build", "cursor", "export", "media", "mixture", "normalize", "pipeline", "schema", "shardfmt", "storage", "stream",
                "table_dataset", "text", "validate", "viz", "windows")
 
 __all__ = [

@@ -386,16 +386,24 @@ def add_info(sub: Any) -> None:
         description=_desc(
             "TABLE: print its episodes, streams (dimensions, rates, frame and image sizes), total duration and "
             "file size. SHARDS (an export folder, its manifest.json or s3://bucket/prefix): print its window "
-            "spec, windows, shards, bytes, encoding, tokenizer and the table it was made from."
+            "spec, windows, shards, bytes, encoding, tokenizer and the table it was made from. MIXTURE.json (a "
+            "mixture file, docs/mixtures.md): its sources, weights, windows and passes per epoch."
         ),
         formatter_class=_formatter,
     )
-    p.add_argument("source", metavar="TABLE|SHARDS", help="a table file, or an export folder / manifest / s3:// prefix")
+    p.add_argument("source", metavar="TABLE|SHARDS|MIXTURE",
+                   help="a table file, an export folder / manifest / s3:// prefix, or a mixture file")
     p.set_defaults(func=run_info)
 
 
 def run_info(args: argparse.Namespace) -> int:
     src = str(args.source)
+    from .mixture import is_mixture_file
+
+    if is_mixture_file(src):
+        from .cli_mixture import run_mixture_info
+
+        return run_mixture_info(src)
     if src.startswith("s3://") or os.path.isdir(src) or src.endswith(".json"):
         from .shardfmt import load_manifest
 

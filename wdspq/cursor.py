@@ -1045,7 +1045,12 @@ def merge_states(states: Sequence[CursorState | Mapping[str, Any]]) -> dict[str,
         known = sorted({r for s in sts for r in s.known_ranks()})
         missing = [r for r in range(merged.topology.world_size) if r not in known]
         raise StateError(f"cannot merge states: no state for rank(s) {missing} (have {known})")
-    return merged.to_dict()
+    out = merged.to_dict()
+    # a mixture's states also name its sources (wdspq.mixture_stream): kept when every state names the same
+    extra = [s.get("mixture") if isinstance(s, Mapping) else None for s in states]
+    if extra[0] is not None and all(e == extra[0] for e in extra):
+        out["mixture"] = extra[0]
+    return out
 
 
 class RankCursor:

@@ -35,7 +35,16 @@ class Normalize:
     `mode="mean_std"`: (x - mean) / std. `mode="min_max"`: to [-1, 1] by the recorded min and max.
     A dimension whose std (or range) is below `eps` is only shifted. `keys` picks the streams
     (default: every stream in `stats`). Rows whose `<key>_mask` is false stay zero, in both directions.
+
+    A mixture's `stream.stats()` is a list, one entry per source: each sample (row of a batch) is then
+    normalised by the statistics of its own `source_index`, so one robot's statistics never scale
+    another's actions; `keys` defaults to the streams every source has statistics for.
     """
+
+    def __new__(cls, stats: Any = None, *args: Any, **kwargs: Any) -> Normalize:
+        if cls is Normalize and isinstance(stats, (list, tuple)):
+            return super().__new__(PerSourceNormalize)
+        return super().__new__(cls)
 
     def __init__(self, stats: Mapping[str, Mapping[str, torch.Tensor]], mode: str = "mean_std",
                  keys: Iterable[str] | None = None, eps: float = 1e-8) -> None:
@@ -89,3 +98,53 @@ class Normalize:
 def _mask(batch: Mapping[str, Any], key: str) -> torch.Tensor | None:
     m = batch.get(f"{key}_mask")
     return torch.as_tensor(m) if m is not None else None
+
+
+class PerSourceNormalize(Normalize):
+    """`Normalize` of a mixture (built as `Normalize(stream.stats())`): one `Normalize` per source,
+    each row applied by its `source_index` (the batch or sample must carry it)."""
+
+    def __init__(self, stats: Any, mode: str = "mean_std", keys: Iterable[str] | None = None,
+                 eps: float = 1e-8) -> None:
+        if not stats:
+            raise WdspqError("Normalize: the list of per-source statistics is empty")
+        if keys is None:
+            keys = [k for k in stats[0] if all(k in st for st in stats)]
+        self.keys = list(keys)
+        self.mode = mode
+        self.parts = [Normalize(st, mode, self.keys, eps) for st in stats]
+
+    def _rows(self, batch: Mapping[str, Any], forward: bool) -> dict[str, Any]:
+        if "source_index" not in batch:
+            raise WdspqError("Normalize with per-source statistics needs the batch's 'source_index' key")
+        src = torch.as_tensor(batch["source_index"])
+        out = dict(batch)
+        for k in self.keys:
+            if k not in batch:
+                continue
+            x = torch.as_tensor(batch[k])
+            y = x.clone()
+            for j, part in enumerate(self.parts):
+                sel = src == j
+                if not bool(sel.any()):
+                    continue
+                m = _mask(batch, k)
+                if src.ndim == 0:
+                    y = part._apply(x, k, m, forward)
+                else:
+                    y[sel] = part._apply(x[sel], k, m[sel] if m is not None else None, forward)
+            out[k] = y
+        return out
+
+    def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """A new dict: each row's selected streams normalised by its own source's statistics."""
+        return self._rows(batch, forward=True)
+
+    def inverse(self, x: Any, key: str | None = None, source_index: Any = None) -> Any:
+        """Undo the normalisation of a batch dict (with `source_index`), or of one tensor of stream `key`
+        whose rows come from `source_index` (a tensor of the batch's source indices)."""
+        if isinstance(x, Mapping):
+            return self._rows(x, forward=False)
+        if key is None or source_index is None:
+            raise WdspqError("Normalize.inverse of a mixture: give the stream (key=) and the rows' source_index=")
+        return self._rows({key: x, "source_index": source_index}, forward=False)[key]

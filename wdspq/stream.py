@@ -83,6 +83,15 @@ class ShardStream(StreamPipeline):
     to back, whole, in the same order every epoch (the version 1 order; README "Epoch order").
     """
 
+    def __new__(cls, source: Any = None, *args: Any, **kwargs: Any) -> ShardStream:
+        """`ShardStream([Source, ...])` (a list of sources, or one `Source`) is a weighted mixture of exports
+        (wdspq.mixture_stream.MixtureStream, docs/mixtures.md); a path is one export, as always."""
+        if cls is ShardStream and _is_mixture_source(source):
+            from .mixture_stream import MixtureStream
+
+            return super().__new__(MixtureStream)
+        return super().__new__(cls)
+
     def __init__(
         self,
         source: str | os.PathLike,
@@ -96,8 +105,12 @@ class ShardStream(StreamPipeline):
         on_error: str = "raise",
         verify_checksums: bool = False,
         shard_order: str | None = None,
+        samples_per_epoch: int | None = None,
     ) -> None:
         super().__init__()
+        if samples_per_epoch is not None:
+            raise WdspqError("samples_per_epoch is for mixtures (ShardStream([wdspq.Source(...), ...])); an epoch of "
+                             "one export is every window once")
         self.source = str(source)
         self.manifest: Manifest = load_manifest(self.source, storage_options)
         self.manifest.warn_old_window_rules()
@@ -138,6 +151,15 @@ class ShardStream(StreamPipeline):
         if "stats" not in self.manifest.data:
             raise WdspqError(f"{self.manifest.url}: this export records no statistics")
         return stats_tensors(self.manifest.data["stats"])
+
+    def _annotate_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The loader's saved state, with what this kind of stream adds (a mixture names its sources)."""
+        return state
+
+    def _check_state(self, state: Any) -> None:
+        """Raise StateError for a state this stream cannot continue, beyond `check_compatible` (mixtures)."""
+        if isinstance(state, dict) and "mixture" in state:
+            raise StateError("loader state was saved for a mixture of exports, not this single export")
 
     def set_epoch(self, epoch: int) -> None:
         """Epoch of the next direct iteration (StreamLoader has its own `set_epoch`)."""
@@ -298,6 +320,12 @@ class ShardStream(StreamPipeline):
         yield from run_stages(self, ctx)  # wdspq.pipeline: cursor, read, decode, then the user's stages
 
 
+def _is_mixture_source(source: Any) -> bool:
+    from .mixture import Source
+
+    return isinstance(source, (list, tuple, Source))
+
+
 def _end_workers(it: Any, ring: BatchRing, generation: int) -> None:
     """Stop this iteration's worker processes now and free the ring blocks of batches they sent that were
     never taken (an abandoned iteration). Only once every worker has exited: nobody can be writing them."""
@@ -440,7 +468,7 @@ class StreamLoader(DataLoader):
         st = self._local_state().to_dict()
         dist = torch.distributed
         if not gather or self.topology.world_size == 1 or not (dist.is_available() and dist.is_initialized()):
-            return st
+            return self.stream._annotate_state(st)
         if timeout and dist.get_backend() == "gloo":
             from datetime import timedelta
 
@@ -455,11 +483,12 @@ class StreamLoader(DataLoader):
                 ) from None
         gathered: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, st)
-        return merge_states(gathered)
+        return self.stream._annotate_state(merge_states(gathered))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state` at the next iter() (see the class doc)."""
         m = self.stream.manifest
+        self.stream._check_state(state)
         st = check_compatible(state, m.id, m.spec_id, self.stream.seed, bool(self.stream.shuffle), len(m.shards),
                               self.stream.shard_order)
         r = resume(st, self.stream.shard_sizes, self.topology, self.rank, self.stream._blocks)  # fail now, not at iter(), if unusable

@@ -1,0 +1,266 @@
+"""Weighted mixtures of exports: `Source`, the epoch's stratified schedule and the per-source pass order.
+
+Pure functions and small readers behind `MixtureStream` (wdspq.mixture_stream; docs/mixtures.md):
+
+* **Schedule.** An epoch is ``samples_per_epoch`` positions. Source ``j`` gets ``n_j`` of them (the
+  weights apportioned by largest remainder); its ``k``-th sample of the epoch sits at the rank of the key
+  ``(2k + 1) / (2 n_j)`` among all sources' keys (ties: lower source index). So at every point of the
+  epoch each source's running count is within about one sample of ``share x position`` (a stratified
+  schedule, not a coin per sample), and the schedule is the same every epoch.
+* **Passes.** The ``k``-th sample of epoch ``e`` is sample ``K = e * n_j + k`` of the source's endless
+  sequence: sample ``K mod N_j`` of pass ``K // N_j`` (``N_j``: the source's windows). A pass is the
+  source read whole in the order a single-export stream of it would read epoch ``pass`` with one slot
+  (shard order of that epoch, each shard in that epoch's in-shard order), so every window appears once per
+  pass, a small source repeats only after all its windows were seen, and a large one is cut at the end of
+  an epoch and continues in the next.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .cursor import epoch_shard_order
+from .epoch_order import block_size, check_order, default_order, in_shard_order, read_in_order
+from .errors import WdspqError
+from .reader import SampleReader
+from .shardfmt import Manifest, load_manifest
+
+SOURCE_KEY = "source_index"
+_SEED_TAG = 0x6D6978  # "mix": a source's order seed differs from any other use of the stream seed
+
+
+@dataclass(frozen=True)
+class Source:
+    """One export of a mixture: its location (a shard folder, a manifest path or `s3://bucket/prefix`), its
+    `weight` (> 0; weights are normalised over the mixture) and `rename` ({key in the export: key in the
+    mixture}, applied to sample keys and statistics) to give conflicting or differently named streams one name."""
+
+    path: str | os.PathLike
+    weight: float = 1.0
+    rename: Mapping[str, str] = field(default_factory=dict)
+    storage_options: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        w = float(self.weight)
+        if not np.isfinite(w) or w <= 0:
+            raise WdspqError(f"Source {self.path}: weight must be a positive number, got {self.weight!r}")
+        object.__setattr__(self, "weight", w)
+        object.__setattr__(self, "path", str(self.path))
+        object.__setattr__(self, "rename", dict(self.rename or {}))
+        if SOURCE_KEY in self.rename.values():
+            raise WdspqError(f"Source {self.path}: {SOURCE_KEY!r} is the mixture's own key; rename to another name")
+
+
+def apportion(weights: Sequence[float], total: int) -> list[int]:
+    """Samples per source in an epoch of `total`: ``total x weight / sum`` rounded by largest remainder
+    (ties: lower index), so the counts add up to `total` and each is within one sample of its share."""
+    w = np.asarray(weights, dtype=np.float64)
+    exact = w / w.sum() * int(total)
+    counts = np.floor(exact).astype(np.int64)
+    left = int(total) - int(counts.sum())
+    order = sorted(range(len(w)), key=lambda j: (-(exact[j] - counts[j]), j))
+    for j in order[:left]:
+        counts[j] += 1
+    return [int(c) for c in counts]
+
+
+def schedule(counts: Sequence[int]) -> np.ndarray:
+    """The epoch's source per position (int16, length ``sum(counts)``): source ``j``'s ``k``-th sample at
+    the rank of ``(2k + 1) / (2 counts[j])`` among all keys, ties by source index (module doc)."""
+    keys, srcs = [], []
+    for j, n in enumerate(counts):
+        if n > 0:
+            keys.append((2 * np.arange(n, dtype=np.float64) + 1) / (2.0 * n))
+            srcs.append(np.full(n, j, dtype=np.int16))
+    if not keys:
+        return np.zeros(0, dtype=np.int16)
+    key, src = np.concatenate(keys), np.concatenate(srcs)
+    return src[np.lexsort((src, key))]
+
+
+class Schedule:
+    """The schedule with its per-source ranks: position -> (source, k), and a position range's k range."""
+
+    def __init__(self, counts: Sequence[int], group: int = 1) -> None:
+        """`counts` per source; with `group` > 1 they count units of `group` consecutive samples of one source."""
+        self.counts = [int(c) * int(group) for c in counts]
+        self.src = np.repeat(schedule(counts), int(group))
+        # positions of each source's samples, in k order (the k-th entry is where sample k sits)
+        self.where = [np.flatnonzero(self.src == j).astype(np.int64) for j in range(len(self.counts))]
+
+    def __len__(self) -> int:
+        return int(len(self.src))
+
+    def at(self, g: int) -> tuple[int, int]:
+        """(source, k) of global position `g`."""
+        j = int(self.src[g])
+        return j, int(np.searchsorted(self.where[j], g))
+
+    def k_range(self, j: int, g0: int, g1: int) -> tuple[int, int]:
+        """Source `j`'s k values among positions ``g0 .. g1-1`` (a contiguous range)."""
+        w = self.where[j]
+        return int(np.searchsorted(w, g0)), int(np.searchsorted(w, g1))
+
+
+def source_seed(seed: int, j: int) -> int:
+    """The order seed of source `j` of a mixture with stream seed `seed` (>= 0)."""
+    return int(np.random.SeedSequence([_SEED_TAG, int(seed), int(j)]).generate_state(1)[0])
+
+
+def pass_position(k_global: int, n_windows: int) -> tuple[int, int]:
+    """(pass, offset) of the source's `k_global`-th sample (module doc)."""
+    return divmod(int(k_global), int(n_windows))
+
+
+class SourceReader:
+    """One source of a mixture: its manifest, codec, reader and pass orders; reads a range of its samples."""
+
+    def __init__(self, index: int, source: Source, seed: int, shuffle: bool, shard_order: str | None,
+                 storage_options: Mapping[str, Any] | None, on_error: str, verify_checksums: bool) -> None:
+        self.index = index
+        self.source = source
+        opts = dict(source.storage_options if source.storage_options is not None else (storage_options or {}))
+        self.manifest: Manifest = load_manifest(source.path, opts or None)
+        self.manifest.warn_old_window_rules()
+        if self.manifest.num_windows <= 0:
+            raise WdspqError(f"{self.manifest.url}: this export has no windows; a mixture source needs at least one")
+        self.shuffle = bool(shuffle)
+        self.order = check_order(shard_order or default_order(self.shuffle), self.shuffle)
+        self.seed = source_seed(seed, index)
+        self.codec = self.manifest.codec()
+        self.reader = SampleReader(self.manifest, self.codec, on_error, verify_checksums)
+        self.sizes = self.manifest.shard_sizes
+        self.n = int(sum(self.sizes))
+        self.blocks = [block_size(int(e["samples"]), e.get("bytes")) for e in self.manifest.shards]
+        missing = [k for k in source.rename if k not in self.codec.schema]
+        if missing:
+            raise WdspqError(f"{self.manifest.url}: rename names keys this export does not have: {missing} "
+                             f"(it has {list(self.codec.schema)})")
+        self.schema = {source.rename.get(k, k): v for k, v in self.codec.schema.items()}
+        self._passes: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._perms: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+
+    def describe(self) -> dict[str, Any]:
+        """What a saved state names of this source (checked on load)."""
+        return {"url": self.manifest.url, "manifest_id": self.manifest.id, "weight": self.source.weight,
+                "rename": dict(sorted(self.source.rename.items()))}
+
+    def pass_layout(self, p: int) -> tuple[np.ndarray, np.ndarray]:
+        """(shard order, cumulative ends in that order) of pass `p`."""
+        hit = self._passes.get(p)
+        if hit is None:
+            order = epoch_shard_order(len(self.sizes), self.seed, p, self.shuffle)
+            ends = np.cumsum(np.asarray(self.sizes, dtype=np.int64)[order])
+            hit = self._passes[p] = (order, ends)
+            while len(self._passes) > 4:
+                self._passes.popitem(last=False)
+        return hit
+
+    def perm(self, p: int, shard: int) -> np.ndarray:
+        got = self._perms.get((p, shard))
+        if got is None:
+            got = self._perms[p, shard] = in_shard_order(self.seed, p, shard, self.sizes[shard], self.blocks[shard], self.order)
+            while len(self._perms) > 16:
+                self._perms.popitem(last=False)
+        return got
+
+    def locate(self, k_global: int) -> tuple[int, int, int]:
+        """(pass, shard, ordinal in that shard's order of the pass) of the `k_global`-th sample."""
+        p, off = pass_position(k_global, self.n)
+        order, ends = self.pass_layout(p)
+        i = int(np.searchsorted(ends, off, side="right"))
+        start = int(ends[i - 1]) if i else 0
+        return p, int(order[i]), off - start
+
+    def records(self, k0: int, k1: int) -> Iterator[tuple[Any, int]]:
+        """(record bytes, sample position in its shard) of samples ``k0 .. k1-1`` of the source's endless
+        sequence, one ranged read per block (R5: nothing outside the range is read)."""
+        k = int(k0)
+        while k < k1:
+            p, shard, q = self.locate(k)
+            q1 = min(self.sizes[shard], q + (k1 - k))
+            perm = self.perm(p, shard)
+            it = read_in_order(lambda a, b, s=shard: self.reader.run_records(s, a, b), perm, self.blocks[shard], q, q1)
+            try:
+                yield from it
+            finally:
+                it.close()
+            k += q1 - q
+
+
+def union_schema(readers: Sequence[SourceReader]) -> dict[str, dict[str, Any]]:
+    """The mixture's keys (first appearance order) -> {dtype, shape}; a key with another dtype or shape in
+    two sources is an error naming both and the key, with `rename` as the fix."""
+    out: dict[str, dict[str, Any]] = {}
+    owner: dict[str, SourceReader] = {}
+    for r in readers:
+        for k, v in r.schema.items():
+            if k == SOURCE_KEY:
+                raise WdspqError(f"{r.manifest.url}: its key {SOURCE_KEY!r} clashes with the mixture's own key; "
+                                 f"rename it (Source(..., rename={{{SOURCE_KEY!r}: 'other'}}))")
+            have = out.get(k)
+            if have is None:
+                out[k], owner[k] = {"dtype": str(v["dtype"]), "shape": list(v["shape"])}, r
+            elif (np.dtype(have["dtype"]), list(have["shape"])) != (np.dtype(v["dtype"]), list(v["shape"])):
+                o = owner[k]
+                raise WdspqError(
+                    f"mixture key {k!r} is {have['dtype']}{tuple(have['shape'])} in source {o.index} ({o.manifest.url}) "
+                    f"but {v['dtype']}{tuple(v['shape'])} in source {r.index} ({r.manifest.url}): samples of one "
+                    f"stream need one dtype and shape; give one of them another name with "
+                    f"Source(..., rename={{{k!r}: '...'}}) (or re-export with matching shapes)")
+    out[SOURCE_KEY] = {"dtype": "int64", "shape": []}
+    return out
+
+
+def mixture_id(described: Sequence[Mapping[str, Any]], samples_per_epoch: int, chunk: int) -> str:
+    """Identity of a mixture's epoch layout (the virtual export the cursor plans over)."""
+    blob = json.dumps({"sources": [{k: d[k] for k in ("manifest_id", "weight", "rename")} for d in described],
+                       "samples_per_epoch": int(samples_per_epoch), "chunk": int(chunk)}, sort_keys=True)
+    return "mix-" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+def is_mixture_file(path: str) -> bool:
+    """Whether `path` is a local JSON mixture file (an object with a "sources" list), not a manifest."""
+    if not str(path).endswith(".json") or str(path).startswith("s3://") or not os.path.isfile(path):
+        return False
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and isinstance(d.get("sources"), list)
+
+
+def read_mixture_file(path: str | os.PathLike) -> tuple[list[Source], dict[str, Any]]:
+    """Sources and stream options of a JSON mixture file (docs/mixtures.md "Mixture files"):
+    ``{"sources": [{"path": ..., "weight": ..., "rename": {...}}, ...], "samples_per_epoch": ..., "seed": ...}``;
+    relative source paths are relative to the file's folder."""
+    with open(path) as f:
+        try:
+            d = json.load(f)
+        except ValueError as e:
+            raise WdspqError(f"{path}: not a JSON mixture file ({e})") from None
+    if not isinstance(d, dict) or not isinstance(d.get("sources"), list) or not d["sources"]:
+        raise WdspqError(f'{path}: a mixture file is a JSON object with a non-empty "sources" list')
+    unknown = set(d) - {"sources", "samples_per_epoch", "seed", "shuffle"}
+    if unknown:
+        raise WdspqError(f"{path}: unknown mixture file fields {sorted(unknown)} (known: sources, samples_per_epoch, "
+                         "seed, shuffle)")
+    here = os.path.dirname(os.path.abspath(path))
+    out = []
+    for i, s in enumerate(d["sources"]):
+        if not isinstance(s, dict) or "path" not in s:
+            raise WdspqError(f'{path}: source {i} must be an object with a "path" (and "weight", "rename")')
+        p = str(s["path"])
+        if "://" not in p and not os.path.isabs(p):
+            p = os.path.join(here, p)
+        out.append(Source(p, weight=s.get("weight", 1.0), rename=s.get("rename") or {}))
+    return out, {k: d[k] for k in ("samples_per_epoch", "seed", "shuffle") if k in d}

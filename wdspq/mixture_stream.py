@@ -1,0 +1,386 @@
+"""`ShardStream([Source, ...])`: one resumable stream over a weighted mixture of exports (docs/mixtures.md).
+
+The epoch's ``samples_per_epoch`` positions (wdspq.mixture: the stratified schedule) are one virtual
+shard that the shard cursor plans over exactly like a shard of one export: cut into near-equal contiguous
+pieces, one per slot (after an elastic resume, the unread rest re-cut). So the split over ranks, workers
+and batches, the state, R3 (exact resume) and R4 (elastic resume) are the single-export cursor's,
+unchanged; the state adds one entry naming every source (manifest, weight, rename) that is checked on
+load (R7). A slot reads its piece in order; the samples of one source within it are consecutive samples
+of that source's pass order, read with one ranged read per block (R5).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import get_worker_info
+
+from .cursor import Plan, Topology
+from .errors import StateError, WdspqError
+from .handoff import batch_tensors
+from .mixture import (
+    SOURCE_KEY,
+    Schedule,
+    Source,
+    SourceReader,
+    apportion,
+    mixture_id,
+    union_schema,
+)
+from .stream import ShardStream, _close, dist_topology
+
+MIXTURE_STATE_KEY = "mixture"
+
+
+@dataclass
+class VirtualManifest:
+    """The mixture's epoch seen as one export of chunks: what the cursor and the loader read of a manifest."""
+
+    id: str
+    spec_id: str
+    sizes: list[int]
+    url: str
+
+    @property
+    def shards(self) -> list[dict[str, Any]]:
+        return [{"samples": n} for n in self.sizes]
+
+    @property
+    def shard_sizes(self) -> list[int]:
+        return list(self.sizes)
+
+    @property
+    def num_windows(self) -> int:
+        return int(sum(self.sizes))
+
+
+@dataclass
+class UnionLayout:
+    """The record layout of a mixture's batches (the union of keys): `dtype` and `schema`, as a codec has."""
+
+    dtype: np.dtype
+    schema: dict[str, dict[str, Any]]
+
+
+def union_dtype(first: SourceReader, schema: Mapping[str, Mapping[str, Any]]) -> np.dtype:
+    """The union's record dtype: the first source's record layout (keys renamed, same offsets), then the
+    other keys packed after it; so sources laid out like the first copy their records as one block."""
+    own = first.codec.dtype
+    names, formats, offsets = [], [], []
+    for k in own.names or ():
+        dt, off = own.fields[k][:2]
+        names.append(first.source.rename.get(k, k))
+        formats.append(dt)
+        offsets.append(off)
+    end = own.itemsize
+    for k, v in schema.items():
+        if k not in names:
+            dt = np.dtype((np.dtype(v["dtype"]), tuple(v["shape"])))
+            names.append(k)
+            formats.append(dt)
+            offsets.append(end)
+            end += dt.itemsize
+    # the schema's key order for the batch dicts comes from `schema`, not from the dtype
+    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": end})
+
+
+def as_sources(sources: Any) -> list[Source]:
+    """A list of `Source` from Sources, paths (weight 1) or (path, weight) pairs."""
+    out = []
+    for s in sources:
+        if isinstance(s, Source):
+            out.append(s)
+        elif isinstance(s, (str, os.PathLike)):
+            out.append(Source(s))
+        elif isinstance(s, (tuple, list)) and len(s) == 2:
+            out.append(Source(s[0], weight=s[1]))
+        else:
+            raise WdspqError(f"a mixture source must be a wdspq.Source, a path or (path, weight), got {s!r}")
+    if not out:
+        raise WdspqError("a mixture needs at least one Source")
+    return out
+
+
+class MixtureStream(ShardStream):
+    """A `ShardStream` over several exports with weights (build it as `wdspq.ShardStream([Source, ...])`).
+
+    Every sample carries `source_index` (int64, the source's place in the list) and the union of the
+    sources' keys (after `rename`); a key a source lacks is zeros (its `<key>_mask`, when the mixture has
+    one, is false). `samples_per_epoch` defaults to the sum of the sources' windows. `shuffle`,
+    `shard_order` and `seed` choose each source's pass order (the order a single-export stream reads
+    epoch `pass`); `window_index` is the window's index in its own export. `stats()` is per source.
+    """
+
+    is_mixture = True
+
+    def __init__(
+        self,
+        sources: Sequence[Source | str | os.PathLike | tuple[Any, float]],
+        shuffle: bool = True,
+        seed: int = 0,
+        interleave: int = 4,
+        even: str = "pad",
+        rank: int | None = None,
+        world_size: int | None = None,
+        storage_options: dict[str, Any] | None = None,
+        on_error: str = "raise",
+        verify_checksums: bool = False,
+        shard_order: str | None = None,
+        samples_per_epoch: int | None = None,
+        source_batches: int | None = None,
+    ) -> None:
+        super(ShardStream, self).__init__()  # the pipeline's stages; not ShardStream's single-export setup
+        self.sources = as_sources(sources if isinstance(sources, (list, tuple)) else [sources])
+        self.seed = int(seed)
+        if self.seed < 0:
+            raise WdspqError(f"seed must be >= 0, got {seed}")
+        self.source_shuffle = bool(shuffle)
+        self.readers = [SourceReader(j, s, self.seed, shuffle, shard_order, storage_options, on_error, verify_checksums)
+                        for j, s in enumerate(self.sources)]
+        self.schema = union_schema(self.readers)
+        total = sum(r.n for r in self.readers)
+        self.samples_per_epoch = int(samples_per_epoch if samples_per_epoch is not None else total)
+        if self.samples_per_epoch < 1:
+            raise WdspqError(f"samples_per_epoch must be >= 1, got {samples_per_epoch}")
+        self.group = int(source_batches) if source_batches else None
+        if self.group is None:
+            self.counts = apportion([s.weight for s in self.sources], self.samples_per_epoch)
+            self.sched = Schedule(self.counts)
+            self.chunk = self.samples_per_epoch  # one virtual shard: the cursor cuts it into one piece per slot
+            sizes = [self.samples_per_epoch]
+        else:
+            # one-source batches: the schedule places units of `group` samples; each unit is a virtual shard,
+            # so a slot reads whole units and every batch of `group` entries is one unit (one source)
+            if self.group < 1 or self.samples_per_epoch % self.group:
+                raise WdspqError(f"source_batches={source_batches}: samples_per_epoch ({self.samples_per_epoch}) must "
+                                 "be a positive multiple of it")
+            units = apportion([s.weight for s in self.sources], self.samples_per_epoch // self.group)
+            self.counts = [u * self.group for u in units]
+            self.sched = Schedule(units, self.group)
+            self.chunk = self.group
+            sizes = [self.group] * (self.samples_per_epoch // self.group)
+            interleave = 1
+        described = [r.describe() for r in self.readers]
+        spec = hashlib.sha256("|".join(r.manifest.spec_id for r in self.readers).encode()).hexdigest()[:16]
+        self.manifest = VirtualManifest(mixture_id(described, self.samples_per_epoch, self.chunk), spec,
+                                        sizes,
+                                        "mixture(" + ", ".join(r.manifest.url for r in self.readers) + ")")
+        self.source = self.manifest.url
+        # The cursor plans over the epoch as one virtual shard, cut into near-equal contiguous pieces (its
+        # "block" mode; nothing is permuted: positions are the schedule's); the sources' orders shuffle.
+        # One-source batches: the units are the shards, dealt in schedule order (no cutting, no permutation).
+        self.shuffle = self.group is None
+        self.shard_order = "block" if self.group is None else "sequential"
+        self.interleave = int(interleave)
+        self.even = even
+        self.rank, self.world_size = dist_topology(rank, world_size)
+        self.epoch = 0
+        # the union's record layout: what worker collation fills and the loader's shared ring carries
+        self._codec = UnionLayout(union_dtype(self.readers[0], self.schema), self.schema)
+        self._reader = None
+        self._control = None
+        self._batched = False
+        self._ring = None
+        self._ring_generation = 0
+        self._topology = None
+        self._order_epoch = 0
+        self._blocks = [1] * len(self.manifest.sizes)
+        self._keymaps = [self._keymap(r) for r in self.readers]
+        self._direct = [self._prefix_size(r) for r in self.readers]
+        Topology(world_size=self.world_size, interleave=self.interleave, even=even)  # validate early
+
+    # -- identity ------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        """Samples in one epoch of the mixture (all ranks together, pads excluded)."""
+        return self.samples_per_epoch
+
+    def describe(self) -> dict[str, Any]:
+        """What a saved state names of this mixture: every source (url, manifest id, weight, rename), the
+        epoch length and the source order (checked by `check_state`)."""
+        return {"sources": [r.describe() for r in self.readers], "samples_per_epoch": self.samples_per_epoch,
+                "shuffle": self.source_shuffle, "shard_order": self.readers[0].order, "source_batches": self.group}
+
+    def passes_per_epoch(self) -> list[float]:
+        """Passes over each source per epoch (its samples in the epoch / its windows)."""
+        return [c / r.n for c, r in zip(self.counts, self.readers)]
+
+    def stats(self) -> list[dict[str, dict[str, torch.Tensor]]]:  # type: ignore[override]
+        """Per source (index = `source_index`): its export's statistics, keys renamed. Pass the list to
+        `wdspq.Normalize`, which then normalises each sample by its own source's statistics."""
+        from .normalize import stats_tensors
+
+        out = []
+        for r in self.readers:
+            if "stats" not in r.manifest.data:
+                raise WdspqError(f"{r.manifest.url}: this export records no statistics")
+            st = stats_tensors(r.manifest.data["stats"])
+            out.append({r.source.rename.get(k, k): v for k, v in st.items()})
+        return out
+
+    def in_shard_order(self, shard: int, epoch: int) -> np.ndarray:
+        return np.arange(self.manifest.sizes[shard], dtype=np.int64)
+
+    # -- state ---------------------------------------------------------------------------------------
+    def _annotate_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        return {**state, MIXTURE_STATE_KEY: self.describe()}
+
+    def _check_state(self, state: Mapping[str, Any]) -> None:
+        """StateError naming every difference between a saved mixture (the state's entry) and this one."""
+        if not isinstance(state, Mapping):
+            return
+        saved = state.get(MIXTURE_STATE_KEY)
+        if saved is None:
+            if state.get("manifest_id") != self.manifest.id:
+                what = "a single export" if not str(state.get("manifest_id", "")).startswith("mix-") else "another mixture"
+                raise StateError(f"loader state was saved for {what}, not this mixture of {len(self.readers)} sources")
+            return
+        problems = []
+        old, new = saved.get("sources", []), self.describe()["sources"]
+        if len(old) != len(new):
+            problems.append(f"the state's mixture has {len(old)} sources, this one {len(new)}")
+        for j, (a, b) in enumerate(zip(old, new)):
+            for k in ("manifest_id", "weight", "rename"):
+                if a.get(k) != b.get(k):
+                    va, vb = a.get(k), b.get(k)
+                    if k == "manifest_id":
+                        va, vb = str(va)[:12], str(vb)[:12]
+                    problems.append(f"source {j} ({b['url']}): {k} {va!r} in the state vs {vb!r} in this stream")
+        for k in ("samples_per_epoch", "shuffle", "shard_order", "source_batches"):
+            if saved.get(k) != self.describe()[k]:
+                problems.append(f"{k} {saved.get(k)!r} in the state vs {self.describe()[k]!r} in this stream")
+        if problems:
+            raise StateError("loader state does not match this mixture: " + "; ".join(problems)
+                             + " (a changed mixture cannot continue an epoch: start a fresh state)")
+
+    # -- reading -------------------------------------------------------------------------------------
+    def _keymap(self, r: SourceReader) -> list[tuple[str, str | None, np.dtype, tuple[int, ...]]]:
+        """(mixture key, key in the source's records or None, dtype, shape) for every key of the union."""
+        back = {r.source.rename.get(k, k): k for k in r.codec.schema}
+        return [(k, back.get(k), np.dtype(v["dtype"]), tuple(v["shape"])) for k, v in self.schema.items()
+                if k != SOURCE_KEY]
+
+    def _prefix_size(self, r: SourceReader) -> int:
+        """The source's record size when its record layout is a prefix of the union's (same keys after
+        rename, in the same order, same dtypes, shapes and offsets, no other key inside it), else 0."""
+        union, own = self._codec.dtype, r.codec.dtype
+        names, unames = list(own.names or ()), list(union.names or ())
+        mapped = [r.source.rename.get(k, k) for k in names]
+        if unames[: len(mapped)] != mapped:
+            return 0
+        for k, m in zip(names, mapped):
+            (dt_a, off_a), (dt_b, off_b) = own.fields[k][:2], union.fields[m][:2]
+            if dt_a != dt_b or off_a != off_b:
+                return 0
+        if any(union.fields[m][1] < own.itemsize for m in unames[len(mapped):]):
+            return 0
+        return int(own.itemsize)
+
+    def _slot_items(self, plan: Plan, slot: int, skip: int, raw: bool,
+                    entries: Iterator[tuple[int, int, bool]] | None = None) -> Iterator[tuple[Any, bool]]:
+        """((source, record), is_pad) of one slot from entry `skip` on.
+
+        A chunk piece's real entries are consecutive positions; within them one source's samples are
+        consecutive samples of its sequence, so one reader per (piece run, source) serves them in order."""
+        C, sched, epoch = self.chunk, self.sched, self._order_epoch
+        if self.group is not None and self._control is not None:
+            topo = plan.topology
+            if topo.batch_size != self.group or topo.interleave != 1:
+                raise WdspqError(f"this mixture makes one-source batches of {self.group} (source_batches): its loader "
+                                 f"needs batch_size={self.group} and interleave=1, not {topo.batch_size} and "
+                                 f"{topo.interleave}")
+        pieces = plan.slot_pieces(slot)
+        taken = plan.slot_emitted(slot, plan.slot_real_count(slot))
+        runs: dict[int, list[tuple[int, int]]] = {}
+        for piece, e in zip(pieces, taken):
+            runs.setdefault(piece.shard, []).append((piece.start, piece.start + e))
+        readers: dict[tuple[int, int, int], Iterator[Any]] = {}
+        try:
+            for s, p, is_pad in plan.slot_sequence(slot, skip) if entries is None else entries:
+                g = s * C + p
+                j, k = sched.at(g)
+                src = self.readers[j]
+                K = epoch * self.counts[j] + k
+                if is_pad:
+                    it = src.records(K, K + 1)
+                    rec = next(it, None)
+                    _close(it)
+                else:
+                    a, end = next(r for r in runs[s] if r[0] <= p < r[1])
+                    key = (s, a, j)
+                    it = readers.get(key)
+                    if it is None:
+                        _, k_end = sched.k_range(j, s * C + a, s * C + end)
+                        it = readers[key] = src.records(K, epoch * self.counts[j] + k_end)
+                    rec = next(it, None)
+                if rec is None:
+                    raise WdspqError(f"{src.manifest.url}: sample {K} of the mixture's source {j} is missing")
+                yield (j, rec), is_pad
+        finally:
+            for it in readers.values():
+                _close(it)
+            for r in self.readers:
+                r.reader.end_iteration()
+
+    def _decode_records(self, records: Iterator[tuple[Any, bool]]) -> Iterator[dict[str, torch.Tensor]]:
+        """`((source, record), is_pad)` as sample dicts over the union of keys, with `source_index`."""
+        codecs = [r.codec for r in self.readers]
+        from_numpy = torch.from_numpy
+        for (j, record), is_pad in records:
+            rec = codecs[j].record_array(record)
+            t: dict[str, torch.Tensor] = {}
+            for k, orig, dtype, shape in self._keymaps[j]:
+                t[k] = from_numpy(rec[orig]) if orig is not None else torch.from_numpy(np.zeros(shape, dtype=dtype))
+            t[SOURCE_KEY] = torch.tensor(j, dtype=torch.int64)
+            if is_pad:
+                t["window_index"] = torch.tensor(-1, dtype=torch.int64)
+            yield t
+
+    def _collate_records(self, items: Iterator[tuple[Any, bool]], batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+        """`((source, record), is_pad)` collated in the worker, `batch_size` at a time: equal to default
+        collation of `_decode_records`, but vectorised per source into one record array of the union's
+        layout (missing keys zero), handed over like a single export's batch (the loader's shared ring,
+        or one shared block per batch)."""
+        dtypes = [r.codec.dtype for r in self.readers]
+        union, schema = self._codec.dtype, self._codec.schema
+        info = get_worker_info()
+        ring = self._ring if info is not None else None
+        buf = np.zeros(batch_size, dtype=union)  # reused: its pages are faulted in once per iteration
+        try:
+            while True:
+                got = list(itertools.islice(items, batch_size))
+                if not got:
+                    return
+                n = len(got)
+                out = buf[:n]
+                out.view(np.uint8).fill(0)  # keys a source lacks are zero
+                src = np.fromiter((j for (j, _), _ in got), dtype=np.int64, count=n)
+                out[SOURCE_KEY] = src
+                out_rows = out.view(np.uint8).reshape(n, union.itemsize)
+                for j in np.unique(src).tolist():
+                    where = np.flatnonzero(src == j)
+                    size = self._direct[j]
+                    if size:  # the source's records are a prefix of the union's layout: one copy per record
+                        for w in where.tolist():
+                            out_rows[w, :size] = np.frombuffer(got[w][0][1], dtype=np.uint8)
+                        continue
+                    recs = np.empty(len(where), dtype=dtypes[j])
+                    rows = recs.view(np.uint8).reshape(len(where), dtypes[j].itemsize)
+                    for i, w in enumerate(where.tolist()):
+                        rows[i] = np.frombuffer(got[w][0][1], dtype=np.uint8)
+                    for k, orig, _, _ in self._keymaps[j]:
+                        if orig is not None:
+                            out[k][where] = recs[orig]
+                pads = [i for i, (_, is_pad) in enumerate(got) if is_pad]
+                if pads:
+                    out["window_index"][pads] = -1
+                sent = ring.put(info.id, self._ring_generation, out) if ring is not None else None
+                yield sent if sent is not None else batch_tensors(out, schema, info is not None)
+        finally:
+            items.close()  # type: ignore[attr-defined]
