@@ -120,6 +120,64 @@ def test_lock_of_a_killed_export_is_taken_over(table, tokenizer_path, tmp_path):
     assert verify_shards(str(out), progress=False).ok
 
 
+def test_killed_export_process_leaves_no_worker_holding_its_lock(table, tokenizer_path, tmp_path):
+    """SIGKILL to the export process alone (not its group): its workers close their inherited copy of the
+    lock file and die with it, so a re-run gets the output within a few seconds."""
+    out = tmp_path / "o"
+    a = start(cli(table, str(out), tokenizer_path, "--workers", "2"))
+    try:
+        wait_for(lambda: any(out.glob(".wdspq-spill-*/chunk-*")), a)  # the workers are running
+        os.kill(a.pid, signal.SIGKILL)
+        a.wait()
+        end = time.monotonic() + 30
+        while True:
+            done = run(cli(table, str(out), tokenizer_path))
+            if done.returncode == 0 or time.monotonic() > end:
+                break
+            time.sleep(0.5)
+        assert done.returncode == 0, done.stderr
+        assert verify_shards(str(out), progress=False).ok
+        assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+    finally:
+        try:
+            os.killpg(a.pid, signal.SIGKILL)  # reap any worker left behind
+        except ProcessLookupError:
+            pass
+
+
+def test_a_forked_worker_closing_its_lock_copy_keeps_the_parent_lock(tmp_path):
+    from wdspq.export.lock import LocalLock, LockError, close_inherited
+
+    lock = LocalLock(tmp_path)
+    lock.acquire()
+    pid = os.fork()
+    if pid == 0:  # what a pool worker does at start
+        close_inherited()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    with pytest.raises(LockError, match=f"pid {os.getpid()},"):
+        LocalLock(tmp_path).acquire()
+    lock.release()
+    LocalLock(tmp_path).acquire()
+
+
+def test_lock_held_for_a_dead_export_process_says_so(tmp_path):
+    import fcntl
+
+    from wdspq.export.lock import LocalLock, LockError
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    fd = os.open(tmp_path / ".wdspq-lock", os.O_RDWR | os.O_CREAT)  # held by a leftover process of that export
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        info = {"host": socket.gethostname(), "pid": int(dead.stdout), "started": "2026-01-01 00:00:00 UTC"}
+        os.write(fd, json.dumps(info).encode())
+        with pytest.raises(LockError, match="is no longer running, but its lock .* still held by a process it left"):
+            LocalLock(tmp_path).acquire()
+    finally:
+        os.close(fd)
+
+
 def _put_lock(s3_url: str, info: dict) -> None:
     from wdspq.storage import open_storage
 

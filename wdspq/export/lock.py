@@ -2,7 +2,9 @@
 
 - Local folder: `.wdspq-lock` in it, held with `flock` (released by the kernel when the holder dies,
   even by SIGKILL, so a crashed export never leaves it held). The file records host, pid and start
-  time for the message a second writer gets; it is removed on release.
+  time for the message a second writer gets; it is removed on release. A flock belongs to the open
+  file description, which forked worker processes share: they close their copy at start
+  (`close_inherited`), so only the export process holds the lock and it dies with that process.
 - S3 prefix: a `.wdspq-lock` object created with a conditional put (`If-None-Match: *`), refreshed by
   a heartbeat every `lease / 4` seconds (a put with `If-Match` on its own ETag). It is stale when its
   holder's pid is dead on this host, or when it was not refreshed for `lease` seconds
@@ -61,12 +63,19 @@ def _parse(data: bytes) -> dict[str, Any]:
     return info if isinstance(info, dict) else {}
 
 
-def refusal(url: str, info: dict[str, Any], what: str = "export") -> LockError:
-    """The one-line message of a second writer, naming the running one."""
+def refusal(url: str, info: dict[str, Any], what: str = "export", lock_path: str | None = None) -> LockError:
+    """The one-line message of a second writer, naming the running one.
+
+    `lock_path`: a local lock file held although its recorded process is dead on this host (a process
+    it started, e.g. a leftover worker, still has it open): the message says so."""
     if info.get("pid") is None:
         holder = "another export (just starting)"
     else:
         holder = f"another export (host {info.get('host', '?')}, pid {info.get('pid')}, since {info.get('started', '?')})"
+    if lock_path is not None and info.get("pid") is not None and info.get("host") == socket.gethostname() \
+            and not pid_alive(info.get("pid")):
+        return LockError(f"{url}: {holder} is no longer running, but its lock on this {what} is still held by a "
+                         f"process it left behind; stop that process (`fuser -v {lock_path}` names it), then re-run")
     return LockError(f"{url}: {holder} is writing this {what}; wait for it to finish or stop it, then re-run "
                      "(a crashed export's lock is taken over automatically)")
 
@@ -81,6 +90,25 @@ def pid_alive(pid: Any) -> bool:
     except PermissionError:
         return True
     return True
+
+
+_HELD: dict[int, LocalLock] = {}  # local locks this process holds (a forked worker closes its copies)
+
+
+def close_inherited() -> None:
+    """In a forked worker process: close the copies of the export process's lock files.
+
+    Closing our copy does not release the export process's flock (that happens only when every file
+    descriptor of the open file description is closed), but keeping it would keep the lock held by a
+    worker that outlives a killed export process."""
+    for lock in list(_HELD.values()):
+        if lock.fd is not None:
+            try:
+                os.close(lock.fd)
+            except OSError:
+                pass
+            lock.fd = None
+    _HELD.clear()
 
 
 class LocalLock:
@@ -109,12 +137,13 @@ class LocalLock:
             except OSError as e:
                 if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):  # no locks on this file system
                     self.fd = fd
+                    _HELD[id(self)] = self
                     return
                 try:
                     info = _parse(os.pread(fd, 4096, 0))
                 finally:
                     os.close(fd)
-                raise refusal(str(self.folder), info, self.what) from None
+                raise refusal(str(self.folder), info, self.what, str(self.path)) from None
             try:  # the holder before us may have removed the file after we opened it: lock the current one
                 same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
@@ -126,6 +155,7 @@ class LocalLock:
             os.ftruncate(fd, 0)
             os.pwrite(fd, data, 0)
             self.fd = fd
+            _HELD[id(self)] = self
             return
         raise WdspqError(f"{self.path}: could not take the export lock (it keeps being replaced)")
 
@@ -133,6 +163,7 @@ class LocalLock:
         """A local lock cannot be taken from a live holder: nothing to check."""
 
     def release(self) -> None:
+        _HELD.pop(id(self), None)
         if self.fd is None:
             return
         try:
