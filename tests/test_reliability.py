@@ -170,7 +170,10 @@ def test_lock_held_for_a_dead_export_process_says_so(tmp_path):
     fd = os.open(tmp_path / ".wdspq-lock", os.O_RDWR | os.O_CREAT)  # held by a leftover process of that export
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        info = {"host": socket.gethostname(), "pid": int(dead.stdout), "started": "2026-01-01 00:00:00 UTC"}
+        from wdspq.export.lock import _pid_space
+
+        info = {"host": socket.gethostname(), "pid": int(dead.stdout), **_pid_space(),
+                "started": "2026-01-01 00:00:00 UTC"}
         os.write(fd, json.dumps(info).encode())
         with pytest.raises(LockError, match="is no longer running, but its lock .* still held by a process it left"):
             LocalLock(tmp_path).acquire()
@@ -195,7 +198,16 @@ def test_s3_lock_fresh_refuses_stale_is_taken_over(table, tokenizer_path, s3_buc
         S3Lock(storage).acquire()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a pid that is not running on this host
+    from wdspq.export.lock import _pid_space
+
+    other_ns = {**_pid_space(), "pid_ns": "pid:[1]"}  # a container sharing this host name: its pids are not ours
+    _put_lock(s3_bucket, {"host": socket.gethostname(), "pid": dead.pid, **other_ns, "heartbeat_unix": now})
+    with pytest.raises(LockError, match=f"pid {dead.pid},"):
+        S3Lock(storage).acquire()
     _put_lock(s3_bucket, {"host": socket.gethostname(), "pid": dead.pid, "heartbeat_unix": now})
+    with pytest.raises(LockError, match=f"pid {dead.pid},"):  # no pid space recorded: judged by its lease only
+        S3Lock(storage).acquire()
+    _put_lock(s3_bucket, {"host": socket.gethostname(), "pid": dead.pid, **_pid_space(), "heartbeat_unix": now})
     lock = S3Lock(storage)
     lock.acquire()  # the holder died: taken over
     with pytest.raises(LockError, match=f"pid {os.getpid()},"):
@@ -227,6 +239,65 @@ def test_s3_lock_lost_to_a_takeover_stops_the_holder(s3_bucket, monkeypatch):
         lock.check()
     lock.release()
     assert ".wdspq-lock" in storage.list("")  # the new holder's lock is left alone
+
+
+def test_s3_lock_heartbeat_that_cannot_read_the_new_holder_still_marks_the_lock_lost(s3_bucket):
+    from botocore.exceptions import ClientError
+
+    from wdspq.errors import StorageError
+    from wdspq.export.lock import LockError, S3Lock
+    from wdspq.storage import open_storage
+
+    lock = S3Lock(open_storage(s3_bucket))
+    lock.acquire()
+    lock._stop.set()
+    lock._thread.join()
+    lock._stop.clear()
+    lock.lease = 0.2
+
+    def taken_over(**cond):
+        raise ClientError({"Error": {"Code": "PreconditionFailed"}, "ResponseMetadata": {"HTTPStatusCode": 412}},
+                          "PutObject")
+
+    def unreadable():
+        raise StorageError(f"{s3_bucket}/.wdspq-lock: cannot read the export lock: timed out")
+
+    lock._put, lock._held = taken_over, unreadable
+    lock._beat()  # returns (the heartbeat thread does not die with an exception)
+    with pytest.raises(LockError, match="lost its lock"):
+        lock.check()
+
+
+def test_s3_export_whose_lock_is_taken_over_stops_committing_shards(table, tokenizer_path, s3_bucket, monkeypatch,
+                                                                     tmp_path):
+    import wdspq
+    from wdspq.export import local
+    from wdspq.export.lock import LockError, S3Lock
+    from wdspq.storage import open_storage
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    held: list[S3Lock] = []
+    acquire, assemble = S3Lock.acquire, local.assemble_shard
+
+    def acquire_and_keep(self):
+        acquire(self)
+        held.append(self)
+
+    def assemble_then_lose(job):
+        entry = assemble(job)
+        held[0].lost = "another export (host elsewhere, pid 4242, since now) is writing this export"  # taken over
+        return entry
+
+    monkeypatch.setattr(S3Lock, "acquire", acquire_and_keep)
+    monkeypatch.setattr(local, "assemble_shard", assemble_then_lose)
+    spec = wdspq.WindowSpec(obs_length_sec=0.1, acts_length_sec=0.1, stride=2, max_text_tokens=8)
+    with pytest.raises(LockError, match="lost its lock"):
+        wdspq.export_shards(table, s3_bucket, spec, tokenizer=tokenizer_path, samples_per_shard=10, progress=False,
+                            encoding={"compression": "none"})
+    total = len(local.shard_assignment(len(wdspq.ParquetWindowDataset(table, spec, tokenizer=tokenizer_path)), 10, 0,
+                                       True))
+    committed = [n for n in open_storage(s3_bucket).list("shard-") if n.endswith(".tar")]
+    assert total >= 20 and len(committed) <= 5, (len(committed), total)  # only the jobs already in flight
 
 
 def test_rerun_of_a_finished_export_says_already_complete(table, tokenizer_path, tmp_path):

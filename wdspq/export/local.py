@@ -279,6 +279,7 @@ def _export_locked(ds: Any, enc: Encoding, config: dict[str, Any], digest: str, 
                     for c, e0 in enumerate(range(0, ds.num_episodes, EPISODES_PER_CHUNK)))
             with tqdm(total=n, desc="export: cut windows", unit="win", disable=not progress, smoothing=0.1) as bar:
                 for res in pool.run(spill_chunk, jobs):
+                    lock.check()  # an S3 lock taken over: stop before committing anything more
                     idx = res["index"]
                     loc_chunk[idx[:, 0]] = res["chunk"]
                     loc_off[idx[:, 0]], loc_len[idx[:, 0]] = idx[:, 1], idx[:, 2]
@@ -304,8 +305,13 @@ def _export_locked(ds: Any, enc: Encoding, config: dict[str, Any], digest: str, 
                     w = shards_windows[i]
                     return i, w, np.stack([loc_chunk[w].astype(np.int64), loc_off[w], loc_len[w].astype(np.int64)], axis=1)
 
-                jobs2 = (shard_job(i) for i in todo)
-                for entry in pool.run(assemble_shard, jobs2, io_threads=2):  # overlaps one shard's fsync with the next
+                def jobs2() -> Any:
+                    for i in todo:
+                        lock.check()  # no new shard commit once the lock was taken over
+                        yield shard_job(i)
+
+                for entry in pool.run(assemble_shard, jobs2(), io_threads=2):  # overlaps one shard's fsync with the next
+                    lock.check()
                     entries[int(entry["name"][6:12])] = entry
                     journal.append(entry)
                     bar.update(entry["samples"])

@@ -7,11 +7,12 @@
   (`close_inherited`), so only the export process holds the lock and it dies with that process.
 - S3 prefix: a `.wdspq-lock` object created with a conditional put (`If-None-Match: *`), refreshed by
   a heartbeat every `lease / 4` seconds (a put with `If-Match` on its own ETag). It is stale when its
-  holder's pid is dead on this host, or when it was not refreshed for `lease` seconds
+  holder's pid is dead in this pid space (same host name, boot id and pid namespace: containers that
+  share a host name are told apart), or when it was not refreshed for `lease` seconds
   (`$WDSPQ_LOCK_LEASE_SEC`, default 120); a stale lock is taken over with `If-Match` on its ETag, so
   of two exports taking it over at once only one wins. Where the server rejects conditional puts the
   lock falls back to create-then-verify (two writers starting in the same instant can then both
-  proceed: a documented limit). A holder whose lock was taken over stops before its manifest.
+  proceed: a documented limit). A holder whose lock was taken over stops before its next shard commit.
 """
 
 from __future__ import annotations
@@ -49,10 +50,33 @@ def _now_text(t: float | None = None) -> str:
     return _dt.datetime.fromtimestamp(time.time() if t is None else t, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _pid_space() -> dict[str, str]:
+    """What makes a pid meaningful here: the boot and the pid namespace (two containers can share a host
+    name, e.g. with host networking, yet not see each other's pids). Empty where unknown."""
+    space = {}
+    try:
+        space["boot_id"] = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        space["pid_ns"] = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return {}
+    return space
+
+
 def _holder_info(token: str) -> dict[str, Any]:
     now = time.time()
-    return {"host": socket.gethostname(), "pid": os.getpid(), "started": _now_text(now), "started_unix": now,
-            "heartbeat_unix": now, "token": token}
+    return {"host": socket.gethostname(), "pid": os.getpid(), **_pid_space(), "started": _now_text(now),
+            "started_unix": now, "heartbeat_unix": now, "token": token}
+
+
+def holder_dead_here(info: dict[str, Any]) -> bool:
+    """Whether the lock's recorded process is known dead: it ran in this pid space (same host name, boot
+    id and pid namespace, all recorded) and its pid is gone. Unknown (e.g. another container): False."""
+    space = _pid_space()
+    if not space or info.get("host") != socket.gethostname():
+        return False
+    if any(info.get(k) != v for k, v in space.items()):
+        return False
+    return not pid_alive(info.get("pid"))
 
 
 def _parse(data: bytes) -> dict[str, Any]:
@@ -72,8 +96,7 @@ def refusal(url: str, info: dict[str, Any], what: str = "export", lock_path: str
         holder = "another export (just starting)"
     else:
         holder = f"another export (host {info.get('host', '?')}, pid {info.get('pid')}, since {info.get('started', '?')})"
-    if lock_path is not None and info.get("pid") is not None and info.get("host") == socket.gethostname() \
-            and not pid_alive(info.get("pid")):
+    if lock_path is not None and info.get("pid") is not None and holder_dead_here(info):
         return LockError(f"{url}: {holder} is no longer running, but its lock on this {what} is still held by a "
                          f"process it left behind; stop that process (`fuser -v {lock_path}` names it), then re-run")
     return LockError(f"{url}: {holder} is writing this {what}; wait for it to finish or stop it, then re-run "
@@ -215,7 +238,7 @@ class S3Lock:
         return _parse(data), resp.get("ETag", ""), resp["LastModified"].timestamp()
 
     def _stale(self, info: dict[str, Any], modified: float) -> bool:
-        if info.get("host") == socket.gethostname() and not pid_alive(info.get("pid")):
+        if holder_dead_here(info):
             return True
         return time.time() - max(modified, float(info.get("heartbeat_unix") or 0)) > self.lease
 
@@ -273,14 +296,17 @@ class S3Lock:
                 self.etag = self._put(IfMatch=self.etag or "*")
             except ClientError as e:
                 if _status(e) in (404, 409, 412):
-                    held = self._held()
-                    self.lost = str(refusal(self.url, held[0] if held else {}, self.what))
+                    try:
+                        held = self._held()
+                        self.lost = str(refusal(self.url, held[0] if held else {}, self.what))
+                    except Exception:  # cannot read who holds it now: lost all the same
+                        self.lost = f"{self.url}: its lock object was replaced or removed (HTTP {_status(e)})"
                     return
             except Exception:  # a network blip: the next beat tries again (the lease has slack)
                 continue
 
     def check(self) -> None:
-        """Raise if the lock was taken over (this export was judged crashed): it must not finish."""
+        """Raise if the lock was taken over (this export was judged crashed): it must not commit more."""
         if self.lost:
             raise LockError(f"{self.url}: this export lost its lock (not refreshed within {self.lease:.0f} s); "
                             f"{self.lost}")
