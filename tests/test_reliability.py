@@ -181,6 +181,37 @@ def test_lock_held_for_a_dead_export_process_says_so(tmp_path):
         os.close(fd)
 
 
+def test_sigterm_to_a_two_worker_export_removes_the_partial_files_of_its_workers(table, tokenizer_path, tmp_path):
+    """A worker caught mid-write (held still with SIGSTOP) when the export process gets SIGTERM: the export
+    process terminates it and removes its partial spill file."""
+    out = tmp_path / "o"
+    a = start(cli(table, str(out), tokenizer_path, "--workers", "2"))
+    try:
+        caught = None
+        end = time.monotonic() + 120
+        while caught is None:
+            assert a.poll() is None and time.monotonic() < end, "no partial spill file seen"
+            for p in out.glob(".wdspq-spill-*/chunk-*.bin.tmp-*"):
+                pid = int(p.name.rsplit("-", 1)[1])
+                try:
+                    os.kill(pid, signal.SIGSTOP)
+                except ProcessLookupError:
+                    continue
+                if p.exists():
+                    caught = p
+                    break
+                os.kill(pid, signal.SIGCONT)  # it had finished that file: try again
+        os.kill(a.pid, signal.SIGTERM)
+        _, err = a.communicate(timeout=60)
+        assert a.returncode == 130, err
+        assert not caught.exists() and list(out.glob(".wdspq-spill-*/*.tmp-*")) == []
+    finally:
+        try:
+            os.killpg(a.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def _put_lock(s3_url: str, info: dict) -> None:
     from wdspq.storage import open_storage
 

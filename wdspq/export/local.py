@@ -228,6 +228,16 @@ def _remove_stale_staging(spill_root: Path, out: str) -> None:
             p.unlink(missing_ok=True)
 
 
+def _remove_worker_staging(spill_root: Path, out: str, pids: list[int]) -> None:
+    """Partial files of the workers just terminated (they die by SIGTERM's default action, mid-write)."""
+    for pid in pids:
+        for p in spill_root.glob(f"*.tmp-{pid}"):
+            p.unlink(missing_ok=True)
+        if not out.startswith("s3://") and Path(out).is_dir():
+            for p in Path(out).glob(f".shard-*.tmp-{pid}-*"):
+                p.unlink(missing_ok=True)
+
+
 def _export_locked(ds: Any, enc: Encoding, config: dict[str, Any], digest: str, storage: Any, out: str, table: str,
                    spec: WindowSpec, spill_root: Path, own_spill: bool, shards_windows: list[np.ndarray],
                    overwrite: bool, force: bool, progress: bool, engine: str, ray_address: str | None, workers: int,
@@ -320,6 +330,7 @@ def _export_locked(ds: Any, enc: Encoding, config: dict[str, Any], digest: str, 
     finally:
         journal.close()
         pool.close(abort=aborted)
+        _remove_worker_staging(spill_root, out, getattr(pool, "stopped", []))
 
     stats_out = {f: st.to_dict() for f, st in stats.items()}
     manifest = {

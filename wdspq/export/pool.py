@@ -88,6 +88,7 @@ class Workers:
 
     def __init__(self, workers: int, state: dict[str, Any]) -> None:
         self.workers = workers
+        self.stopped: list[int] = []  # pids of workers terminated by `close(abort=True)` (their temp files stay)
         self.pool: ProcessPoolExecutor | None = None
         if workers > 1:
             self.pool = ProcessPoolExecutor(workers, initializer=init_worker, initargs=({**state, "parent": os.getpid()},))
@@ -123,6 +124,7 @@ class Workers:
                     if p.is_alive():
                         p.kill()
                         p.join()
+                self.stopped = [p.pid for p in procs if p.pid is not None]
             else:
                 self.pool.shutdown(wait=True, cancel_futures=True)
         W.clear()
