@@ -212,6 +212,30 @@ def test_sigterm_to_a_two_worker_export_removes_the_partial_files_of_its_workers
             pass
 
 
+_AFTER_MAIN = """
+import os, signal, sys, time
+from wdspq import cli
+sys.argv = ["wdspq", "--version"]
+if "{where}" == "finally":  # lands in main()'s clean-up, after the command finished
+    setitimer = signal.setitimer
+    def hook(*a):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return setitimer(*a)
+    signal.setitimer = hook
+code = cli.main()
+if "{where}" == "after":  # after main() returned, while the program shuts down
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("where", ["finally", "after"])
+def test_sigterm_after_the_command_finished_keeps_its_exit_code(where):
+    done = run([sys.executable, "-c", _AFTER_MAIN.format(where=where)], timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("wdspq "), (done.returncode, done.stderr)
+
+
 def _put_lock(s3_url: str, info: dict) -> None:
     from wdspq.storage import open_storage
 

@@ -579,6 +579,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     env_timeout = os.environ.get(S3_TIMEOUT_ENV)
     hint = "; re-run the same command to resume (committed shards are kept)" if "export" in args_list[:1] else ""
     interrupt.reset()
+    interrupt.settle(False)
+    code: int | None = None
+    try:
+        try:
+            code = _run(args_list, debug, hint)
+        except _Terminated:  # landed in _run's own error handling, or just after it returned
+            if code is None:
+                print(f"wdspq: interrupted{hint}", file=sys.stderr)
+                code = EXIT_INTERRUPTED
+        return code
+    finally:
+        interrupt.settle()  # from here a SIGTERM does not change the outcome (our handler stays until the end)
+        if env_timeout is None:
+            os.environ.pop(S3_TIMEOUT_ENV, None)
+        else:
+            os.environ[S3_TIMEOUT_ENV] = env_timeout
+        if previous_alarm is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous_alarm)
+        interrupt.reset()  # handled: a later call in this process (an API user, a test) starts clean
+        if previous is not None:  # the program itself: a SIGTERM during shutdown exits with this code
+            exit_code = EXIT_ERROR if code is None else code
+            signal.signal(signal.SIGTERM, interrupt.exit_with(exit_code) if argv is None else previous)
+
+
+def _run(args_list: list[str], debug: bool, hint: str) -> int:
+    """Parse and run one command; errors and interruptions become a one-line message and an exit code."""
+    from .storage.s3_time import S3_TIMEOUT_ENV
+
     try:
         args = make_parser().parse_args(args_list)
         if getattr(args, "s3_timeout", None) is not None:  # S3Storage objects (and worker processes) read it
@@ -607,14 +636,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"wdspq: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        if env_timeout is None:
-            os.environ.pop(S3_TIMEOUT_ENV, None)
-        else:
-            os.environ[S3_TIMEOUT_ENV] = env_timeout
-        if previous_alarm is not None:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous_alarm)
-        interrupt.reset()  # handled: a later call in this process (an API user, a test) starts clean
