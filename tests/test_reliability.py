@@ -108,6 +108,31 @@ def test_two_exports_into_one_s3_prefix_one_refuses_the_other_verifies(table, to
     assert ".wdspq-lock" not in open_storage(s3_bucket).list("")  # released
 
 
+def test_two_s3_exports_of_one_configuration_to_different_prefixes_both_finish(table, tokenizer_path, tmp_path,
+                                                                              s3_bucket):
+    """Their default spill folders (in $TMPDIR) differ by the output URL, so neither refuses the other."""
+    spill = tmp_path / "tmp"
+    spill.mkdir()
+    other = s3_bucket.rsplit("/", 1)[0] + "/other"
+    a = start(cli(table, s3_bucket, tokenizer_path), TMPDIR=str(spill))
+    try:
+        wait_for(lambda: any(spill.glob("wdspq-spill-*/chunk-*.bin")), a)
+        os.kill(a.pid, signal.SIGSTOP)
+        try:
+            b = subprocess.run(cli(table, other, tokenizer_path), env={**os.environ, "PYTHONPATH": str(REPO),
+                               "TMPDIR": str(spill)}, capture_output=True, text=True, timeout=180)
+        finally:
+            os.kill(a.pid, signal.SIGCONT)
+        _, err_a = a.communicate(timeout=180)
+    finally:
+        if a.poll() is None:
+            os.killpg(a.pid, signal.SIGKILL)
+            a.wait()
+    assert b.returncode == 0, b.stderr
+    assert a.returncode == 0, err_a
+    assert verify_shards(other, progress=False).ok and verify_shards(s3_bucket, progress=False).ok
+
+
 def test_lock_of_a_killed_export_is_taken_over(table, tokenizer_path, tmp_path):
     out = tmp_path / "o"
     a = start(cli(table, str(out), tokenizer_path))

@@ -117,7 +117,7 @@ def export_shards(
     - Space: a fresh export first estimates its size and refuses to start when a disk cannot hold
       the shards plus the spill (`force=True` starts anyway).
     - Restartable: after an interruption, re-run the same call. The spill folder (default: a hidden
-      `.wdspq-spill-<config>` folder inside a local `out`, or `$TMPDIR/wdspq-spill-<config>` for S3) is
+      `.wdspq-spill-<config>` folder inside a local `out`, or `$TMPDIR/wdspq-spill-<config>-<url hash>` for S3) is
       kept on failure and holds the journal; shards committed intact are reused, the rest rewritten.
       It is removed after success, with the spill folders of other configurations left in `out`.
     - An `out` that already holds a finished export with the same configuration is checked and returned
