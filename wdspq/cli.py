@@ -350,7 +350,7 @@ def add_validate(sub: Any) -> None:
         ),
         formatter_class=_formatter,
     )
-    p.add_argument("table", metavar="TABLE", help="the table file")
+    p.add_argument("table", metavar="TABLE", help="the table file (a path or s3://bucket/key.parquet)")
     p.add_argument("--full-media", action="store_true", help="decode every video frame, not only the first")
     p.add_argument("--all", action="store_true", help="list every violation found (one per line), not only the first")
     p.set_defaults(func=run_validate)
@@ -534,7 +534,7 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-S3_COMMANDS = ("export", "verify", "info", "show")  # the commands that may read or write s3:// paths
+S3_COMMANDS = ("export", "verify", "info", "show", "validate")  # the commands that may read or write s3:// paths
 
 
 def _add_debug(sub: Any) -> None:
