@@ -602,6 +602,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if previous is not None:  # the program itself: a SIGTERM during shutdown exits with this code
             exit_code = EXIT_ERROR if code is None else code
             signal.signal(signal.SIGTERM, interrupt.exit_with(exit_code) if argv is None else previous)
+        if argv is not None:
+            interrupt.settle(False)  # our handler is gone: leave the module as an API user expects it
 
 
 def _run(args_list: list[str], debug: bool, hint: str) -> int:
