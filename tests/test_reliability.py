@@ -108,6 +108,31 @@ def test_two_exports_into_one_s3_prefix_one_refuses_the_other_verifies(table, to
     assert ".wdspq-lock" not in open_storage(s3_bucket).list("")  # released
 
 
+def test_two_s3_exports_of_one_configuration_to_different_prefixes_both_finish(table, tokenizer_path, tmp_path,
+                                                                              s3_bucket):
+    """Their default spill folders (in $TMPDIR) differ by the output URL, so neither refuses the other."""
+    spill = tmp_path / "tmp"
+    spill.mkdir()
+    other = s3_bucket.rsplit("/", 1)[0] + "/other"
+    a = start(cli(table, s3_bucket, tokenizer_path), TMPDIR=str(spill))
+    try:
+        wait_for(lambda: any(spill.glob("wdspq-spill-*/chunk-*.bin")), a)
+        os.kill(a.pid, signal.SIGSTOP)
+        try:
+            b = subprocess.run(cli(table, other, tokenizer_path), env={**os.environ, "PYTHONPATH": str(REPO),
+                               "TMPDIR": str(spill)}, capture_output=True, text=True, timeout=180)
+        finally:
+            os.kill(a.pid, signal.SIGCONT)
+        _, err_a = a.communicate(timeout=180)
+    finally:
+        if a.poll() is None:
+            os.killpg(a.pid, signal.SIGKILL)
+            a.wait()
+    assert b.returncode == 0, b.stderr
+    assert a.returncode == 0, err_a
+    assert verify_shards(other, progress=False).ok and verify_shards(s3_bucket, progress=False).ok
+
+
 def test_lock_of_a_killed_export_is_taken_over(table, tokenizer_path, tmp_path):
     out = tmp_path / "o"
     a = start(cli(table, str(out), tokenizer_path))
@@ -118,6 +143,122 @@ def test_lock_of_a_killed_export_is_taken_over(table, tokenizer_path, tmp_path):
     done = run(cli(table, str(out), tokenizer_path))
     assert done.returncode == 0, done.stderr
     assert verify_shards(str(out), progress=False).ok
+
+
+def test_killed_export_process_leaves_no_worker_holding_its_lock(table, tokenizer_path, tmp_path):
+    """SIGKILL to the export process alone (not its group): its workers close their inherited copy of the
+    lock file and die with it, so a re-run gets the output within a few seconds."""
+    out = tmp_path / "o"
+    a = start(cli(table, str(out), tokenizer_path, "--workers", "2"))
+    try:
+        wait_for(lambda: any(out.glob(".wdspq-spill-*/chunk-*")), a)  # the workers are running
+        os.kill(a.pid, signal.SIGKILL)
+        a.wait()
+        end = time.monotonic() + 30
+        while True:
+            done = run(cli(table, str(out), tokenizer_path))
+            if done.returncode == 0 or time.monotonic() > end:
+                break
+            time.sleep(0.5)
+        assert done.returncode == 0, done.stderr
+        assert verify_shards(str(out), progress=False).ok
+        assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+    finally:
+        try:
+            os.killpg(a.pid, signal.SIGKILL)  # reap any worker left behind
+        except ProcessLookupError:
+            pass
+
+
+def test_a_forked_worker_closing_its_lock_copy_keeps_the_parent_lock(tmp_path):
+    from wdspq.export.lock import LocalLock, LockError, close_inherited
+
+    lock = LocalLock(tmp_path)
+    lock.acquire()
+    pid = os.fork()
+    if pid == 0:  # what a pool worker does at start
+        close_inherited()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    with pytest.raises(LockError, match=f"pid {os.getpid()},"):
+        LocalLock(tmp_path).acquire()
+    lock.release()
+    LocalLock(tmp_path).acquire()
+
+
+def test_lock_held_for_a_dead_export_process_says_so(tmp_path):
+    import fcntl
+
+    from wdspq.export.lock import LocalLock, LockError
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    fd = os.open(tmp_path / ".wdspq-lock", os.O_RDWR | os.O_CREAT)  # held by a leftover process of that export
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        from wdspq.export.lock import _pid_space
+
+        info = {"host": socket.gethostname(), "pid": int(dead.stdout), **_pid_space(),
+                "started": "2026-01-01 00:00:00 UTC"}
+        os.write(fd, json.dumps(info).encode())
+        with pytest.raises(LockError, match="is no longer running, but its lock .* still held by a process it left"):
+            LocalLock(tmp_path).acquire()
+    finally:
+        os.close(fd)
+
+
+def test_sigterm_to_a_two_worker_export_removes_the_partial_files_of_its_workers(table, tokenizer_path, tmp_path):
+    """A worker caught mid-write (held still with SIGSTOP) when the export process gets SIGTERM: the export
+    process terminates it and removes its partial spill file."""
+    out = tmp_path / "o"
+    a = start(cli(table, str(out), tokenizer_path, "--workers", "2"))
+    try:
+        caught = None
+        end = time.monotonic() + 120
+        while caught is None:
+            assert a.poll() is None and time.monotonic() < end, "no partial spill file seen"
+            for p in out.glob(".wdspq-spill-*/chunk-*.bin.tmp-*"):
+                pid = int(p.name.rsplit("-", 1)[1])
+                try:
+                    os.kill(pid, signal.SIGSTOP)
+                except ProcessLookupError:
+                    continue
+                if p.exists():
+                    caught = p
+                    break
+                os.kill(pid, signal.SIGCONT)  # it had finished that file: try again
+        os.kill(a.pid, signal.SIGTERM)
+        _, err = a.communicate(timeout=60)
+        assert a.returncode == 130, err
+        assert not caught.exists() and list(out.glob(".wdspq-spill-*/*.tmp-*")) == []
+    finally:
+        try:
+            os.killpg(a.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+_AFTER_MAIN = """
+import os, signal, sys, time
+from wdspq import cli
+sys.argv = ["wdspq", "--version"]
+if "{where}" == "finally":  # lands in main()'s clean-up, after the command finished
+    setitimer = signal.setitimer
+    def hook(*a):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return setitimer(*a)
+    signal.setitimer = hook
+code = cli.main()
+if "{where}" == "after":  # after main() returned, while the program shuts down
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("where", ["finally", "after"])
+def test_sigterm_after_the_command_finished_keeps_its_exit_code(where):
+    done = run([sys.executable, "-c", _AFTER_MAIN.format(where=where)], timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("wdspq "), (done.returncode, done.stderr)
 
 
 def _put_lock(s3_url: str, info: dict) -> None:
@@ -137,7 +278,16 @@ def test_s3_lock_fresh_refuses_stale_is_taken_over(table, tokenizer_path, s3_buc
         S3Lock(storage).acquire()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a pid that is not running on this host
+    from wdspq.export.lock import _pid_space
+
+    other_ns = {**_pid_space(), "pid_ns": "pid:[1]"}  # a container sharing this host name: its pids are not ours
+    _put_lock(s3_bucket, {"host": socket.gethostname(), "pid": dead.pid, **other_ns, "heartbeat_unix": now})
+    with pytest.raises(LockError, match=f"pid {dead.pid},"):
+        S3Lock(storage).acquire()
     _put_lock(s3_bucket, {"host": socket.gethostname(), "pid": dead.pid, "heartbeat_unix": now})
+    with pytest.raises(LockError, match=f"pid {dead.pid},"):  # no pid space recorded: judged by its lease only
+        S3Lock(storage).acquire()
+    _put_lock(s3_bucket, {"host": socket.gethostname(), "pid": dead.pid, **_pid_space(), "heartbeat_unix": now})
     lock = S3Lock(storage)
     lock.acquire()  # the holder died: taken over
     with pytest.raises(LockError, match=f"pid {os.getpid()},"):
@@ -169,6 +319,65 @@ def test_s3_lock_lost_to_a_takeover_stops_the_holder(s3_bucket, monkeypatch):
         lock.check()
     lock.release()
     assert ".wdspq-lock" in storage.list("")  # the new holder's lock is left alone
+
+
+def test_s3_lock_heartbeat_that_cannot_read_the_new_holder_still_marks_the_lock_lost(s3_bucket):
+    from botocore.exceptions import ClientError
+
+    from wdspq.errors import StorageError
+    from wdspq.export.lock import LockError, S3Lock
+    from wdspq.storage import open_storage
+
+    lock = S3Lock(open_storage(s3_bucket))
+    lock.acquire()
+    lock._stop.set()
+    lock._thread.join()
+    lock._stop.clear()
+    lock.lease = 0.2
+
+    def taken_over(**cond):
+        raise ClientError({"Error": {"Code": "PreconditionFailed"}, "ResponseMetadata": {"HTTPStatusCode": 412}},
+                          "PutObject")
+
+    def unreadable():
+        raise StorageError(f"{s3_bucket}/.wdspq-lock: cannot read the export lock: timed out")
+
+    lock._put, lock._held = taken_over, unreadable
+    lock._beat()  # returns (the heartbeat thread does not die with an exception)
+    with pytest.raises(LockError, match="lost its lock"):
+        lock.check()
+
+
+def test_s3_export_whose_lock_is_taken_over_stops_committing_shards(table, tokenizer_path, s3_bucket, monkeypatch,
+                                                                     tmp_path):
+    import wdspq
+    from wdspq.export import local
+    from wdspq.export.lock import LockError, S3Lock
+    from wdspq.storage import open_storage
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    held: list[S3Lock] = []
+    acquire, assemble = S3Lock.acquire, local.assemble_shard
+
+    def acquire_and_keep(self):
+        acquire(self)
+        held.append(self)
+
+    def assemble_then_lose(job):
+        entry = assemble(job)
+        held[0].lost = "another export (host elsewhere, pid 4242, since now) is writing this export"  # taken over
+        return entry
+
+    monkeypatch.setattr(S3Lock, "acquire", acquire_and_keep)
+    monkeypatch.setattr(local, "assemble_shard", assemble_then_lose)
+    spec = wdspq.WindowSpec(obs_length_sec=0.1, acts_length_sec=0.1, stride=2, max_text_tokens=8)
+    with pytest.raises(LockError, match="lost its lock"):
+        wdspq.export_shards(table, s3_bucket, spec, tokenizer=tokenizer_path, samples_per_shard=10, progress=False,
+                            encoding={"compression": "none"})
+    total = len(local.shard_assignment(len(wdspq.ParquetWindowDataset(table, spec, tokenizer=tokenizer_path)), 10, 0,
+                                       True))
+    committed = [n for n in open_storage(s3_bucket).list("shard-") if n.endswith(".tar")]
+    assert total >= 20 and len(committed) <= 5, (len(committed), total)  # only the jobs already in flight
 
 
 def test_rerun_of_a_finished_export_says_already_complete(table, tokenizer_path, tmp_path):

@@ -311,3 +311,19 @@ def test_check_timestamps_messages():
         check_timestamps(np.zeros(0), "x")
     with pytest.raises(SchemaError, match=r"timestamp 2 \(1.0\) <= timestamp 1 \(2.0\)"):
         check_timestamps(np.array([0.0, 2.0, 1.0]), "x")
+
+
+def test_validate_a_table_on_s3(small_table, s3_bucket, capsys):
+    """`wdspq validate s3://...` reads the table through the storage layer (the URL was once mangled into a
+    local path) and takes --s3-timeout like the other S3 commands."""
+    from pathlib import Path
+
+    from wdspq.cli import main
+    from wdspq.storage import open_storage
+
+    open_storage(s3_bucket).put_bytes("t.parquet", Path(small_table).read_bytes())
+    url = f"{s3_bucket}/t.parquet"
+    assert main(["validate", url, "--s3-timeout", "30"]) == 0
+    assert capsys.readouterr().out.startswith(f"{url}: valid (")
+    assert main(["validate", f"{s3_bucket}/missing.parquet"]) == 2
+    assert f"{s3_bucket}/missing.parquet" in capsys.readouterr().err

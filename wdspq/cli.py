@@ -350,7 +350,7 @@ def add_validate(sub: Any) -> None:
         ),
         formatter_class=_formatter,
     )
-    p.add_argument("table", metavar="TABLE", help="the table file")
+    p.add_argument("table", metavar="TABLE", help="the table file (a path or s3://bucket/key.parquet)")
     p.add_argument("--full-media", action="store_true", help="decode every video frame, not only the first")
     p.add_argument("--all", action="store_true", help="list every violation found (one per line), not only the first")
     p.set_defaults(func=run_validate)
@@ -542,7 +542,7 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-S3_COMMANDS = ("export", "verify", "info", "show")  # the commands that may read or write s3:// paths
+S3_COMMANDS = ("export", "verify", "info", "show", "validate")  # the commands that may read or write s3:// paths
 
 
 def _add_debug(sub: Any) -> None:
@@ -587,6 +587,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     env_timeout = os.environ.get(S3_TIMEOUT_ENV)
     hint = "; re-run the same command to resume (committed shards are kept)" if "export" in args_list[:1] else ""
     interrupt.reset()
+    interrupt.settle(False)
+    code: int | None = None
+    try:
+        try:
+            code = _run(args_list, debug, hint)
+        except _Terminated:  # landed in _run's own error handling, or just after it returned
+            if code is None:
+                print(f"wdspq: interrupted{hint}", file=sys.stderr)
+                code = EXIT_INTERRUPTED
+        return code
+    finally:
+        interrupt.settle()  # from here a SIGTERM does not change the outcome (our handler stays until the end)
+        if env_timeout is None:
+            os.environ.pop(S3_TIMEOUT_ENV, None)
+        else:
+            os.environ[S3_TIMEOUT_ENV] = env_timeout
+        if previous_alarm is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous_alarm)
+        interrupt.reset()  # handled: a later call in this process (an API user, a test) starts clean
+        if previous is not None:  # the program itself: a SIGTERM during shutdown exits with this code
+            exit_code = EXIT_ERROR if code is None else code
+            signal.signal(signal.SIGTERM, interrupt.exit_with(exit_code) if argv is None else previous)
+        if argv is not None:
+            interrupt.settle(False)  # our handler is gone: leave the module as an API user expects it
+
+
+def _run(args_list: list[str], debug: bool, hint: str) -> int:
+    """Parse and run one command; errors and interruptions become a one-line message and an exit code."""
+    from .storage.s3_time import S3_TIMEOUT_ENV
+
     try:
         args = make_parser().parse_args(args_list)
         if getattr(args, "s3_timeout", None) is not None:  # S3Storage objects (and worker processes) read it
@@ -615,14 +646,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"wdspq: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        if env_timeout is None:
-            os.environ.pop(S3_TIMEOUT_ENV, None)
-        else:
-            os.environ[S3_TIMEOUT_ENV] = env_timeout
-        if previous_alarm is not None:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous_alarm)
-        interrupt.reset()  # handled: a later call in this process (an API user, a test) starts clean

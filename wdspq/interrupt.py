@@ -11,6 +11,7 @@ harm:
   `check()` at safe points.
 
 `requested()` lets the CLI exit non-zero even if an exception was lost somewhere all the same.
+Once the command has finished (`settle()`), a SIGTERM no longer changes its outcome.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from types import FrameType
 from typing import Any
 
 _requested = threading.Event()
+_settled = [False]
 _defer = [0]
 _RETRY_SEC = 0.05
 _UNSAFE_FILES = ("weakref.py", "concurrent/futures/process.py", "concurrent/futures/thread.py",
@@ -56,14 +58,39 @@ def _raise_when_safe(frame: FrameType | None) -> None:
 
 def on_sigterm(signum: int, frame: Any) -> None:
     """The SIGTERM handler: set the flag; raise now if that is safe, else as soon as it is."""
+    if _settled[0]:
+        return  # the command has finished: its result stands
     _requested.set()
     _raise_when_safe(frame)
 
 
 def on_alarm(signum: int, frame: Any) -> None:
     """The SIGALRM handler: a SIGTERM that could not be raised yet is raised once that is safe."""
-    if _requested.is_set():
+    if _requested.is_set() and not _settled[0]:
         _raise_when_safe(frame)
+
+
+def settle(done: bool = True) -> None:
+    """Mark the command finished (`done=False`: a new one starts): from then on SIGTERM is ignored."""
+    _settled[0] = done
+
+
+def exit_with(code: int) -> Any:
+    """A SIGTERM handler for after a finished command: exit at once with its exit code (the process was
+    told to stop and has nothing left to do but its interpreter shutdown)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        import os
+        import sys
+
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(code)
+
+    return handler
 
 
 def requested() -> bool:

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from .errors import MediaError, SchemaError, TableReadError
 from .media import decode_image, probe_clip
 from .schema import RatePool, TableMeta, arrow_schema, read_meta
-from .table_file import open_parquet, read_row_group
+from .table_file import is_remote, open_parquet, read_row_group
 from .timestamps import FLOAT32_HINT, check_timestamps, not_increasing_message, timestamp_problem  # noqa: F401  (re-exported)
 
 MAX_REPORTED = 50  # violations kept in full on the error (the message shows the first)
@@ -185,7 +185,7 @@ def validate_table(path: str | os.PathLike, full_media: bool = False) -> TableMe
     decoded; each clip's first frame is decoded and its frames counted (every frame decoded with
     `full_media`). One row group is read at a time.
     """
-    path = Path(path)
+    path = os.fspath(path) if is_remote(path) else Path(path)  # s3://bucket/key read through the storage layer
     where = str(path)
     meta = read_meta(path)  # missing file, not Parquet, missing/invalid 'wdspq' metadata
     rep = _Report(where)

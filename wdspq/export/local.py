@@ -117,7 +117,7 @@ def export_shards(
     - Space: a fresh export first estimates its size and refuses to start when a disk cannot hold
       the shards plus the spill (`force=True` starts anyway).
     - Restartable: after an interruption, re-run the same call. The spill folder (default: a hidden
-      `.wdspq-spill-<config>` folder inside a local `out`, or `$TMPDIR/wdspq-spill-<config>` for S3) is
+      `.wdspq-spill-<config>` folder inside a local `out`, or `$TMPDIR/wdspq-spill-<config>-<url hash>` for S3) is
       kept on failure and holds the journal; shards committed intact are reused, the rest rewritten.
       It is removed after success, with the spill folders of other configurations left in `out`.
     - An `out` that already holds a finished export with the same configuration is checked and returned
@@ -228,6 +228,16 @@ def _remove_stale_staging(spill_root: Path, out: str) -> None:
             p.unlink(missing_ok=True)
 
 
+def _remove_worker_staging(spill_root: Path, out: str, pids: list[int]) -> None:
+    """Partial files of the workers just terminated (they die by SIGTERM's default action, mid-write)."""
+    for pid in pids:
+        for p in spill_root.glob(f"*.tmp-{pid}"):
+            p.unlink(missing_ok=True)
+        if not out.startswith("s3://") and Path(out).is_dir():
+            for p in Path(out).glob(f".shard-*.tmp-{pid}-*"):
+                p.unlink(missing_ok=True)
+
+
 def _export_locked(ds: Any, enc: Encoding, config: dict[str, Any], digest: str, storage: Any, out: str, table: str,
                    spec: WindowSpec, spill_root: Path, own_spill: bool, shards_windows: list[np.ndarray],
                    overwrite: bool, force: bool, progress: bool, engine: str, ray_address: str | None, workers: int,
@@ -279,6 +289,7 @@ def _export_locked(ds: Any, enc: Encoding, config: dict[str, Any], digest: str, 
                     for c, e0 in enumerate(range(0, ds.num_episodes, EPISODES_PER_CHUNK)))
             with tqdm(total=n, desc="export: cut windows", unit="win", disable=not progress, smoothing=0.1) as bar:
                 for res in pool.run(spill_chunk, jobs):
+                    lock.check()  # an S3 lock taken over: stop before committing anything more
                     idx = res["index"]
                     loc_chunk[idx[:, 0]] = res["chunk"]
                     loc_off[idx[:, 0]], loc_len[idx[:, 0]] = idx[:, 1], idx[:, 2]
@@ -304,8 +315,13 @@ def _export_locked(ds: Any, enc: Encoding, config: dict[str, Any], digest: str, 
                     w = shards_windows[i]
                     return i, w, np.stack([loc_chunk[w].astype(np.int64), loc_off[w], loc_len[w].astype(np.int64)], axis=1)
 
-                jobs2 = (shard_job(i) for i in todo)
-                for entry in pool.run(assemble_shard, jobs2, io_threads=2):  # overlaps one shard's fsync with the next
+                def jobs2() -> Any:
+                    for i in todo:
+                        lock.check()  # no new shard commit once the lock was taken over
+                        yield shard_job(i)
+
+                for entry in pool.run(assemble_shard, jobs2(), io_threads=2):  # overlaps one shard's fsync with the next
+                    lock.check()
                     entries[int(entry["name"][6:12])] = entry
                     journal.append(entry)
                     bar.update(entry["samples"])
@@ -314,6 +330,7 @@ def _export_locked(ds: Any, enc: Encoding, config: dict[str, Any], digest: str, 
     finally:
         journal.close()
         pool.close(abort=aborted)
+        _remove_worker_staging(spill_root, out, getattr(pool, "stopped", []))
 
     stats_out = {f: st.to_dict() for f, st in stats.items()}
     manifest = {

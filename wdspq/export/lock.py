@@ -2,14 +2,17 @@
 
 - Local folder: `.wdspq-lock` in it, held with `flock` (released by the kernel when the holder dies,
   even by SIGKILL, so a crashed export never leaves it held). The file records host, pid and start
-  time for the message a second writer gets; it is removed on release.
+  time for the message a second writer gets; it is removed on release. A flock belongs to the open
+  file description, which forked worker processes share: they close their copy at start
+  (`close_inherited`), so only the export process holds the lock and it dies with that process.
 - S3 prefix: a `.wdspq-lock` object created with a conditional put (`If-None-Match: *`), refreshed by
   a heartbeat every `lease / 4` seconds (a put with `If-Match` on its own ETag). It is stale when its
-  holder's pid is dead on this host, or when it was not refreshed for `lease` seconds
+  holder's pid is dead in this pid space (same host name, boot id and pid namespace: containers that
+  share a host name are told apart), or when it was not refreshed for `lease` seconds
   (`$WDSPQ_LOCK_LEASE_SEC`, default 120); a stale lock is taken over with `If-Match` on its ETag, so
   of two exports taking it over at once only one wins. Where the server rejects conditional puts the
   lock falls back to create-then-verify (two writers starting in the same instant can then both
-  proceed: a documented limit). A holder whose lock was taken over stops before its manifest.
+  proceed: a documented limit). A holder whose lock was taken over stops before its next shard commit.
 """
 
 from __future__ import annotations
@@ -47,10 +50,33 @@ def _now_text(t: float | None = None) -> str:
     return _dt.datetime.fromtimestamp(time.time() if t is None else t, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _pid_space() -> dict[str, str]:
+    """What makes a pid meaningful here: the boot and the pid namespace (two containers can share a host
+    name, e.g. with host networking, yet not see each other's pids). Empty where unknown."""
+    space = {}
+    try:
+        space["boot_id"] = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        space["pid_ns"] = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return {}
+    return space
+
+
 def _holder_info(token: str) -> dict[str, Any]:
     now = time.time()
-    return {"host": socket.gethostname(), "pid": os.getpid(), "started": _now_text(now), "started_unix": now,
-            "heartbeat_unix": now, "token": token}
+    return {"host": socket.gethostname(), "pid": os.getpid(), **_pid_space(), "started": _now_text(now),
+            "started_unix": now, "heartbeat_unix": now, "token": token}
+
+
+def holder_dead_here(info: dict[str, Any]) -> bool:
+    """Whether the lock's recorded process is known dead: it ran in this pid space (same host name, boot
+    id and pid namespace, all recorded) and its pid is gone. Unknown (e.g. another container): False."""
+    space = _pid_space()
+    if not space or info.get("host") != socket.gethostname():
+        return False
+    if any(info.get(k) != v for k, v in space.items()):
+        return False
+    return not pid_alive(info.get("pid"))
 
 
 def _parse(data: bytes) -> dict[str, Any]:
@@ -61,12 +87,18 @@ def _parse(data: bytes) -> dict[str, Any]:
     return info if isinstance(info, dict) else {}
 
 
-def refusal(url: str, info: dict[str, Any], what: str = "export") -> LockError:
-    """The one-line message of a second writer, naming the running one."""
+def refusal(url: str, info: dict[str, Any], what: str = "export", lock_path: str | None = None) -> LockError:
+    """The one-line message of a second writer, naming the running one.
+
+    `lock_path`: a local lock file held although its recorded process is dead on this host (a process
+    it started, e.g. a leftover worker, still has it open): the message says so."""
     if info.get("pid") is None:
         holder = "another export (just starting)"
     else:
         holder = f"another export (host {info.get('host', '?')}, pid {info.get('pid')}, since {info.get('started', '?')})"
+    if lock_path is not None and info.get("pid") is not None and holder_dead_here(info):
+        return LockError(f"{url}: {holder} is no longer running, but its lock on this {what} is still held by a "
+                         f"process it left behind; stop that process (`fuser -v {lock_path}` names it), then re-run")
     return LockError(f"{url}: {holder} is writing this {what}; wait for it to finish or stop it, then re-run "
                      "(a crashed export's lock is taken over automatically)")
 
@@ -81,6 +113,25 @@ def pid_alive(pid: Any) -> bool:
     except PermissionError:
         return True
     return True
+
+
+_HELD: dict[int, LocalLock] = {}  # local locks this process holds (a forked worker closes its copies)
+
+
+def close_inherited() -> None:
+    """In a forked worker process: close the copies of the export process's lock files.
+
+    Closing our copy does not release the export process's flock (that happens only when every file
+    descriptor of the open file description is closed), but keeping it would keep the lock held by a
+    worker that outlives a killed export process."""
+    for lock in list(_HELD.values()):
+        if lock.fd is not None:
+            try:
+                os.close(lock.fd)
+            except OSError:
+                pass
+            lock.fd = None
+    _HELD.clear()
 
 
 class LocalLock:
@@ -109,12 +160,13 @@ class LocalLock:
             except OSError as e:
                 if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):  # no locks on this file system
                     self.fd = fd
+                    _HELD[id(self)] = self
                     return
                 try:
                     info = _parse(os.pread(fd, 4096, 0))
                 finally:
                     os.close(fd)
-                raise refusal(str(self.folder), info, self.what) from None
+                raise refusal(str(self.folder), info, self.what, str(self.path)) from None
             try:  # the holder before us may have removed the file after we opened it: lock the current one
                 same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
@@ -126,6 +178,7 @@ class LocalLock:
             os.ftruncate(fd, 0)
             os.pwrite(fd, data, 0)
             self.fd = fd
+            _HELD[id(self)] = self
             return
         raise WdspqError(f"{self.path}: could not take the export lock (it keeps being replaced)")
 
@@ -133,6 +186,7 @@ class LocalLock:
         """A local lock cannot be taken from a live holder: nothing to check."""
 
     def release(self) -> None:
+        _HELD.pop(id(self), None)
         if self.fd is None:
             return
         try:
@@ -184,7 +238,7 @@ class S3Lock:
         return _parse(data), resp.get("ETag", ""), resp["LastModified"].timestamp()
 
     def _stale(self, info: dict[str, Any], modified: float) -> bool:
-        if info.get("host") == socket.gethostname() and not pid_alive(info.get("pid")):
+        if holder_dead_here(info):
             return True
         return time.time() - max(modified, float(info.get("heartbeat_unix") or 0)) > self.lease
 
@@ -242,14 +296,17 @@ class S3Lock:
                 self.etag = self._put(IfMatch=self.etag or "*")
             except ClientError as e:
                 if _status(e) in (404, 409, 412):
-                    held = self._held()
-                    self.lost = str(refusal(self.url, held[0] if held else {}, self.what))
+                    try:
+                        held = self._held()
+                        self.lost = str(refusal(self.url, held[0] if held else {}, self.what))
+                    except Exception:  # cannot read who holds it now: lost all the same
+                        self.lost = f"{self.url}: its lock object was replaced or removed (HTTP {_status(e)})"
                     return
             except Exception:  # a network blip: the next beat tries again (the lease has slack)
                 continue
 
     def check(self) -> None:
-        """Raise if the lock was taken over (this export was judged crashed): it must not finish."""
+        """Raise if the lock was taken over (this export was judged crashed): it must not commit more."""
         if self.lost:
             raise LockError(f"{self.url}: this export lost its lock (not refreshed within {self.lease:.0f} s); "
                             f"{self.lost}")

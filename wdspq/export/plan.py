@@ -85,10 +85,12 @@ def table_fingerprint(path: str) -> dict[str, Any]:
 def default_spill_dir(out: str, digest: str) -> Path:
     """Local scratch for phase 1: inside a local output (same disk, hidden, never a `.tar`), else the temp dir.
 
-    Stable per configuration, so a re-run after an interruption finds it.
+    Stable per configuration (and, in the temp dir, per output URL: exports of one configuration to
+    different prefixes do not share it), so a re-run after an interruption finds it.
     """
     if out.startswith("s3://"):
-        return Path(tempfile.gettempdir()) / f"wdspq-spill-{digest}"
+        where = hashlib.sha256(out.rstrip("/").encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"wdspq-spill-{digest}-{where}"
     return Path(out) / f"{SPILL_PREFIX}{digest}"
 
 

@@ -1,5 +1,9 @@
 """The export's process pool: state installed once per worker, bounded jobs in flight, orphan exit.
 
+Orphans: a worker closes its inherited copies of the export's lock files and dies with the export
+process (Linux `PR_SET_PDEATHSIG`, elsewhere a thread watching `getppid()`), so a killed export leaves
+no worker holding its lock or writing on.
+
 Signals: a worker dies quietly on SIGTERM (default action, no traceback when a scheduler signals the
 whole process group) and ignores SIGINT (Ctrl-C reaches the export process, which stops its workers).
 The export process acts on SIGTERM between results (`interrupt.check`) and on any failure terminates
@@ -8,8 +12,11 @@ its workers instead of waiting for them (`close(abort=True)`): never a hang on a
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import (
     FIRST_COMPLETED,
@@ -22,18 +29,48 @@ from concurrent.futures import (
 from typing import Any
 
 from .. import interrupt
+from .lock import close_inherited
 
 _POLL_SEC = 0.2  # how often the export process looks at the SIGTERM flag while it waits for results
 # worker processes: state is installed once per process by the pool initializer
 W: dict[str, Any] = {}
 
 
+_PR_SET_PDEATHSIG = 1
+_WATCH_SEC = 0.5
+
+
 def init_worker(state: dict[str, Any]) -> None:
-    if state.get("parent") is not None:  # a pool process (not the export process itself)
+    """Pool initializer: install the export's state; in a pool process also the orphan and signal rules."""
+    parent = state.get("parent")
+    if parent is not None:  # a pool process (not the export process itself)
+        close_inherited()
+        _die_with_parent(parent)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     W.clear()
     W.update(state)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Make this worker exit when the export process `parent` dies, even while it idles or blocks."""
+    armed = False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        armed = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):  # not Linux
+        pass
+    if os.getppid() != parent:  # it died before the prctl
+        os._exit(1)
+    if not armed:
+        threading.Thread(target=_watch_parent, args=(parent,), name="wdspq-watch-parent", daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while True:
+        time.sleep(_WATCH_SEC)
+        if os.getppid() != parent:
+            os._exit(1)
 
 
 def check_parent() -> None:
@@ -51,6 +88,7 @@ class Workers:
 
     def __init__(self, workers: int, state: dict[str, Any]) -> None:
         self.workers = workers
+        self.stopped: list[int] = []  # pids of workers terminated by `close(abort=True)` (their temp files stay)
         self.pool: ProcessPoolExecutor | None = None
         if workers > 1:
             self.pool = ProcessPoolExecutor(workers, initializer=init_worker, initargs=({**state, "parent": os.getpid()},))
@@ -86,6 +124,7 @@ class Workers:
                     if p.is_alive():
                         p.kill()
                         p.join()
+                self.stopped = [p.pid for p in procs if p.pid is not None]
             else:
                 self.pool.shutdown(wait=True, cancel_futures=True)
         W.clear()
