@@ -277,7 +277,7 @@ def _stage_name(stage: Any) -> str:
     return getattr(stage, "__name__", None) or type(stage).__name__
 
 
-_BATCHING = "StreamLoader makes the batches (batch_size=...); batch-level work goes in a collate_fn"
+_BATCHING = "StreamLoader makes the batches (batch_size=...); batch-level work goes in stream.map_batch(f)"
 _ORDER = ("the stream orders itself (ShardStream(shuffle=True, seed=..., interleave=...)); a buffer would "
           "hold samples the state counts as delivered")
 _DROP = "the cursor counts every sample; to skip samples, mask them in the training loop"
