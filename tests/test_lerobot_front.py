@@ -8,6 +8,7 @@ stacked `(T, ...)`; frames float32 in [0, 1]; `task` the task string.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -370,3 +371,18 @@ def test_explicit_spec_hashes_cli_takes_tolerance_zero_and_one_row_flags_are_kep
     s = wdspq.to_lerobot({k: torch.from_numpy(v) for k, v in cut_window(ep, 1, spec.resolve(layout), 0, 0).items()})
     assert s["img_is_pad"].shape == () and bool(s["img_is_pad"]) and bool(s["cam_is_pad"])
     assert s["action_is_pad"].shape == (1,) and "img_mask" not in s and "cam_mask" not in s
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_to_lerobot_as_a_batch_stage_equals_it_on_the_plain_batches(exported, num_workers):
+    _, _, _, shards = exported
+    stream = wdspq.ShardStream(str(shards), shuffle=True, seed=1)
+    uint8 = functools.partial(wdspq.to_lerobot, frames="uint8")
+    plain = [uint8(b) for b in wdspq.StreamLoader(stream, batch_size=7, num_workers=num_workers)]
+    loader = wdspq.StreamLoader(stream.map_batch(uint8), batch_size=7, num_workers=num_workers)
+    got = list(loader)
+    assert len(got) == len(plain) and got[0][CAMERAS[0]].dtype == torch.uint8 and "action_is_pad" in got[0]
+    for g, p in zip(got, plain):
+        assert set(g) == set(p) and all(g[k] == v if isinstance(v, list) else torch.equal(g[k], v)
+                                        for k, v in p.items())

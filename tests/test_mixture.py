@@ -421,3 +421,21 @@ def test_worker_collation_equals_default_collation_of_samples(exports, workers) 
         assert list(a) == list(b)
         for k in a:
             assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+
+
+def _tagged(batch: dict[str, Any]) -> dict[str, Any]:
+    """A batch stage: drops window_index, renames source_index, adds a float key."""
+    out = {("src" if k == "source_index" else k): v for k, v in batch.items() if k != "window_index"}
+    out["half"] = batch["window_index"].to(torch.float32) / 2
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_a_batch_stage_on_a_two_source_mixture_equals_fn_of_its_batches(exports) -> None:
+    stream = wdspq.ShardStream(sources(exports[:2], weights=(0.7, 0.3)), seed=0, samples_per_epoch=200)
+    plain = [_tagged({k: v.clone() for k, v in b.items()}) for b in wdspq.StreamLoader(stream, batch_size=B,
+                                                                                      num_workers=2)]
+    got = [{k: v.clone() for k, v in b.items()}
+           for b in wdspq.StreamLoader(stream.map_batch(_tagged), batch_size=B, num_workers=2)]
+    assert len(got) == len(plain) and sum(len(b["src"]) for b in got) == 200
+    assert all(set(g) == set(p) and all(torch.equal(g[k], p[k]) for k in p) for g, p in zip(got, plain))

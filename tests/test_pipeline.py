@@ -388,3 +388,73 @@ def test_readme_same_stage_in_plain_webdataset_and_the_stream(export, tmp_path, 
         for k in ("frames", "observations", "actions"):
             assert np.array_equal(np.asarray(p[k]), s[k].numpy()), (w, k)
         assert s["frames"].shape[-1] < wdspq.ShardStream(export).manifest.sample_schema["frames"]["shape"][-1]
+
+
+# ----------------------------------------------------------------------------------------------
+# batch stages: stream.map_batch(f), applied by StreamLoader after the fused collate
+
+
+def relabel(batch: dict[str, Any]) -> dict[str, Any]:
+    """Drops window_index, renames a key, changes a dtype, adds a list: what to_lerobot does to a batch."""
+    out = {("act" if k == "actions" else k): v for k, v in batch.items() if k != "window_index"}
+    out["act"] = out["act"].to(torch.float64) * 2
+    out["names"] = [f"w{int(w)}" for w in batch["window_index"]]
+    return out
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return set(a) == set(b) and all(a[k] == b[k] if isinstance(b[k], list) else torch.equal(a[k], b[k]) for k in b)
+
+
+def _copied(batch: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_batch_stage_equals_fn_of_the_plain_batches_and_resumes_exactly(export, num_workers):
+    stream = wdspq.ShardStream(export, shuffle=True, seed=3)
+    staged = stream.map_batch(relabel)
+    assert staged.batch_stages == (relabel,) and stream.batch_stages == () and staged.user_stages == []
+    plain = [relabel(_copied(b)) for b in wdspq.StreamLoader(stream, batch_size=B, num_workers=num_workers)]
+    loader = wdspq.StreamLoader(staged, batch_size=B, num_workers=num_workers)
+    if num_workers:
+        assert loader.dataset._ring is not None  # the batch stage keeps the shared-memory ring
+    got = [_copied(b) for b in loader]
+    assert len(got) == len(plain) and all(_same(g, p) for g, p in zip(got, plain))
+    # exact resume mid-epoch: the state counts the samples of each batch before the stage drops window_index
+    first = wdspq.StreamLoader(staged, batch_size=B, num_workers=num_workers)
+    it = iter(first)
+    head = [_copied(next(it)) for _ in range(5)]
+    state = first.state_dict()
+    del it
+    again = wdspq.StreamLoader(staged, batch_size=B, num_workers=num_workers)
+    again.load_state_dict(state)
+    rest = [_copied(b) for b in again]
+    assert all(_same(g, p) for g, p in zip(head + rest, plain)) and len(head) + len(rest) == len(plain)
+
+
+def test_batch_stage_after_the_per_sample_stages_and_with_a_collate_fn(export):
+    stream = wdspq.ShardStream(export, seed=1)
+    staged = stream.map_batch(relabel).map(tag_worker)  # batch stages run after every per-sample stage
+    b = next(iter(wdspq.StreamLoader(staged, batch_size=B)))
+    assert "worker" in b and "act" in b and "window_index" not in b
+    listed = wdspq.StreamLoader(stream.map_batch(lambda xs: xs[:2]), batch_size=B, collate_fn=list)
+    with pytest.raises(StageError, match=r"leading sizes \[2\].*batch of 8 samples.*keep the batch size"):
+        next(iter(listed))
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_batch_stage_that_changes_the_batch_size_is_a_clear_error(export, num_workers):
+    stream = wdspq.ShardStream(export, seed=1)
+    halve = stream.map_batch(lambda b: {k: v[: len(v) // 2] for k, v in b.items()})
+    loader = wdspq.StreamLoader(halve, batch_size=B, num_workers=num_workers)
+    with pytest.raises(StageError, match=r"returned leading sizes \[4\] for a batch of 8 samples"):
+        next(iter(loader))
+    with pytest.raises(StageError, match="returned None"):
+        next(iter(wdspq.StreamLoader(stream.map_batch(lambda b: None), batch_size=B)))
+    with pytest.raises(StageError, match="iterate it with wdspq.StreamLoader"):
+        next(iter(stream.map_batch(relabel)))
+    with pytest.raises(StageError, match="a function of one batch"):
+        stream.map_batch(3)

@@ -11,12 +11,14 @@ imports it (`build_from_lerobot`), exports it with a Diffusion-Policy-like `delt
 - source videos: a map-style dataset that, per sample and camera, opens the episode's mp4 with PyAV,
   seeks and decodes the frames at the clamped offsets, as LeRobot's `__getitem__` does (LeRobot itself
   is not installed here), actions and state from memory, in a DataLoader.
-Samples/s, one run each; LeRobot-format datasets are AV1, so most of the baseline's time is AV1 decoding.
+With `--stages`, only the stream with `to_lerobot` as a batch stage (`stream.map_batch`) vs a per-sample
+stage (`stream.map`) vs plain. Samples/s, one run each; LeRobot-format datasets are AV1, so most of the baseline's time is AV1 decoding.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import tempfile
 import time
@@ -93,6 +95,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--baseline-samples", type=int, default=320)
+    ap.add_argument("--stages", action="store_true",
+                    help="only compare, with 0 and 2 workers: the plain StreamLoader, stream.map_batch(to_lerobot) "
+                         "and stream.map(to_lerobot) (frames='uint8')")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-lerobot-"))
     lengths = (a.frames,) * a.episodes
@@ -112,6 +117,15 @@ def main() -> None:
             b = wdspq.to_lerobot(b, frames="uint8")
             yield wdspq.lerobot_frames_to_float(b) if to_float else b
 
+    if a.stages:
+        uint8 = functools.partial(wdspq.to_lerobot, frames="uint8")
+        for workers in (0, 2):
+            stream = wdspq.ShardStream(str(tmp / "shards"), shuffle=True, seed=0)
+            rates = [_rate(wdspq.StreamLoader(s, batch_size=a.batch, num_workers=workers), total)
+                     for s in (stream, stream.map_batch(uint8), stream.map(uint8))]
+            print(f"StreamLoader w{workers}: plain {rates[0]:,.0f} samples/s; map_batch(to_lerobot) {rates[1]:,.0f}; "
+                  f"map(to_lerobot) {rates[2]:,.0f}")
+        return
     for workers in (0, 2):
         stream = wdspq.ShardStream(str(tmp / "shards"), shuffle=True, seed=0)
         rates = [_rate(wdspq.StreamLoader(stream, batch_size=a.batch, num_workers=workers), total)]

@@ -16,8 +16,9 @@ read (README "Training a LeRobot policy on wdspq shards"):
 - `task` -> the task string (a list of strings for a batch), `episode_index` -> the source dataset's
   episode index, `frame_index` (the anchor's row), `timestamp` (float32), `index`, `task_index`.
 
-It is a plain function of one dict, so it works as a stream stage (in the DataLoader workers), on a
-map-style sample, or on a batch after collation.
+It is a plain function of one dict, so it works on a map-style sample, on a batch after collation, or
+as a batch stage of the stream (`stream.map_batch(to_lerobot)`: StreamLoader yields LeRobot batches and
+keeps its fused collate and shared ring); as a per-sample stage (`stream.map`) it costs that fast path.
 """
 
 from __future__ import annotations

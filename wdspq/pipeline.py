@@ -15,10 +15,16 @@ cursor planned next, or the iteration stops with `StageError` at that sample.
 of (stream seed, epoch, `window_index`, the stage's rank among such stages) (`sample_rng`), so an
 augmented window is the same in any topology, with any number of workers and after any resume.
 `torch_generator(rng)` and `torch_seed(rng)` hand that randomness to torch-based augmentation.
+
+`stream.map_batch(f)` adds a batch stage: `StreamLoader` applies `f` to each collated batch, after every
+per-sample stage, in the main process once the batch has crossed from its worker (`apply_batch_stages`),
+so the stream keeps its fused decode + collate and the shared-memory ring. The loader counts the batch
+(window_index) before `f` runs; `f` may change keys and dtypes but must keep the batch size.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -225,6 +231,42 @@ def run_stages(pipeline: DataPipeline, ctx: StageContext) -> Iterator[Any]:
     return _collated(out, ctx.batch_size) if ctx.batch_size is not None else out
 
 
+# -- batch stages -------------------------------------------------------------------------------------------
+
+
+def _leading_sizes(batch: Any) -> set[int]:
+    """The leading sizes of a batch's tensors, arrays and lists (one level into a dict, list or tuple); a
+    list of sample dicts (`collate_fn=list`) has its length."""
+    if isinstance(batch, (list, tuple)) and batch and all(isinstance(x, dict) for x in batch):
+        return {len(batch)}
+    values = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else [batch]
+    sizes = set()
+    for v in values:
+        if isinstance(v, (torch.Tensor, np.ndarray)):
+            if v.ndim == 0:
+                continue
+            sizes.add(int(v.shape[0]))
+        elif isinstance(v, (list, tuple)):
+            sizes.add(len(v))
+    return sizes
+
+
+def apply_batch_stages(batch: Any, stages: Iterable[Callable[[Any], Any]], n: int) -> Any:
+    """`batch` (of `n` samples) through the stream's batch stages in order; StageError when a stage returns
+    nothing or a batch whose tensors, arrays or lists do not all have `n` rows."""
+    for f in stages:
+        out = f(batch)
+        sizes = _leading_sizes(out) if out is not None else set()
+        if out is None or sizes != {n}:
+            got = "None" if out is None else f"leading sizes {sorted(sizes)}" if sizes else \
+                f"a {type(out).__name__} without tensors, arrays or lists"
+            raise StageError(f"batch stage {getattr(f, '__name__', f)!r} returned {got} for a batch of {n} samples: a "
+                             "batch stage must keep the batch size (every tensor, array and list with the batch's "
+                             f"{n} rows); the resumable cursor counts the samples of each batch")
+        batch = out
+    return batch
+
+
 # -- the pipeline class and its fluid interface -----------------------------------------------------------
 
 
@@ -235,7 +277,7 @@ def _stage_name(stage: Any) -> str:
     return getattr(stage, "__name__", None) or type(stage).__name__
 
 
-_BATCHING = "StreamLoader makes the batches (batch_size=...); batch-level work goes in a collate_fn"
+_BATCHING = "StreamLoader makes the batches (batch_size=...); batch-level work goes in stream.map_batch(f)"
 _ORDER = ("the stream orders itself (ShardStream(shuffle=True, seed=..., interleave=...)); a buffer would "
           "hold samples the state counts as delivered")
 _DROP = "the cursor counts every sample; to skip samples, mask them in the training loop"
@@ -310,6 +352,8 @@ class StreamPipeline(DataPipeline, FluidInterface):
     """`webdataset.DataPipeline` + `webdataset.FluidInterface` whose first stages are wdspq's (cursor, read,
     decode). Stages are added with webdataset's API; `map(f, rng=True)` adds per-sample randomness."""
 
+    batch_stages: tuple[Callable[[Any], Any], ...] = ()  # `map_batch`'s functions, applied by StreamLoader
+
     def __init__(self) -> None:
         super().__init__(CursorSource(), ReadRecords(), DecodeSamples())
 
@@ -331,6 +375,17 @@ class StreamPipeline(DataPipeline, FluidInterface):
             return super().map(f, handler=handler)  # type: ignore[no-any-return]
         k = sum(isinstance(s, RandomMap) for s in self.pipeline)
         return self.compose(RandomMap(f, handler, k))  # type: ignore[no-any-return]
+
+    def map_batch(self, f: Callable[[Any], Any]) -> StreamPipeline:
+        """A copy with `f` applied by `StreamLoader` to each collated batch, after all per-sample stages (in
+        the main process, once the batch is out of the worker; the fused decode + collate and the shared
+        ring are kept). `f` must keep the batch size; it may change keys and dtypes (`wdspq.to_lerobot`)."""
+        if not callable(f):
+            raise StageError(f"map_batch takes a function of one batch, got {type(f).__name__}")
+        result = copy.copy(self)
+        result.pipeline = list(self.pipeline)
+        result.batch_stages = (*self.batch_stages, f)
+        return result
 
     def decode(self, *args: Any, **kw: Any) -> StreamPipeline:
         raise StageError("ShardStream.decode: the samples are already decoded tensors (the stream's own decode "

@@ -35,7 +35,7 @@ from .cursor import (
 from .epoch_order import block_size, check_order, default_order, in_shard_order, read_in_order
 from .errors import StateError, WdspqError
 from .handoff import RING_KEY, BatchLayout, BatchRing, batch_tensors
-from .pipeline import ShuffleFlag, StageContext, StreamPipeline, run_stages
+from .pipeline import ShuffleFlag, StageContext, StageError, StreamPipeline, apply_batch_stages, run_stages
 from .reader import SampleReader
 from .shardfmt import Manifest, load_manifest
 
@@ -309,6 +309,9 @@ class ShardStream(StreamPipeline):
         return int(self._control[0]) if self._control is not None else self.epoch
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        if self.batch_stages and self._control is None:
+            raise StageError("this stream has batch stages (map_batch), which StreamLoader applies to its batches: "
+                             "iterate it with wdspq.StreamLoader, or apply the function to your own batches")
         plan, skip, start, j, n_workers = self._current_plan()
         N = plan.topology.workers
         if n_workers != N:
@@ -554,6 +557,7 @@ class StreamLoader(DataLoader):
             return
         ring: BatchRing | None = self.dataset._ring  # type: ignore[attr-defined]
         pin = bool(self.pin_memory) and torch.cuda.is_available()
+        stages = self.dataset.batch_stages  # type: ignore[attr-defined]
         it = super().__iter__()
         if ring is not None and self.persistent_workers:
             ring.reclaim_others(generation)
@@ -569,7 +573,9 @@ class StreamLoader(DataLoader):
                 self._check_generation(generation)
                 if ring is not None and isinstance(batch, dict) and RING_KEY in batch:
                     batch = ring.take(batch, pin)
-                n, wi = _batch_info(batch)
+                n, wi = _batch_info(batch)  # read before the batch stages, which may drop window_index
+                if stages:
+                    batch = apply_batch_stages(batch, stages, n)
                 cursor.record(n, wi)
                 yield batch
                 if cursor.done:
