@@ -34,9 +34,6 @@ from .show import add_show
 COMMANDS: list[Register] = [add_build, add_export, add_verify, add_validate, add_info, add_show, add_demo]
 
 
-# ---------------------------------------------------------------------------------------------------
-
-
 def make_parser() -> argparse.ArgumentParser:
     """The full parser: every function in COMMANDS adds its subcommand."""
     parser = _Parser(

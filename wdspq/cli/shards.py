@@ -24,6 +24,7 @@ from .spec_args import _add_tokenizer, add_spec_args, spec_from_args
 EXIT_FAIL = 1
 
 
+# ---------------------------------------------------------------------------------------------------
 # wdspq export
 
 

@@ -142,6 +142,3 @@ def _explicit_spec(args: argparse.Namespace) -> Any:
         raise WdspqError(f"--delta-timestamps{where}: not valid JSON ({e})") from None
     return WindowSpec.from_delta_timestamps(delta, tolerance_s=args.tolerance_s, boundary=args.boundary,
                                             stride=args.stride, max_text_tokens=args.max_text_tokens)
-
-
-# ---------------------------------------------------------------------------------------------------
