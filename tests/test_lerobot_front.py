@@ -350,7 +350,7 @@ def test_actions_go_by_row_index_and_frames_are_flagged_past_the_episode():
 
 def test_explicit_spec_hashes_cli_takes_tolerance_zero_and_one_row_flags_are_kept():
     from wdspq.cli import UsageError, make_parser
-    from wdspq.cli_shards import spec_from_args
+    from wdspq.cli.spec_args import spec_from_args
 
     a = wdspq.WindowSpec.from_delta_timestamps({"action": [0, 0.1], "cam": [0.0]})
     b = wdspq.WindowSpec.from_delta_timestamps({"cam": (0,), "actions": [0.0, 0.1]})

@@ -601,7 +601,7 @@ def test_sigterm_landing_in_a_finalizer_still_stops_the_export(monkeypatch, caps
 
 _IDLE_WORKERS = """
 import os, signal, sys, time
-from wdspq import cli
+from wdspq.cli import app as cli
 from wdspq.export.pool import Workers
 signal.signal(signal.SIGTERM, cli._on_sigterm)  # as under `wdspq export`
 pool = Workers(2, {})

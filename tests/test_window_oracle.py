@@ -413,8 +413,7 @@ def test_oracle_lerobot_import_every_window(tmp_path, tokenizer_path):
 def test_cli_spec_flag_obs_align():
     import argparse
 
-    import wdspq.cli  # noqa: F401  (wdspq.cli_shards is imported through the CLI package's entry module)
-    from wdspq.cli_shards import add_spec_args, spec_from_args
+    from wdspq.cli.spec_args import add_spec_args, spec_from_args
 
     p = argparse.ArgumentParser()
     add_spec_args(p)

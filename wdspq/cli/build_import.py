@@ -1,25 +1,19 @@
-"""`wdspq build lerobot` and `wdspq build robomimic`: registered in wdspq.cli's BUILD_SOURCES.
-
-Helpers are taken from wdspq.cli at parser-build time (not import time), as in cli_shards.
-"""
+"""`wdspq build lerobot` and `wdspq build robomimic`: registered in cli.build's BUILD_SOURCES."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from . import cli as _cli
-
-
-def episodes_arg(text: str) -> list[int]:
-    """argparse type of `--episodes 0,3,5-9` (shared by the builders that select episodes)."""
-    from .build.common import parse_episodes
-    from .errors import SchemaError
-
-    try:
-        return parse_episodes(text)
-    except SchemaError as e:
-        raise argparse.ArgumentTypeError(str(e).removeprefix("--episodes: ")) from None
+from .common import (
+    _add_progress,
+    _desc,
+    _formatter,
+    _positive_float,
+    _progress,
+    episodes_arg,
+)
+from .summary import _report_built
 
 
 def _add_selection(p: argparse.ArgumentParser, what: str) -> None:
@@ -29,14 +23,14 @@ def _add_selection(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--video-codec", choices=("ffv1", "h264"), default="ffv1",
                    help="clip codec of the table: ffv1 (default, lossless: frames equal the decoded source frames) "
                         "or h264 (lossy yuv420p, ~10x smaller)")
-    _cli._add_progress(p)
+    _add_progress(p)
 
 
 def add_build_lerobot(sub: Any) -> None:
     p = sub.add_parser(
         "lerobot",
         help="import a local LeRobot dataset folder (codebase v2.0, v2.1, v3.0)",
-        description=_cli._desc(
+        description=_desc(
             "Import a LeRobot dataset folder (nothing is downloaded; e.g. a folder from the Hugging Face cache). "
             "The layout is read from meta/info.json (codebase_version, fps, features, path templates). "
             "`action` becomes the actions stream; every other float feature (observation.state, ...) a signal "
@@ -46,7 +40,7 @@ def add_build_lerobot(sub: Any) -> None:
             "their from/to timestamps, then re-encoded one clip per episode and camera. meta/stats.json is kept "
             "in the table's metadata. Details: docs/importers.md."
         ),
-        formatter_class=_cli._formatter,
+        formatter_class=_formatter,
     )
     p.add_argument("dataset", metavar="DATASET_DIR", help="the LeRobot dataset folder (holding meta/info.json)")
     p.add_argument("out", metavar="OUT", help="table file to write")
@@ -55,18 +49,18 @@ def add_build_lerobot(sub: Any) -> None:
 
 
 def run_build_lerobot(args: argparse.Namespace) -> int:
-    from .build import build_from_lerobot
+    from ..build import build_from_lerobot
 
     build_from_lerobot(args.dataset, args.out, episodes=args.episodes, split=args.split, video_codec=args.video_codec,
-                       progress=_cli._progress(args), overwrite=args.overwrite)
-    return _cli._report_built(args.out)
+                       progress=_progress(args), overwrite=args.overwrite)
+    return _report_built(args.out)
 
 
 def add_build_robomimic(sub: Any) -> None:
     p = sub.add_parser(
         "robomimic",
         help="import a robomimic HDF5 file (data/demo_N, mask/train|valid)",
-        description=_cli._desc(
+        description=_desc(
             "Import a robomimic file: data/demo_N/actions -> actions; each obs key of (T, H, W, 3) uint8 "
             "(agentview_image, ...) -> a camera of that name; every other numeric obs key -> a signal stream of "
             "that name (one stream per key, flattened; depth maps are skipped and listed in the metadata). Row i "
@@ -75,19 +69,19 @@ def add_build_robomimic(sub: Any) -> None:
             "column (train, then valid, else the first filter key); --split takes any filter key. "
             "Details: docs/importers.md."
         ),
-        formatter_class=_cli._formatter,
+        formatter_class=_formatter,
     )
     p.add_argument("file", metavar="FILE.hdf5", help="the robomimic HDF5 file")
     p.add_argument("out", metavar="OUT", help="table file to write")
-    p.add_argument("--rate", type=_cli._positive_float, metavar="HZ", help="control rate (default: from env_args)")
+    p.add_argument("--rate", type=_positive_float, metavar="HZ", help="control rate (default: from env_args)")
     p.add_argument("--text", metavar="SENTENCE", help="task sentence for every episode (default: from the file)")
     _add_selection(p, "demos (by N of demo_N)")
     p.set_defaults(func=run_build_robomimic)
 
 
 def run_build_robomimic(args: argparse.Namespace) -> int:
-    from .build import build_from_robomimic
+    from ..build import build_from_robomimic
 
     build_from_robomimic(args.file, args.out, rate=args.rate, text=args.text, episodes=args.episodes, split=args.split,
-                         video_codec=args.video_codec, progress=_cli._progress(args), overwrite=args.overwrite)
-    return _cli._report_built(args.out)
+                         video_codec=args.video_codec, progress=_progress(args), overwrite=args.overwrite)
+    return _report_built(args.out)

@@ -6,16 +6,20 @@ import argparse
 import os
 from typing import Any
 
-from . import cli as _cli
-from .cli_shards import add_spec_args, spec_from_args
-from .errors import WdspqError
+from ..errors import WdspqError
+from .common import (
+    _desc,
+    _formatter,
+    _int_at_least,
+)
+from .spec_args import add_spec_args, spec_from_args
 
 
 def add_show(sub: Any) -> None:
     p = sub.add_parser(
         "show",
         help="draw a window, an episode or an export's statistics as a PNG",
-        description=_cli._desc(
+        description=_desc(
             "--window I: window I of a table or an export: per camera its frames at their offsets (masked "
             "frames hatched grey, each labelled with its offset and time relative to t0), the images, the "
             "actions and every observation stream against time (masked rows shaded), the task text and "
@@ -26,12 +30,12 @@ def add_show(sub: Any) -> None:
             "--stats (export): per stream and dimension mean ± std and min/max from the manifest.\n\n"
             "Needs matplotlib: pip install 'wdspq[viz]'."
         ),
-        formatter_class=_cli._formatter,
+        formatter_class=_formatter,
     )
     p.add_argument("source", metavar="TABLE|SHARDS", help="a table file, or an export folder / manifest / s3:// prefix")
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--window", type=_cli._int_at_least(0), metavar="I", help="draw window I")
-    what.add_argument("--episode", type=_cli._int_at_least(0), metavar="E", help="draw episode E (table)")
+    what.add_argument("--window", type=_int_at_least(0), metavar="I", help="draw window I")
+    what.add_argument("--episode", type=_int_at_least(0), metavar="E", help="draw episode E (table)")
     what.add_argument("--stats", action="store_true", help="draw the export's statistics (shards)")
     p.add_argument("-o", "--out", required=True, metavar="PNG", help="the picture to write")
     add_spec_args(p, "window spec (for a table, as given to export; an export uses its own)")
@@ -45,7 +49,7 @@ def _is_export(src: str) -> bool:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from . import viz
+    from .. import viz
 
     src, out = str(args.source), str(args.out)
     if os.path.exists(out) and not args.overwrite:
@@ -58,15 +62,15 @@ def run_show(args: argparse.Namespace) -> int:
             raise WdspqError(f"{src}: --stats draws an export's manifest statistics; give the export folder")
         import json
 
-        from .schema import TableMeta
-        from .shardfmt import load_manifest
+        from ..schema import TableMeta
+        from ..shardfmt import load_manifest
 
         m = load_manifest(src)
         viz.show_stats(m.data["stats"], out, TableMeta.from_json(json.dumps(m.data["table_meta"])))
     elif args.episode is not None:
         if _is_export(src):
             raise WdspqError(f"{src}: --episode needs the table (an export holds windows, not episodes)")
-        from .table_dataset import ParquetWindowDataset
+        from ..table_dataset import ParquetWindowDataset
 
         ds = ParquetWindowDataset(src, spec_from_args(args), tokenizer=args.tokenizer)
         viz.show_episode(ds, args.episode, out)
