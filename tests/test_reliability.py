@@ -636,3 +636,34 @@ print("closed", flush=True)
 def test_an_aborted_pool_does_not_wait_for_running_jobs():
     res = run([sys.executable, "-c", _BUSY_WORKERS], timeout=120)  # the jobs would take 10 minutes
     assert res.returncode == 0 and res.stdout == "closed\n" and res.stderr == "", res
+
+
+@pytest.mark.parametrize("signalled", [True, False])
+def test_a_broken_worker_pool_is_one_line_and_counts_as_interrupted_after_sigterm(monkeypatch, capsys, signalled):
+    """A SIGTERM sent to the whole group can kill a pool worker before the export process acts on its own
+    SIGTERM: the pool breaks first. That is the one-line "interrupted" exit (130), never a traceback; a
+    worker that died without a SIGTERM is a one-line error (2)."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from wdspq import interrupt
+    from wdspq.cli import app
+
+    def broken(_args):
+        if signalled:
+            interrupt._requested.set()  # what the SIGTERM handler records
+        raise BrokenProcessPool("A child process terminated abruptly")
+
+    def register(sub):
+        sub.add_parser("boom").set_defaults(func=broken)
+
+    monkeypatch.setattr(app, "COMMANDS", [*app.COMMANDS, register])
+    try:
+        code = app._run(["boom"], False, "")
+    finally:
+        interrupt.reset()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    if signalled:
+        assert code == 130 and err[0].startswith("wdspq: interrupted")
+    else:
+        assert code == 2 and "worker process died" in err[0]

@@ -6,8 +6,10 @@ import argparse
 import os
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Sequence
+from concurrent.futures import BrokenExecutor
 from typing import Any
 
 from .. import interrupt
@@ -153,3 +155,15 @@ def _run(args_list: list[str], debug: bool, hint: str) -> int:
             traceback.print_exc()
         print(f"wdspq: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenExecutor as e:  # a worker process died: most often the SIGTERM sent to the whole group
+        if debug:
+            traceback.print_exc()
+        deadline = time.monotonic() + 1.0  # our own SIGTERM may land a moment after the pool noticed
+        while not interrupt.requested() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if interrupt.requested():
+            print(f"wdspq: interrupted{hint}", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        print(f"wdspq: error: a worker process died unexpectedly ({type(e).__name__}: {_one_line(str(e))}){hint}",
+              file=sys.stderr)
+        return EXIT_ERROR
