@@ -23,8 +23,8 @@ import pytest
 from wdspq import ShardStream, StreamLoader, WindowSpec, export_shards
 from wdspq.build import build_synthetic
 from wdspq.errors import ShardError, WdspqError
-from wdspq.reader import SampleReader, SkippedSamplesWarning
 from wdspq.shardfmt import RAW, load_manifest, read_run
+from wdspq.stream.reader import SampleReader, SkippedSamplesWarning
 
 SHARD = 1  # the shard each fault damages (a full one, not the last)
 SPS = 8  # samples per shard

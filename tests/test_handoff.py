@@ -1,4 +1,4 @@
-"""The worker -> main hand-off (wdspq.handoff): reusable shared-memory blocks never change a batch, a full ring
+"""The worker -> main hand-off (wdspq.stream.ring): reusable shared-memory blocks never change a batch, a full ring
 falls back to fresh segments, and abandoned iterations give their blocks back."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import wdspq
-from wdspq.handoff import BatchRing
+from wdspq.stream.ring import BatchRing
 
 SPEC = wdspq.WindowSpec(acts_length_sec=0.5, obs_length_sec=0.5, video_frame_offsets=[-1, 0])
 

@@ -23,8 +23,8 @@ from pipeline_child import batch_digest, make_loader, make_stream, take, window_
 from stream_child import make_export
 
 import wdspq
-from wdspq.pipeline import StageError
 from wdspq.shardfmt import load_manifest
+from wdspq.stream.pipeline import StageError
 
 HERE = Path(__file__).resolve().parent
 B = 8

@@ -274,7 +274,7 @@ def test_corrupt_zstd_member_and_index_are_named(exports, tmp_path):
     with pytest.raises(ShardError, match=r"shard-000001\.tar, sample 3, member 'sample\.npy\.zst'"):
         list(wdspq.shardfmt.read_run(load_manifest(str(src)), 1, 0, 8))
     skipping = wdspq.ShardStream(src, seed=0, on_error="skip")
-    with pytest.warns(wdspq.reader.SkippedSamplesWarning):
+    with pytest.warns(wdspq.stream.reader.SkippedSamplesWarning):
         got = [int(s["window_index"]) for s in skipping]
     assert got.count(-1) == 1 and len(got) == m.num_windows
     ix = src / m.shards[2]["index"]["name"]

@@ -36,10 +36,10 @@ _LAZY = {
     "ShardStream": "stream",
     "StreamLoader": "stream",
     "Source": "mixture",
-    "StageError": "pipeline",
-    "sample_rng": "pipeline",
-    "torch_generator": "pipeline",
-    "torch_seed": "pipeline",
+    "StageError": "stream",
+    "sample_rng": "stream",
+    "torch_generator": "stream",
+    "torch_seed": "stream",
     "ParquetWindowDataset": "table_dataset",
     # writing your own importer (README "Writing your own importer")
     "TableWriter": "schema",
@@ -58,7 +58,7 @@ _LAZY = {
     "lerobot_frames_to_float": "lerobot_front",
     "lerobot_stats": "lerobot_front",
 }
-_SUBMODULES = ("build", "cursor", "export", "media", "mixture", "normalize", "pipeline", "schema", "shardfmt", "storage", "stream",
+_SUBMODULES = ("build", "cursor", "export", "media", "mixture", "normalize", "schema", "shardfmt", "storage", "stream",
                "table_dataset", "text", "validate", "viz", "windows")
 
 __all__ = [

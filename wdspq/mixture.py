@@ -1,6 +1,6 @@
 """Weighted mixtures of exports: `Source`, the epoch's stratified schedule and the per-source pass order.
 
-Pure functions and small readers behind `MixtureStream` (wdspq.mixture_stream; docs/mixtures.md):
+Pure functions and small readers behind `MixtureStream` (wdspq.stream.mixture; docs/mixtures.md):
 
 * **Schedule.** An epoch is ``samples_per_epoch`` positions. Source ``j`` gets ``n_j`` of them (the
   weights apportioned by largest remainder); its ``k``-th sample of the epoch sits at the rank of the key
@@ -30,8 +30,8 @@ import numpy as np
 from .cursor import epoch_shard_order
 from .epoch_order import block_size, check_order, default_order, in_shard_order, read_in_order
 from .errors import WdspqError
-from .reader import SampleReader
 from .shardfmt import Manifest, load_manifest
+from .stream.reader import SampleReader
 
 SOURCE_KEY = "source_index"
 _SEED_TAG = 0x6D6978  # "mix": a source's order seed differs from any other use of the stream seed

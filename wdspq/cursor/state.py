@@ -302,7 +302,7 @@ def merge_states(states: Sequence[CursorState | Mapping[str, Any]]) -> dict[str,
         missing = [r for r in range(merged.topology.world_size) if r not in known]
         raise StateError(f"cannot merge states: no state for rank(s) {missing} (have {known})")
     out = merged.to_dict()
-    # a mixture's states also name its sources (wdspq.mixture_stream): kept when every state names the same
+    # a mixture's states also name its sources (wdspq.stream.mixture): kept when every state names the same
     extra = [s.get("mixture") if isinstance(s, Mapping) else None for s in states]
     if extra[0] is not None and all(e == extra[0] for e in extra):
         out["mixture"] = extra[0]

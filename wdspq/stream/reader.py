@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ExportChangedError, ShardError, StorageError, WdspqError
-from .shardfmt import Manifest, SampleCodec, read_records, read_run
+from ..errors import ExportChangedError, ShardError, StorageError, WdspqError
+from ..shardfmt import Manifest, SampleCodec, read_records, read_run
 
 logger = logging.getLogger("wdspq")
 

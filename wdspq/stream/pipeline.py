@@ -41,11 +41,11 @@ from webdataset.filters import reraise_exception
 from webdataset.pipeline import DataPipeline
 from webdataset.utils import PipelineStage
 
-from .errors import WdspqError
+from ..errors import WdspqError
 
 if TYPE_CHECKING:
-    from .cursor import Plan
-    from .stream import ShardStream
+    from ..cursor import Plan
+    from .dataset import ShardStream
 
 _RNG_TAG = 0x77647370  # "wdsp": keeps these generators apart from other uses of the same seed
 

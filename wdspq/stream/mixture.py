@@ -22,10 +22,9 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
-from .cursor import Plan, Topology
-from .errors import StateError, WdspqError
-from .handoff import batch_tensors
-from .mixture import (
+from ..cursor import Plan, Topology
+from ..errors import StateError, WdspqError
+from ..mixture import (
     SOURCE_KEY,
     Schedule,
     Source,
@@ -34,7 +33,8 @@ from .mixture import (
     mixture_id,
     union_schema,
 )
-from .stream import ShardStream, _close, dist_topology
+from .dataset import ShardStream, _close, dist_topology
+from .ring import batch_tensors
 
 MIXTURE_STATE_KEY = "mixture"
 
@@ -214,7 +214,7 @@ class MixtureStream(ShardStream):
     def stats(self) -> list[dict[str, dict[str, torch.Tensor]]]:  # type: ignore[override]
         """Per source (index = `source_index`): its export's statistics, keys renamed. Pass the list to
         `wdspq.Normalize`, which then normalises each sample by its own source's statistics."""
-        from .normalize import stats_tensors
+        from ..normalize import stats_tensors
 
         out = []
         for r in self.readers:

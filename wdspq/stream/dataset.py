@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, get_worker_info
 
-from .cursor import (
+from ..cursor import (
     CursorState,
     Plan,
     RankCursor,
@@ -32,12 +32,12 @@ from .cursor import (
     new_epoch_state,
     resume,
 )
-from .epoch_order import block_size, check_order, default_order, in_shard_order, read_in_order
-from .errors import StateError, WdspqError
-from .handoff import RING_KEY, BatchLayout, BatchRing, batch_tensors
+from ..epoch_order import block_size, check_order, default_order, in_shard_order, read_in_order
+from ..errors import StateError, WdspqError
+from ..shardfmt import Manifest, load_manifest
 from .pipeline import ShuffleFlag, StageContext, StageError, StreamPipeline, apply_batch_stages, run_stages
 from .reader import SampleReader
-from .shardfmt import Manifest, load_manifest
+from .ring import RING_KEY, BatchLayout, BatchRing, batch_tensors
 
 
 def dist_topology(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -63,7 +63,7 @@ def dist_topology(rank: int | None = None, world_size: int | None = None) -> tup
 class ShardStream(StreamPipeline):
     """Stream the samples of an export (a shard folder, a manifest path, or `s3://bucket/prefix`).
 
-    A `webdataset.DataPipeline` (cursor, ranged read and decode stages; wdspq.pipeline, docs/stages.md):
+    A `webdataset.DataPipeline` (cursor, ranged read and decode stages; wdspq.stream.pipeline, docs/stages.md):
     add one-in, one-out stages with webdataset's API, `stream.map(f, rng=True)` for per-sample randomness.
 
     Yields the same sample dicts (torch tensors, same keys, dtypes, shapes and values) as
@@ -74,7 +74,7 @@ class ShardStream(StreamPipeline):
     `on_error`: `"raise"` (default) raises ShardError naming the shard and member of a bad sample;
     `"skip"` replaces each bad sample by a placeholder (zeros, masks false, `window_index` and
     `episode_index` -1) so batches and the cursor stay exact, warns once per worker and logs the count
-    (wdspq.reader). `verify_checksums=True` checks each shard's size and sha256 against the manifest
+    (wdspq.stream.reader). `verify_checksums=True` checks each shard's size and sha256 against the manifest
     before its first read in a process.
 
     `shard_order`: `"block"` (default with `shuffle=True`): every epoch reads each shard in a new order,
@@ -85,9 +85,9 @@ class ShardStream(StreamPipeline):
 
     def __new__(cls, source: Any = None, *args: Any, **kwargs: Any) -> ShardStream:
         """`ShardStream([Source, ...])` (a list of sources, or one `Source`) is a weighted mixture of exports
-        (wdspq.mixture_stream.MixtureStream, docs/mixtures.md); a path is one export, as always."""
+        (wdspq.stream.mixture.MixtureStream, docs/mixtures.md); a path is one export, as always."""
         if cls is ShardStream and _is_mixture_source(source):
-            from .mixture_stream import MixtureStream
+            from .mixture import MixtureStream
 
             return super().__new__(MixtureStream)
         return super().__new__(cls)
@@ -146,7 +146,7 @@ class ShardStream(StreamPipeline):
     def stats(self) -> dict[str, dict[str, torch.Tensor]]:
         """The export's normalisation statistics per stream ({count, mean, std, min, max} tensors; see
         `wdspq.Normalize`), read from the manifest (checked against its sha256 when it was loaded)."""
-        from .normalize import stats_tensors
+        from ..normalize import stats_tensors
 
         if "stats" not in self.manifest.data:
             raise WdspqError(f"{self.manifest.url}: this export records no statistics")
@@ -320,11 +320,11 @@ class ShardStream(StreamPipeline):
         slot = plan.topology.slot(self.rank, w)
         ctx = StageContext(self, plan, slot, int(skip[slot] or 0), self._current_epoch(),
                            plan.topology.batch_size if self._batched else None)
-        yield from run_stages(self, ctx)  # wdspq.pipeline: cursor, read, decode, then the user's stages
+        yield from run_stages(self, ctx)  # wdspq.stream.pipeline: cursor, read, decode, then the user's stages
 
 
 def _is_mixture_source(source: Any) -> bool:
-    from .mixture import Source
+    from ..mixture import Source
 
     return isinstance(source, (list, tuple, Source))
 
@@ -379,7 +379,7 @@ class StreamLoader(DataLoader):
     - `prefetch_factor` defaults to 4 batches per worker when the ring is used (DataLoader's own default, 2,
       otherwise: batches in fresh segments then take no more shared memory than a plain DataLoader's).
     - `shared_ring` (default True): with workers, batches travel through reusable shared-memory blocks
-      (wdspq.handoff) instead of a fresh segment each; the batches are the same either way.
+      (wdspq.stream.ring) instead of a fresh segment each; the batches are the same either way.
     """
 
     def __init__(
