@@ -651,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
     import webdataset  # noqa: F401
 
     import wdspq.export  # noqa: F401
-    import wdspq.stream.dataset  # noqa: F401
+    import wdspq.stream.loader  # noqa: F401
     import wdspq.table_dataset  # noqa: F401
 
     machine = machine_info()

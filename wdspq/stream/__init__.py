@@ -21,7 +21,7 @@ from typing import Any
 _LAZY = {
     "ShardStream": "dataset",
     "dist_topology": "dataset",
-    "StreamLoader": "dataset",
+    "StreamLoader": "loader",
     "MixtureStream": "mixture",
     "SampleReader": "reader",
     "SkippedSamplesWarning": "reader",
