@@ -33,8 +33,6 @@ CYCLE_EDGES_ALLOWED = {
     ("wdspq.shardfmt.tuning", "wdspq.shardfmt.encoding"),
     # the exporter decodes episodes through the map-style dataset, which calls back into export.stats
     ("wdspq.table_dataset", "wdspq.export.stats"),
-    # ShardStream([Source, ...]) dispatches to MixtureStream, a ShardStream subclass (a factory module would cut it)
-    ("wdspq.stream.dataset", "wdspq.stream.mixture"),
 }
 
 

@@ -34,8 +34,16 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
+# Loaded with ShardStream: the kinds of stream `ShardStream(source)` builds for other sources, registered as
+# their modules load (`ShardStream([Source, ...])` is a MixtureStream).
+_KINDS = ("mixture",)
+
+
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
+        if name == "ShardStream":
+            for kind in _KINDS:
+                importlib.import_module(f".{kind}", __name__)
         value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value
         return value

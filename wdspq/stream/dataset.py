@@ -8,10 +8,11 @@ byte offsets from the shard indexes (R5).
 
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from ..cursor import (
 from ..epoch_order import block_size, check_order, default_order, in_shard_order, read_in_order
 from ..errors import StateError, WdspqError
 from ..shardfmt import Manifest, load_manifest
+from .control import ControlBlock
 from .pipeline import ShuffleFlag, StageContext, StageError, StreamPipeline, run_stages
 from .reader import SampleReader
 from .ring import BatchRing, batch_tensors
@@ -76,13 +78,26 @@ class ShardStream(StreamPipeline):
     to back, whole, in the same order every epoch (the version 1 order; README "Epoch order").
     """
 
+    # The kinds of stream `ShardStream(source)` may build instead of itself: each subclass that defines
+    # `accepts(source)` registers here when its module loads (MixtureStream, for a list of Sources, in
+    # stream/mixture.py). `wdspq.stream` loads them with ShardStream, so this module imports none of them.
+    _kinds: ClassVar[list[type[ShardStream]]] = []
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "accepts" in vars(cls):
+            ShardStream._kinds.append(cls)
+
     def __new__(cls, source: Any = None, *args: Any, **kwargs: Any) -> ShardStream:
         """`ShardStream([Source, ...])` (a list of sources, or one `Source`) is a weighted mixture of exports
         (wdspq.stream.mixture.MixtureStream, docs/mixtures.md); a path is one export, as always."""
-        if cls is ShardStream and _is_mixture_source(source):
-            from .mixture import MixtureStream
-
-            return super().__new__(MixtureStream)
+        if cls is ShardStream:
+            for kind in ShardStream._kinds:
+                if kind.accepts(source):
+                    return super().__new__(kind)
+            if isinstance(source, (list, tuple)):
+                raise WdspqError("a list of sources is a mixture: build it with wdspq.ShardStream([...]) (this "
+                                 "ShardStream came from wdspq.stream.dataset, which leaves wdspq.stream.mixture unloaded)")
         return super().__new__(cls)
 
     def __init__(
@@ -109,6 +124,14 @@ class ShardStream(StreamPipeline):
         self.manifest.warn_old_window_rules()
         self.shuffle = ShuffleFlag(shuffle)  # a bool to read; calling it (webdataset's shuffle) is refused
         self.shard_order = check_order(shard_order or default_order(bool(shuffle)), bool(shuffle))
+        self._init_common(seed, interleave, even, rank, world_size)
+        self._codec = self.manifest.codec()
+        self._reader = SampleReader(self.manifest, self._codec, on_error, verify_checksums)
+        self._blocks = [block_size(int(e["samples"]), e.get("bytes")) for e in self.manifest.shards]
+
+    def _init_common(self, seed: int, interleave: int, even: str, rank: int | None, world_size: int | None) -> None:
+        """The settings every kind of stream (one export, a mixture) takes alike, validated now; and the
+        loader's attachments, unset until a StreamLoader makes its view (`loader_view`)."""
         self.seed = int(seed)
         if self.seed < 0:
             raise WdspqError(f"seed must be >= 0, got {seed}")
@@ -116,15 +139,12 @@ class ShardStream(StreamPipeline):
         self.even = even
         self.rank, self.world_size = dist_topology(rank, world_size)
         self.epoch = 0
-        self._codec = self.manifest.codec()
-        self._reader = SampleReader(self.manifest, self._codec, on_error, verify_checksums)
-        self._control: torch.Tensor | None = None  # set by StreamLoader: the plan of the next iteration
-        self._batched = False  # set by StreamLoader: collate in the worker (default collation only)
-        self._ring: BatchRing | None = None  # set by StreamLoader: reusable shared blocks for worker batches
+        self._control: torch.Tensor | None = None  # a loader view's: the packed ControlBlock of the next iteration
+        self._batched = False  # a loader view's: collate in the worker (default collation only)
+        self._ring: BatchRing | None = None  # a loader view's: reusable shared blocks for worker batches
         self._ring_generation = 0
-        self._topology: Topology | None = None
+        self._topology: Topology | None = None  # a loader view's: the loader's topology
         self._order_epoch = 0  # epoch of the iteration being read (its in-shard orders)
-        self._blocks = [block_size(int(e["samples"]), e.get("bytes")) for e in self.manifest.shards]
         Topology(world_size=self.world_size, interleave=self.interleave, even=even)  # validate early
 
     # -- identity ------------------------------------------------------------------------------------
@@ -166,6 +186,27 @@ class ShardStream(StreamPipeline):
     def in_shard_order(self, shard: int, epoch: int) -> np.ndarray:
         """Sample positions of `shard` in the order epoch `epoch` reads them (wdspq.epoch_order)."""
         return in_shard_order(self.seed, epoch, shard, self.shard_sizes[shard], self._blocks[shard], self.shard_order)
+
+    # -- the loader's view ---------------------------------------------------------------------------
+    def loader_view(self, topology: Topology, batched: bool) -> ShardStream:
+        """The copy of this stream a StreamLoader hands to its DataLoader: its workers plan each iteration
+        from a shared control block under `topology` (written by `publish`), and collate their batches
+        themselves when `batched` (default collation)."""
+        view = copy.copy(self)
+        view._topology = topology
+        size = ControlBlock.size(len(self.shard_sizes), topology.n_slots, topology.world_size)
+        view._control = torch.zeros(size, dtype=torch.int64).share_memory_()
+        view._batched = bool(batched)
+        return view
+
+    def publish(self, block: ControlBlock) -> None:
+        """Hand the next iteration's plan to the workers (a loader view, in the main process)."""
+        assert self._control is not None and self._topology is not None, "publish() is for a loader_view()"
+        self._control.copy_(torch.tensor(block.pack(self._topology.n_slots), dtype=torch.int64))
+
+    def attach_ring(self, ring: BatchRing | None) -> None:
+        """Send the workers' batches through `ring` (a loader view; None: a fresh shared segment per batch)."""
+        self._ring = ring
 
     # -- reading -------------------------------------------------------------------------------------
     def _slot_items(self, plan: Plan, slot: int, skip: int, raw: bool,
@@ -281,25 +322,16 @@ class ShardStream(StreamPipeline):
             r = resume(self.fresh_state(self.epoch, topo), self.shard_sizes, topo, self.rank, self._blocks)
             self._order_epoch = self.epoch
             return r.plan, r.skip, r.start_worker, j, n_workers
-        c = self._control.tolist()
-        n = len(self.shard_sizes)
         topo = self._topology
         assert topo is not None
-        epoch, base = int(c[0]), c[1 : 1 + n]
-        n_consumed = int(c[1 + n])
-        consumed = [c[2 + n + 3 * i : 5 + n + 3 * i] for i in range(n_consumed)]
-        at = 2 + n + 3 * _consumed_capacity(n, topo.n_slots)
-        skip = c[at : at + topo.n_slots]
-        start = c[at + topo.n_slots : -1]
-        self._ring_generation = int(c[-1])
-        self._order_epoch = epoch
-        order = epoch_shard_order(n, self.seed, epoch, bool(self.shuffle))
-        plan = Plan.build(self.shard_sizes, base, order, topo, consumed, self.shard_order == "block", self._blocks)
-        return plan, skip, start, j, n_workers
-
-    def _current_epoch(self) -> int:
-        """Epoch of this iteration: the loader's control block (its first entry), else `set_epoch`'s."""
-        return int(self._control[0]) if self._control is not None else self.epoch
+        n = len(self.shard_sizes)
+        block = ControlBlock.unpack(self._control.tolist(), n, topo.n_slots)
+        self._ring_generation = block.generation
+        self._order_epoch = block.epoch
+        order = epoch_shard_order(n, self.seed, block.epoch, bool(self.shuffle))
+        plan = Plan.build(self.shard_sizes, block.base, order, topo, block.consumed, self.shard_order == "block",
+                          self._blocks)
+        return plan, block.skip, block.start_worker, j, n_workers
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         if self.batch_stages and self._control is None:
@@ -311,21 +343,9 @@ class ShardStream(StreamPipeline):
             raise StateError(f"the stream was planned for {N} workers but runs in {n_workers}")
         w = (j + int(start[self.rank] or 0)) % N
         slot = plan.topology.slot(self.rank, w)
-        ctx = StageContext(self, plan, slot, int(skip[slot] or 0), self._current_epoch(),
+        ctx = StageContext(self, plan, slot, int(skip[slot] or 0), self._order_epoch,
                            plan.topology.batch_size if self._batched else None)
         yield from run_stages(self, ctx)  # wdspq.stream.pipeline: cursor, read, decode, then the user's stages
-
-
-def _is_mixture_source(source: Any) -> bool:
-    from ..mixture import Source
-
-    return isinstance(source, (list, tuple, Source))
-
-
-def _consumed_capacity(n_shards: int, n_slots: int) -> int:
-    """Consumed ranges the loader's control block can carry to its workers (a state has at most one per
-    piece of an earlier segment, and pieces number at most shards + 2 x slots)."""
-    return n_shards + 8 * n_slots + 256
 
 
 def _close(it: Any) -> None:

@@ -6,7 +6,6 @@ or batch size, finishes the epoch exactly once (R4).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,7 +15,8 @@ from torch.utils.data import DataLoader
 
 from ..cursor import CursorState, RankCursor, Topology, check_compatible, merge_states, resume
 from ..errors import StateError, WdspqError
-from .dataset import ShardStream, _consumed_capacity
+from .control import ControlBlock
+from .dataset import ShardStream
 from .pipeline import apply_batch_stages
 from .ring import RING_KEY, BatchLayout, BatchRing
 
@@ -69,7 +69,6 @@ class StreamLoader(DataLoader):
             raise WdspqError("StreamLoader does not take in_order=False: the state counts batches in the plan's order")
         if batch_size is None or int(batch_size) < 1:
             raise WdspqError(f"batch_size must be >= 1, got {batch_size}")
-        view = copy.copy(stream)
         topo = Topology(
             world_size=stream.world_size,
             num_workers=int(num_workers),
@@ -77,26 +76,21 @@ class StreamLoader(DataLoader):
             interleave=int(interleave if interleave is not None else stream.interleave),
             even=even if even is not None else stream.even,
         )
-        n = len(stream.shard_sizes)
-        view._topology = topo
-        # The plan of the next iteration, [epoch, base per shard, number of consumed ranges, consumed ranges
-        # (shard, start, end; capacity-padded), skip per slot, start worker per rank, ring generation], written
-        # by the main process before each iter() and read by every worker (persistent ones too) at __iter__.
-        size = 3 + n + 3 * _consumed_capacity(n, topo.n_slots) + topo.n_slots + topo.world_size
-        view._control = torch.zeros(size, dtype=torch.int64).share_memory_()
         # Default collation happens inside the stream (vectorised, in the workers); a custom collate_fn
-        # gets the per-sample path with the DataLoader's own batching.
-        view._batched = collate_fn is None
+        # gets the per-sample path with the DataLoader's own batching. The view's workers read the plan of
+        # each iteration from the control block this loader publishes before it starts (`_prepare`).
+        batched = collate_fn is None
+        view = stream.loader_view(topo, batched)
         workers = int(num_workers)
         ring_layout, per_worker = None, 0
-        if view._batched and workers > 0 and shared_ring and not stream.user_stages:  # user stages: default_collate
+        if batched and workers > 0 and shared_ring and not stream.user_stages:  # user stages: default_collate
             ring_layout = BatchLayout.of(stream._codec.dtype, stream._codec.schema, topo.batch_size)
             per_worker = int(dataloader_kwargs.get("prefetch_factor") or DEFAULT_PREFETCH) + 2  # a block per batch in flight
             if not BatchRing.fits(ring_layout.nbytes * per_worker * workers):
                 ring_layout = None  # too big for this machine's shared memory: fresh segments, DataLoader's prefetch
         if ring_layout is not None:  # whole batches per fetch: a deeper queue smooths their uneven cost (+5 % here)
             dataloader_kwargs.setdefault("prefetch_factor", DEFAULT_PREFETCH)
-        super().__init__(view, batch_size=None if view._batched else int(batch_size), num_workers=workers,
+        super().__init__(view, batch_size=None if batched else int(batch_size), num_workers=workers,
                          collate_fn=collate_fn, **dataloader_kwargs)
         self.stream = stream
         self.topology = topo
@@ -107,7 +101,7 @@ class StreamLoader(DataLoader):
         self._cursor: RankCursor | None = None
         self._generation = 0
         if ring_layout is not None:
-            view._ring = BatchRing(ring_layout, workers, per_worker, self.multiprocessing_context)
+            view.attach_ring(BatchRing(ring_layout, workers, per_worker, self.multiprocessing_context))
 
     @property
     def batch_size(self) -> int | None:  # type: ignore[override]
@@ -164,7 +158,7 @@ class StreamLoader(DataLoader):
         st = check_compatible(state, m.id, m.spec_id, self.stream.seed, bool(self.stream.shuffle), len(m.shards),
                               self.stream.shard_order)
         r = resume(st, self.stream.shard_sizes, self.topology, self.rank, self.stream._blocks)  # fail now, not at iter(), if unusable
-        cap = _consumed_capacity(len(m.shards), self.topology.n_slots)
+        cap = ControlBlock.capacity(len(m.shards), self.topology.n_slots)
         if len(r.state.consumed) > cap:
             raise StateError(f"this state has {len(r.state.consumed)} consumed ranges, more than this loader carries "
                              f"to its workers ({cap}): resume it with more workers, or finish the epoch elsewhere")
@@ -199,11 +193,10 @@ class StreamLoader(DataLoader):
             self._epoch = st.epoch
         self._explicit_epoch = False
         r = resume(st, self.stream.shard_sizes, self.topology, self.rank, self.stream._blocks)
-        cap = _consumed_capacity(len(r.plan.base), self.topology.n_slots)
-        consumed = [x for rng in r.plan.consumed for x in rng]
-        c = [r.state.epoch, *r.plan.base, len(r.plan.consumed), *consumed, *[0] * (3 * cap - len(consumed)),
-             *[int(x or 0) for x in r.skip], *[int(x or 0) for x in r.start_worker], self._generation]
-        self.dataset._control.copy_(torch.tensor(c, dtype=torch.int64))  # type: ignore[attr-defined]
+        self.dataset.publish(ControlBlock(  # type: ignore[attr-defined]
+            epoch=r.state.epoch, base=list(r.plan.base), consumed=[list(c) for c in r.plan.consumed],
+            skip=[int(x or 0) for x in r.skip], start_worker=[int(x or 0) for x in r.start_worker],
+            generation=self._generation))
         self._state = r.state
         self._cursor = RankCursor(r.plan, self.rank, r.state)
 

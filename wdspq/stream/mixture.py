@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
-from ..cursor import Plan, Topology
+from ..cursor import Plan
 from ..errors import StateError, WdspqError
 from ..mixture import (
     SOURCE_KEY,
@@ -33,7 +33,7 @@ from ..mixture import (
     mixture_id,
     union_schema,
 )
-from .dataset import ShardStream, _close, dist_topology
+from .dataset import ShardStream, _close
 from .ring import batch_tensors
 
 MIXTURE_STATE_KEY = "mixture"
@@ -118,7 +118,10 @@ class MixtureStream(ShardStream):
     epoch `pass`); `window_index` is the window's index in its own export. `stats()` is per source.
     """
 
-    is_mixture = True
+    @classmethod
+    def accepts(cls, source: Any) -> bool:
+        """`ShardStream(source)` builds a MixtureStream for a list of sources or one `Source`."""
+        return isinstance(source, (list, tuple, Source))
 
     def __init__(
         self,
@@ -138,9 +141,8 @@ class MixtureStream(ShardStream):
     ) -> None:
         super(ShardStream, self).__init__()  # the pipeline's stages; not ShardStream's single-export setup
         self.sources = as_sources(sources if isinstance(sources, (list, tuple)) else [sources])
-        self.seed = int(seed)
-        if self.seed < 0:
-            raise WdspqError(f"seed must be >= 0, got {seed}")
+        # one-source batches read whole units one at a time: interleave 1
+        self._init_common(seed, 1 if source_batches else interleave, even, rank, world_size)
         self.source_shuffle = bool(shuffle)
         self.readers = [SourceReader(j, s, self.seed, shuffle, shard_order, storage_options, on_error, verify_checksums)
                         for j, s in enumerate(self.sources)]
@@ -166,7 +168,6 @@ class MixtureStream(ShardStream):
             self.sched = Schedule(units, self.group)
             self.chunk = self.group
             sizes = [self.group] * (self.samples_per_epoch // self.group)
-            interleave = 1
         described = [r.describe() for r in self.readers]
         spec = hashlib.sha256("|".join(r.manifest.spec_id for r in self.readers).encode()).hexdigest()[:16]
         self.manifest = VirtualManifest(mixture_id(described, self.samples_per_epoch, self.chunk), spec,
@@ -178,23 +179,12 @@ class MixtureStream(ShardStream):
         # One-source batches: the units are the shards, dealt in schedule order (no cutting, no permutation).
         self.shuffle = self.group is None
         self.shard_order = "block" if self.group is None else "sequential"
-        self.interleave = int(interleave)
-        self.even = even
-        self.rank, self.world_size = dist_topology(rank, world_size)
-        self.epoch = 0
         # the union's record layout: what worker collation fills and the loader's shared ring carries
         self._codec = UnionLayout(union_dtype(self.readers[0], self.schema), self.schema)
         self._reader = None
-        self._control = None
-        self._batched = False
-        self._ring = None
-        self._ring_generation = 0
-        self._topology = None
-        self._order_epoch = 0
         self._blocks = [1] * len(self.manifest.sizes)
         self._keymaps = [self._keymap(r) for r in self.readers]
         self._direct = [self._prefix_size(r) for r in self.readers]
-        Topology(world_size=self.world_size, interleave=self.interleave, even=even)  # validate early
 
     # -- identity ------------------------------------------------------------------------------------
     def __len__(self) -> int:
