@@ -25,39 +25,21 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
+from ..cursor import PAD_INDEX
 from ..errors import ExportChangedError, ShardError, StorageError, WdspqError
 from ..shardfmt import Manifest, SampleCodec, read_records, read_run
 
 logger = logging.getLogger("wdspq")
 
 POLICIES = ("raise", "skip")
-PLACEHOLDER_INDEX = -1
+PLACEHOLDER_INDEX = PAD_INDEX  # a placeholder's index keys: the flag pads carry, so the cursor counts it alike
 _INDEX_KEYS = ("window_index", "episode_index", "anchor_index")
-
-
-def _text(e: BaseException) -> str:
-    """An exception's message without the decorations webdataset adds to errors passing through it
-    (`' @ <stream>'` appended to the message, and (stream, url) appended to `args`)."""
-    msg = str(e.args[0]) if e.args else str(e)
-    msg = re.sub(r" @ <[^>]*>", "", msg)
-    return re.sub(r"\((['\"])(.*?)\1, <[^>]*>, (['\"]).*?\3\)", r"\2", msg)
-
-
-def _clean(e: WdspqError) -> WdspqError:
-    """The same error with a clean one-line message (same class)."""
-    if len(e.args) == 1 and isinstance(e.args[0], str) and " @ <" not in e.args[0] and ">, " not in e.args[0]:
-        return e
-    try:
-        return type(e)(_text(e))
-    except Exception:
-        return ShardError(_text(e))
 
 
 class SkippedSamplesWarning(UserWarning):
@@ -155,10 +137,10 @@ class SampleReader:
         try:
             yield from it
         except WdspqError as e:
-            raise _clean(e) from None
+            raise e from None
         except Exception as e:
             raise ShardError(
-                f"{self._url(shard)}, samples {start}..{stop - 1}: cannot read: {type(e).__name__}: {_text(e)}"
+                f"{self._url(shard)}, samples {start}..{stop - 1}: cannot read: {type(e).__name__}: {e}"
             ) from None
         finally:
             it.close()
