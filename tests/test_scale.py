@@ -44,7 +44,7 @@ def _worker_peak(stream: wdspq.ShardStream, windows: int, even: str = "pad") -> 
     stream._blocks = [block_size(1000, 1000 * 20_000)] * len(sizes)  # the stand-in plan's shards: ~20 kB samples
     tracemalloc.start()
     try:
-        n = sum(1 for _ in stream._slot_items(plan, 0, 0, raw=True))
+        n = sum(1 for _ in stream._slot_items(plan, 0, 0))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

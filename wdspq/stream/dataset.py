@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import get_worker_info
 
 from ..cursor import (
+    PAD_INDEX,
     CursorState,
     Plan,
     Topology,
@@ -39,7 +40,7 @@ def dist_topology(rank: int | None = None, world_size: int | None = None) -> tup
     """(rank, world_size): explicit values, else torch.distributed when initialised, else RANK/WORLD_SIZE, else (0, 1).
 
     Only one of the two given is an error: completing it from the environment could silently pick
-    another rank's share (field report item 3)."""
+    another rank's share."""
     if (rank is None) != (world_size is None):
         given = f"rank={rank}" if rank is not None else f"world_size={world_size}"
         raise WdspqError(f"{given} was given without {'world_size' if rank is not None else 'rank'}: give both "
@@ -64,7 +65,7 @@ class ShardStream(StreamPipeline):
     Yields the same sample dicts (torch tensors, same keys, dtypes, shapes and values) as
     `ParquetWindowDataset[window_index]`. Iterated directly (or by a plain DataLoader) it delivers one
     epoch of this rank's share, batch size 1; use `StreamLoader` for batching and resumable state.
-    Pad samples (repeats that keep ranks even, `even="pad"`) carry `window_index == -1`.
+    Pad samples (repeats that keep ranks even, `even="pad"`) carry `window_index == -1` (`PAD_INDEX`).
 
     `on_error`: `"raise"` (default) raises ShardError naming the shard and member of a bad sample;
     `"skip"` replaces each bad sample by a placeholder (zeros, masks false, `window_index` and
@@ -209,11 +210,11 @@ class ShardStream(StreamPipeline):
         self._ring = ring
 
     # -- reading -------------------------------------------------------------------------------------
-    def _slot_items(self, plan: Plan, slot: int, skip: int, raw: bool,
+    def _slot_items(self, plan: Plan, slot: int, skip: int,
                     entries: Iterator[tuple[int, int, bool]] | None = None) -> Iterator[tuple[Any, bool]]:
-        """(sample, is_pad) of one slot from entry `skip` on, reading each shard run with one ranged read.
+        """(record, is_pad) of one slot from entry `skip` on, reading each shard run with one ranged read.
 
-        A sample is a dict of arrays, or with `raw` its record bytes; each sample owns its buffer.
+        A record is a sample's bytes (layout `codec.dtype`, decoded by `_decode_records`/`_collate_records`).
         `entries`: the slot's (shard, position, is_pad) from entry `skip` on (the pipeline's cursor
         stage); by default the plan's.
         """
@@ -238,7 +239,7 @@ class ShardStream(StreamPipeline):
                     a, end = next(r for r in runs[s] if r[0] <= p < r[1])
                     it = readers.get((s, a))
                     if it is None:
-                        it = readers[s, a] = self._ordered(plan, s, p, end, raw, perms)
+                        it = readers[s, a] = self._ordered(plan, s, p, end, perms)
                     sample = next(it, None)
                     if p + 1 == end:
                         _close(readers.pop((s, a)))  # the run is done; its samples keep their buffers (or mapping)
@@ -249,7 +250,7 @@ class ShardStream(StreamPipeline):
                         _close(pad_reader)
                         src = plan.pad_source(slot)
                         assert src is not None
-                        pad_reader = self._ordered(plan, s, p, src.end, raw, perms)
+                        pad_reader = self._ordered(plan, s, p, src.end, perms)
                     sample = next(pad_reader, None)  # type: ignore[arg-type]
                     next_pad = (s, p + 1)
                 if sample is None:
@@ -261,13 +262,13 @@ class ShardStream(StreamPipeline):
             _close(pad_reader)
             self._reader.end_iteration()
 
-    def _ordered(self, plan: Plan, shard: int, q0: int, q1: int, raw: bool, perms: dict[int, np.ndarray]) -> Iterator[Any]:
-        """Samples at ordinals `q0 .. q1-1` of `shard` in this epoch's order: one ranged read per chunk."""
+    def _ordered(self, plan: Plan, shard: int, q0: int, q1: int, perms: dict[int, np.ndarray]) -> Iterator[Any]:
+        """Records at ordinals `q0 .. q1-1` of `shard` in this epoch's order: one ranged read per chunk."""
         perm = perms.get(shard)
         if perm is None:
             perm = perms[shard] = in_shard_order(self.seed, self._order_epoch, shard, plan.shard_sizes[shard],
                                                  self._blocks[shard], self.shard_order)
-        run = self._reader.run_records if raw else self._reader.run
+        run = self._reader.run_records
         return read_in_order(lambda a, b: run(shard, a, b), perm, self._blocks[shard], q0, q1)
 
     def _decode_records(self, records: Iterator[tuple[Any, bool]]) -> Iterator[dict[str, torch.Tensor]]:
@@ -280,7 +281,7 @@ class ShardStream(StreamPipeline):
             rec = record_array(record)
             t = {k: from_numpy(rec[k]) for k in keys}
             if is_pad:
-                t["window_index"] = torch.tensor(-1, dtype=torch.int64)
+                t["window_index"] = torch.tensor(PAD_INDEX, dtype=torch.int64)
             yield t
 
     def _collate_records(self, items: Iterator[tuple[Any, bool]], batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -305,7 +306,7 @@ class ShardStream(StreamPipeline):
                 if n == 0:
                     return
                 part = rec[:n]
-                part["window_index"][pads] = -1
+                part["window_index"][pads] = PAD_INDEX
                 sent = ring.put(info.id, self._ring_generation, part) if ring is not None else None
                 yield sent if sent is not None else batch_tensors(part, self._codec.schema, info is not None)
         finally:

@@ -202,7 +202,7 @@ class StreamLoader(DataLoader):
 
     def __iter__(self) -> Iterator[Any]:
         """Start the next iteration now (not at its first batch): a `state_dict()` taken right after
-        `iter()` at an epoch boundary already records the new epoch (field report item 2)."""
+        `iter()` at an epoch boundary already records the new epoch."""
         self._generation += 1
         self._prepare()
         assert self._cursor is not None

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
-from ..cursor import Plan
+from ..cursor import PAD_INDEX, Plan
 from ..errors import StateError, WdspqError
 from ..mixture import (
     SOURCE_KEY,
@@ -272,7 +272,7 @@ class MixtureStream(ShardStream):
             return 0
         return int(own.itemsize)
 
-    def _slot_items(self, plan: Plan, slot: int, skip: int, raw: bool,
+    def _slot_items(self, plan: Plan, slot: int, skip: int,
                     entries: Iterator[tuple[int, int, bool]] | None = None) -> Iterator[tuple[Any, bool]]:
         """((source, record), is_pad) of one slot from entry `skip` on.
 
@@ -329,7 +329,7 @@ class MixtureStream(ShardStream):
                 t[k] = from_numpy(rec[orig]) if orig is not None else torch.from_numpy(np.zeros(shape, dtype=dtype))
             t[SOURCE_KEY] = torch.tensor(j, dtype=torch.int64)
             if is_pad:
-                t["window_index"] = torch.tensor(-1, dtype=torch.int64)
+                t["window_index"] = torch.tensor(PAD_INDEX, dtype=torch.int64)
             yield t
 
     def _collate_records(self, items: Iterator[tuple[Any, bool]], batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -369,7 +369,7 @@ class MixtureStream(ShardStream):
                             out[k][where] = recs[orig]
                 pads = [i for i, (_, is_pad) in enumerate(got) if is_pad]
                 if pads:
-                    out["window_index"][pads] = -1
+                    out["window_index"][pads] = PAD_INDEX
                 sent = ring.put(info.id, self._ring_generation, out) if ring is not None else None
                 yield sent if sent is not None else batch_tensors(out, schema, info is not None)
         finally:

@@ -126,7 +126,7 @@ class ReadRecords(WdspqStage):
     """The index-ranged read: each entry's record bytes, one ranged read per shard run, `(record, is_pad)`."""
 
     def run(self, entries: Iterator[tuple[int, int, bool]], ctx: StageContext) -> Iterator[tuple[Any, bool]]:  # type: ignore[override]
-        return ctx.stream._slot_items(ctx.plan, ctx.slot, ctx.skip, raw=True, entries=entries)
+        return ctx.stream._slot_items(ctx.plan, ctx.slot, ctx.skip, entries=entries)
 
 
 class DecodeSamples(WdspqStage):
