@@ -458,3 +458,33 @@ def test_loader_reports_its_batch_size(export):
     assert len(next(iter(loader))["window_index"]) == B
     with pytest.raises(ValueError):
         loader.batch_size = B + 1
+
+
+def test_control_block_packs_and_unpacks_the_loaders_plan():
+    """The loader's plan for its workers round-trips through the packed block of fixed size, consumed
+    ranges padded to the capacity; more ranges than the capacity are refused rather than cut."""
+    from wdspq.stream.control import ControlBlock
+
+    topo = Topology(world_size=2, num_workers=3, batch_size=4)
+    n = 5
+    block = ControlBlock(epoch=7, base=[0, 3, 0, 9, 1], consumed=[[1, 3, 8], [4, 0, 2]], skip=[0, 2, 5, 1, 0, 3],
+                         start_worker=[2, 0], generation=11)
+    packed = block.pack(topo.n_slots)
+    assert len(packed) == ControlBlock.size(n, topo.n_slots, topo.world_size)
+    assert ControlBlock.unpack(packed, n, topo.n_slots) == block
+    full = ControlBlock(0, [0] * n, [[0, 0, 1]] * (ControlBlock.capacity(n, topo.n_slots) + 1), [0] * 6, [0, 0], 1)
+    with pytest.raises(ValueError, match="consumed ranges"):
+        full.pack(topo.n_slots)
+
+
+def test_shard_stream_builds_a_mixture_only_through_the_package():
+    """ShardStream([...]) is a MixtureStream because wdspq.stream loads the mixture kind with ShardStream
+    (stream/dataset.py never imports it); the class reached through stream/dataset.py alone refuses a list
+    with a clear error instead of reading it as a path."""
+    code = ("import wdspq.stream.dataset as d, sys\n"
+            "assert 'wdspq.stream.mixture' not in sys.modules\n"
+            "try:\n    d.ShardStream(['a', 'b'])\nexcept Exception as e:\n    print(type(e).__name__, e)\n"
+            "import wdspq\nassert wdspq.ShardStream is d.ShardStream\n"
+            "from wdspq.stream.mixture import MixtureStream\nassert d.ShardStream._kinds == [MixtureStream]\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("WdspqError a list of sources is a mixture"), out

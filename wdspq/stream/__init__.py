@@ -5,6 +5,7 @@ The package's modules, one job each:
 - `dataset`: `ShardStream`, the stream of one export (a `webdataset.DataPipeline`) and `dist_topology`.
 - `mixture`: `MixtureStream`, a `ShardStream` over a weighted mixture of exports (docs/mixtures.md).
 - `loader`: `StreamLoader`, the DataLoader that counts batches and saves and loads the exact state.
+- `control`: `ControlBlock`, the plan of the loader's next iteration as its workers receive it.
 - `pipeline`: the stream's webdataset stages, user and batch stages, per-sample randomness (docs/stages.md).
 - `reader`: reading runs of samples from shards under an error policy (`on_error`, placeholders).
 - `ring`: batches from DataLoader workers to the main process, the shared-memory ring.
@@ -22,6 +23,7 @@ _LAZY = {
     "ShardStream": "dataset",
     "dist_topology": "dataset",
     "StreamLoader": "loader",
+    "ControlBlock": "control",
     "MixtureStream": "mixture",
     "SampleReader": "reader",
     "SkippedSamplesWarning": "reader",
