@@ -2,7 +2,9 @@
 
 ``python tests/mixture_child.py resume JOB.json OUT.json``: build the mixture stream and loader of the
 job in this new process, load the job's state, iterate to the end of its epoch and write the remaining
-batches as ``[[source_index, window_index], ...]`` lists (and the final state) to OUT.json (R3).
+batches as ``[[source_index, window_index], ...]`` lists (and the final state) to OUT.json (R3); with
+``job["epochs"]`` it then goes on through the following epochs up to that one (exclusive), appending their
+batches (a state saved at the end of an epoch continues into the next one).
 
 ``python tests/mixture_child.py train JOB.json DIR``: a training loop over ``job["epochs"]`` epochs that
 appends each batch's pairs to DIR/log.jsonl and then saves ``{"state", "logged"}`` atomically to
@@ -41,6 +43,9 @@ def resume(job_path: str, out_path: str) -> None:
     loader.load_state_dict(state)
     loader.set_epoch(state["epoch"])
     rest = [pairs(b) for b in loader]
+    for epoch in range(int(state["epoch"]) + 1, int(job.get("epochs", 0))):
+        loader.set_epoch(epoch)
+        rest += [pairs(b) for b in loader]
     Path(out_path).write_text(json.dumps({"batches": rest, "state": loader.state_dict()}))
 
 
