@@ -408,6 +408,43 @@ def test_info_on_a_mixture_file(exports, tmp_path, capsys) -> None:
     assert "3 sources, 1,000 samples per epoch" in out
     assert "60.0%" in out and "1.52" in out  # 600 of source 0's 394 windows: 1.52 passes per epoch
     assert exports[2] in out
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["0"], ["1"], ["2"])]
+    # per source: weight, share, windows, samples per epoch, passes per epoch, path
+    assert [r[:6] for r in rows] == [["0", "0.6", "60.0%", "394", "600", "1.52"], ["1", "0.3", "30.0%", "238", "300", "1.26"],
+                                     ["2", "0.1", "10.0%", "133", "100", "0.75"]]
+    assert [os.path.dirname(r[6]) for r in rows] == exports
+
+
+def test_show_draws_a_sample_of_a_mixture_file_with_its_source_named(exports, tmp_path, capsys) -> None:
+    pytest.importorskip("matplotlib")
+    from wdspq import viz
+    from wdspq.cli import main
+
+    f = tmp_path / "mix.json"
+    f.write_text(json.dumps({"sources": [{"path": p, "weight": w} for p, w in zip(exports, WEIGHTS)],
+                             "samples_per_epoch": 1000, "seed": 3}))
+    delivered = []  # what one process without workers delivers in epoch 1
+    ld = wdspq.StreamLoader(mix(exports, 1000, seed=3), batch_size=B)
+    ld.set_epoch(1)
+    for b in run(ld):
+        delivered += b
+    for position in (0, 701):
+        png = tmp_path / f"{position}.png"
+        assert main(["show", str(f), "--window", str(position), "--epoch", "1", "-o", str(png)]) == 0
+        out = capsys.readouterr().out
+        j, w = delivered[position]
+        assert out.startswith(f"mixture sample {position} of epoch 1: source {j}, weight {WEIGHTS[j]}, pass ")
+        assert out.splitlines()[1] == exports[j]
+        # the same window of that export, drawn with the same caption, is the same picture
+        sample, ctx = viz.shards_window(exports[j], w)
+        ctx.caption = "\n".join(out.splitlines()[:2])
+        assert viz.show_window(sample, tmp_path / "direct.png", ctx) and (tmp_path / "direct.png").read_bytes() == png.read_bytes()
+    assert main(["show", str(f), "--window", "1000", "-o", str(tmp_path / "x.png")]) == 2
+    assert "out of range (the mixture's epoch has 1,000 samples)" in capsys.readouterr().err
+    assert main(["show", str(f), "--stats", "-o", str(tmp_path / "x.png")]) == 2
+    assert "give one of its sources" in capsys.readouterr().err
+    assert main(["show", exports[0], "--window", "3", "--epoch", "1", "-o", str(tmp_path / "x.png")]) == 2
+    assert "mixture file" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("workers", [0, 2])

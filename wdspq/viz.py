@@ -47,6 +47,7 @@ class WindowContext:
     spec: WindowSpec
     resolved: dict[str, Any]
     text: str = ""
+    caption: str = ""  # one more title line (e.g. which source of a mixture the window came from)
 
 
 def _np(x: Any) -> np.ndarray:
@@ -159,7 +160,8 @@ def show_window(sample: dict[str, Any], path: str | os.PathLike, ctx: WindowCont
         r += 1
     fig.axes[-1].set_xlabel("time relative to t0 (s)", fontsize=7)
     fig.suptitle(f"window {int(s['window_index'])}, episode {int(s['episode_index'])}, anchor "
-                 f"{int(s['anchor_index'])}, t0 {t0:.3f} s\n{ctx.text!r}", fontsize=8)
+                 f"{int(s['anchor_index'])}, t0 {t0:.3f} s\n" + (f"{ctx.caption}\n" if ctx.caption else "")
+                 + repr(ctx.text), fontsize=8)
     return _save(plt, fig, path)
 
 
@@ -246,11 +248,8 @@ def table_window(table: str | os.PathLike, window: int, spec: WindowSpec, tokeni
 
 def shards_window(source: str, window: int, tokenizer: Any = None) -> tuple[dict[str, np.ndarray], WindowContext]:
     """Window `window` of an export, found through the export's seeded assignment (one sample read)."""
-    import json
-
     from .export.plan import shard_assignment
     from .shardfmt import load_manifest, read_run
-    from .text import load_tokenizer
 
     m = load_manifest(source)
     d = m.data
@@ -263,10 +262,20 @@ def shards_window(source: str, window: int, tokenizer: Any = None) -> tuple[dict
     sample = next(iter(read_run(m, shard, pos, pos + 1)))
     if int(sample["window_index"]) != window:
         raise WdspqError(f"{m.shard_url(shard)}, sample {pos}: holds window {int(sample['window_index'])}, not {window}")
+    return sample, export_context(m, sample, tokenizer)
+
+
+def export_context(m: Any, sample: dict[str, Any], tokenizer: Any = None, caption: str = "") -> WindowContext:
+    """The drawing context of a sample of the export with manifest `m`: its table's streams, its spec and the
+    sample's task text (with `tokenizer`, else the export's own when it is a local folder, else the bundled one)."""
+    import json
+
+    from .text import load_tokenizer
+
+    d = m.data
     meta = TableMeta.from_json(json.dumps(d["table_meta"]))
     if tokenizer is None:
         requested = (d.get("tokenizer") or {}).get("requested")
         tokenizer = requested if requested and requested != "default" and os.path.isdir(requested) else None
-    ctx = WindowContext(meta, WindowSpec.from_dict(d["spec"]), d.get("resolved", {}),
-                        _decode_text(load_tokenizer(tokenizer), sample))
-    return sample, ctx
+    return WindowContext(meta, WindowSpec.from_dict(d["spec"]), d.get("resolved", {}),
+                         _decode_text(load_tokenizer(tokenizer), sample), caption)

@@ -1,4 +1,5 @@
-"""`wdspq info MIXTURE.json`: a mixture's sources, weights, windows and passes per epoch (no shard is read)."""
+"""`wdspq info MIXTURE.json` (a mixture's sources, weights, windows and passes per epoch; no shard is read) and
+`wdspq show MIXTURE.json --window I` (the mixture's sample I of an epoch, drawn with its source named)."""
 
 from __future__ import annotations
 
@@ -20,11 +21,45 @@ def format_mixture(stream: Any) -> str:
     return "\n".join(lines)
 
 
-def run_mixture_info(path: str) -> int:
+def open_mixture(path: str) -> Any:
+    """The mixture stream of a mixture file (reads only the sources' manifests)."""
     import wdspq
 
     from ..mixture import read_mixture_file
 
     sources, opts = read_mixture_file(path)
-    print(format_mixture(wdspq.ShardStream(sources, **opts)))
+    return wdspq.ShardStream(sources, **opts)
+
+
+def run_mixture_info(path: str) -> int:
+    print(format_mixture(open_mixture(path)))
     return 0
+
+
+def mixture_window(path: str, position: int, epoch: int = 0, tokenizer: Any = None) -> tuple[dict[str, Any], Any, str]:
+    """(sample, drawing context, description: what it is, then its source's path) of sample `position` of epoch `epoch` of the mixture in
+    `path`: the sample one process with no workers delivers at that place of the epoch (the schedule's order),
+    read from its source (one sample read) and drawn with that source's streams, spec and text."""
+    from ..errors import WdspqError
+    from ..viz import export_context
+
+    stream = open_mixture(path)
+    n = len(stream)
+    if not 0 <= position < n:
+        raise WdspqError(f"{path}: window {position} out of range (the mixture's epoch has {n:,} samples)")
+    j, k = stream.sched.at(position)
+    K = int(epoch) * stream.counts[j] + k  # the source's sample in its endless pass sequence (docs/mixtures.md)
+    src = stream.readers[j]
+    it = src.records(K, K + 1)
+    try:
+        record = next(it)
+    finally:
+        it.close()
+    rec = src.codec.record_array(record)
+    sample = {key: rec[key] for key in src.codec.schema}
+    pas, off = divmod(K, src.n)
+    what = (f"mixture sample {position:,} of epoch {epoch}: source {j}, weight {src.source.weight:g}, pass {pas} "
+            f"(its sample {off:,} of {src.n:,})")
+    where = str(src.source.path)
+    caption = what + "\n" + (where if len(where) <= 90 else "..." + where[-87:])  # fits the picture's width
+    return sample, export_context(src.manifest, sample, tokenizer, caption), f"{what}\n{where}"

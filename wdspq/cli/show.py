@@ -28,15 +28,21 @@ def add_show(sub: Any) -> None:
             "--episode E (table): the whole episode on one time axis, thumbnails per camera at their own "
             "times (dropped frames in red) and the anchors of its windows.\n\n"
             "--stats (export): per stream and dimension mean ± std and min/max from the manifest.\n\n"
+            "MIXTURE.json (a mixture file, docs/mixtures.md) --window I [--epoch E]: the mixture's sample I of "
+            "epoch E (the order one process with no workers delivers), drawn like an export's window, with its "
+            "source named in the title and on the terminal.\n\n"
             "Needs matplotlib: pip install 'wdspq[viz]'."
         ),
         formatter_class=_formatter,
     )
-    p.add_argument("source", metavar="TABLE|SHARDS", help="a table file, or an export folder / manifest / s3:// prefix")
+    p.add_argument("source", metavar="TABLE|SHARDS|MIXTURE",
+                   help="a table file, an export folder / manifest / s3:// prefix, or a mixture file")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--window", type=_int_at_least(0), metavar="I", help="draw window I")
     what.add_argument("--episode", type=_int_at_least(0), metavar="E", help="draw episode E (table)")
     what.add_argument("--stats", action="store_true", help="draw the export's statistics (shards)")
+    p.add_argument("--epoch", type=_int_at_least(0), default=0, metavar="E",
+                   help="for a mixture file: the epoch whose samples --window counts (default 0)")
     p.add_argument("-o", "--out", required=True, metavar="PNG", help="the picture to write")
     add_spec_args(p, "window spec (for a table, as given to export; an export uses its own)")
     p.add_argument("--tokenizer", metavar="NAME_OR_PATH", default=None, help="tokenizer for the task text (default: the export's, or the bundled one)")
@@ -57,7 +63,22 @@ def run_show(args: argparse.Namespace) -> int:
     if os.path.abspath(out) == os.path.abspath(src):
         raise WdspqError(f"{out}: is the input")
     viz._plt()  # say how to install matplotlib before any data is read
-    if args.stats:
+    from ..mixture import is_mixture_file
+
+    mixture = is_mixture_file(src)
+    if args.epoch and not mixture:
+        raise WdspqError(f"{src}: --epoch counts the samples of a mixture file's epoch; a table's or an export's "
+                         "windows are numbered once for all epochs")
+    if mixture:
+        if args.window is None:
+            raise WdspqError(f"{src}: a mixture file draws one of its samples (--window I [--epoch E]); for "
+                             "--stats or --episode give one of its sources")
+        from .mixture import mixture_window
+
+        sample, ctx, what = mixture_window(src, args.window, args.epoch, args.tokenizer)
+        viz.show_window(sample, out, ctx)
+        print(what)
+    elif args.stats:
         if not _is_export(src):
             raise WdspqError(f"{src}: --stats draws an export's manifest statistics; give the export folder")
         import json
