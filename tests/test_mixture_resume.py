@@ -178,3 +178,35 @@ def test_three_sources_on_s3_with_dropped_connections_resume_in_a_fresh_process(
     assert head + got["batches"] == reference
     assert read_from(fault_proxy) == {"pick", "drawer", "aloha"}
     assert dropped(fault_proxy) == 3  # the resumed process met every drop and retried
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_a_mixture_epoch_is_cut_into_one_near_equal_contiguous_stretch_per_slot(case: int) -> None:
+    """The plan of a mixture's epoch (one virtual shard): every slot reads one stretch, sizes within one sample
+    of each other, whatever the epoch's length; an epoch that divides evenly is cut as before (same order)."""
+    import numpy as np
+
+    from wdspq.cursor import Plan, Topology
+    from wdspq.cursor.plan import contiguous_pieces
+
+    rng = np.random.default_rng(case)
+    W, N = int(rng.integers(1, 4)), int(rng.integers(1, 5))
+    k = W * N
+    T = int(rng.integers(k, 5000)) if case % 2 else int(rng.integers(1, 400)) * k
+    topo = Topology(world_size=W, num_workers=N, batch_size=8)
+    plan = Plan.build([T], [0], [0], topo, (), "contiguous", [1])
+    real = [plan.slot_real_count(s) for s in range(k)]
+    assert sum(real) == T and max(real) - min(real) <= 1
+    assert all(len(plan.slot_pieces(s)) == 1 for s in range(k))
+    if T % k == 0:  # the block split of the cursor gives the same pieces to the same slots
+        old = Plan.build([T], [0], [0], topo, (), True, [1])
+        assert [old.slot_pieces(s) for s in range(k)] == [plan.slot_pieces(s) for s in range(k)]
+    # what is left after an elastic fold (several ranges) is still cut into near-equal stretches, each once
+    cuts = sorted(set(rng.integers(1, T, size=6).tolist()) | {0, T}) if T > 1 else [0, T]
+    ranges = [(0, a, b) for i, (a, b) in enumerate(zip(cuts, cuts[1:])) if i % 2 == 0]
+    dealt = contiguous_pieces(ranges, W, N)
+    per_slot = [sum(b - a for s, (_, a, b) in dealt if s == slot) for slot in range(k)]
+    assert max(per_slot) - min(per_slot) <= 1
+    assert [p for _, p in dealt] == sorted(p for _, p in dealt)
+    got = sorted(x for _, (_, a, b) in dealt for x in range(a, b))
+    assert got == [x for _, a, b in ranges for x in range(a, b)]

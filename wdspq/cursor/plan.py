@@ -14,10 +14,39 @@ import numpy as np
 from .. import epoch_order
 from ..errors import StateError, WdspqError
 from .interleave import CHUNK, Piece, _Interleaver
+from .state import CONTIGUOUS
 from .topology import Topology, epoch_shard_order
 
 if TYPE_CHECKING:
     from .state import CursorState
+
+
+def split_mode(shard_order: str) -> bool | str:
+    """How a plan with this order cuts the remaining ranges: ``True`` (``"block"``: `epoch_order.split_ranges`),
+    ``"contiguous"`` (`contiguous_pieces`) or ``False`` (whole shards)."""
+    return CONTIGUOUS if shard_order == CONTIGUOUS else shard_order == "block"
+
+
+def contiguous_pieces(ranges: Sequence[tuple[int, int, int]], world_size: int, workers: int) -> list[tuple[int, tuple[int, int, int]]]:
+    """The remaining ranges, in order, cut into one stretch per slot: stretch ``i`` is positions
+    ``i*T//k .. (i+1)*T//k - 1`` of their concatenation (``T`` positions, ``k`` slots; sizes differ by at most
+    one) and goes to rank ``i % world_size``, worker ``i // world_size`` (the slot the least-load dealing
+    gives the ``i``-th of ``k`` equal pieces). Returns (slot, piece) in order; a stretch may span ranges."""
+    k = int(world_size) * int(workers)
+    total = sum(b - a for _, a, b in ranges)
+    out: list[tuple[int, tuple[int, int, int]]] = []
+    cuts = [i * total // k for i in range(k + 1)]
+    i, seen = 0, 0
+    for s, a, b in ranges:
+        pos = a
+        while pos < b:
+            while seen + (pos - a) >= cuts[i + 1]:
+                i += 1
+            end = min(b, a + (cuts[i + 1] - seen))
+            out.append(((i % world_size) * workers + i // world_size, (s, pos, end)))
+            pos = end
+        seen += b - a
+    return out
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -47,7 +76,7 @@ class Plan:
         order: Sequence[int],
         topology: Topology,
         consumed: Sequence[Sequence[int]] = (),
-        split: bool = False,
+        split: bool | str = False,
         blocks: Sequence[int] | None = None,
     ) -> None:
         n = len(shard_sizes)
@@ -68,13 +97,21 @@ class Plan:
         self.consumed: tuple[tuple[int, int, int], ...] = tuple(
             tuple(r) for r in epoch_order.check_consumed(consumed, self.shard_sizes, self.base)  # type: ignore[misc]
         )
-        self.split = bool(split)
+        self.split: bool | str = CONTIGUOUS if split == CONTIGUOUS else bool(split)
         self.blocks: tuple[int, ...] | None = None if blocks is None else tuple(int(g) for g in blocks)
         ranges = epoch_order.remaining_ranges(self.shard_sizes, self.base, self.consumed, self.order)
-        if self.split:
-            ranges = epoch_order.split_ranges(ranges, topology.n_slots, self.blocks)
-        self.pieces: tuple[Piece, ...] = tuple(Piece(*r) for r in ranges)
-        self._slot_pieces = self._deal()
+        if self.split == CONTIGUOUS:
+            dealt = contiguous_pieces(ranges, int(topology.world_size), topology.workers)
+            self.pieces: tuple[Piece, ...] = tuple(Piece(*r) for _, r in dealt)
+            slots: list[list[Piece]] = [[] for _ in range(topology.n_slots)]
+            for slot, piece in zip((x for x, _ in dealt), self.pieces):
+                slots[slot].append(piece)
+            self._slot_pieces = [tuple(x) for x in slots]
+        else:
+            if self.split:
+                ranges = epoch_order.split_ranges(ranges, topology.n_slots, self.blocks)
+            self.pieces = tuple(Piece(*r) for r in ranges)
+            self._slot_pieces = self._deal()
         W, N, B = int(topology.world_size), topology.workers, int(topology.batch_size)
         real = [sum(len(p) for p in ps) for ps in self._slot_pieces]
         kept, pad = list(real), [0] * len(real)
@@ -106,19 +143,20 @@ class Plan:
         order: Sequence[int],
         topology: Topology,
         consumed: Sequence[Sequence[int]] = (),
-        split: bool = False,
+        split: bool | str = False,
         blocks: Sequence[int] | None = None,
     ) -> Plan:
         """Plan of the segment that starts from ``base`` (per-shard consumed prefix) and the ``consumed``
         ranges past it, shards in ``order``; ``split`` cuts long ranges into pieces (``shard_order="block"``),
-        on the shards' ordinal block boundaries where it can when ``blocks`` (samples per block) is given."""
+        on the shards' ordinal block boundaries where it can when ``blocks`` (samples per block) is given;
+        ``split="contiguous"`` gives each slot one near-equal contiguous stretch (`contiguous_pieces`)."""
         return cls(shard_sizes, base, order, topology, consumed, split, blocks)
 
     @classmethod
     def for_state(cls, state: CursorState, shard_sizes: Sequence[int], blocks: Sequence[int] | None = None) -> Plan:
         """Plan of the segment a state belongs to (its base, consumed ranges, epoch order and topology)."""
         order = epoch_shard_order(len(shard_sizes), state.seed, state.epoch, state.shuffle)
-        return cls(shard_sizes, state.base, order, state.topology, state.consumed, state.shard_order == "block",
+        return cls(shard_sizes, state.base, order, state.topology, state.consumed, split_mode(state.shard_order),
                    blocks)
 
     def _deal(self) -> list[tuple[Piece, ...]]:

@@ -14,6 +14,11 @@ from ..errors import StateError
 from .digest import ZERO_SET, combine_set_digests
 from .topology import Topology
 
+# A plan-only order (not a stream option): one virtual shard read in position order, each slot one near-equal
+# contiguous stretch of what is left (wdspq.cursor.plan.contiguous_pieces); a mixture's epoch is planned so.
+CONTIGUOUS = "contiguous"
+PLAN_ORDERS = (*epoch_order.ORDERS, CONTIGUOUS)
+
 STATE_VERSION = 2  # 2: in-shard order and consumed ranges (1: sequential order, prefixes only)
 
 
@@ -152,8 +157,8 @@ class CursorState:
         except (TypeError, ValueError) as e:
             raise StateError(f"state is malformed: {e}") from e
         st.version = STATE_VERSION  # a format-1 state is re-saved in format 2 (same plan, sequential order)
-        if st.shard_order not in epoch_order.ORDERS:
-            raise StateError(f"state shard_order {st.shard_order!r} is not one of {epoch_order.ORDERS}")
+        if st.shard_order not in PLAN_ORDERS:
+            raise StateError(f"state shard_order {st.shard_order!r} is not one of {PLAN_ORDERS}")
         if any(len(r) != 3 for r in st.consumed):
             raise StateError("state consumed ranges must be [shard, start, end] each")
         if len(st.delivered) != topo.n_slots:
@@ -191,7 +196,8 @@ def new_epoch_state(
     """Start-of-epoch state: nothing consumed. Full (every slot known), so any rank may save it.
     ``shard_order`` defaults to ``"block"`` when shuffling, else ``"sequential"`` (wdspq.epoch_order)."""
     W = topology.world_size
-    order = epoch_order.check_order(shard_order or epoch_order.default_order(shuffle), shuffle)
+    order = shard_order if shard_order == CONTIGUOUS else epoch_order.check_order(
+        shard_order or epoch_order.default_order(shuffle), shuffle)
     return CursorState(
         manifest_id=manifest_id,
         spec_id=spec_id,
