@@ -210,3 +210,28 @@ def test_a_mixture_epoch_is_cut_into_one_near_equal_contiguous_stretch_per_slot(
     assert [p for _, p in dealt] == sorted(p for _, p in dealt)
     got = sorted(x for _, (_, a, b) in dealt for x in range(a, b))
     assert got == [x for _, a, b in ranges for x in range(a, b)]
+
+
+def test_a_state_from_the_uneven_mixture_plan_is_refused_clearly(exports) -> None:
+    """Mixture states saved when the epoch was cut with the block split (uneven pieces per worker) cannot
+    continue exactly under the contiguous plan: a StateError that says so, not a silently different order."""
+    from wdspq.errors import StateError
+
+    ld = make(exports, 600, 8, 0)
+    take(ld, 3)
+    st = ld.state_dict()
+    assert st["shard_order"] == "contiguous"
+    with pytest.raises(StateError, match="earlier wdspq.*start the epoch afresh"):
+        make(exports, 600, 8, 0).load_state_dict({**st, "shard_order": "block"})
+
+
+@pytest.mark.parametrize("spe", [601, 14_899])
+def test_workers_of_a_mixture_read_equal_shares_of_an_odd_epoch(exports, spe) -> None:
+    """The throughput rule: with 2 workers each reads half the epoch (the block split gave one of them two
+    of three pieces, 2/3 of the work, so the mixture did not speed up with workers)."""
+    from wdspq.cursor import resume
+
+    ld = make(exports, spe, 8, 2)
+    r = resume(ld.stream.fresh_state(0, ld.topology), ld.stream.shard_sizes, ld.topology, 0, ld.stream._blocks)
+    assert sorted(r.plan.slot_real_count(s) for s in range(2)) == [spe // 2, spe - spe // 2]
+    assert sum(1 for _ in ld) == len(ld)

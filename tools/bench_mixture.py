@@ -7,6 +7,11 @@ exports each with the same spec, then, alternating in one run, measures samples/
 (weights proportional to the sources' windows, so both read the same number of samples of the same size),
 for each --workers value. Prints the medians and their ratio; writes JSON with --json.
 
+Besides wall-clock samples/s (noisy on a shared machine) it reports CPU figures from the processes' own
+clocks: samples per CPU second of all processes together (main + workers: the total work), and samples
+per CPU second of the busiest process (the bound on an idle machine with a core per process, which is
+what uneven work between workers lowers).
+
     PYTHONPATH=$PWD python tools/bench_mixture.py --work /tmp/bench-mix --rounds 3 --workers 0 2
 """
 
@@ -39,15 +44,35 @@ def prepare(work: Path, episodes: int, seconds: float) -> tuple[list[str], str]:
     return out[:3], out[3]
 
 
-def epoch_rate(make: Any, batch_size: int, workers: int) -> tuple[float, int]:
-    """(samples/s, samples) of one epoch of a fresh loader."""
+def _record_cpu(slots: Any, worker: int) -> None:
+    """In a DataLoader worker: write this process's CPU seconds into `slots[worker]` when it exits."""
+    from multiprocessing import util
+
+    def done() -> None:
+        slots[worker] = time.process_time()
+
+    util.Finalize(None, done, exitpriority=100)
+
+
+def epoch_rate(make: Any, batch_size: int, workers: int) -> dict[str, float]:
+    """Samples/s of one epoch of a fresh loader: wall, per CPU second of all processes, and per CPU second
+    of the busiest process (main or a worker)."""
+    import functools
+    import multiprocessing
+
     import wdspq
 
-    loader = wdspq.StreamLoader(make(), batch_size=batch_size, num_workers=workers)
-    t0, n = time.perf_counter(), 0
+    slots = multiprocessing.Array("d", max(1, workers), lock=False)
+    kw = {"worker_init_fn": functools.partial(_record_cpu, slots)} if workers else {}
+    loader = wdspq.StreamLoader(make(), batch_size=batch_size, num_workers=workers, **kw)
+    t0, c0, n = time.perf_counter(), time.process_time(), 0
     for batch in loader:
         n += len(batch["window_index"])
-    return n / (time.perf_counter() - t0), n
+    wall, main_cpu = time.perf_counter() - t0, time.process_time() - c0
+    del loader  # workers have exited (not persistent): their CPU seconds are in `slots`
+    worker_cpu = list(slots)[:workers]
+    return {"wall": n / wall, "cpu": n / (main_cpu + sum(worker_cpu)), "busiest": n / max([main_cpu, *worker_cpu]),
+            "samples": n, "cpu_s": [round(main_cpu, 3), *(round(c, 3) for c in worker_cpu)]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,16 +102,21 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, Any] = {"sizes": sizes, "single_windows": n_single, "batch_size": args.batch_size, "by_workers": {}}
     for w in args.workers:
-        rates: dict[str, list[float]] = {"single": [], "mixture": []}
+        rates: dict[str, list[dict[str, float]]] = {"single": [], "mixture": []}
         for _ in range(args.rounds):
             for name, make in (("single", one), ("mixture", mixture)):
-                rates[name].append(epoch_rate(make, args.batch_size, w)[0])
-        med = {k: statistics.median(v) for k, v in rates.items()}
-        ratio = med["mixture"] / med["single"]
+                rates[name].append(epoch_rate(make, args.batch_size, w))
+        med = {name: {m: statistics.median(r[m] for r in rs) for m in ("wall", "cpu", "busiest")}
+               for name, rs in rates.items()}
+        ratio = {m: med["mixture"][m] / med["single"][m] for m in ("wall", "cpu", "busiest")}
         results["by_workers"][w] = {"rates": rates, "median": med, "ratio": ratio}
-        print(f"num_workers={w}: single {med['single']:,.0f} samples/s, mixture {med['mixture']:,.0f} samples/s, "
-              f"mixture/single {ratio:.3f} (rounds: {[round(x) for x in rates['single']]} / "
-              f"{[round(x) for x in rates['mixture']]})")
+        for m, what in (("wall", "wall-clock"), ("cpu", "per CPU second (all processes)"),
+                        ("busiest", "per CPU second of the busiest process")):
+            print(f"num_workers={w} {what}: single {med['single'][m]:,.0f} samples/s, mixture "
+                  f"{med['mixture'][m]:,.0f} samples/s, mixture/single {ratio[m]:.3f} (rounds: "
+                  f"{[round(r[m]) for r in rates['single']]} / {[round(r[m]) for r in rates['mixture']]})")
+        print(f"num_workers={w} CPU seconds per round [main, workers...]: single {[r['cpu_s'] for r in rates['single']]}, "
+              f"mixture {[r['cpu_s'] for r in rates['mixture']]}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0

@@ -27,6 +27,7 @@ from ..cursor import (
     new_epoch_state,
     resume,
 )
+from ..cursor.plan import split_mode
 from ..epoch_order import block_size, check_order, default_order, in_shard_order, read_in_order
 from ..errors import StateError, WdspqError
 from ..shardfmt import Manifest, load_manifest
@@ -330,7 +331,7 @@ class ShardStream(StreamPipeline):
         self._ring_generation = block.generation
         self._order_epoch = block.epoch
         order = epoch_shard_order(n, self.seed, block.epoch, bool(self.shuffle))
-        plan = Plan.build(self.shard_sizes, block.base, order, topo, block.consumed, self.shard_order == "block",
+        plan = Plan.build(self.shard_sizes, block.base, order, topo, block.consumed, split_mode(self.shard_order),
                           self._blocks)
         return plan, block.skip, block.start_worker, j, n_workers
 

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import get_worker_info
 
 from ..cursor import PAD_INDEX, Plan
+from ..cursor.state import CONTIGUOUS
 from ..errors import StateError, WdspqError
 from ..mixture import (
     SOURCE_KEY,
@@ -174,11 +175,11 @@ class MixtureStream(ShardStream):
                                         sizes,
                                         "mixture(" + ", ".join(r.manifest.url for r in self.readers) + ")")
         self.source = self.manifest.url
-        # The cursor plans over the epoch as one virtual shard, cut into near-equal contiguous pieces (its
-        # "block" mode; nothing is permuted: positions are the schedule's); the sources' orders shuffle.
+        # The cursor plans over the epoch as one virtual shard, one near-equal contiguous stretch per slot (its
+        # "contiguous" plan order; nothing is permuted: positions are the schedule's); the sources' orders shuffle.
         # One-source batches: the units are the shards, dealt in schedule order (no cutting, no permutation).
         self.shuffle = self.group is None
-        self.shard_order = "block" if self.group is None else "sequential"
+        self.shard_order = CONTIGUOUS if self.group is None else "sequential"
         # the union's record layout: what worker collation fills and the loader's shared ring carries
         self._codec = UnionLayout(union_dtype(self.readers[0], self.schema), self.schema)
         self._reader = None
@@ -225,6 +226,10 @@ class MixtureStream(ShardStream):
         """StateError naming every difference between a saved mixture (the state's entry) and this one."""
         if not isinstance(state, Mapping):
             return
+        if self.group is None and state.get("shard_order") == "block" and str(state.get("manifest_id")).startswith("mix-"):
+            raise StateError("loader state was saved by an earlier wdspq, which cut a mixture's epoch into uneven "
+                             "pieces per worker; this one gives each worker an equal stretch, so that state cannot "
+                             "continue its epoch exactly: start the epoch afresh (loader.set_epoch)")
         saved = state.get(MIXTURE_STATE_KEY)
         if saved is None:
             if state.get("manifest_id") != self.manifest.id:
