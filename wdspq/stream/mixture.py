@@ -347,35 +347,52 @@ class MixtureStream(ShardStream):
         info = get_worker_info()
         ring = self._ring if info is not None else None
         buf = np.zeros(batch_size, dtype=union)  # reused: its pages are faulted in once per iteration
+        all_rows = buf.view(np.uint8).reshape(batch_size, union.itemsize)
+        direct = self._direct
+        # bytes past the shortest record copied whole: zeroed per batch (keys a source lacks, `source_index`)
+        tail = min([d for d in direct if d] or [0])
+        src = np.empty(batch_size, dtype=np.int64)
         try:
             while True:
-                got = list(itertools.islice(items, batch_size))
-                if not got:
-                    return
-                n = len(got)
-                out = buf[:n]
-                out.view(np.uint8).fill(0)  # keys a source lacks are zero
-                src = np.fromiter((j for (j, _), _ in got), dtype=np.int64, count=n)
-                out[SOURCE_KEY] = src
-                out_rows = out.view(np.uint8).reshape(n, union.itemsize)
-                for j in np.unique(src).tolist():
-                    where = np.flatnonzero(src == j)
-                    size = self._direct[j]
+                if tail < union.itemsize:
+                    all_rows[:, tail:] = 0  # before the copies: a longer prefix overwrites its part of it
+                n, pads, other = 0, [], []
+                for (j, record), is_pad in itertools.islice(items, batch_size):
+                    size = direct[j]
                     if size:  # the source's records are a prefix of the union's layout: one copy per record
-                        for w in where.tolist():
-                            out_rows[w, :size] = np.frombuffer(got[w][0][1], dtype=np.uint8)
-                        continue
-                    recs = np.empty(len(where), dtype=dtypes[j])
-                    rows = recs.view(np.uint8).reshape(len(where), dtypes[j].itemsize)
-                    for i, w in enumerate(where.tolist()):
-                        rows[i] = np.frombuffer(got[w][0][1], dtype=np.uint8)
-                    for k, orig, _, _ in self._keymaps[j]:
-                        if orig is not None:
-                            out[k][where] = recs[orig]
-                pads = [i for i, (_, is_pad) in enumerate(got) if is_pad]
+                        all_rows[n, :size] = np.frombuffer(record, dtype=np.uint8)
+                    else:
+                        other.append((n, j, record))
+                    src[n] = j
+                    if is_pad:
+                        pads.append(n)
+                    n += 1
+                if n == 0:
+                    return
+                out = buf[:n]
+                if other:
+                    self._fill_other(out, all_rows, other, dtypes)
+                out[SOURCE_KEY] = src[:n]
                 if pads:
                     out["window_index"][pads] = PAD_INDEX
                 sent = ring.put(info.id, self._ring_generation, out) if ring is not None else None
                 yield sent if sent is not None else batch_tensors(out, schema, info is not None)
         finally:
             items.close()  # type: ignore[attr-defined]
+
+    def _fill_other(self, out: np.ndarray, rows: np.ndarray, other: list[tuple[int, int, Any]],
+                    dtypes: list[np.dtype]) -> None:
+        """Rows of sources laid out otherwise than the union: zeroed, then filled key by key, per source."""
+        by_source: dict[int, list[tuple[int, Any]]] = {}
+        for i, j, record in other:
+            by_source.setdefault(j, []).append((i, record))
+        for j, got in by_source.items():
+            where = np.fromiter((i for i, _ in got), dtype=np.int64, count=len(got))
+            rows[where] = 0
+            recs = np.empty(len(got), dtype=dtypes[j])
+            own = recs.view(np.uint8).reshape(len(got), dtypes[j].itemsize)
+            for r, (_, record) in enumerate(got):
+                own[r] = np.frombuffer(record, dtype=np.uint8)
+            for k, orig, _, _ in self._keymaps[j]:
+                if orig is not None:
+                    out[k][where] = recs[orig]
