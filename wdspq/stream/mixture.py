@@ -339,9 +339,10 @@ class MixtureStream(ShardStream):
 
     def _collate_records(self, items: Iterator[tuple[Any, bool]], batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
         """`((source, record), is_pad)` collated in the worker, `batch_size` at a time: equal to default
-        collation of `_decode_records`, but vectorised per source into one record array of the union's
-        layout (missing keys zero), handed over like a single export's batch (the loader's shared ring,
-        or one shared block per batch)."""
+        collation of `_decode_records`, but into one record array of the union's layout (missing keys zero):
+        a record laid out like the union's prefix is one copy into its row, as a single export's is, others
+        go key by key; handed over like a single export's batch (the loader's shared ring, or one shared
+        block per batch)."""
         dtypes = [r.codec.dtype for r in self.readers]
         union, schema = self._codec.dtype, self._codec.schema
         info = get_worker_info()
