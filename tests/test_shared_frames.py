@@ -229,6 +229,25 @@ def test_s3_epoch_bytes_and_resume_reads_no_delivered_sample(export: Path, small
         assert set(read) == set(range(local.num_windows)) - delivered
 
 
+def test_overwrite_under_a_running_stream_stops_before_mixing_exports(small_table: str, tokenizer_path: str,
+                                                                     tmp_path: Path) -> None:
+    """An export rewritten under a running stream: the stream stops with ExportChangedError before it opens a
+    shard of the new export (shared-frames reads check the manifest after each open, as per-sample reads do)."""
+    from wdspq.errors import ExportChangedError
+
+    out = tmp_path / "o"
+    _export(small_table, out, tokenizer_path)
+    ref = [w for b in StreamLoader(ShardStream(str(out), seed=1), 8, 0) for w in b["window_index"].tolist()]
+    it = iter(StreamLoader(ShardStream(str(out), seed=1), 8, 0))
+    got = [w for _ in range(3) for w in next(it)["window_index"].tolist()]
+    wdspq.export_shards(small_table, out, SPEC, tokenizer=tokenizer_path, samples_per_shard=SPP, seed=4,
+                        encoding=ENC, progress=False, overwrite=True)
+    with pytest.raises(ExportChangedError, match="changed while it was being read"):
+        for b in it:
+            got += b["window_index"].tolist()
+    assert got == ref[: len(got)] and len(got) < len(ref)
+
+
 @pytest.mark.slow
 def test_ray_engine_is_byte_identical(export: Path, small_table: str, tokenizer_path: str, tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
