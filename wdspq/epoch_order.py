@@ -57,7 +57,7 @@ def block_size(n_samples: int, shard_bytes: int | None, segment: int = 0) -> int
     whole number of segments, at least one (so a block may have more samples than the shard). The
     exporter writes a shard's full segments first, so chunks hold whole segments: consecutive ordinals come
     from different segments (a batch mixes as many episodes as with per-sample shards of random windows),
-    and a chunk reads and decodes only packs of its own samples."""
+    and a full segment's pack is read and decoded by one chunk only."""
     n = int(n_samples)
     if n <= 0:
         return 1
