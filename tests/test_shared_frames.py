@@ -229,6 +229,25 @@ def test_s3_epoch_bytes_and_resume_reads_no_delivered_sample(export: Path, small
         assert set(read) == set(range(local.num_windows)) - delivered
 
 
+def test_overwrite_under_a_running_stream_stops_before_mixing_exports(small_table: str, tokenizer_path: str,
+                                                                     tmp_path: Path) -> None:
+    """An export rewritten under a running stream: the stream stops with ExportChangedError before it opens a
+    shard of the new export (shared-frames reads check the manifest after each open, as per-sample reads do)."""
+    from wdspq.errors import ExportChangedError
+
+    out = tmp_path / "o"
+    _export(small_table, out, tokenizer_path)
+    ref = [w for b in StreamLoader(ShardStream(str(out), seed=1), 8, 0) for w in b["window_index"].tolist()]
+    it = iter(StreamLoader(ShardStream(str(out), seed=1), 8, 0))
+    got = [w for _ in range(3) for w in next(it)["window_index"].tolist()]
+    wdspq.export_shards(small_table, out, SPEC, tokenizer=tokenizer_path, samples_per_shard=SPP, seed=4,
+                        encoding=ENC, progress=False, overwrite=True)
+    with pytest.raises(ExportChangedError, match="changed while it was being read"):
+        for b in it:
+            got += b["window_index"].tolist()
+    assert got == ref[: len(got)] and len(got) < len(ref)
+
+
 @pytest.mark.slow
 def test_ray_engine_is_byte_identical(export: Path, small_table: str, tokenizer_path: str, tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
@@ -242,3 +261,97 @@ def test_ray_engine_is_byte_identical(export: Path, small_table: str, tokenizer_
     assert names == sorted(p.name for p in (tmp_path / "ray").iterdir())
     for n in names:
         assert (export / n).read_bytes() == (tmp_path / "ray" / n).read_bytes(), n
+
+
+# ----------------------------------------------------------------------------------------------
+# batch diversity and the block order of shared-frames shards (pure plans, no shard read)
+
+
+def _batchmates() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("batchmates", Path(__file__).resolve().parents[1] / "tools" / "batchmates.py")
+    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod
+
+
+# windows per episode of the bench's peer-style table (20 episodes x 10 s, stride 4)
+PEER_COUNTS = [278, 328, 167, 329, 327, 227, 233, 158, 302, 264, 250, 254, 235, 266, 261, 275, 306, 223, 330, 179]
+
+
+def _episodes_per_batch(counts: list[int], segment: int, per_shard: int, workers: int, seed: int) -> float:
+    """Mean distinct episodes in a full batch of 32 (interleave 4) over epochs 0 and 1 of the stream's plan:
+    shards as the exporter groups windows (segments for shared frames, else a permutation of windows)."""
+    from wdspq.cursor import Topology
+    from wdspq.export.plan import segment_assignment, shard_assignment
+
+    bm = _batchmates()
+    c = np.asarray(counts)
+    starts = np.r_[0, np.cumsum(c)[:-1]]
+    shards = (segment_assignment(starts, c, segment, per_shard, seed, True) if segment
+              else shard_assignment(int(c.sum()), per_shard, seed, True))
+    windows = np.concatenate(shards)
+    topo = Topology(num_workers=workers, batch_size=32, interleave=4)
+    got = []
+    for epoch in (0, 1):
+        ids, batch = bm.epoch_batch_ids([len(s) for s in shards], 2_000, topo, seed, epoch, "block", segment)
+        episode = np.searchsorted(starts, windows[ids], side="right")
+        full = np.flatnonzero(np.bincount(batch) == 32)
+        keep = np.isin(batch, full)
+        got.append(len(np.unique(batch[keep] * len(counts) + episode[keep] - 1)) / len(full))
+    return float(np.mean(got))
+
+
+@pytest.mark.parametrize("counts, workers", [(PEER_COUNTS, 0), ([100] * 16, 2)], ids=["peer-0-workers", "sim-2-workers"])
+def test_batches_mix_as_many_episodes_as_per_sample_shards(counts: list[int], workers: int) -> None:
+    """200 windows a shard, segments of 32 (a shard holds ~7 segments; a batch takes 8 samples of each of
+    its 4 shards): at least as many episodes per batch as per-sample shards (seeds 0-3). Before the
+    stratified segment order and chunks of whole segments: 13.8 against 16.0 episodes (peer-style)."""
+    shared = np.mean([_episodes_per_batch(counts, 32, 200, workers, s) for s in range(4)])
+    per_sample = np.mean([_episodes_per_batch(counts, 0, 200, workers, s) for s in range(4)])
+    assert shared >= per_sample, (shared, per_sample)
+
+
+def test_segment_order_spreads_each_episode_and_shards_start_with_full_segments() -> None:
+    """20 episodes of 8 full segments and a short one: shards of 7-8 segments hold as many different episodes,
+    full segments first (the block order's chunks, whole segments, then hold one segment each)."""
+    from wdspq.export.plan import segment_assignment
+
+    counts = np.full(20, 8 * 32 + 5)
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    shards = segment_assignment(starts, counts, 32, 200, 7, True)
+    assert sorted(np.concatenate(shards).tolist()) == list(range(int(counts.sum())))
+    for s in shards:
+        episode = np.searchsorted(starts, s, side="right") - 1
+        seg = episode * 100 + (s - starts[episode]) // 32  # segment id of each window
+        firsts = np.flatnonzero(np.r_[True, np.diff(seg) != 0])
+        assert len(set(seg.tolist())) == len(firsts) <= 8, "a segment split within its shard"
+        assert len(set(episode[firsts].tolist())) == len(firsts), "an episode twice in a shard"
+        full = np.diff(np.r_[firsts, len(s)]) == 32
+        assert not full[np.argmin(full):].any() or full.all(), "a short segment before a full one"
+    canonical = segment_assignment(starts, counts, 32, 200, 7, False)
+    assert np.array_equal(np.concatenate(canonical), np.arange(int(counts.sum())))
+
+
+@pytest.mark.parametrize("n, shard_bytes, segment", [(200, 340_000, 32), (1000, 5_500_000, 32), (1000, 1_700_000, 24),
+                                                     (20_000, 110_000_000, 32), (5, 10_000, 32)])
+def test_block_chunks_are_whole_segments(n: int, shard_bytes: int, segment: int) -> None:
+    from wdspq.epoch_order import CHUNKS, block_layout, block_size
+
+    c, k = block_layout(block_size(n, shard_bytes, segment))
+    assert c % segment == 0 and k == CHUNKS
+    assert block_size(n, shard_bytes, 0) == block_size(n, shard_bytes)  # per-sample shards: unchanged
+
+
+@pytest.mark.parametrize("sample_bytes, segment", [(1_700, 32), (5_500, 64), (30_000, 16)])
+def test_batch_mates_change_from_epoch_to_epoch_with_segments(sample_bytes: int, segment: int) -> None:
+    """The block order's batch-mate targets hold for shared-frames shards: <= 2 % at 24 x 200, 2 workers,
+    batch 16; <= 1 % at 1,000 x 1,000, 8 workers, batch 64."""
+    from wdspq.cursor import Topology
+
+    bm = _batchmates()
+    small = Topology(num_workers=2, batch_size=16, interleave=4)
+    assert bm.repeat_rate([200] * 24, sample_bytes, small, "block", 0, segment) <= 0.02
+    big = Topology(num_workers=8, batch_size=64, interleave=4)
+    assert bm.repeat_rate([1000] * 1000, sample_bytes, big, "block", 0, segment) <= 0.01

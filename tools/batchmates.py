@@ -8,6 +8,7 @@ Of the pairs of windows that share a batch in epoch 1, the share that already sh
 rate may depend on how many samples fit a chunk and a block (wdspq.epoch_order.BLOCK_BYTES, CHUNKS), so it
 is printed for a few sample sizes: the default export of the sim table (17.8 kB), the default encoding on
 the synthetic peer data (7.0 kB), raw records (102.9 kB) and large samples (1 MB: one sample per chunk).
+`--segment N` plans shared-frames shards (chunks of whole segments of N windows, `epoch_order.block_size`).
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ SAMPLE_BYTES = {"sim default 17.8 kB": 17_800, "default 7.0 kB": 7_004, "raw 102
 
 
 def epoch_batch_ids(sizes: list[int], sample_bytes: int, topo: Topology, seed: int, epoch: int,
-                    shard_order: str) -> tuple[np.ndarray, np.ndarray]:
-    """(window ids of every real entry of the epoch, the global batch number of each), from the plan."""
+                    shard_order: str, segment: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(sample ids of every real entry of the epoch, the global batch number of each), from the plan. Sample
+    id: the shard's offset in the export plus the sample's position in the shard. `segment`: shared frames."""
     offsets = np.r_[0, np.cumsum(sizes)].astype(np.int64)
-    blocks = [block_size(n, n * sample_bytes) for n in sizes]
+    blocks = [block_size(n, n * sample_bytes, segment) for n in sizes]
     phys = np.concatenate([
         offsets[s] + in_shard_order(seed, epoch, s, n, blocks[s], shard_order)
         for s, n in enumerate(sizes)
@@ -53,10 +55,11 @@ def epoch_batch_ids(sizes: list[int], sample_bytes: int, topo: Topology, seed: i
     return np.concatenate(ids), np.concatenate(bids)
 
 
-def repeat_rate(sizes: list[int], sample_bytes: int, topo: Topology, shard_order: str, seed: int = 0) -> float:
+def repeat_rate(sizes: list[int], sample_bytes: int, topo: Topology, shard_order: str, seed: int = 0,
+                segment: int = 0) -> float:
     """Share of epoch 1's batch-mate pairs that were batch-mates in epoch 0."""
-    ids0, b0 = epoch_batch_ids(sizes, sample_bytes, topo, seed, 0, shard_order)
-    ids1, b1 = epoch_batch_ids(sizes, sample_bytes, topo, seed, 1, shard_order)
+    ids0, b0 = epoch_batch_ids(sizes, sample_bytes, topo, seed, 0, shard_order, segment)
+    ids1, b1 = epoch_batch_ids(sizes, sample_bytes, topo, seed, 1, shard_order, segment)
     batch0 = np.full(int(sum(sizes)), -1, dtype=np.int64)
     batch0[ids0] = b0
     _, per_batch = np.unique(b1, return_counts=True)
@@ -74,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--interleave", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--segment", type=int, default=0, help="shared-frames shards: windows per segment (0: per-sample)")
     args = ap.parse_args(argv)
     if args.shards:
         cases = [(args.shards, args.samples or 200, args.workers, args.batch, args.interleave, None)]
@@ -85,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         topo = Topology(world_size=args.world_size, num_workers=workers, batch_size=batch, interleave=k)
         sizes = [n] * shards
         old = repeat_rate(sizes, 17_800, topo, "sequential", args.seed)
-        new = [repeat_rate(sizes, b, topo, "block", args.seed) for b in SAMPLE_BYTES.values()]
+        new = [repeat_rate(sizes, b, topo, "block", args.seed, args.segment) for b in SAMPLE_BYTES.values()]
         fresh = (batch - 1) / (shards * n - 1)
         name = f"{shards} x {n}, {args.world_size} rank(s) x {workers} workers, batch {batch}, interleave {k}"
         print(f"{name:62s} {old:10.2%} " + " ".join(f"{x:26.2%}" for x in new) + f" {fresh:8.3%} "

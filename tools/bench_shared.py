@@ -6,7 +6,9 @@ the default (per-sample) encoding, shared frames with each `--segments` length, 
 window order (not shuffled), whose shard files compressed whole with zstd-3 are the reference (what a
 whole-shard compressor such as Mosaic MDS gets). Then per export: bytes/sample, the dry run's
 estimate, export time, stream throughput (one epoch of `ShardStream`, alternating rounds, medians),
-and episodes per batch of 32 (`StreamLoader`, 0 workers, distinct `episode_index` per batch).
+episodes per batch of 32 (`StreamLoader`, 0 workers, distinct `episode_index` per batch), and
+`StreamLoader` throughput with 0 and `--workers` workers (batch 32, `--loader-epochs` epochs with persistent
+workers, start-up included, as in training; alternating rounds, medians) and their ratio.
 
     MUJOCO_GL=egl python tools/bench_shared.py [--work bench_out/shared] [--rounds 3] [--segments 16,32,64]
 """
@@ -72,6 +74,20 @@ def episodes_per_batch(folder: Path, batch: int = 32) -> float:
     return statistics.mean(counts) if counts else float("nan")
 
 
+def loader_rate(folder: Path, workers: int, epochs: int, batch: int = 32) -> float:
+    """Samples/s of `epochs` epochs of StreamLoader (persistent workers; start-up included)."""
+    import wdspq
+
+    t = time.perf_counter()
+    loader = wdspq.StreamLoader(wdspq.ShardStream(str(folder), shuffle=True, seed=0), batch, workers,
+                                persistent_workers=workers > 0)
+    n = 0
+    for e in range(epochs):
+        loader.set_epoch(e)
+        n += sum(int((b["window_index"] >= 0).sum()) for b in loader)
+    return n / (time.perf_counter() - t)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="bench_out/shared")
@@ -79,6 +95,8 @@ def main() -> None:
     p.add_argument("--segments", default="16,32,64")
     p.add_argument("--samples-per-shard", type=int, default=200)
     p.add_argument("--no-sim", action="store_true")
+    p.add_argument("--workers", type=int, default=2, help="StreamLoader workers compared with 0 (0: skip)")
+    p.add_argument("--loader-epochs", type=int, default=3)
     p.add_argument("--json", dest="json_path", default=None)
     args = p.parse_args()
     import wdspq
@@ -121,17 +139,30 @@ def main() -> None:
         for name in encs:
             res[name]["stream_samples_per_s"] = statistics.median(r[0] for r in rates[name])
             res[name]["stream_samples_per_cpu_s"] = statistics.median(r[1] for r in rates[name])
+        if args.workers:
+            loads: dict[tuple[str, int], list[float]] = {(name, w): [] for name in encs for w in (0, args.workers)}
+            for _ in range(args.rounds):
+                for name, w in loads:
+                    loads[(name, w)].append(loader_rate(work / f"{tname}-{name}", w, args.loader_epochs))
+            for name in encs:
+                w0, wn = (statistics.median(loads[(name, w)]) for w in (0, args.workers))
+                res[name].update({"loader_w0_samples_per_s": w0, f"loader_w{args.workers}_samples_per_s": wn,
+                                  f"loader_w{args.workers}_vs_w0": wn / w0})
         report[tname] = res
         ref = res["time_ordered_whole_shard_zstd3"]
         print(f"\n{tname}: {n} windows; raw {res['raw_bytes_per_sample']:,.0f} B/sample; time-ordered whole-shard "
               f"zstd-3 {ref:,.0f} B/sample")
+        wk = f"w{args.workers}"
         print(f"{'layout':<12} {'B/sample':>9} {'/ref':>6} {'dry-run':>8} {'samples/s':>10} {'/CPU s':>8} "
-              f"{'eps/batch32':>11} {'export s':>8}")
+              f"{'eps/batch32':>11} {'export s':>8}" + (f" {'loader w0':>10} {'loader ' + wk:>10} {wk + '/w0':>6}"
+                                                      if args.workers else ""))
         for name in encs:
             r = res[name]
             print(f"{name:<12} {r['bytes_per_sample']:>9,.0f} {r['bytes_per_sample'] / ref:>6.2f} "
                   f"{r['dry_run_total_vs_actual']:>8.2f} {r['stream_samples_per_s']:>10,.0f} "
-                  f"{r['stream_samples_per_cpu_s']:>8,.0f} {r['episodes_per_batch32']:>11.1f} {r['export_s']:>8.1f}")
+                  f"{r['stream_samples_per_cpu_s']:>8,.0f} {r['episodes_per_batch32']:>11.1f} {r['export_s']:>8.1f}"
+                  + (f" {r['loader_w0_samples_per_s']:>10,.0f} {r[f'loader_{wk}_samples_per_s']:>10,.0f} "
+                     f"{r[f'loader_{wk}_vs_w0']:>6.2f}" if args.workers else ""))
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(report, indent=1))
 

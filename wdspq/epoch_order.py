@@ -49,15 +49,32 @@ def check_order(shard_order: str, shuffle: bool) -> str:
     return shard_order
 
 
-def block_size(n_samples: int, shard_bytes: int | None) -> int:
+def block_size(n_samples: int, shard_bytes: int | None, segment: int = 0) -> int:
     """Samples per ordinal block of a shard: the shard cut into ``round(bytes / BLOCK_BYTES)`` blocks (at least
-    one) of about ``g`` samples, rounded to whole chunks (`block_layout`). Unknown bytes: one block."""
+    one) of about ``g`` samples, rounded to whole chunks (`block_layout`). Unknown bytes: one block.
+
+    ``segment`` (shared-frames shards: windows per frame pack, runs of one episode) makes every chunk a
+    whole number of segments, at least one (so a block may have more samples than the shard). The
+    exporter writes a shard's full segments first, so chunks hold whole segments: consecutive ordinals come
+    from different segments (a batch mixes as many episodes as with per-sample shards of random windows),
+    and a full segment's pack is read and decoded by one chunk only."""
     n = int(n_samples)
     if n <= 0:
         return 1
     blocks = max(1, round(int(shard_bytes or 0) / BLOCK_BYTES))
-    c, k = block_layout(-(-n // blocks))
+    g = -(-n // blocks)
+    if segment > 0:  # chunks of a whole number of segments, at least one: CHUNKS such chunks a block
+        g = CHUNKS * int(segment) * max(1, round(-(-g // CHUNKS) / int(segment)))
+    c, k = block_layout(g)
     return c * k
+
+
+def shard_blocks(manifest: Any) -> list[int]:
+    """`block_size` of every shard of a manifest (its ``shards`` entries; the segment of a shared-frames
+    encoding): what the stream, the mixture stream and every plan that must agree with them use."""
+    enc = getattr(manifest, "data", {}).get("encoding", {})
+    segment = int(enc.get("segment", 0)) if enc.get("layout") == "shared-frames" else 0
+    return [block_size(int(e["samples"]), e.get("bytes"), segment) for e in manifest.shards]
 
 
 def block_layout(block: int) -> tuple[int, int]:

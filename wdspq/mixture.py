@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .cursor import epoch_shard_order
-from .epoch_order import block_size, check_order, default_order, in_shard_order, read_in_order
+from .epoch_order import check_order, default_order, in_shard_order, read_in_order, shard_blocks
 from .errors import WdspqError
 from .shardfmt import Manifest, load_manifest
 from .stream.reader import SampleReader
@@ -139,7 +139,7 @@ class SourceReader:
         self.reader = SampleReader(self.manifest, self.codec, on_error, verify_checksums)
         self.sizes = self.manifest.shard_sizes
         self.n = int(sum(self.sizes))
-        self.blocks = [block_size(int(e["samples"]), e.get("bytes")) for e in self.manifest.shards]
+        self.blocks = shard_blocks(self.manifest)
         missing = [k for k in source.rename if k not in self.codec.schema]
         if missing:
             raise WdspqError(f"{self.manifest.url}: rename names keys this export does not have: {missing} "

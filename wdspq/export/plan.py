@@ -40,26 +40,53 @@ def shard_assignment(n_windows: int, samples_per_shard: int, seed: int, shuffle:
 def segment_assignment(starts: np.ndarray, counts: np.ndarray, segment: int, samples_per_shard: int, seed: int,
                        shuffle: bool) -> list[np.ndarray]:
     """Shared frames: window indices of each shard in write order. Each episode's windows are cut into
-    segments of `segment` consecutive windows; a seeded permutation of all segments (canonical order with
+    segments of `segment` consecutive windows; a seeded order of all segments (canonical order with
     `shuffle=False`) is cut into shards of whole segments, a shard closing once it holds at least
-    `samples_per_shard` windows. Windows stay ascending inside a segment (they share its frame pack)."""
-    seg_first, seg_len = [], []
-    for a, c in zip(np.asarray(starts).tolist(), np.asarray(counts).tolist()):
+    `samples_per_shard` windows. Windows stay ascending inside a segment (they share its frame pack).
+
+    The order is stratified (`segment_order`): an episode's segments lie evenly spaced along it, so a shard
+    holds segments of as many different episodes as it can, as many of each as its share of the table."""
+    seg_first, seg_len, seg_ep = [], [], []
+    for e, (a, c) in enumerate(zip(np.asarray(starts).tolist(), np.asarray(counts).tolist())):
         for k in range(0, int(c), segment):
             seg_first.append(int(a) + k)
             seg_len.append(min(segment, int(c) - k))
+            seg_ep.append(e)
     first, length = np.asarray(seg_first, dtype=np.int64), np.asarray(seg_len, dtype=np.int64)
-    order = np.random.default_rng(seed).permutation(len(first)) if shuffle else np.arange(len(first))
+    order = segment_order(np.asarray(seg_ep, dtype=np.int64), seed) if shuffle else np.arange(len(first))
     shards, cur, held = [], [], 0
     for g in order.tolist():
-        cur.append(np.arange(first[g], first[g] + length[g], dtype=np.int64))
+        cur.append(g)
         held += int(length[g])
         if held >= samples_per_shard:
-            shards.append(np.concatenate(cur))
+            shards.append(cur)
             cur, held = [], 0
     if cur:
-        shards.append(np.concatenate(cur))
-    return shards
+        shards.append(cur)
+    if shuffle:  # full segments first: the epoch order's chunks (whole segments) then hold whole segments
+        shards = [sorted(gs, key=lambda g: length[g] < segment) for gs in shards]
+    return [np.concatenate([np.arange(first[g], first[g] + length[g], dtype=np.int64) for g in gs]) for gs in shards]
+
+
+def segment_order(episode: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded, stratified order of segments (`episode[g]`: the episode of segment g, non-decreasing).
+
+    An episode of m segments puts them, in a random order, at the positions (i + u) / m, i = 0..m-1, of the
+    unit interval (u uniform, one per episode); segments are sorted by position (random ties). A random
+    permutation would put some episodes' segments next to each other in a shard and leave others out; a
+    shard of few segments then mixes fewer episodes into a batch than shards of randomly drawn windows."""
+    rng = np.random.default_rng(seed)
+    n = len(episode)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    first = np.r_[0, np.flatnonzero(np.diff(episode)) + 1]
+    sizes = np.diff(np.r_[first, n])
+    own = np.repeat(np.arange(len(first)), sizes)  # episode rank of each segment (0 .. episodes-1)
+    shuffled = np.lexsort((rng.random(n), own))  # each episode's segments in a random order
+    rank = np.empty(n, dtype=np.int64)
+    rank[shuffled] = np.arange(n) - np.repeat(first, sizes)
+    pos = (rank + rng.random(len(first))[own]) / sizes[own]
+    return np.lexsort((rng.random(n), pos)).astype(np.int64)
 
 
 def check_int(name: str, value: Any, lo: int) -> int:

@@ -28,7 +28,7 @@ from ..cursor import (
     resume,
 )
 from ..cursor.plan import split_mode
-from ..epoch_order import block_size, check_order, default_order, in_shard_order, read_in_order
+from ..epoch_order import check_order, default_order, in_shard_order, read_in_order, shard_blocks
 from ..errors import StateError, WdspqError
 from ..shardfmt import Manifest, load_manifest
 from .control import ControlBlock
@@ -129,7 +129,7 @@ class ShardStream(StreamPipeline):
         self._init_common(seed, interleave, even, rank, world_size)
         self._codec = self.manifest.codec()
         self._reader = SampleReader(self.manifest, self._codec, on_error, verify_checksums)
-        self._blocks = [block_size(int(e["samples"]), e.get("bytes")) for e in self.manifest.shards]
+        self._blocks = shard_blocks(self.manifest)
 
     def _init_common(self, seed: int, interleave: int, even: str, rank: int | None, world_size: int | None) -> None:
         """The settings every kind of stream (one export, a mixture) takes alike, validated now; and the
