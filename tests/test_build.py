@@ -17,7 +17,7 @@ from wdspq.build import Hdf5Layout, build_from_hdf5, build_from_seed, build_synt
 from wdspq.cli import main
 from wdspq.errors import SchemaError
 from wdspq.media import decode_video, encode_png
-from wdspq.validate import validate_table
+from wdspq.table.validate import validate_table
 
 # ---------------------------------------------------------------------------------------------------
 # synthetic

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from wdspq.cli import COMMANDS, main, make_parser
-from wdspq.schema import read_meta
+from wdspq.table import read_meta
 
 REPO = Path(__file__).resolve().parents[1]
 

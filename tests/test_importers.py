@@ -38,8 +38,8 @@ from wdspq.build.lerobot import FramesOffRowsWarning
 from wdspq.cli import main as cli_main
 from wdspq.errors import SchemaError
 from wdspq.media import decode_video
-from wdspq.schema import read_meta
-from wdspq.validate import validate_table
+from wdspq.table import read_meta
+from wdspq.table.validate import validate_table
 
 CODECS = {"v2.1": {CAMERAS[0]: "libsvtav1", CAMERAS[1]: "libx264"},
           "v3.0": {CAMERAS[0]: "libx264", CAMERAS[1]: "libsvtav1"}}

@@ -163,7 +163,7 @@ def test_source_episode_index_task_and_lerobot_stats(tmp_path, tokenizer_path):
     norm = wdspq.Normalize(stats, keys=["action"])(last)
     expect = (last["action"] - stats["action"]["mean"]) / stats["action"]["std"]
     assert torch.allclose(norm["action"], expect) and bool((norm["action"][1] != 0).all())
-    meta = wdspq.schema.read_meta(str(table)).extra["lerobot"]
+    meta = wdspq.table.read_meta(str(table)).extra["lerobot"]
     assert meta["keys"]["actions"] == "action" and meta["tasks"] == list(TASKS) and meta["fps"] == FPS
 
 
@@ -273,7 +273,7 @@ def test_imported_dropped_and_jittered_frames_follow_tolerance_s(tmp_path, token
     table = tmp_path / "t.parquet"
     with pytest.warns(FramesOffRowsWarning, match="episode_000000"):
         build_from_lerobot(root, table, progress=False)
-    off = wdspq.schema.read_meta(str(table)).extra["lerobot"]["frames_off_rows"]
+    off = wdspq.table.read_meta(str(table)).extra["lerobot"]["frames_off_rows"]
     assert off == {"episode_000000": {CAMERAS[0]: {"frames": n, "rows": n, "frames_on_rows": n - 1},
                                       CAMERAS[1]: {"frames": n - 1, "rows": n, "frames_on_rows": n - 1}}}
 

@@ -129,7 +129,7 @@ def test_table_on_s3_exports_like_the_local_table(table, local, tokenizer_path, 
 
     open_storage(s3_bucket).put_bytes("tables/t.parquet", table.read_bytes())
     remote = f"{s3_bucket}/tables/t.parquet"
-    assert wdspq.schema.read_meta(remote).num_episodes == 24
+    assert wdspq.table.read_meta(remote).num_episodes == 24
     wdspq.export_shards(remote, tmp_path / "from-s3", SPEC, tokenizer=tokenizer_path, samples_per_shard=SPP,
                         workers=2, progress=False)
     assert _files(tmp_path / "from-s3") == _files(local)
@@ -137,7 +137,7 @@ def test_table_on_s3_exports_like_the_local_table(table, local, tokenizer_path, 
         _ray_export(remote, tmp_path / "ray-from-s3", tokenizer_path)
     assert _files(tmp_path / "ray-from-s3") == _files(local)
     with pytest.raises(wdspq.WdspqError, match="no-such.parquet"):
-        wdspq.schema.read_meta(f"{s3_bucket}/tables/no-such.parquet")
+        wdspq.table.read_meta(f"{s3_bucket}/tables/no-such.parquet")
 
 
 DRIVER = """

@@ -89,7 +89,7 @@ def test_3_partial_explicit_topology_is_an_error(export, monkeypatch):
 def test_14_table_writer_pools_bounded_timestamp_diffs(tmp_path, monkeypatch):
     import numpy as np
 
-    from wdspq import schema
+    from wdspq.table import meta as schema
 
     monkeypatch.setattr(schema, "MAX_RATE_DIFFS", 1000)
     streams = [schema.actions_stream(2)]
@@ -192,7 +192,7 @@ def test_17_token_type_ids_only_when_the_tokenizer_makes_them(table, tokenizer_p
 def test_7_seed_missing_media_skip(tmp_path, monkeypatch, tokenizer_path, capsys):
     from test_build import make_seed_table
 
-    from wdspq.validate import validate_table
+    from wdspq.table.validate import validate_table
 
     seed = make_seed_table(tmp_path / "s", n=10)
     for i in (1, 4):

@@ -11,7 +11,7 @@ import pytest
 
 import wdspq
 from wdspq.cli import main as cli_main
-from wdspq.validate import validate_table
+from wdspq.table.validate import validate_table
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # read when mujoco is first imported: headless rendering
 mujoco = pytest.importorskip("mujoco", reason="MuJoCo is not installed (pip install 'wdspq[sim]')")

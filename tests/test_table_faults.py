@@ -14,8 +14,8 @@ from wdspq import ParquetWindowDataset, export_shards
 from wdspq.build import build_synthetic
 from wdspq.cli import main
 from wdspq.errors import SchemaError, TableReadError, WdspqError
-from wdspq.table_file import has_page_checksums
-from wdspq.validate import validate_table
+from wdspq.table.file import has_page_checksums
+from wdspq.table.validate import validate_table
 from wdspq.verify import verify_shards
 
 SPEC = {"acts_length_sec": 0.5, "obs_length_sec": 0.5, "video_frame_offsets": [-1, 0], "stride": 5}

@@ -21,8 +21,8 @@ import wdspq
 from wdspq.build import build_from_hdf5, build_synthetic
 from wdspq.build.synthetic import SyntheticConfig, camera_times, read_frame_counter
 from wdspq.errors import SchemaError
-from wdspq.schema import read_meta
-from wdspq.validate import validate_table
+from wdspq.table import read_meta
+from wdspq.table.validate import validate_table
 
 HERE = Path(__file__).resolve().parent
 CAMS, FPS = ("front", "wrist"), (15.0, 30.0)
@@ -195,7 +195,7 @@ def test_per_stream_overrides(multi_table, tokenizer_path):
 
 
 def test_writer_names_episode_and_stream(tmp_path):
-    from wdspq.schema import Episode, TableWriter, actions_stream, camera_stream, signal_stream
+    from wdspq.table import Episode, TableWriter, actions_stream, camera_stream, signal_stream
 
     streams = [actions_stream(2), signal_stream("joints", 3), camera_stream("front", 8, 8)]
     ts = np.arange(5) / 10

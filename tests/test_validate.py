@@ -12,8 +12,9 @@ import pytest
 
 from wdspq.errors import SchemaError
 from wdspq.media import encode_mp4, encode_png
-from wdspq.schema import read_meta
-from wdspq.validate import check_timestamps, validate_table
+from wdspq.table import read_meta
+from wdspq.table.timestamps import check_timestamps
+from wdspq.table.validate import validate_table
 
 ROW = 3  # the row every crafted fault is put into; row groups of 2 put it in the second group
 

@@ -22,7 +22,7 @@ from window_oracle import (
 )
 
 from wdspq.errors import SpecError
-from wdspq.rates import median_rate, rate_from_diffs
+from wdspq.table.rates import median_rate, rate_from_diffs
 from wdspq.windows import CameraClip, EpisodeArrays, SampleLayout, WindowSpec, cut_window
 
 F = Fraction

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from window_oracle import dec, oracle_base_frame, oracle_length, oracle_resampled, oracle_rows
 
 from wdspq.errors import SpecError, WdspqError
-from wdspq.schema import median_rate
+from wdspq.table.rates import median_rate
 from wdspq.windows import (
     CameraClip,
     EpisodeArrays,
@@ -229,7 +229,7 @@ def build_hand_table(path, with_video: bool = True) -> None:
     """The same 3 episodes as a real Parquet table (video: counter-coded frames, encoded losslessly enough)."""
     from wdspq.build.synthetic import render_frames
     from wdspq.media import encode_clip, encode_png
-    from wdspq.schema import Episode, TableWriter, actions_stream, camera_stream, image_stream, signal_stream
+    from wdspq.table import Episode, TableWriter, actions_stream, camera_stream, image_stream, signal_stream
 
     eps = hand_episodes()
     streams = [actions_stream(2), signal_stream("observations", 2), camera_stream("frames", *HW), image_stream("image", *IMG_HW)]
@@ -288,7 +288,7 @@ def test_seed_defect_rounding_not_truncation():
 
 
 def test_rates_snap_to_exact_values():
-    from wdspq.schema import snap_rate
+    from wdspq.table.rates import snap_rate
 
     assert snap_rate(100.0000954) == 100.0 and snap_rate(29.97002997) == 30000 / 1001
     assert snap_rate(100.01) == 100.01  # a real offset is kept

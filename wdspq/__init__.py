@@ -42,12 +42,12 @@ _LAZY = {
     "torch_seed": "stream",
     "ParquetWindowDataset": "table_dataset",
     # writing your own importer (README "Writing your own importer")
-    "TableWriter": "schema",
-    "Episode": "schema",
-    "actions_stream": "schema",
-    "signal_stream": "schema",
-    "camera_stream": "schema",
-    "image_stream": "schema",
+    "TableWriter": "table",
+    "Episode": "table",
+    "actions_stream": "table",
+    "signal_stream": "table",
+    "camera_stream": "table",
+    "image_stream": "table",
     "encode_clip": "media",
     "ClipWriter": "media",
     "encode_png": "media",
@@ -58,8 +58,8 @@ _LAZY = {
     "lerobot_frames_to_float": "lerobot_front",
     "lerobot_stats": "lerobot_front",
 }
-_SUBMODULES = ("build", "cursor", "export", "media", "mixture", "normalize", "schema", "shardfmt", "storage", "stream",
-               "table_dataset", "text", "validate", "viz", "windows")
+_SUBMODULES = ("build", "cursor", "export", "media", "mixture", "normalize", "shardfmt", "storage", "stream",
+               "table", "table_dataset", "text", "viz", "windows")
 
 __all__ = [
     "MediaError",

@@ -139,7 +139,7 @@ def lerobot_stats(table: str | os.PathLike) -> dict[str, dict[str, torch.Tensor]
     For `wdspq.Normalize(lerobot_stats(table), keys=["action", "observation.state"])` on `to_lerobot`
     batches: they have no `_mask` keys, so every row (clamped ones too) is normalised, as LeRobot does.
     """
-    from .schema import read_meta
+    from .table import read_meta
 
     meta = read_meta(str(table))
     stats = (meta.extra.get("lerobot") or {}).get("stats")

@@ -16,8 +16,8 @@ import torch
 from .errors import SchemaError
 from .media import decode_image, decode_video
 from .offsets import episode_infos
-from .schema import TableMeta, read_meta
-from .table_file import open_parquet, read_row_group
+from .table import TableMeta, read_meta
+from .table.file import open_parquet, read_row_group
 from .text import load_tokenizer, tokenize, tokenizer_identity
 from .windows import CameraClip, EpisodeArrays, WindowIndex, WindowSpec, cut_window, sample_schema
 
@@ -135,8 +135,8 @@ class ParquetWindowDataset(torch.utils.data.Dataset):
     def stats(self) -> dict[str, dict[str, torch.Tensor]]:
         """Normalisation statistics of actions and every signal over every table row (each once), as
         tensors per stream; the same figures an export of this table records (`wdspq.Normalize`)."""
-        from .export.stats import table_stats
         from .normalize import stats_tensors
+        from .table.stats import table_stats
 
         return stats_tensors({k: v.to_dict() for k, v in table_stats(self.path, self.meta).items()})
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .errors import WdspqError
-from .schema import TableMeta
+from .table import TableMeta
 from .windows import WindowSpec
 
 MASKED_GREY = 0.55
@@ -78,7 +78,7 @@ def _series(ax: Any, t: np.ndarray, values: np.ndarray, mask: np.ndarray, names:
 
 def infer_context(sample: dict[str, Any]) -> WindowContext:
     """A context from the sample's keys alone (no rates, names or text): frames labelled by slot."""
-    from .schema import actions_stream, camera_stream, image_stream, signal_stream
+    from .table import actions_stream, camera_stream, image_stream, signal_stream
 
     s = {k: _np(v) for k, v in sample.items()}
     streams = [actions_stream(s["actions"].shape[1])]

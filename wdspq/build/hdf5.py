@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from ..errors import SchemaError
 from ..media import VIDEO_CODECS
-from ..schema import (
+from ..table import (
     Episode,
     TableMeta,
     TableWriter,
@@ -35,7 +35,7 @@ from ..schema import (
     check_output_path,
     signal_stream,
 )
-from ..timestamps import check_timestamps
+from ..table.timestamps import check_timestamps
 from .common import encode_camera, select
 
 _INT_NAME = re.compile(r"^[+-]?\d+$")

@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from ..errors import MediaError, SchemaError
 from ..media import decode_image, iter_timed_range
-from ..schema import (
+from ..table import (
     Episode,
     Stream,
     TableMeta,

@@ -29,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import SchemaError
-from ..schema import (
+from ..table import (
     Episode,
     Stream,
     TableMeta,

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from ..errors import MediaError, SchemaError
 from ..media import decode_image, encode_png, probe_clip
-from ..schema import (
+from ..table import (
     Episode,
     TableMeta,
     TableWriter,
@@ -29,7 +29,7 @@ from ..schema import (
     image_stream,
     signal_stream,
 )
-from ..timestamps import check_timestamps
+from ..table.timestamps import check_timestamps
 
 REQUIRED = ("text", "actions", "observations")
 MEDIA = ("image", "video")

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ..errors import SchemaError, WdspqError
 from ..media import encode_clip
-from ..schema import Episode, TableMeta, TableWriter, actions_stream, camera_stream, signal_stream
+from ..table import Episode, TableMeta, TableWriter, actions_stream, camera_stream, signal_stream
 
 TASKS = ("push the red cube to the left", "sweep the objects off the table", "tap the green ball",
          "move the arm over the blue cylinder")

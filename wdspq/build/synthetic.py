@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ..errors import SchemaError
 from ..media import encode_clip, encode_png
-from ..schema import (
+from ..table import (
     Episode,
     TableMeta,
     TableWriter,

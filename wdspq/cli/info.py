@@ -37,7 +37,7 @@ def add_validate(sub: Any) -> None:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from ..validate import validate_table
+    from ..table.validate import validate_table
 
     try:
         meta = validate_table(args.table, full_media=args.full_media)
@@ -48,7 +48,7 @@ def run_validate(args: argparse.Namespace) -> int:
                 print(f"wdspq: error: {v}", file=sys.stderr)
             return EXIT_ERROR
         raise
-    from ..table_file import has_page_checksums
+    from ..table.file import has_page_checksums
 
     streams = ", ".join(f"{st.name} ({st.kind})" for st in meta.streams)
     print(f"{args.table}: valid ({meta.num_episodes} episodes; streams: {streams})")

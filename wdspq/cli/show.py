@@ -83,8 +83,8 @@ def run_show(args: argparse.Namespace) -> int:
             raise WdspqError(f"{src}: --stats draws an export's manifest statistics; give the export folder")
         import json
 
-        from ..schema import TableMeta
         from ..shardfmt import load_manifest
+        from ..table import TableMeta
 
         m = load_manifest(src)
         viz.show_stats(m.data["stats"], out, TableMeta.from_json(json.dumps(m.data["table_meta"])))

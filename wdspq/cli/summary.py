@@ -42,8 +42,8 @@ def table_summary(path: str | os.PathLike) -> dict[str, Any]:
     """Facts about a table for humans: metadata plus durations, read from the `action_ts` column only."""
     import pyarrow.compute as pc
 
-    from ..schema import read_meta
-    from ..table_file import open_parquet, read_row_group
+    from ..table import read_meta
+    from ..table.file import open_parquet, read_row_group
 
     meta = read_meta(path)
     pf = open_parquet(path)

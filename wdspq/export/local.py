@@ -33,7 +33,6 @@ from tqdm import tqdm
 from .. import interrupt
 from .._version import __version__
 from ..errors import WdspqError
-from ..schema import read_meta
 from ..shardfmt import (
     DEFAULT_ENCODING,
     MANIFEST_FORMAT,
@@ -46,6 +45,8 @@ from ..shardfmt.index import INDEX_SUFFIX
 from ..shardfmt.manifest import tuning_entry
 from ..shardfmt.tuning import DICTIONARY_NAME
 from ..storage import open_storage
+from ..table import read_meta
+from ..table.stats import table_stats
 from ..table_dataset import ParquetWindowDataset
 from ..windows import WINDOW_RULES_VERSION, WindowSpec
 from .journal import JOURNAL_NAME, Journal, config_difference, existing_manifest, read_journal, shard_intact
@@ -65,7 +66,6 @@ from .plan import (
     tune_codec,
 )
 from .pool import Workers
-from .stats import table_stats
 
 EPISODES_PER_CHUNK = 8
 EXPORT_CACHE_BYTES = 64 * 2**20  # the exporter reads each episode once: a decode cache would only grow with the table

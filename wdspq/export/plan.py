@@ -103,7 +103,7 @@ def config_digest(config: dict[str, Any]) -> str:
 
 def table_fingerprint(path: str) -> dict[str, Any]:
     """Cheap identity of the table file: size and a hash of its tail (the footer holds row-group stats)."""
-    from ..table_file import table_size_and_tail
+    from ..table.file import table_size_and_tail
 
     size, tail = table_size_and_tail(path)
     return {"bytes": size, "tail_sha256": hashlib.sha256(tail).hexdigest()}

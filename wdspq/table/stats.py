@@ -63,7 +63,7 @@ def table_stats(path: str, meta: Any) -> dict[str, RunningStats]:
     whatever the number of export workers, and no video is decoded.
     """
     from .. import interrupt
-    from ..table_file import open_parquet, read_row_group
+    from .file import open_parquet, read_row_group
 
     streams = [meta.actions, *meta.signals]
     out = {s.name: RunningStats.empty(s.width) for s in streams}

@@ -16,10 +16,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import MediaError, SchemaError, TableReadError
-from .media import decode_image, probe_clip
-from .schema import RatePool, TableMeta, arrow_schema, read_meta
-from .table_file import is_remote, open_parquet, read_row_group
+from ..errors import MediaError, SchemaError, TableReadError
+from ..media import decode_image, probe_clip
+from .file import is_remote, open_parquet, read_row_group
+from .meta import RatePool, TableMeta, arrow_schema, read_meta
 from .timestamps import FLOAT32_HINT, check_timestamps, not_increasing_message, timestamp_problem  # noqa: F401  (re-exported)
 
 MAX_REPORTED = 50  # violations kept in full on the error (the message shows the first)

@@ -10,7 +10,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from .errors import SchemaError
+from ..errors import SchemaError
 
 
 def snap_rate(rate: float, rel: float = 1e-6, max_denominator: int = 1001) -> float:

@@ -21,10 +21,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import SchemaError, WdspqError
+from ..errors import SchemaError, WdspqError
+from ..windows import SampleLayout
 from .rates import median_rate, rate_from_diffs, snap_rate  # noqa: F401  (the rate rules live in rates.py)
 from .timestamps import check_timestamps
-from .windows import SampleLayout
 
 FORMAT_VERSION = 2
 META_KEY = b"wdspq"
@@ -241,7 +241,7 @@ def _from_v1(d: Mapping[str, Any], where: str) -> TableMeta:
 
 def read_meta(path: str | os.PathLike) -> TableMeta:
     """Read the wdspq metadata of a table file without reading its data (v1 tables are read as v2)."""
-    from .table_file import is_remote, open_table
+    from .file import is_remote, open_table
 
     if not is_remote(path):
         path = Path(path)

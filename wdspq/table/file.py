@@ -16,7 +16,7 @@ import io
 import os
 from typing import Any
 
-from .errors import SchemaError, TableReadError, WdspqError
+from ..errors import SchemaError, TableReadError, WdspqError
 
 
 def is_remote(path: str | os.PathLike) -> bool:
@@ -24,7 +24,7 @@ def is_remote(path: str | os.PathLike) -> bool:
 
 
 def _split(path: str) -> tuple[Any, str]:
-    from .storage import open_storage
+    from ..storage import open_storage
 
     root, _, name = str(path).rpartition("/")
     if not name or root in ("s3:", "s3:/"):

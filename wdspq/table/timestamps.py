@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import SchemaError
+from ..errors import SchemaError
 
 FLOAT32_HINT = (
     "this looks like float32-collapsed epoch timestamps (float32 has a resolution of 128 s at epoch "
