@@ -89,9 +89,10 @@ def test_3_partial_explicit_topology_is_an_error(export, monkeypatch):
 def test_14_table_writer_pools_bounded_timestamp_diffs(tmp_path, monkeypatch):
     import numpy as np
 
-    from wdspq.table import meta as schema
+    from wdspq import table as schema
+    from wdspq.table import rates
 
-    monkeypatch.setattr(schema, "MAX_RATE_DIFFS", 1000)
+    monkeypatch.setattr(rates, "MAX_RATE_DIFFS", 1000)
     streams = [schema.actions_stream(2)]
     with schema.TableWriter(tmp_path / "t.parquet", streams) as w:
         for e in range(30):  # 30 x 200 diffs: 6,000 > 1,000

@@ -8,22 +8,19 @@ streams) and `episodes` (`EpisodeSource`: decoded episodes and windows as numpy,
 format is described in docs/table.md. The names below are what an importer needs.
 """
 
+from .arrow import Episode, arrow_schema, episodes_to_record_batch
 from .meta import (
     FORMAT_VERSION,
     META_KEY,
-    Episode,
     Stream,
     TableMeta,
-    TableWriter,
     actions_stream,
-    arrow_schema,
     camera_stream,
-    check_output_path,
-    episodes_to_record_batch,
     image_stream,
     read_meta,
     signal_stream,
 )
+from .writer import TableWriter, check_output_path
 
 __all__ = [
     "FORMAT_VERSION",

@@ -1,6 +1,7 @@
 """Stream rates (docs/windows.md "Rates"): measured from timestamp steps at build time, then snapped.
 
-Pure: numpy in, a float out. The table writer stores the result in each stream's metadata.
+Pure: numpy in, a float out; `RatePool` pools many episodes' steps in bounded memory. The table
+writer stores the result in each stream's metadata; validation recomputes it the same way.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from fractions import Fraction
 import numpy as np
 
 from ..errors import SchemaError
+
+MAX_RATE_DIFFS = 1 << 20  # timestamp differences a RatePool keeps per stream (8 MiB)
 
 
 def snap_rate(rate: float, rel: float = 1e-6, max_denominator: int = 1001) -> float:
@@ -75,3 +78,38 @@ def snap_jittered_rate(steps: np.ndarray, median_step: float) -> float | None:
     if not fits:
         return None
     return float(min(fits, key=lambda c: (abs(1.0 / float(c) - m), c.denominator)))
+
+
+class RatePool:
+    """One stream's timestamp steps pooled over episodes for its rate, in bounded memory.
+
+    Beyond MAX_RATE_DIFFS steps the pool is thinned to every other value and later episodes alike
+    (deterministic), so `TableWriter` and `validate_table` derive the same rate from the same table.
+    """
+
+    def __init__(self) -> None:
+        self.diffs: list[np.ndarray] = []
+        self.keep = 1  # every k-th step of an episode is pooled
+        self.count = 0  # steps in the pool
+        self.max_abs_ts = 0.0
+
+    def add(self, ts: np.ndarray) -> None:
+        """Pool the steps of one episode's timestamps."""
+        ts = np.asarray(ts, dtype=np.float64)
+        d = np.diff(ts)[:: self.keep]
+        self.diffs.append(d)
+        self.count += len(d)
+        if self.count > MAX_RATE_DIFFS:
+            self.diffs = [np.concatenate(self.diffs)[::2]]
+            self.count = len(self.diffs[0])
+            self.keep *= 2
+        if ts.size:
+            self.max_abs_ts = max(self.max_abs_ts, float(np.abs(ts).max()))
+
+    @property
+    def empty(self) -> bool:
+        return not any(d.size for d in self.diffs)
+
+    def rate(self, column: str) -> float:
+        """The stream's rate by the table rule (`rate_from_diffs`)."""
+        return rate_from_diffs(self.diffs, column, self.max_abs_ts)

@@ -3,7 +3,7 @@
 `validate_table` reads one row group at a time (memory bounded by a row group) and checks every column
 with vectorised numpy; only episodes that violate a rule are visited one by one, to name them. Every
 violation names the file, the episode (id and row number) and the column. The per-episode timestamp
-rule lives in `timestamps` (shared with the writer and the builders); `check_timestamps` is re-exported.
+rule lives in `timestamps` (shared with the writer and the builders).
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ import pyarrow.compute as pc
 
 from ..errors import MediaError, SchemaError, TableReadError
 from ..media import decode_image, probe_clip
+from .arrow import arrow_schema
 from .file import is_remote, open_parquet, read_row_group
-from .meta import RatePool, TableMeta, arrow_schema, read_meta
-from .timestamps import FLOAT32_HINT, check_timestamps, not_increasing_message, timestamp_problem  # noqa: F401  (re-exported)
+from .meta import TableMeta, read_meta
+from .rates import RatePool
+from .timestamps import not_increasing_message, timestamp_problem
 
 MAX_REPORTED = 50  # violations kept in full on the error (the message shows the first)
 RATE_TOLERANCE = 1e-3  # relative slack around the middle half of a stream's timestamp steps (_check_rates)
