@@ -32,7 +32,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from wdspq.build import build_synthetic  # noqa: E402
-from wdspq.table_dataset import DEFAULT_CACHE_BYTES, ParquetWindowDataset  # noqa: E402
+from wdspq.table.episodes import DEFAULT_CACHE_BYTES  # noqa: E402
+from wdspq.table_dataset import ParquetWindowDataset  # noqa: E402
 from wdspq.text import default_tokenizer  # noqa: E402
 from wdspq.windows import WindowSpec  # noqa: E402
 

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from .errors import SpecError, StateError
-from .table_dataset import DEFAULT_CACHE_BYTES, ParquetWindowDataset
+from .table.episodes import DEFAULT_CACHE_BYTES
+from .table_dataset import ParquetWindowDataset
 from .windows import WindowSpec
 
 CHECKPOINT_FORMAT = "wdspq.sampler-checkpoint/1"

@@ -277,7 +277,7 @@ def _parity(
 ) -> None:
     from .export.plan import table_fingerprint
     from .shardfmt.encoding import frame_keys
-    from .table_dataset import ParquetWindowDataset
+    from .table.episodes import EpisodeSource
 
     recorded = m.data.get("table") or {}
     if "bytes" in recorded and "tail_sha256" in recorded:
@@ -292,7 +292,7 @@ def _parity(
     if tokenizer is None:
         tokenizer = _export_tokenizer(m)
     try:
-        ds = ParquetWindowDataset(table, m.data["spec"], tokenizer=tokenizer)
+        ds = EpisodeSource(table, m.data["spec"], tokenizer=tokenizer)
     except WdspqError as e:
         if not isinstance(e, TableReadError):
             raise

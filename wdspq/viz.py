@@ -237,10 +237,10 @@ def _decode_text(tok: Any, sample: dict[str, Any]) -> str:
 def table_window(table: str | os.PathLike, window: int, spec: WindowSpec, tokenizer: Any = None
                  ) -> tuple[dict[str, np.ndarray], WindowContext]:
     """Window `window` of a table and its picture context."""
-    from .table_dataset import ParquetWindowDataset
+    from .table.episodes import EpisodeSource
     from .text import load_tokenizer
 
-    ds = ParquetWindowDataset(table, spec, tokenizer=tokenizer)
+    ds = EpisodeSource(table, spec, tokenizer=tokenizer)
     sample = ds.sample_numpy(window)
     ctx = WindowContext(ds.meta, spec, ds.rspec.summary(), _decode_text(load_tokenizer(tokenizer), sample))
     return sample, ctx

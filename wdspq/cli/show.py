@@ -91,9 +91,9 @@ def run_show(args: argparse.Namespace) -> int:
     elif args.episode is not None:
         if _is_export(src):
             raise WdspqError(f"{src}: --episode needs the table (an export holds windows, not episodes)")
-        from ..table_dataset import ParquetWindowDataset
+        from ..table.episodes import EpisodeSource
 
-        ds = ParquetWindowDataset(src, spec_from_args(args), tokenizer=args.tokenizer)
+        ds = EpisodeSource(src, spec_from_args(args), tokenizer=args.tokenizer)
         viz.show_episode(ds, args.episode, out)
     elif _is_export(src):
         sample, ctx = viz.shards_window(src, args.window, args.tokenizer)

@@ -46,8 +46,8 @@ from ..shardfmt.manifest import tuning_entry
 from ..shardfmt.tuning import DICTIONARY_NAME
 from ..storage import open_storage
 from ..table import read_meta
+from ..table.episodes import EpisodeSource
 from ..table.stats import table_stats
-from ..table_dataset import ParquetWindowDataset
 from ..windows import WINDOW_RULES_VERSION, WindowSpec
 from .journal import JOURNAL_NAME, Journal, config_difference, existing_manifest, read_journal, shard_intact
 from .lock import LocalLock, export_lock
@@ -151,7 +151,7 @@ def export_shards(
     spec = spec if isinstance(spec, WindowSpec) else WindowSpec.from_dict(spec)
     read_meta(table)  # fail early, naming the file, on a non-wdspq table
     open_storage(out, **(storage_options or {}))  # fail early on a bad URL
-    ds = ParquetWindowDataset(table, spec, tokenizer=tokenizer, cache_bytes=EXPORT_CACHE_BYTES)
+    ds = EpisodeSource(table, spec, tokenizer=tokenizer, cache_bytes=EXPORT_CACHE_BYTES)
     n = len(ds)
     if n == 0:
         raise WdspqError(f"{table}: the window spec gives no windows (episodes shorter than the window?)")

@@ -25,7 +25,7 @@ from ..errors import ShardError, WdspqError
 from ..shardfmt import SampleCodec, end_of_archive, index_bytes, index_name, key_of, sample_tar
 from ..shardfmt.shared import pack_tar_length
 from ..storage import Storage
-from ..table_dataset import ParquetWindowDataset
+from ..table.episodes import EpisodeSource
 from .pool import W, check_parent
 
 _OPEN_SPILLS = 64  # spill files a shard writer keeps open at once
@@ -75,7 +75,7 @@ def spill_chunk(job: tuple[int, int, int]) -> dict[str, Any]:
     """Phase 1 job: cut every window of episodes [e0, e1) and write their encoded tar bytes to one spill file."""
     check_parent()
     chunk, e0, e1 = job
-    ds: ParquetWindowDataset = W["ds"]
+    ds: EpisodeSource = W["ds"]
     spill_root: str = W["spill_root"]
     done = _load_chunk(chunk, spill_root)
     if done is not None:
