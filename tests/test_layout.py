@@ -1,5 +1,6 @@
-"""The package's layout rules: no module of wdspq over 500 lines, and no import cycle among wdspq's
-modules, function-level (lazy) imports included.
+"""The package's layout rules: no module of wdspq over 500 lines, no import cycle among wdspq's
+modules, function-level (lazy) imports included, and a torch-free read path (the episode source, the
+exporter and verify load no torch and do not go through the torch dataset).
 
 Every module is parsed with `ast`; each `import`/`from ... import` anywhere in it (module level or
 inside a function) becomes an edge to the wdspq module it names (`from .pkg import name` points at the
@@ -16,6 +17,9 @@ A new oversize module or a new cycle fails; so does an allow-list entry that is 
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "wdspq"
@@ -176,3 +180,23 @@ def test_the_cycle_finder_finds_lazy_and_relative_imports(tmp_path: Path) -> Non
     known = {"wdspq", "wdspq.export", "wdspq.export.stats", "wdspq.export.local", "wdspq.table_dataset"}
     assert with_packages("wdspq.table_dataset", {"wdspq.export.stats"}, known) == {"wdspq.export", "wdspq.export.stats"}
     assert with_packages("wdspq.export.local", {"wdspq.export.stats"}, known) == {"wdspq.export.stats"}
+
+
+def test_the_episode_source_the_exporter_and_verify_do_not_import_torch() -> None:
+    """The torch-free path: reading episodes, exporting and verifying never load torch (a fresh interpreter)."""
+    code = ("import sys; import wdspq.table.episodes, wdspq.export, wdspq.export.local, wdspq.verify; "
+            "loaded = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')); "
+            "assert not loaded, loaded[:5]")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE.parent), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"importing them imports torch:\n{done.stderr[-2000:]}"
+
+
+def test_the_exporter_and_verify_do_not_use_the_torch_dataset() -> None:
+    """export/ and verify.py read episodes through table.episodes, never through table_dataset."""
+    mods = modules()
+    known = set(mods)
+    users = sorted(name for name, path in mods.items()
+                   if (name == "wdspq.verify" or name.startswith("wdspq.export."))
+                   and "wdspq.table_dataset" in imports_of(name, path, known))
+    assert not users, f"these import wdspq.table_dataset (use wdspq.table.episodes.EpisodeSource): {users}"
