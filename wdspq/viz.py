@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import WdspqError
 from .table import TableMeta
+from .table.rates import median_rate
 from .windows import WindowSpec
 
 MASKED_GREY = 0.55
@@ -188,7 +189,7 @@ def show_episode(ds: Any, episode: int, path: str | os.PathLike, thumbs: int = 1
         width = span / max(thumbs, 1)
         for j in np.unique(np.linspace(0, len(ts) - 1, num=min(thumbs, len(ts))).round().astype(int)):
             ax.imshow(clip.frames[j].transpose(1, 2, 0), extent=(ts[j], ts[j] + width * 0.95, 0, 1), aspect="auto")
-        rate = cam.rate_hz or (1.0 / np.median(np.diff(ts)) if len(ts) > 1 else 1.0)
+        rate = cam.rate_hz or (median_rate([ts], cam.ts_column or cam.name) if len(ts) > 1 else 1.0)
         for g in np.flatnonzero(np.diff(ts) > 1.5 / rate):
             ax.axvspan(ts[g], ts[g + 1], color="red", alpha=0.35, lw=0)  # a dropped frame
         ax.set_ylim(0, 1)

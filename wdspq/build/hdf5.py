@@ -35,6 +35,7 @@ from ..table import (
     check_output_path,
     signal_stream,
 )
+from ..table.rates import median_rate
 from ..table.timestamps import check_timestamps
 from .common import encode_camera, select
 
@@ -233,7 +234,7 @@ def read_hdf5_episode(
             f_ns, f_ds = _timed_datasets(f, group, where, f"camera {name!r}")
             frame_ts = _seconds(f_ns, f"{where}: group {group!r}")
             frames = _read_frames(f_ds, where)
-            clip = encode_camera(frames, layout.video_codec, _nominal_fps(f_ns), f"{where}: group {group!r} (camera {name!r})")
+            clip = encode_camera(frames, layout.video_codec, _nominal_fps(frame_ts, group), f"{where}: group {group!r} (camera {name!r})")
             cameras[name] = (clip, frame_ts)
             shapes[name] = (int(frames.shape[1]), int(frames.shape[2]))
             del frames
@@ -241,11 +242,12 @@ def read_hdf5_episode(
     return ep, shapes
 
 
-def _nominal_fps(ns: list[int]) -> int:
-    """The container's nominal frame rate (informational; the table keeps every frame's own time)."""
-    if len(ns) < 2:
+def _nominal_fps(ts: np.ndarray, column: str) -> int:
+    """The container's nominal frame rate, the table's rate rule rounded (informational; the table keeps
+    every frame's own time)."""
+    if len(ts) < 2:
         return 30
-    return max(1, int(round(1e9 / float(np.median(np.diff(np.asarray(ns, dtype=np.int64)))))))
+    return max(1, int(round(median_rate([ts], column))))
 
 
 def expand_inputs(files: Sequence[str | os.PathLike]) -> list[Path]:
