@@ -235,7 +235,7 @@ def verify_shards(
 ) -> VerifyReport:
     """Verify the export at `source` (folder, manifest path or `s3://...`); see the module doc.
 
-    With `table`, compare against the map-style dataset built with the manifest's spec and `tokenizer`
+    With `table`, compare against the table's windows (`table.episodes.EpisodeSource`) cut with the manifest's spec and `tokenizer`
     (whose vocabulary must match the manifest's); `sample=N` compares a seeded random N windows instead
     of all. A manifest that cannot be loaded raises `ShardError`; everything else becomes a `Problem`.
     """

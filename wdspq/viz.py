@@ -167,7 +167,7 @@ def show_window(sample: dict[str, Any], path: str | os.PathLike, ctx: WindowCont
 
 
 def show_episode(ds: Any, episode: int, path: str | os.PathLike, thumbs: int = 16) -> str:
-    """Draw one episode of a map-style dataset on one time axis: every numeric stream, a strip of
+    """Draw one episode of an `EpisodeSource` (or a map-style dataset) on one time axis: every numeric stream, a strip of
     thumbnails per camera at their own times (dropped frames marked), and the anchors of its windows."""
     plt = _plt()
     if not 0 <= episode < ds.num_episodes:
