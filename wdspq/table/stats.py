@@ -1,4 +1,7 @@
-"""Normalisation statistics of the exported numeric streams, merged in a fixed order (worker-count free)."""
+"""Normalisation statistics of a table's numeric streams, merged in a fixed order (worker-count free).
+
+What an export records in its manifest and `ParquetWindowDataset.stats()` returns, from one function.
+"""
 
 from __future__ import annotations
 
