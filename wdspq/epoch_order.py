@@ -22,12 +22,13 @@ Orders (``shard_order``)
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from .errors import StateError, WdspqError
+from .errors import ExportChangedError, StateError, WdspqError
 
 ORDERS = ("block", "sequential")
 BLOCK_BYTES = 8 * 2**20  # about one mapped block of a local shard (shardfmt.layout.MAP_BYTES)
@@ -115,13 +116,18 @@ def in_shard_order(seed: int, epoch: int, shard: int, n_samples: int, block: int
 
 
 def read_in_order(
-    run: Callable[[int, int], Iterator[Any]], perm: np.ndarray, block: int, q0: int, q1: int
+    run: Callable[[int, int], Iterator[Any]], perm: np.ndarray, block: int, q0: int, q1: int, mapped: Any = None
 ) -> Iterator[Any]:
     """Samples at ordinals ``q0 .. q1-1``, in order. ``run(a, b)`` reads sample positions ``a .. b-1``
     (one ranged read). Per ordinal block, the positions it needs are read as runs of consecutive
     positions (a whole block: one read per chunk, fewer where chunks adjoin; a stretch of a block: at most
     two per chunk; never a sample outside ``q0 .. q1-1``, R5), held, and yielded in order. An identity
-    order streams one run."""
+    order streams one run.
+
+    ``mapped`` (optional, a local shard's `shardfmt.read.MappedSamples` for the positions of ``q0 .. q1-1``)
+    takes a block's positions in one call from ranges opened once, instead of one ``run`` per chunk. Any
+    error there but an export changed under the reader drops it: the block and the rest are read again
+    through ``run`` (and its error policy). It is closed when this generator ends."""
     if q1 <= q0:
         return
     part = perm[q0:q1]
@@ -131,24 +137,42 @@ def read_in_order(
     c, k = block_layout(block)
     g = c * k
     q = q0
-    while q < q1:
-        e = min(q1, (q // g + 1) * g)
-        phys = perm[q:e]
-        srt = np.sort(phys)
-        got: dict[int, Any] = {}
-        for seg in np.split(srt, np.flatnonzero(np.diff(srt) != 1) + 1):
-            a, b = int(seg[0]), int(seg[-1]) + 1
-            it = run(a, b)
-            try:
-                for i, rec in zip(range(a, b), it):
-                    got[i] = rec
-            finally:
-                close = getattr(it, "close", None)
-                if close is not None:
-                    close()
-        for i in phys.tolist():
-            yield got.pop(i)
-        q = e
+    try:
+        while q < q1:
+            e = min(q1, (q // g + 1) * g)
+            phys = perm[q:e]
+            by_pos = np.argsort(phys, kind="stable")
+            srt = phys[by_pos]
+            rank = np.empty(len(phys), dtype=np.int64)
+            rank[by_pos] = np.arange(len(phys))  # phys[t] is srt[rank[t]]
+            got: list[Any] | None = None
+            if mapped is not None:
+                try:
+                    got = mapped.take(srt)
+                except ExportChangedError:
+                    raise  # never read on: samples of two exports would mix
+                except Exception:
+                    mapped.close()
+                    mapped = None
+            if got is None:
+                got = []
+                for seg in np.split(srt, np.flatnonzero(np.diff(srt) != 1) + 1):
+                    a, b = int(seg[0]), int(seg[-1]) + 1
+                    it = run(a, b)
+                    try:
+                        got.extend(itertools.islice(it, b - a))
+                    finally:
+                        close = getattr(it, "close", None)
+                        if close is not None:
+                            close()
+                if len(got) != len(srt):
+                    raise WdspqError(f"a read of {len(srt)} samples gave {len(got)}")
+            for j in rank.tolist():
+                yield got[j]
+            q = e
+    finally:
+        if mapped is not None:
+            mapped.close()
 
 
 # ----------------------------------------------------------------------------------------------

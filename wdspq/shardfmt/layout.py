@@ -132,22 +132,30 @@ def _map_closed() -> None:
     _live_maps[0] -= 1
 
 
-def map_spans(raw: Any, url: str, spans: np.ndarray, start: int) -> Iterator[memoryview]:
+def map_spans(raw: Any, url: str, spans: np.ndarray, start: int, samples: Sequence[int] | None = None) -> Iterator[memoryview]:
     """Each sample's span as a view of a private (copy-on-write) mapping of the local shard: no copy.
 
-    Consecutive samples share a mapping of about MAP_BYTES, which lives as long as any view of it, so a
-    kept sample keeps only its block. Writes to a view stay private. Past MAX_LIVE_MAPS live blocks (kept
-    samples) and on a truncated file, samples are read into their own buffers (`read_spans`) instead:
-    a mapping is never made past the file's end, where touching it would kill the process."""
+    Samples close to each other share a mapping of about MAP_BYTES, which lives as long as any view of it,
+    so a kept sample keeps only its block. Writes to a view stay private. Past MAX_LIVE_MAPS live blocks
+    (kept samples) and on a truncated file, samples are read into their own buffers (`read_spans`) instead:
+    a mapping is never made past the file's end, where touching it would kill the process. `spans` are
+    ascending; with `samples` (their sample numbers, else ``start, start + 1, ...``) they may leave gaps,
+    which are neither mapped into a view nor counted in ``raw.bytes_read``."""
     fd, end = raw.local_file()
     offs, lens = spans[:, 0].tolist(), spans[:, 1].tolist()
+    nums = list(range(start, start + len(offs))) if samples is None else [int(x) for x in samples]
     n, i = len(offs), 0
     size = os.fstat(fd).st_size
     short = offs[-1] + lens[-1] > min(size, end if end is not None else size)  # the file is cut: read, and fail there
     while i < n:
         if short or _live_maps[0] >= MAX_LIVE_MAPS:
-            raw.seek_to(offs[i])
-            yield from read_spans(raw, url, spans[i:], start + i)
+            while i < n:  # each run of consecutive samples from its offset
+                j = i + 1
+                while j < n and nums[j] == nums[j - 1] + 1:
+                    j += 1
+                raw.seek_to(offs[i])
+                yield from read_spans(raw, url, spans[i:j], nums[i])
+                i = j
             return
         j = i + 1
         while j < n and offs[j] + lens[j] - offs[i] <= MAP_BYTES:
@@ -157,10 +165,10 @@ def map_spans(raw: Any, url: str, spans: np.ndarray, start: int) -> Iterator[mem
         try:
             m = mmap.mmap(fd, hi - lo, access=mmap.ACCESS_COPY, offset=lo)
         except (OSError, ValueError) as e:
-            raise ShardError(f"{url}, sample {start + i}: cannot map bytes {lo}..{hi}: {e}") from None
+            raise ShardError(f"{url}, sample {nums[i]}: cannot map bytes {lo}..{hi}: {e}") from None
         _live_maps[0] += 1
         weakref.finalize(m, _map_closed)
-        raw.bytes_read += hi - offs[i]
+        raw.bytes_read += sum(lens[i:j])
         mv = memoryview(m)
         del m  # the views keep the mapping alive
         for k in range(i, j):

@@ -1,12 +1,15 @@
-"""Reading a run of samples of one shard: one ranged open, one read per sample, decode to records."""
+"""Reading samples of one shard: a run with one ranged open (one read or mapping per sample), or, on local
+shards, any positions of several runs kept open (`MappedSamples`); decode to records."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
 from ..errors import ShardError, WdspqError
+from ..storage.local import LocalStorage
 from .encoding import SampleCodec
 from .layout import map_spans, mmap_enabled, parse_members, read_spans, single_member
 from .manifest import Manifest
@@ -50,24 +53,94 @@ def read_records(
     except BaseException:
         f.close()
         raise
-    suffix = None if codec.coded else ("." + codec.record_member).encode()  # one member per sample
     raw = getattr(f, "raw", f)
     spans_of = map_spans if hasattr(raw, "local_file") and mmap_enabled() else read_spans
     try:
-        for i, buf in enumerate(spans_of(raw, url, spans, start), start):
-            payload = single_member(buf, suffix) if suffix is not None else None
-            if payload is not None:  # the common case: one member, as this codec writes it
-                try:
-                    rec = codec.record_from(payload, "")  # the message is built only for a bad sample
-                except ShardError:
-                    rec = codec.record_from(payload, f"{url}, sample {i}, member {codec.record_member!r}")
-                yield rec
-                continue
-            where = f"{url}, sample {i}"
-            _, members = parse_members(buf, where, int(spans[i - start, 0]))
-            yield codec.record(members, where)
+        yield from _records(spans_of(raw, url, spans, start), range(start, stop), spans, codec, url)
     finally:
         f.close()
+
+
+def _records(bufs: Iterator[memoryview], samples: Any, spans: np.ndarray, codec: SampleCodec, url: str) -> Iterator[memoryview]:
+    """Each sample span's record bytes (`samples`: their sample numbers, for messages)."""
+    suffix = None if codec.coded else ("." + codec.record_member).encode()  # one member per sample
+    for k, (i, buf) in enumerate(zip(samples, bufs)):
+        payload = single_member(buf, suffix) if suffix is not None else None
+        if payload is not None:  # the common case: one member, as this codec writes it
+            try:
+                rec = codec.record_from(payload, "")  # the message is built only for a bad sample
+            except ShardError:
+                rec = codec.record_from(payload, f"{url}, sample {i}, member {codec.record_member!r}")
+            yield rec
+            continue
+        where = f"{url}, sample {i}"
+        _, members = parse_members(buf, where, int(spans[k, 0]))
+        yield codec.record(members, where)
+
+
+class MappedSamples:
+    """Samples of one local shard taken in any order by mapping, for the block order's reads.
+
+    Built with the sorted sample positions a read will need (`needed`): each run of consecutive ones is
+    opened once, when first used (one `open_read` of exactly its bytes and one `check_current`, so a
+    range never covers a sample outside `needed`, R5), and `take(positions)` maps the positions asked
+    for from those open ranges (one mapping per ~MAP_BYTES of their hull, `map_spans`). Errors raise
+    (the caller reads again through its error policy). `create` gives None where mapping does not apply
+    (storage other than local files, WDSPQ_MMAP=0, shared-frames shards)."""
+
+    MAX_OPEN = 8  # open runs kept at once; the least recently used is closed (and reopened if needed again)
+
+    def __init__(self, manifest: Manifest, shard: int, needed: np.ndarray, codec: SampleCodec, view: bool) -> None:
+        self.manifest, self.shard, self.codec, self.view = manifest, shard, codec, view
+        self.name = manifest.shards[shard]["name"]
+        self.url = manifest.storage.url(self.name)
+        cut = np.flatnonzero(np.diff(needed) != 1) + 1
+        self._starts = needed[np.concatenate([[0], cut])].astype(np.int64)
+        self._stops = needed[np.concatenate([cut - 1, [len(needed) - 1]])].astype(np.int64) + 1
+        self._open: dict[int, Any] = {}  # run number -> open reader (insertion order = use order)
+
+    @classmethod
+    def create(cls, manifest: Manifest, shard: int, needed: np.ndarray, codec: SampleCodec | None = None,
+               view: bool = False) -> MappedSamples | None:
+        """`needed`: sorted sample positions; `view`: `take` gives dicts of arrays (as `read_run`), not records."""
+        codec = codec or manifest.codec()
+        if not isinstance(manifest.storage, LocalStorage) or not mmap_enabled() or not isinstance(codec, SampleCodec) or len(needed) == 0:
+            return None
+        return cls(manifest, shard, np.asarray(needed, dtype=np.int64), codec, view)
+
+    def _reader(self, run: int) -> Any:
+        f = self._open.pop(run, None)
+        if f is None:
+            if len(self._open) >= self.MAX_OPEN:
+                self._open.pop(next(iter(self._open))).close()
+            spans = self.manifest.index(self.shard)
+            a, b = int(self._starts[run]), int(self._stops[run])
+            f = self.manifest.storage.open_read(self.name, int(spans[a, 0]), int(spans[b - 1, 0] + spans[b - 1, 1]))
+            try:
+                self.manifest.check_current(self.shard)
+            except BaseException:
+                f.close()
+                raise
+        self._open[run] = f  # most recently used last
+        return f
+
+    def take(self, positions: np.ndarray) -> list[Any]:
+        """Record bytes (or with `view` dicts of arrays) of `positions` (ascending, each in `needed`), in order."""
+        spans = self.manifest.index(self.shard)[positions]
+        run_of = np.searchsorted(self._starts, positions, side="right") - 1
+        bounds = [0, *(np.flatnonzero(np.diff(run_of)) + 1).tolist(), len(positions)]
+        out: list[memoryview] = []
+        for lo, hi in zip(bounds, bounds[1:]):
+            f = self._reader(int(run_of[lo]))
+            part = positions[lo:hi]
+            bufs = map_spans(f.raw, self.url, spans[lo:hi], int(part[0]), part)
+            out.extend(_records(bufs, part.tolist(), spans[lo:hi], self.codec, self.url))
+        return [self.codec.view(r) for r in out] if self.view else out
+
+    def close(self) -> None:
+        """Close the open ranges (the views handed out stay valid: they hold their mappings)."""
+        while self._open:
+            self._open.popitem()[1].close()
 
 
 def read_run(

@@ -31,6 +31,7 @@ from ..cursor.plan import split_mode
 from ..epoch_order import check_order, default_order, in_shard_order, read_in_order, shard_blocks
 from ..errors import StateError, WdspqError
 from ..shardfmt import Manifest, load_manifest
+from ..shardfmt.read import MappedSamples
 from .control import ControlBlock
 from .pipeline import ShuffleFlag, StageContext, StageError, StreamPipeline, run_stages
 from .reader import SampleReader
@@ -234,10 +235,13 @@ class ShardStream(StreamPipeline):
         readers: dict[tuple[int, int], Iterator[Any]] = {}
         pad_reader: Iterator[Any] | None = None
         next_pad = (-1, -1)
+        run_at = (-1, 0, 0)  # (shard, start, end) of the run the last real entry came from
         try:
             for s, p, is_pad in plan.slot_sequence(slot, skip) if entries is None else entries:
                 if not is_pad:
-                    a, end = next(r for r in runs[s] if r[0] <= p < r[1])
+                    if s != run_at[0] or not run_at[1] <= p < run_at[2]:  # a new run: find it among the slot's
+                        run_at = (s, *next(r for r in runs[s] if r[0] <= p < r[1]))
+                    _, a, end = run_at
                     it = readers.get((s, a))
                     if it is None:
                         it = readers[s, a] = self._ordered(plan, s, p, end, perms)
@@ -264,13 +268,17 @@ class ShardStream(StreamPipeline):
             self._reader.end_iteration()
 
     def _ordered(self, plan: Plan, shard: int, q0: int, q1: int, perms: dict[int, np.ndarray]) -> Iterator[Any]:
-        """Records at ordinals `q0 .. q1-1` of `shard` in this epoch's order: one ranged read per chunk."""
+        """Records at ordinals `q0 .. q1-1` of `shard` in this epoch's order: one ranged read per chunk, or on a
+        local shard a block per call from its runs of needed samples, each opened once (`MappedSamples`)."""
         perm = perms.get(shard)
         if perm is None:
             perm = perms[shard] = in_shard_order(self.seed, self._order_epoch, shard, plan.shard_sizes[shard],
                                                  self._blocks[shard], self.shard_order)
         run = self._reader.run_records
-        return read_in_order(lambda a, b: run(shard, a, b), perm, self._blocks[shard], q0, q1)
+        mapped = None
+        if self.shard_order == "block" and q1 > q0 and not self._reader.verify_checksums:
+            mapped = MappedSamples.create(self.manifest, shard, np.sort(perm[q0:q1]), self._codec)
+        return read_in_order(lambda a, b: run(shard, a, b), perm, self._blocks[shard], q0, q1, mapped)
 
     def _decode_records(self, records: Iterator[tuple[Any, bool]]) -> Iterator[dict[str, torch.Tensor]]:
         """Records `(bytes, is_pad)` as sample dicts of tensors viewing each record (pads get window_index -1).
