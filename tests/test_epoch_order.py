@@ -273,6 +273,75 @@ def test_one_shard_elastic_chain_is_exactly_once(one_shard):
     assert fourth.state_dict()["complete"]
 
 
+def _shard_opens(monkeypatch, manifest, readers: list | None = None) -> list[tuple[int, int | None]]:
+    """Spy on the export's storage: the (start, end) of every open of a shard file (and its reader)."""
+    opens: list[tuple[int, int | None]] = []
+    cls = type(manifest.storage)
+    original = cls.open_read
+    names = {s["name"] for s in manifest.shards}
+
+    def spy(self, name, start=0, end=None, **kw):
+        f = original(self, name, start, end, **kw)
+        if name in names:
+            opens.append((start, end))
+            if readers is not None:
+                readers.append(f)
+        return f
+
+    monkeypatch.setattr(cls, "open_read", spy)
+    return opens
+
+
+def test_local_block_order_opens_each_run_of_needed_samples_once(one_shard, monkeypatch):
+    """A fresh epoch of a one-shard local export in the block order (blocks of 64 KiB) opens the shard once
+    (the read needs every sample: one run), not once per chunk of every block; the samples and their order are those of
+    the per-chunk reads (WDSPQ_MMAP=0 reads each chunk through the reader's error policy)."""
+    from wdspq import epoch_order
+
+    monkeypatch.setattr(epoch_order, "BLOCK_BYTES", 2**16)  # several blocks in this small shard
+    m = load_manifest(one_shard)
+    stream = wdspq.ShardStream(one_shard, seed=5)
+    assert stream.shard_order == "block" and len(m.shards) == 1 and stream._blocks[0] < m.shard_sizes[0] // 4
+    assert _runs(stream.in_shard_order(0, 0)[:CHUNKS * 3]) > 3  # consecutive samples come from different chunks
+    opens = _shard_opens(monkeypatch, m)
+    got = [(int(x["window_index"]), x["actions"].numpy().tobytes()) for x in stream]
+    assert opens == [(0, int(m.offsets(0)[-1]))]
+    monkeypatch.setenv("WDSPQ_MMAP", "0")
+    opens.clear()
+    want = [(int(x["window_index"]), x["actions"].numpy().tobytes()) for x in wdspq.ShardStream(one_shard, seed=5)]
+    assert got == want and len(opens) > len(m.shards)
+
+
+def test_mapped_samples_take_positions_across_gaps(one_shard, monkeypatch):
+    """MappedSamples: positions from several runs of needed samples, one open per run touched (covering
+    only that run), records equal to read_records', bytes_read counting only the samples taken."""
+    from wdspq.shardfmt import read_records
+    from wdspq.shardfmt.read import MappedSamples
+
+    m = load_manifest(one_shard)
+    n = m.shard_sizes[0]
+    needed = np.array([p for p in range(n) if p % 7 not in (3, 4)])  # runs of five, gaps of two
+    take_ = needed[::3]
+    readers: list = []
+    opens = _shard_opens(monkeypatch, m, readers)
+    mapped = MappedSamples.create(m, 0, needed)
+    assert mapped is not None
+    got = [bytes(r) for r in mapped.take(take_)]
+    mapped.close()
+    readers = readers[:]  # the mapped reads' (read_records below adds its own)
+    want = [bytes(next(read_records(m, 0, int(p), int(p) + 1))) for p in take_]
+    assert got == want
+    off = m.offsets(0)
+    runs = [(int(r[0]), int(r[-1]) + 1) for r in np.split(needed, np.flatnonzero(np.diff(needed) != 1) + 1)]
+    touched = [(a, b) for a, b in runs if any(a <= p < b for p in take_)]
+    assert 1 < len(touched) < len(take_)
+    assert opens == [(int(off[a]), int(off[b])) for a, b in touched] + [(int(off[p]), int(off[p + 1])) for p in take_]
+    lengths = np.diff(off)
+    assert sum(f.bytes_read for f in readers) == int(sum(lengths[take_]))
+    monkeypatch.setenv("WDSPQ_MMAP", "0")
+    assert MappedSamples.create(m, 0, needed) is None  # mapping off: per-run reads
+
+
 def test_format_1_states_resume_in_the_sequential_order_only(small_table, tokenizer_path, tmp_path):
     export = make_export(small_table, tokenizer_path, tmp_path)
     def loader(order):
