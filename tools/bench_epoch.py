@@ -12,7 +12,11 @@
                sequential order, is the control (1.5x on an idle 2-core machine): on a loaded machine
                neither reaches that, and the control says how far the load alone pulls the ratio down.
 
+Exports already in --work are reused only when they are of the current configuration, window rules and
+shard format (else rebuilt). `--only local` runs only the local raw figures.
+
     .venv/bin/python tools/bench_epoch.py [--work /tmp/wdspq-bench-epoch] [--rounds 3] [--json out.json]
+                                          [--only batchmates|local|one-shard|s3 ...]
 """
 
 from __future__ import annotations
@@ -42,22 +46,24 @@ import batchmates  # noqa: E402
 from wdspq.cursor import Topology  # noqa: E402
 from wdspq.stream import ShardStream, StreamLoader  # noqa: E402
 
+PARTS = ("batchmates", "local", "one-shard", "s3")
 TARGETS = {"stream_vs_cat": 0.5, "s3_bytes_vs_shards": 1.1, "one_shard_w2_vs_w0": 1.3}
 ORDERS = ("block", "sequential")
 
 
 def _export(table: Path, out: Path, spec: Any, encoding: Any, per_shard: int) -> dict[str, Any]:
+    """The export of `table` in `out`: an export already there is reused only when it is intact and of this
+    configuration, which includes the window rules and shard format versions (export_shards checks its
+    config digest), so an export cut by older rules or code is rebuilt, never measured."""
     from wdspq.export import export_shards
     from wdspq.text import bundled_bert_uncased_path
 
-    if (out / "manifest.json").exists():
-        return json.loads((out / "manifest.json").read_text())
     return export_shards(table, out, spec, tokenizer=bundled_bert_uncased_path(), samples_per_shard=per_shard,
                          seed=0, progress=False, encoding=encoding, overwrite=True)
 
 
-def prepare(work: Path, episodes: int) -> dict[str, Any]:
-    """The synthetic table's raw export (many shards) and a one-shard export of the sim table."""
+def prepare(work: Path, episodes: int, one_shard: bool = True) -> dict[str, Any]:
+    """The synthetic table's raw export (many shards) and (`one_shard`) a one-shard export of the sim table."""
     from wdspq.build import build_sim, build_synthetic
     from wdspq.shardfmt import DEFAULT_ENCODING, RAW
     from wdspq.windows import WindowSpec
@@ -69,6 +75,8 @@ def prepare(work: Path, episodes: int) -> dict[str, Any]:
     spec = WindowSpec(acts_length_sec=1.0, obs_length_sec=1.0, video_frame_offsets=[-2, -1, 0], stride=4)
     raw = work / f"raw-{episodes}"
     _export(table, raw, spec, RAW, 200)
+    if not one_shard:
+        return {"table": table, "spec": spec, "raw": raw}
     sim, one_kind = work / "sim.parquet", "sim"
     try:
         if not sim.exists():
@@ -181,62 +189,49 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--episodes", type=int, default=8, help="synthetic table episodes (~8 s each)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", dest="json_path")
+    ap.add_argument("--only", choices=PARTS, action="append",
+                    help="run only these parts (repeatable; default: all): " + ", ".join(PARTS))
     args = ap.parse_args(argv)
+    parts = set(args.only or PARTS)
     t0 = time.perf_counter()
     res: dict[str, Any] = {"loadavg_start": os.getloadavg()}
 
-    print("batch-mate pairs repeated from epoch 0 to 1 (pure plan; block order at the sim table's 17.8 kB/sample):")
-    bm = {}
+    checks: list[tuple[str, float, str, float]] = []
+    bm: dict[str, dict[str, float]] = {}
+    if "batchmates" in parts:
+        print("batch-mate pairs repeated from epoch 0 to 1 (pure plan; block order at the sim table's 17.8 kB/sample):")
     for name, shards, n, topo in (("24x200", 24, 200, Topology(num_workers=2, batch_size=16, interleave=4)),
                                   ("1000x1000", 1000, 1000, Topology(num_workers=8, batch_size=64, interleave=4))):
+        if "batchmates" not in parts:
+            break
         bm[name] = {o: batchmates.repeat_rate([n] * shards, 17_800, topo, o) for o in ORDERS}
         print(f"  {name}: sequential {bm[name]['sequential']:.2%}, block {bm[name]['block']:.2%}")
-    res["batchmates"] = bm
-
-    data = prepare(Path(args.work), args.episodes)
-    raw = str(data["raw"])
-    rounds: dict[str, list[tuple[float, float]]] = {"cat": [], "block": [], "sequential": []}
-    for _ in range(args.rounds):
-        rounds["cat"].append(cat_mb_s(raw))
-        for o in ORDERS:
-            rounds[o].append(epoch_mb_s(raw, o))
-    local = {k: statistics.median(x[0] for x in v) for k, v in rounds.items()}
-    local_cpu = {k: statistics.median(x[1] for x in v) for k, v in rounds.items()}
-    res["local_raw_mb_s"], res["local_raw_mb_per_cpu_s"] = local, local_cpu
-    for label, f in (("wall", local), ("CPU", local_cpu)):
-        print(f"local raw export, MB per {label} second: cat {f['cat']:.0f}, ShardStream block {f['block']:.0f} "
-              f"({f['block'] / f['cat']:.2f} of cat), sequential {f['sequential']:.0f} ({f['sequential'] / f['cat']:.2f})")
-
-    one = str(data["one"])
-    m = json.loads((Path(one) / "manifest.json").read_text())
-    sps: dict[str, list[float]] = {f"{o}_w{w}": [] for o in (*ORDERS, "ten-sequential") for w in (0, 2)}
-    for _ in range(args.rounds):
-        for k in sps:
-            o, w = k.rsplit("_w", 1)
-            src = str(data["ten"]) if o.startswith("ten") else one
-            sps[k].append(loader_samples_s(src, o.removeprefix("ten-"), int(w)))
-    one_res = {k: statistics.median(v) for k, v in sps.items()}
-    res["one_shard"] = {"kind": data["one_kind"], "windows": m["num_windows"], "shards": len(m["shards"]), **one_res}
-    print(f"one-shard {data['one_kind']} export ({m['num_windows']} windows), 5 epochs, persistent workers: "
-          + ", ".join(f"{o}: w2/w0 {one_res[o + '_w2'] / one_res[o + '_w0']:.2f}x "
-                      f"({one_res[o + '_w0']:.0f} -> {one_res[o + '_w2']:.0f} samples/s)"
-                      for o in (*ORDERS, "ten-sequential")))
-
-    s3 = s3_bytes(data["table"], data["spec"])
-    res["s3"] = s3
-    print(f"S3 (local moto server, {s3['shards']} shards, {s3['shard_bytes'] / 1e6:.0f} MB): bytes fetched per epoch / "
-          "shard bytes: " + ", ".join(f"{o} {s3[o]['vs_shard_bytes']:.3f} ({s3[o]['gets']} GETs)" for o in ORDERS))
-
-    checks = [
-        ("batch-mates 24x200 (block)", bm["24x200"]["block"], "<=", 0.02),
-        ("batch-mates 1000x1000 (block)", bm["1000x1000"]["block"], "<=", 0.01),
-        ("ShardStream raw / warm cat (block)", local["block"] / local["cat"], ">=", TARGETS["stream_vs_cat"]),
-        ("same, per CPU second (load-robust)", local_cpu["block"] / local_cpu["cat"], ">=", TARGETS["stream_vs_cat"]),
-        ("S3 bytes per epoch / shard bytes (block)", s3["block"]["vs_shard_bytes"], "<=", TARGETS["s3_bytes_vs_shards"]),
-        ("one shard: w2 / w0 (block)", one_res["block_w2"] / one_res["block_w0"], ">=", TARGETS["one_shard_w2_vs_w0"]),
-        ("control, ten shards: w2 / w0 (sequential)", one_res["ten-sequential_w2"] / one_res["ten-sequential_w0"],
-         ">=", TARGETS["one_shard_w2_vs_w0"]),
-    ]
+    if bm:
+        res["batchmates"] = bm
+        checks += [("batch-mates 24x200 (block)", bm["24x200"]["block"], "<=", 0.02),
+                   ("batch-mates 1000x1000 (block)", bm["1000x1000"]["block"], "<=", 0.01)]
+    if parts - {"batchmates"}:
+        data = prepare(Path(args.work), args.episodes, one_shard="one-shard" in parts)
+    if "local" in parts:
+        local, local_cpu = _local(str(data["raw"]), args.rounds)
+        res["local_raw_mb_s"], res["local_raw_mb_per_cpu_s"] = local, local_cpu
+        checks += [("ShardStream raw / warm cat (block)", local["block"] / local["cat"], ">=", TARGETS["stream_vs_cat"]),
+                   ("same, per CPU second (load-robust)", local_cpu["block"] / local_cpu["cat"], ">=",
+                    TARGETS["stream_vs_cat"])]
+    if "one-shard" in parts:
+        one_res = _one_shard(data, args.rounds)
+        res["one_shard"] = one_res
+        checks += [("one shard: w2 / w0 (block)", one_res["block_w2"] / one_res["block_w0"], ">=",
+                    TARGETS["one_shard_w2_vs_w0"]),
+                   ("control, ten shards: w2 / w0 (sequential)",
+                    one_res["ten-sequential_w2"] / one_res["ten-sequential_w0"], ">=", TARGETS["one_shard_w2_vs_w0"])]
+    if "s3" in parts:
+        s3 = s3_bytes(data["table"], data["spec"])
+        res["s3"] = s3
+        print(f"S3 (local moto server, {s3['shards']} shards, {s3['shard_bytes'] / 1e6:.0f} MB): bytes fetched per epoch / "
+              "shard bytes: " + ", ".join(f"{o} {s3[o]['vs_shard_bytes']:.3f} ({s3[o]['gets']} GETs)" for o in ORDERS))
+        checks.append(("S3 bytes per epoch / shard bytes (block)", s3["block"]["vs_shard_bytes"], "<=",
+                       TARGETS["s3_bytes_vs_shards"]))
     res["targets"] = [{"name": n, "value": v, "op": op, "bound": b, "pass": v <= b if op == "<=" else v >= b}
                       for n, v, op, b in checks]
     res["loadavg_end"] = os.getloadavg()
@@ -248,6 +243,39 @@ def main(argv: list[str] | None = None) -> int:
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(res, indent=1, default=str))
     return 0
+
+
+def _local(raw: str, rounds_n: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Alternating rounds of warm cat and one epoch per order; medians of MB per wall and per CPU second."""
+    rounds: dict[str, list[tuple[float, float]]] = {"cat": [], "block": [], "sequential": []}
+    for _ in range(rounds_n):
+        rounds["cat"].append(cat_mb_s(raw))
+        for o in ORDERS:
+            rounds[o].append(epoch_mb_s(raw, o))
+    local = {k: statistics.median(x[0] for x in v) for k, v in rounds.items()}
+    local_cpu = {k: statistics.median(x[1] for x in v) for k, v in rounds.items()}
+    for label, f in (("wall", local), ("CPU", local_cpu)):
+        print(f"local raw export, MB per {label} second: cat {f['cat']:.0f}, ShardStream block {f['block']:.0f} "
+              f"({f['block'] / f['cat']:.2f} of cat), sequential {f['sequential']:.0f} ({f['sequential'] / f['cat']:.2f})")
+    return local, local_cpu
+
+
+def _one_shard(data: dict[str, Any], rounds_n: int) -> dict[str, Any]:
+    """StreamLoader samples/s, num_workers 2 vs 0, on the one-shard export (both orders) and the ten-shard control."""
+    one = str(data["one"])
+    m = json.loads((Path(one) / "manifest.json").read_text())
+    sps: dict[str, list[float]] = {f"{o}_w{w}": [] for o in (*ORDERS, "ten-sequential") for w in (0, 2)}
+    for _ in range(rounds_n):
+        for k in sps:
+            o, w = k.rsplit("_w", 1)
+            src = str(data["ten"]) if o.startswith("ten") else one
+            sps[k].append(loader_samples_s(src, o.removeprefix("ten-"), int(w)))
+    one_res = {k: statistics.median(v) for k, v in sps.items()}
+    print(f"one-shard {data['one_kind']} export ({m['num_windows']} windows), 5 epochs, persistent workers: "
+          + ", ".join(f"{o}: w2/w0 {one_res[o + '_w2'] / one_res[o + '_w0']:.2f}x "
+                      f"({one_res[o + '_w0']:.0f} -> {one_res[o + '_w2']:.0f} samples/s)"
+                      for o in (*ORDERS, "ten-sequential")))
+    return {"kind": data["one_kind"], "windows": m["num_windows"], "shards": len(m["shards"]), **one_res}
 
 
 if __name__ == "__main__":

@@ -235,13 +235,14 @@ class ShardStream(StreamPipeline):
         readers: dict[tuple[int, int], Iterator[Any]] = {}
         pad_reader: Iterator[Any] | None = None
         next_pad = (-1, -1)
-        run_at = (-1, 0, 0)  # (shard, start, end) of the run the last real entry came from
+        run_at: dict[int, tuple[int, int]] = {}  # shard -> its run the last real entry came from
         try:
             for s, p, is_pad in plan.slot_sequence(slot, skip) if entries is None else entries:
                 if not is_pad:
-                    if s != run_at[0] or not run_at[1] <= p < run_at[2]:  # a new run: find it among the slot's
-                        run_at = (s, *next(r for r in runs[s] if r[0] <= p < r[1]))
-                    _, a, end = run_at
+                    r = run_at.get(s)
+                    if r is None or not r[0] <= p < r[1]:  # a new run of this shard: find it among the slot's
+                        r = run_at[s] = next(r for r in runs[s] if r[0] <= p < r[1])
+                    a, end = r
                     it = readers.get((s, a))
                     if it is None:
                         it = readers[s, a] = self._ordered(plan, s, p, end, perms)
