@@ -287,8 +287,12 @@ class ShardStream(StreamPipeline):
         Tensors are made straight from the record's fields (no intermediate dict of arrays): with ~16 keys
         this per-sample work is what bounds a per-sample stream, so it is kept to one dict."""
         record_array, keys, from_numpy = self._codec.record_array, list(self._codec.schema), torch.from_numpy
+        dtype, ndarray = self._codec.dtype, np.ndarray
         for record, is_pad in records:
-            rec = record_array(record)
+            if type(record) is memoryview and not record.readonly:  # a writable view (a mapping's): view it as is
+                rec = ndarray((), dtype, record)
+            else:
+                rec = record_array(record)
             t = {k: from_numpy(rec[k]) for k in keys}
             if is_pad:
                 t["window_index"] = torch.tensor(PAD_INDEX, dtype=torch.int64)
