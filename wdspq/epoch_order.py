@@ -13,8 +13,9 @@ Orders (``shard_order``)
   block's samples are handed out row by row across its chunks (`in_shard_order`): block membership and
   batch-mates change every epoch whatever the sample size. All of it is drawn from
   ``np.random.default_rng([ORDER_TAG, seed, epoch, shard])``, a pure function of (seed, epoch, shard).
-  A block is read as one ranged read per chunk (mappings locally, Range GETs on S3) and held while its
-  samples are handed out. Unconsumed ranges are cut into pieces (`split_ranges`), on block boundaries
+  A block is read as one ranged read per chunk (Range GETs on S3; on a local shard the chunks are mapped
+  in one call from runs of needed samples opened once each, `read_in_order`'s ``mapped``) and held while
+  its samples are handed out. Unconsumed ranges are cut into pieces (`split_ranges`), on block boundaries
   where they can, so that every slot gets work.
 * ``"sequential"``: the version 1 order: every shard read front to back, whole shards as pieces (with
   fewer shards than slots some workers idle). States saved before format 2 have this order.
