@@ -128,6 +128,11 @@ def mmap_enabled() -> bool:
     return os.environ.get("WDSPQ_MMAP", "1") != "0"
 
 
+def map_slot_free() -> bool:
+    """Whether another mapping may be made (fewer than MAX_LIVE_MAPS alive in this process)."""
+    return _live_maps[0] < MAX_LIVE_MAPS
+
+
 def _map_closed() -> None:
     _live_maps[0] -= 1
 
@@ -160,20 +165,25 @@ def map_spans(raw: Any, url: str, spans: np.ndarray, start: int, samples: Sequen
         j = i + 1
         while j < n and offs[j] + lens[j] - offs[i] <= MAP_BYTES:
             j += 1
-        lo = offs[i] - offs[i] % mmap.ALLOCATIONGRANULARITY
-        hi = offs[j - 1] + lens[j - 1]
-        try:
-            m = mmap.mmap(fd, hi - lo, access=mmap.ACCESS_COPY, offset=lo)
-        except (OSError, ValueError) as e:
-            raise ShardError(f"{url}, sample {nums[i]}: cannot map bytes {lo}..{hi}: {e}") from None
-        _live_maps[0] += 1
-        weakref.finalize(m, _map_closed)
+        lo, mv = map_bytes(fd, offs[i], offs[j - 1] + lens[j - 1], f"{url}, sample {nums[i]}")
         raw.bytes_read += sum(lens[i:j])
-        mv = memoryview(m)
-        del m  # the views keep the mapping alive
         for k in range(i, j):
             yield mv[offs[k] - lo : offs[k] - lo + lens[k]]
         i = j
+
+
+def map_bytes(fd: int, begin: int, end: int, where: str) -> tuple[int, memoryview]:
+    """``(lo, view)``: a private (copy-on-write) mapping of bytes ``lo .. end-1`` of the file (``lo``: ``begin``
+    rounded down to the mapping granularity), alive while any view of it is, counted in the live maps.
+    The caller checks that ``end`` is within the file and that fewer than MAX_LIVE_MAPS are alive."""
+    lo = begin - begin % mmap.ALLOCATIONGRANULARITY
+    try:
+        m = mmap.mmap(fd, end - lo, access=mmap.ACCESS_COPY, offset=lo)
+    except (OSError, ValueError) as e:
+        raise ShardError(f"{where}: cannot map bytes {lo}..{end}: {e}") from None
+    _live_maps[0] += 1
+    weakref.finalize(m, _map_closed)
+    return lo, memoryview(m)  # the views keep the mapping alive
 
 
 def read_spans(f: Any, url: str, spans: np.ndarray, start: int) -> Iterator[memoryview]:

@@ -3,6 +3,7 @@ shards, any positions of several runs kept open (`MappedSamples`); decode to rec
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,7 +12,15 @@ import numpy as np
 from ..errors import ShardError, WdspqError
 from ..storage.local import LocalStorage
 from .encoding import SampleCodec
-from .layout import map_spans, mmap_enabled, parse_members, read_spans, single_member
+from .layout import (
+    map_bytes,
+    map_slot_free,
+    map_spans,
+    mmap_enabled,
+    parse_members,
+    read_spans,
+    single_member,
+)
 from .manifest import Manifest
 
 
@@ -89,6 +98,7 @@ class MappedSamples:
     (storage other than local files, WDSPQ_MMAP=0, shared-frames shards)."""
 
     MAX_OPEN = 8  # open runs kept at once; the least recently used is closed (and reopened if needed again)
+    RUN_MAP_BYTES = 256 * 2**20  # a run up to this size is mapped once for all its blocks (address space only)
 
     def __init__(self, manifest: Manifest, shard: int, needed: np.ndarray, codec: SampleCodec, view: bool) -> None:
         self.manifest, self.shard, self.codec, self.view = manifest, shard, codec, view
@@ -98,6 +108,7 @@ class MappedSamples:
         self._starts = needed[np.concatenate([[0], cut])].astype(np.int64)
         self._stops = needed[np.concatenate([cut - 1, [len(needed) - 1]])].astype(np.int64) + 1
         self._open: dict[int, Any] = {}  # run number -> open reader (insertion order = use order)
+        self._mapped: dict[int, tuple[int, memoryview]] = {}  # run number -> (first byte, view of its mapping)
 
     @classmethod
     def create(cls, manifest: Manifest, shard: int, needed: np.ndarray, codec: SampleCodec | None = None,
@@ -131,14 +142,35 @@ class MappedSamples:
         bounds = [0, *(np.flatnonzero(np.diff(run_of)) + 1).tolist(), len(positions)]
         out: list[memoryview] = []
         for lo, hi in zip(bounds, bounds[1:]):
-            f = self._reader(int(run_of[lo]))
+            run = int(run_of[lo])
+            f = self._reader(run)
             part = positions[lo:hi]
-            bufs = map_spans(f.raw, self.url, spans[lo:hi], int(part[0]), part)
+            mapped = self._mapped.get(run) or self._map_run(run, f.raw)
+            if mapped is not None:  # views of the run's one mapping
+                base, mv = mapped
+                offs, lens = spans[lo:hi, 0].tolist(), spans[lo:hi, 1].tolist()
+                f.raw.bytes_read += sum(lens)
+                bufs: Iterator[memoryview] = (mv[o - base : o - base + n] for o, n in zip(offs, lens))
+            else:
+                bufs = map_spans(f.raw, self.url, spans[lo:hi], int(part[0]), part)
             out.extend(_records(bufs, part.tolist(), spans[lo:hi], self.codec, self.url))
         return [self.codec.view(r) for r in out] if self.view else out
 
+    def _map_run(self, run: int, raw: Any) -> tuple[int, memoryview] | None:
+        """One mapping of a whole open run, reused by every block that takes from it, when the run is at most
+        RUN_MAP_BYTES, within the file and a live map is free; else None (`map_spans`, per ~MAP_BYTES)."""
+        fd, end = raw.local_file()
+        spans = self.manifest.index(self.shard)
+        a, b = int(self._starts[run]), int(self._stops[run])
+        begin, stop = int(spans[a, 0]), int(spans[b - 1, 0] + spans[b - 1, 1])
+        if stop - begin > self.RUN_MAP_BYTES or stop > min(end, os.fstat(fd).st_size) or not map_slot_free():
+            return None
+        self._mapped[run] = map_bytes(fd, begin, stop, f"{self.url}, samples {a}..{b - 1}")
+        return self._mapped[run]
+
     def close(self) -> None:
-        """Close the open ranges (the views handed out stay valid: they hold their mappings)."""
+        """Close the open ranges and drop the run mappings (the views handed out stay valid: they hold them)."""
+        self._mapped.clear()
         while self._open:
             self._open.popitem()[1].close()
 
