@@ -92,9 +92,11 @@ class MappedSamples:
 
     Built with the sorted sample positions a read will need (`needed`): each run of consecutive ones is
     opened once, when first used (one `open_read` of exactly its bytes and one `check_current`, so a
-    range never covers a sample outside `needed`, R5), and `take(positions)` maps the positions asked
-    for from those open ranges (one mapping per ~MAP_BYTES of their hull, `map_spans`). Errors raise
-    (the caller reads again through its error policy). `create` gives None where mapping does not apply
+    range never covers a sample outside `needed`, R5), and `take(positions)` gives views of the positions
+    asked for: a run of up to RUN_MAP_BYTES is mapped once for all the blocks that take from it (a kept
+    sample then keeps that mapping: address space, not memory), a longer one per ~MAP_BYTES (`map_spans`).
+    Only the samples taken count in the readers' ``bytes_read``. Errors raise (the caller reads again
+    through its error policy). `create` gives None where mapping does not apply
     (storage other than local files, WDSPQ_MMAP=0, shared-frames shards)."""
 
     MAX_OPEN = 8  # open runs kept at once; the least recently used is closed (and reopened if needed again)
