@@ -102,8 +102,8 @@ class MappedSamples:
     MAX_OPEN = 8  # open runs kept at once; the least recently used is closed (and reopened if needed again)
     RUN_MAP_BYTES = 256 * 2**20  # a run up to this size is mapped once for all its blocks (address space only)
 
-    def __init__(self, manifest: Manifest, shard: int, needed: np.ndarray, codec: SampleCodec, view: bool) -> None:
-        self.manifest, self.shard, self.codec, self.view = manifest, shard, codec, view
+    def __init__(self, manifest: Manifest, shard: int, needed: np.ndarray, codec: SampleCodec) -> None:
+        self.manifest, self.shard, self.codec = manifest, shard, codec
         self.name = manifest.shards[shard]["name"]
         self.url = manifest.storage.url(self.name)
         cut = np.flatnonzero(np.diff(needed) != 1) + 1
@@ -113,13 +113,12 @@ class MappedSamples:
         self._mapped: dict[int, tuple[int, memoryview]] = {}  # run number -> (first byte, view of its mapping)
 
     @classmethod
-    def create(cls, manifest: Manifest, shard: int, needed: np.ndarray, codec: SampleCodec | None = None,
-               view: bool = False) -> MappedSamples | None:
-        """`needed`: sorted sample positions; `view`: `take` gives dicts of arrays (as `read_run`), not records."""
+    def create(cls, manifest: Manifest, shard: int, needed: np.ndarray, codec: SampleCodec | None = None) -> MappedSamples | None:
+        """For the sorted sample positions `needed`, or None where mapping does not apply."""
         codec = codec or manifest.codec()
         if not isinstance(manifest.storage, LocalStorage) or not mmap_enabled() or not isinstance(codec, SampleCodec) or len(needed) == 0:
             return None
-        return cls(manifest, shard, np.asarray(needed, dtype=np.int64), codec, view)
+        return cls(manifest, shard, np.asarray(needed, dtype=np.int64), codec)
 
     def _reader(self, run: int) -> Any:
         f = self._open.pop(run, None)
@@ -137,8 +136,8 @@ class MappedSamples:
         self._open[run] = f  # most recently used last
         return f
 
-    def take(self, positions: np.ndarray) -> list[Any]:
-        """Record bytes (or with `view` dicts of arrays) of `positions` (ascending, each in `needed`), in order."""
+    def take(self, positions: np.ndarray) -> list[memoryview]:
+        """Record bytes of `positions` (ascending, each in `needed`), in that order."""
         spans = self.manifest.index(self.shard)[positions]
         run_of = np.searchsorted(self._starts, positions, side="right") - 1
         bounds = [0, *(np.flatnonzero(np.diff(run_of)) + 1).tolist(), len(positions)]
@@ -156,7 +155,7 @@ class MappedSamples:
             else:
                 bufs = map_spans(f.raw, self.url, spans[lo:hi], int(part[0]), part)
             out.extend(_records(bufs, part.tolist(), spans[lo:hi], self.codec, self.url))
-        return [self.codec.view(r) for r in out] if self.view else out
+        return out
 
     def _map_run(self, run: int, raw: Any) -> tuple[int, memoryview] | None:
         """One mapping of a whole open run, reused by every block that takes from it, when the run is at most
