@@ -31,7 +31,6 @@ from ..cursor.plan import split_mode
 from ..epoch_order import check_order, default_order, in_shard_order, read_in_order, shard_blocks
 from ..errors import StateError, WdspqError
 from ..shardfmt import Manifest, load_manifest
-from ..shardfmt.read import MappedSamples
 from .control import ControlBlock
 from .pipeline import ShuffleFlag, StageContext, StageError, StreamPipeline, run_stages
 from .reader import SampleReader
@@ -277,8 +276,8 @@ class ShardStream(StreamPipeline):
                                                  self._blocks[shard], self.shard_order)
         run = self._reader.run_records
         mapped = None
-        if self.shard_order == "block" and q1 > q0 and not self._reader.verify_checksums:
-            mapped = MappedSamples.create(self.manifest, shard, np.sort(perm[q0:q1]), self._codec)
+        if self.shard_order == "block" and q1 > q0 and isinstance(self._reader, SampleReader):
+            mapped = self._reader.mapped(shard, np.sort(perm[q0:q1]))
         return read_in_order(lambda a, b: run(shard, a, b), perm, self._blocks[shard], q0, q1, mapped)
 
     def _decode_records(self, records: Iterator[tuple[Any, bool]]) -> Iterator[dict[str, torch.Tensor]]:

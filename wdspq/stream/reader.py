@@ -34,6 +34,7 @@ import numpy as np
 from ..cursor import PAD_INDEX
 from ..errors import ExportChangedError, ShardError, StorageError, WdspqError
 from ..shardfmt import Manifest, SampleCodec, read_records, read_run
+from ..shardfmt.read import MappedSamples
 
 logger = logging.getLogger("wdspq")
 
@@ -90,6 +91,15 @@ class SampleReader:
                     raise err
                 self._bad_from[shard] = (0, str(err))
         yield from self._run(shard, start, stop, raw)
+
+    def mapped(self, shard: int, needed: np.ndarray) -> MappedSamples | None:
+        """Block-order reads of `shard` by mapping (`shardfmt.read.MappedSamples`, for the sorted positions
+        `needed`), or None: not a local shard, checksums to verify first, or the shard already found bad
+        here. Its errors leave the read to `run_records`, which applies this policy."""
+        self._same_process()
+        if self.verify_checksums or shard in self._bad_from:
+            return None
+        return MappedSamples.create(self.manifest, shard, needed, self.codec)
 
     def placeholder(self, raw: bool = False) -> Any:
         """A fresh placeholder sample: zeros of the schema, masks false, index keys -1 (raw: its record bytes)."""
