@@ -234,3 +234,21 @@ def test_sigterm_and_ctrl_c_clean_up(tmp_path):
         assert proc.stderr.read().decode().strip().splitlines()[-1] == "wdspq: interrupted"
         assert not (tmp_path / "big.parquet").exists()
         assert not _temp_files(tmp_path)  # cleaned up
+
+
+def test_shared_flags_read_the_same_in_every_command(capsys, tmp_path):
+    """`--tokenizer` and `--seed` are one definition each; `info` and `show` tell an export from a table alike."""
+    from wdspq.cli.common import is_export_source
+
+    for argv in (["export"], ["verify"], ["show"], ["demo"]):
+        assert main([*argv, "--help"]) == 0
+        text = " ".join(capsys.readouterr().out.split())
+        assert "--tokenizer NAME_OR_PATH Hugging Face tokenizer name or local folder (default: " in text, argv
+        assert ("the export's, if it can be loaded here" in text) == (argv[0] in ("verify", "show")), argv
+    for argv in (["export"], ["verify"], ["build", "synthetic"], ["build", "sim"]):
+        assert main([*argv, "--help"]) == 0
+        assert "--seed SEED" in capsys.readouterr().out, argv
+    (tmp_path / "export").mkdir()
+    for src, export in (("s3://bucket/prefix", True), (str(tmp_path / "export"), True), ("x/manifest.json", True),
+                        ("table.parquet", False)):
+        assert is_export_source(src) == export, src
