@@ -1,4 +1,4 @@
-"""Importers (issue 16): LeRobot v2.1 / v3.0 folders and robomimic files -> the canonical table.
+"""Importers: LeRobot v2.1 / v3.0 folders and robomimic files -> the canonical table.
 
 The LeRobot datasets are written by tests/lerobot_fixture.py in LeRobot's on-disk layouts (2 cameras, one
 AV1 and one H.264, 3 episodes of different lengths, 2 tasks, frames carrying their numbers); every

@@ -1,4 +1,4 @@
-"""Bounded memory at scale (issue 15): a stream worker's plan is generated lazily, and the map-style dataset
+"""Bounded memory at scale: a stream worker's plan is generated lazily, and the map-style dataset
 reads neither whole columns at start nor more than `cache_bytes` of table data."""
 
 from __future__ import annotations
