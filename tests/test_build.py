@@ -383,3 +383,23 @@ def test_hdf5_episodes_select_files_by_position(tmp_path):
     assert pq.read_table(out, columns=["episode_id"]).column(0).to_pylist() == ["ep_a", "ep_c"]  # sorted files 0 and 2
     with pytest.raises(SchemaError, match=r"3 HDF5 files: episode\(s\) 5 not found"):
         build_from_hdf5([tmp_path], tmp_path / "u.parquet", episodes=[5], progress=False)
+
+
+def test_one_video_codec_rule_for_the_importers_the_hdf5_layout_and_the_clip_writer(tmp_path):
+    """An unknown clip codec gets one message everywhere: importers refuse it (SchemaError) before any input
+    is read (the inputs here do not exist), the clip writer with a MediaError."""
+    from wdspq.build import build_from_lerobot, build_from_robomimic
+    from wdspq.errors import MediaError
+    from wdspq.media import VIDEO_CODECS, ClipWriter, is_lossless
+
+    msg = "video codec 'vp9' is not one of ffv1, h264"
+    out = tmp_path / "out.parquet"
+    for build in (lambda: build_from_lerobot(tmp_path / "missing", out, video_codec="vp9", progress=False),
+                  lambda: build_from_robomimic(tmp_path / "missing.hdf5", out, video_codec="vp9", progress=False),
+                  lambda: Hdf5Layout().replace(video_codec="vp9")):
+        with pytest.raises(SchemaError, match=msg):
+            build()
+    with pytest.raises(MediaError, match=msg):
+        ClipWriter(4, 4, codec="vp9")
+    assert not out.exists()
+    assert [c for c in VIDEO_CODECS if is_lossless(c)] == ["ffv1"]

@@ -81,6 +81,9 @@ BAD = [
     ("episodes-zero", ["build", "synthetic", "{d}/out.parquet", "--episodes", "0"], "--episodes: 0 is too small"),
     ("episodes-text", ["build", "synthetic", "{d}/out.parquet", "--episodes", "many"], "'many' is not an integer"),
     ("odd-video", ["build", "synthetic", "{d}/out.parquet", "--video-size", "15"], "15 is odd"),
+    ("unknown-codec", ["build", "synthetic", "{d}/out.parquet", "--video-codec", "vp9"], "invalid choice: 'vp9'"),
+    ("lerobot-unknown-codec", ["build", "lerobot", "{d}", "{d}/out.parquet", "--video-codec", "av1"],
+     "invalid choice: 'av1'"),
     ("negative-seconds", ["build", "synthetic", "{d}/out.parquet", "--seconds", "-1"], "positive number"),
     ("nan-seconds", ["build", "synthetic", "{d}/out.parquet", "--seconds", "nan"], "positive number"),
     ("unknown-flag", ["build", "synthetic", "{d}/out.parquet", "--colour", "red"], "unrecognized arguments"),
@@ -112,6 +115,16 @@ def test_subprocess_error_is_one_line(tmp_path):
     r = run_cli("validate", "missing.parquet", cwd=tmp_path)
     assert_one_line_error(r.returncode, r.stderr)
     assert "missing.parquet: table file does not exist" in r.stderr
+
+
+def test_parser_loads_no_media_or_table_library(tmp_path):
+    """`wdspq --help` and argument errors stay quick: the parser (codec choices included) imports no PyAV,
+    Pillow, pyarrow or torch."""
+    code = ("import sys; from wdspq.cli import make_parser; make_parser(); "
+            "print(sorted(m for m in ('av', 'PIL', 'pyarrow', 'torch') if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
 
 
 def test_subprocess_debug_shows_traceback(tmp_path):
@@ -221,3 +234,21 @@ def test_sigterm_and_ctrl_c_clean_up(tmp_path):
         assert proc.stderr.read().decode().strip().splitlines()[-1] == "wdspq: interrupted"
         assert not (tmp_path / "big.parquet").exists()
         assert not _temp_files(tmp_path)  # cleaned up
+
+
+def test_shared_flags_read_the_same_in_every_command(capsys, tmp_path):
+    """`--tokenizer` and `--seed` are one definition each; `info` and `show` tell an export from a table alike."""
+    from wdspq.cli.common import is_export_source
+
+    for argv in (["export"], ["verify"], ["show"], ["demo"]):
+        assert main([*argv, "--help"]) == 0
+        text = " ".join(capsys.readouterr().out.split())
+        assert "--tokenizer NAME_OR_PATH Hugging Face tokenizer name or local folder (default: " in text, argv
+        assert ("the export's, if it can be loaded here" in text) == (argv[0] in ("verify", "show")), argv
+    for argv in (["export"], ["verify"], ["build", "synthetic"], ["build", "sim"]):
+        assert main([*argv, "--help"]) == 0
+        assert "--seed SEED" in capsys.readouterr().out, argv
+    (tmp_path / "export").mkdir()
+    for src, export in (("s3://bucket/prefix", True), (str(tmp_path / "export"), True), ("x/manifest.json", True),
+                        ("table.parquet", False)):
+        assert is_export_source(src) == export, src

@@ -155,12 +155,12 @@ def test_epoch_order_generator_is_documented():
 
 def test_fresh_equal_shards_deal_round_robin_ranks_first():
     topo = Topology(world_size=2, num_workers=2, batch_size=4)
-    plan = Plan.build([10] * 8, [0] * 8, list(range(8)), topo)
+    plan = Plan([10] * 8, [0] * 8, list(range(8)), topo)
     for i in range(8):
         slot = topo.slot(i % 2, (i // 2) % 2)
         assert Piece(i, 0, 10) in plan.slot_pieces(slot)
     # 4 shards over 2 ranks x 4 workers: each rank gets 2 (not all 4 on rank 0)
-    plan = Plan.build([10] * 4, [0] * 4, list(range(4)), Topology(2, 4, 4))
+    plan = Plan([10] * 4, [0] * 4, list(range(4)), Topology(2, 4, 4))
     assert plan.rank_batches(0) == plan.rank_batches(1) == 6
     assert sum(plan.slot_pad_count(s) for s in range(8)) == 0
 
@@ -176,7 +176,7 @@ def test_topology_validation():
 def test_skip_is_cheap():
     sizes = [1000] * 2000
     topo = Topology(world_size=1, num_workers=1, batch_size=32, interleave=8)
-    plan = Plan.build(sizes, [0] * 2000, epoch_shard_order(2000, 0, 0, True), topo)
+    plan = Plan(sizes, [0] * 2000, epoch_shard_order(2000, 0, 0, True), topo)
     assert plan.slot_length(0) == 2_000_000
     import tracemalloc
 
@@ -234,7 +234,7 @@ def test_determinism_and_epochs_differ():
     topo = Topology(world_size=2, num_workers=2, batch_size=3, interleave=3)
 
     def arrays(epoch, seed=0):
-        plan = Plan.build(sizes, [0] * len(sizes), epoch_shard_order(len(sizes), seed, epoch, True), topo)
+        plan = Plan(sizes, [0] * len(sizes), epoch_shard_order(len(sizes), seed, epoch, True), topo)
         return [tuple(map(tuple, plan.slot_arrays(s))) for s in range(topo.n_slots)]
 
     assert arrays(0) == arrays(0)
@@ -271,7 +271,7 @@ def test_exact_resume_at_every_stop_point(num_workers, even):
     """Every stop point of a 2-rank epoch: first batch, mid-shard, shard boundaries, last batch."""
     sizes = [5, 9, 2, 7, 4, 11, 3]
     topo = Topology(world_size=2, num_workers=num_workers, batch_size=2, interleave=2, even=even)
-    plan = Plan.build(sizes, [0] * len(sizes), epoch_shard_order(len(sizes), 1, 0, True), topo)
+    plan = Plan(sizes, [0] * len(sizes), epoch_shard_order(len(sizes), 1, 0, True), topo)
     total = plan.rank_batches(0)
     assert total >= 5
     for t in range(total + 1):
@@ -281,7 +281,7 @@ def test_exact_resume_at_every_stop_point(num_workers, even):
 @SETTINGS
 @given(sizes_st, topo_st, st.integers(0, 3), st.lists(st.floats(0, 1), min_size=3, max_size=3))
 def test_exact_resume_property(sizes, topo, seed, fracs):
-    plan = Plan.build(sizes, [0] * len(sizes), epoch_shard_order(len(sizes), seed, 0, True), topo)
+    plan = Plan(sizes, [0] * len(sizes), epoch_shard_order(len(sizes), seed, 0, True), topo)
     stops = [round(fracs[r] * plan.rank_batches(r)) for r in range(topo.world_size)]
     _check_exact_resume(sizes, topo, seed, stops)
 
@@ -330,7 +330,7 @@ def test_elastic_from_2x2(target, even):
     sizes = [9, 4, 12, 7, 1, 8, 15, 3, 6]
     src = Topology(world_size=2, num_workers=2, batch_size=2, interleave=2, even=even)
     dst = Topology(world_size=target[0], num_workers=target[1], batch_size=2, interleave=2, even=even)
-    plan = Plan.build(sizes, [0] * len(sizes), epoch_shard_order(len(sizes), 0, 0, True), src)
+    plan = Plan(sizes, [0] * len(sizes), epoch_shard_order(len(sizes), 0, 0, True), src)
     for t in range(plan.rank_batches(0) + 1):
         got, state = _check_elastic_chain(sizes, 0, [(src, [t / max(1, plan.rank_batches(0))]), (dst, None)])
         assert sorted(got) == all_samples(sizes)

@@ -124,8 +124,8 @@ def test_read_in_order_reads_each_needed_sample_once_and_nothing_else(n, block, 
 @SETTINGS
 @given(sizes_st, topo_st, st.lists(st.integers(1, 40), min_size=4, max_size=4) | st.none())
 def test_split_pieces_give_every_slot_work(sizes, topo, blocks):
-    plan = Plan.build(sizes, [0] * len(sizes), epoch_shard_order(len(sizes), 0, 0, True), topo, split=True,
-                      blocks=blocks)
+    plan = Plan(sizes, [0] * len(sizes), epoch_shard_order(len(sizes), 0, 0, True), topo, split=True,
+                blocks=blocks)
     assert len(plan.pieces) <= len(sizes) + 2 * topo.n_slots
     assert sorted((p.shard, q) for p in plan.pieces for q in range(p.start, p.end)) == all_samples(sizes)
     if sum(sizes) >= topo.n_slots:
@@ -144,8 +144,8 @@ def test_split_pieces_give_every_slot_work(sizes, topo, blocks):
 def test_pieces_cut_on_block_boundaries_stay_short_enough_for_every_slot(sizes, topo, blocks):
     """Moving cuts to block boundaries never makes a piece longer than total / slots, so every slot still
     gets a piece; where every piece has a block's room to spare, every cut is a block boundary."""
-    plan = Plan.build(sizes, [0] * len(sizes), epoch_shard_order(len(sizes), 0, 0, True), topo, split=True,
-                      blocks=blocks)
+    plan = Plan(sizes, [0] * len(sizes), epoch_shard_order(len(sizes), 0, 0, True), topo, split=True,
+                blocks=blocks)
     f = sum(sizes) // max(1, topo.n_slots)
     assert len(plan.pieces) <= len(sizes) + 2 * topo.n_slots
     assert sorted((p.shard, q) for p in plan.pieces for q in range(p.start, p.end)) == all_samples(sizes)

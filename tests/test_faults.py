@@ -1,4 +1,4 @@
-"""Streaming faults (issue 8): each bad shard, member or manifest gets an error naming it, or is skipped.
+"""Streaming faults: each bad shard, member or manifest gets an error naming it, or is skipped.
 
 Every fault goes through `StreamLoader`. Default policy: a `WdspqError` naming the shard (and member or
 sample). `on_error="skip"`: no exception, one warning (per worker) with the count, placeholders

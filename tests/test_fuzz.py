@@ -1,4 +1,4 @@
-"""Fuzz (issue 8): random bytes, truncations and byte flips of a valid shard, streamed under both policies.
+"""Fuzz: random bytes, truncations and byte flips of a valid shard, streamed under both policies.
 
 The stream must either yield valid samples (the manifest's keys, dtypes and shapes) or raise a
 `WdspqError`; never hang, never raise another exception type. With `on_error="skip"` it must never

@@ -1,4 +1,4 @@
-"""Importers (issue 16): LeRobot v2.1 / v3.0 folders and robomimic files -> the canonical table.
+"""Importers: LeRobot v2.1 / v3.0 folders and robomimic files -> the canonical table.
 
 The LeRobot datasets are written by tests/lerobot_fixture.py in LeRobot's on-disk layouts (2 cameras, one
 AV1 and one H.264, 3 episodes of different lengths, 2 tasks, frames carrying their numbers); every
@@ -340,8 +340,6 @@ def test_a_video_pyav_cannot_decode_names_the_codec_and_the_file(tmp_path, monke
     naming the episode, the camera, the file and the codec."""
     import av
 
-    import wdspq.media as media
-
     root = write_v21(tmp_path / "ds", CODECS["v2.1"])
     real_open = av.open
 
@@ -362,7 +360,7 @@ def test_a_video_pyav_cannot_decode_names_the_codec_and_the_file(tmp_path, monke
         def decode(self, stream):
             raise av.error.DecoderNotFoundError(0, "decoder not found")
 
-    monkeypatch.setattr(media.av, "open", lambda path, *a, **k: NoDecoder(path, *a, **k) if str(path).endswith(".mp4") else real_open(path, *a, **k))
+    monkeypatch.setattr(av, "open", lambda path, *a, **k: NoDecoder(path, *a, **k) if str(path).endswith(".mp4") else real_open(path, *a, **k))
     with pytest.raises(SchemaError) as e:
         build_from_lerobot(root, tmp_path / "t.parquet", progress=False)
     msg = str(e.value)

@@ -1,4 +1,4 @@
-"""Interrupted export (issue 8): real SIGKILLs of `wdspq export` at seeded random points, re-run each time.
+"""Interrupted export: real SIGKILLs of `wdspq export` at seeded random points, re-run each time.
 
 After every kill: no manifest, and every shard under its final name parses completely and has the
 sha256 the exporter recorded for it (its journal line, and the uninterrupted export's manifest: the

@@ -194,12 +194,12 @@ def test_a_mixture_epoch_is_cut_into_one_near_equal_contiguous_stretch_per_slot(
     k = W * N
     T = int(rng.integers(k, 5000)) if case % 2 else int(rng.integers(1, 400)) * k
     topo = Topology(world_size=W, num_workers=N, batch_size=8)
-    plan = Plan.build([T], [0], [0], topo, (), "contiguous", [1])
+    plan = Plan([T], [0], [0], topo, (), "contiguous", [1])
     real = [plan.slot_real_count(s) for s in range(k)]
     assert sum(real) == T and max(real) - min(real) <= 1
     assert all(len(plan.slot_pieces(s)) == 1 for s in range(k))
     if T % k == 0:  # the block split of the cursor gives the same pieces to the same slots
-        old = Plan.build([T], [0], [0], topo, (), True, [1])
+        old = Plan([T], [0], [0], topo, (), True, [1])
         assert [old.slot_pieces(s) for s in range(k)] == [plan.slot_pieces(s) for s in range(k)]
     # what is left after an elastic fold (several ranges) is still cut into near-equal stretches, each once
     cuts = sorted(set(rng.integers(1, T, size=6).tolist()) | {0, T}) if T > 1 else [0, T]

@@ -1,5 +1,5 @@
-"""Export on Ray (issue 17): byte-identical to the local engine with 1 and 2 Ray workers, after a Ray worker
-process is SIGKILLed mid-export, and to S3. Ray starts a local cluster inside the test (`ray.init`)."""
+"""Export on Ray: byte-identical to the local engine with 1 and 2 Ray workers, after a Ray worker process
+is SIGKILLed mid-export, and to S3. Ray starts a local cluster inside the test (`ray.init`)."""
 
 from __future__ import annotations
 

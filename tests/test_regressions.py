@@ -1,4 +1,8 @@
-"""Field report (issue 12): one test per defect, each failing before its fix."""
+"""Defects found by using wdspq, one test each (each failed before its fix): elastic resume in every even
+mode, a checkpoint taken right after `iter()` at an epoch boundary, a partial explicit topology, the table
+writer's bounded rate check, the export's tokenizer in its manifest and in verify, an interrupted export's
+spill and re-run hint, one-line CLI errors, `info` of an export with `--version` and `--debug`, optional
+`token_type_ids`, the seed importer's missing media, the seed's own training loop, `read_frame_counter`."""
 
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ SPEC = wdspq.WindowSpec(acts_length_sec=0.1, obs_length_sec=0.1, video_frame_off
 
 @pytest.fixture(scope="module")
 def table(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("field")
+    d = tmp_path_factory.mktemp("defects")
     build_synthetic(d / "t.parquet", episodes=3, seconds=1.0, image_size=8, video_size=16, seed=1, progress=False)
     return d / "t.parquet"
 
@@ -42,7 +46,7 @@ def _real(batches) -> list[int]:
 
 @pytest.mark.parametrize("even", ["drop", "pad", "none"])
 @pytest.mark.parametrize("stop", [0, 2, None])  # batches per rank before the checkpoint; None: the whole epoch
-def test_1_elastic_resume_never_delivers_more_in_any_even_mode(export, even, stop):
+def test_elastic_resume_never_delivers_more_in_any_even_mode(export, even, stop):
     n = wdspq.ShardStream(export).manifest.num_windows
     before, states = [], []
     for r in range(2):
@@ -64,7 +68,7 @@ def test_1_elastic_resume_never_delivers_more_in_any_even_mode(export, even, sto
     assert sorted(nxt) == list(range(n))
 
 
-def test_2_checkpoint_right_after_iter_at_an_epoch_boundary(export):
+def test_checkpoint_right_after_iter_at_an_epoch_boundary(export):
     a = wdspq.StreamLoader(wdspq.ShardStream(export, seed=0), batch_size=4)
     list(a)  # epoch 0
     it = iter(a)  # epoch 1 starts here
@@ -76,7 +80,7 @@ def test_2_checkpoint_right_after_iter_at_an_epoch_boundary(export):
     assert want and [t["window_index"].tolist() for t in b] == want
 
 
-def test_3_partial_explicit_topology_is_an_error(export, monkeypatch):
+def test_partial_explicit_topology_is_an_error(export, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(WdspqError, match="rank=1 was given without world_size"):
@@ -86,7 +90,7 @@ def test_3_partial_explicit_topology_is_an_error(export, monkeypatch):
     assert wdspq.ShardStream(export).rank == 0 and wdspq.ShardStream(export, rank=1, world_size=2).rank == 1
 
 
-def test_14_table_writer_pools_bounded_timestamp_diffs(tmp_path, monkeypatch):
+def test_table_writer_pools_bounded_timestamp_diffs(tmp_path, monkeypatch):
     import numpy as np
 
     from wdspq import table as schema
@@ -103,7 +107,7 @@ def test_14_table_writer_pools_bounded_timestamp_diffs(tmp_path, monkeypatch):
     assert meta.actions.rate_hz == 50.0
 
 
-def test_9_manifest_records_the_requested_tokenizer_and_verify_reloads_it(export, table, tokenizer_path, tmp_path):
+def test_manifest_records_the_requested_tokenizer_and_verify_reloads_it(export, table, tokenizer_path, tmp_path):
     from wdspq.shardfmt import load_manifest
     from wdspq.verify import _export_tokenizer, verify_shards
 
@@ -116,8 +120,8 @@ def test_9_manifest_records_the_requested_tokenizer_and_verify_reloads_it(export
     assert _export_tokenizer(load_manifest(str(tmp_path / "dflt"))) is None
 
 
-def test_10_spill_of_an_interrupted_other_configuration_is_removed_and_reuse_is_said(export, table, tokenizer_path,
-                                                                                   tmp_path, capsys):
+def test_spill_of_an_interrupted_other_configuration_is_removed_and_reuse_is_said(export, table, tokenizer_path,
+                                                                                 tmp_path, capsys):
     out = tmp_path / "out"
     stale = out / ".wdspq-spill-0123456789abcdef"
     stale.mkdir(parents=True)
@@ -131,7 +135,7 @@ def test_10_spill_of_an_interrupted_other_configuration_is_removed_and_reuse_is_
     assert f"reusing {n - 1} of {n} shards" in capsys.readouterr().err
 
 
-def test_10_interrupted_export_says_to_rerun(monkeypatch, table, tmp_path, capsys):
+def test_interrupted_export_says_to_rerun(monkeypatch, table, tmp_path, capsys):
     import wdspq.export as ex
 
     def interrupted(*a, **k):
@@ -142,7 +146,7 @@ def test_10_interrupted_export_says_to_rerun(monkeypatch, table, tmp_path, capsy
     assert "re-run the same command to resume" in capsys.readouterr().err
 
 
-def test_11_one_line_errors_name_the_flag_and_the_file(table, tmp_path, capsys):
+def test_one_line_errors_name_the_flag_and_the_file(table, tmp_path, capsys):
     (tmp_path / "adir").mkdir()
     cases = [
         (["export", str(tmp_path / "adir"), str(tmp_path / "o")], "is a folder; expected a table file"),
@@ -157,7 +161,7 @@ def test_11_one_line_errors_name_the_flag_and_the_file(table, tmp_path, capsys):
         assert words in err and len(err.strip().splitlines()) == 1, (argv, err)
 
 
-def test_12_info_shards_version_and_debug_everywhere(export, capsys):
+def test_info_of_an_export_version_and_debug_everywhere(export, capsys):
     assert cli_main(["info", str(export)]) == 0
     out = capsys.readouterr().out
     for word in ("spec", "windows", "shards", "bytes", "encoding", "tokenizer", "table", "59"):
@@ -171,7 +175,7 @@ def test_12_info_shards_version_and_debug_everywhere(export, capsys):
         assert "--debug" in capsys.readouterr().out, cmd
 
 
-def test_17_token_type_ids_only_when_the_tokenizer_makes_them(table, tokenizer_path):
+def test_token_type_ids_only_when_the_tokenizer_makes_them(table, tokenizer_path):
     from wdspq.text import load_tokenizer
 
     bert = load_tokenizer(tokenizer_path)
@@ -190,7 +194,7 @@ def test_17_token_type_ids_only_when_the_tokenizer_makes_them(table, tokenizer_p
     assert set(with_ids[0]) - set(without[0]) == {"token_type_ids"}
 
 
-def test_7_seed_missing_media_skip(tmp_path, monkeypatch, tokenizer_path, capsys):
+def test_seed_import_of_missing_media_errors_or_skips(tmp_path, monkeypatch, tokenizer_path, capsys):
     from test_build import make_seed_table
 
     from wdspq.table.validate import validate_table
@@ -234,7 +238,7 @@ def _unpickled():
     raise AssertionError("the seed's pickle was unpickled")
 
 
-def test_8_the_seed_loop_runs_with_only_the_import_changed(table, tmp_path, monkeypatch):
+def test_the_seed_loop_runs_with_only_the_import_changed(table, tmp_path, monkeypatch):
     """The seed's own `__main__` loop, line for line, with `from wdspq import TimeSeriesParquetDataset`."""
     import pickle
 
@@ -275,7 +279,7 @@ def test_8_the_seed_loop_runs_with_only_the_import_changed(table, tmp_path, monk
     assert second[0] == first[-1]
 
 
-def test_17_read_frame_counter_takes_a_tensor(table, tokenizer_path):
+def test_read_frame_counter_takes_a_tensor(table, tokenizer_path):
     from wdspq.build.synthetic import read_frame_counter
 
     ds = wdspq.ParquetWindowDataset(table, SPEC, tokenizer=tokenizer_path)

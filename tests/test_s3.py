@@ -1,4 +1,4 @@
-"""S3 end to end (issue 6): export to s3://, stream with StreamLoader, resume mid-shard, survive faults.
+"""S3 end to end: export to s3://, stream with StreamLoader, resume mid-shard, survive faults.
 
 Runs against the moto server the fixtures start on 127.0.0.1, or unchanged against the endpoint in
 $WDSPQ_TEST_S3_ENDPOINT (credentials from the AWS variables); only the checks that need the fault

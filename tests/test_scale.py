@@ -1,4 +1,4 @@
-"""Bounded memory at scale (issue 15): a stream worker's plan is generated lazily, and the map-style dataset
+"""Bounded memory at scale: a stream worker's plan is generated lazily, and the map-style dataset
 reads neither whole columns at start nor more than `cache_bytes` of table data."""
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def _worker_peak(stream: wdspq.ShardStream, windows: int, even: str = "pad") -> 
     """(entries, peak traced bytes) of worker 0's whole slot for a plan of `windows` windows (1,000 per shard)."""
     sizes = [1000] * (windows // 1000)
     topo = Topology(world_size=1, num_workers=2, batch_size=32, interleave=4, even=even)
-    plan = Plan.build(sizes, [0] * len(sizes), epoch_shard_order(len(sizes), 0, 0, True), topo)
+    plan = Plan(sizes, [0] * len(sizes), epoch_shard_order(len(sizes), 0, 0, True), topo)
     stream._reader = _NoShards()
     stream._blocks = [block_size(1000, 1000 * 20_000)] * len(sizes)  # the stand-in plan's shards: ~20 kB samples
     tracemalloc.start()

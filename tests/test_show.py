@@ -1,6 +1,6 @@
-"""`wdspq show` and `Normalize` (issue 18): a window drawn from a 2-camera table and from its shards is the
-same PNG, masked frames look different from real ones, episode and statistics pictures, and normalisation
-that round-trips, keeps padded rows zero and uses statistics equal to numpy's over the table."""
+"""`wdspq show` and `Normalize`: a window drawn from a 2-camera table and from its shards is the same PNG,
+masked frames look different from real ones, episode and statistics pictures, and normalisation that
+round-trips, keeps padded rows zero and uses statistics equal to numpy's over the table."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""`wdspq build sim` (issue 15, first part): a valid 2-camera table of rendered frames that are not blank and
-differ between cameras, each camera on its own clock, deterministic for a seed."""
+"""`wdspq build sim`: a valid 2-camera table of rendered frames that are not blank and differ between
+cameras, each camera on its own clock, deterministic for a seed."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Self-checking loader state (R7, issue 9): mismatches fail loudly, wrong-order calls do
+"""Self-checking loader state (R7): mismatches fail loudly, wrong-order calls do
 what StreamLoader's documentation says, and the audit digests prove what a run saw.
 
 Uses the small export of tests/stream_child.py (394 windows, 9 uneven shards), built once per session.

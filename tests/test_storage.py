@@ -146,7 +146,7 @@ def test_s3_missing_bucket_is_named(s3_bucket: str) -> None:
 
 
 def test_s3_missing_credentials_say_so(s3_bucket: str, monkeypatch, tmp_path) -> None:
-    """Field report 11: no credentials at all -> one line naming them, not a hint about shard folders."""
+    """No credentials at all -> one line naming them, not a hint about shard folders."""
     from wdspq.shardfmt import load_manifest
 
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
@@ -304,7 +304,7 @@ def test_s3_client_is_per_process(s3_bucket: str) -> None:
 
 def test_s3_trickling_connection_cannot_reopen_forever(s3_bucket: str, fault_proxy) -> None:
     """Every response breaks after a few KB: each reopen makes progress, so the per-stall retry count
-    resets, but the reopens of the read in all are bounded (field report item 5)."""
+    resets, but the reopens of the read in all are bounded."""
     data = _data(1 * MiB, seed=9)
     open_storage(s3_bucket).put_bytes("shard.tar", data)
     st = _via_proxy(s3_bucket, fault_proxy, max_retries=3, max_reopens=6)

@@ -61,8 +61,8 @@ def expected(export: str, wmap: dict, topo: Topology, rank: int = 0, seed: int =
              shuffle: bool = True) -> list[list[int]]:
     """window_index lists of a fresh epoch's batches for `rank`, from the plan (pads -1)."""
     sizes = load_manifest(export).shard_sizes
-    plan = Plan.build(sizes, [0] * len(sizes), epoch_shard_order(len(sizes), seed, epoch, shuffle), topo,
-                      split=shuffle)
+    plan = Plan(sizes, [0] * len(sizes), epoch_shard_order(len(sizes), seed, epoch, shuffle), topo,
+                split=shuffle)
     wmap = ordinal_map(export, wmap, seed, epoch, shuffle)
     per_worker = []
     for w in range(topo.workers):
@@ -192,7 +192,7 @@ def test_r1_drop_and_none(export, wmap, n_windows):
     assert -1 not in [i for r in ranks for b in r for i in b] and len(set(ids)) == len(ids)
     sizes = load_manifest(export).shard_sizes
     topo = Topology(world_size=2, num_workers=2, batch_size=B, even="drop")
-    plan = Plan.build(sizes, [0] * len(sizes), epoch_shard_order(len(sizes), 2, 0, True), topo)
+    plan = Plan(sizes, [0] * len(sizes), epoch_shard_order(len(sizes), 2, 0, True), topo)
     dropped = sum(plan.slot_dropped_count(s) for s in range(topo.n_slots))
     assert dropped > 0 and len(ids) == n_windows - dropped
 

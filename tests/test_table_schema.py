@@ -1,4 +1,4 @@
-"""Table schema v2 (issue 13): named cameras and signals on their own clocks, v1 compatibility, determinism."""
+"""Table schema version 2: named cameras and signals on their own clocks, v1 compatibility, determinism."""
 
 from __future__ import annotations
 

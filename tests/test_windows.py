@@ -580,3 +580,13 @@ def test_property_window_index_bijection(n_actions, A, stride, full):
             assert all(k + A <= n for k in ks)
         if ks.size:
             assert ks[-1] + stride >= (n - A + 1 if full else n)  # no anchor left out at the end
+
+
+def test_round_half_up_rounds_halves_up_and_is_exact_for_fractions():
+    """The one rounding rule: halves go up (also below zero), a Fraction is never rounded through a float."""
+    from wdspq.timegrid import round_half_up
+
+    assert [round_half_up(x) for x in (2.5, 2.4999, -2.5, -2.5001, 0.0, np.float64(7.5))] == [3, 2, -2, -3, 0, 8]
+    assert round_half_up(Fraction(145, 1000) * 100) == 15  # 14.5 exactly; the float 0.145 * 100 is 14.499...
+    assert round_half_up(Fraction(1, 2) - Fraction(1, 10**30)) == 0  # a float would make this 1
+    assert all(type(round_half_up(x)) is int for x in (2.5, Fraction(5, 2), np.float64(2.5)))

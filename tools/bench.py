@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""wdspq benchmark harness (issue 7): map-style vs plain webdataset vs the shard stream, side by side.
+"""wdspq benchmark harness: map-style vs plain webdataset vs the shard stream, side by side.
 
 One run, on the same data: builds (or reuses, keyed by scale and data options) a synthetic table
 (default 16 episodes x ~8 s at 100 Hz actions, 96x96 video at 20 fps, 64x64 images; `--grow K`

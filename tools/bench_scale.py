@@ -1,4 +1,4 @@
-"""Scale check (issue 15): at 250k and 1M windows, memory and resume cost must not grow with the export.
+"""Scale check: at 250k and 1M windows, memory and resume cost must not grow with the export.
 
     .venv/bin/python tools/bench.py --scale          # or: .venv/bin/python tools/bench_scale.py [--sizes 250000,1000000]
 

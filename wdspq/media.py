@@ -1,20 +1,45 @@
-"""Image and video encode/decode with Pillow and PyAV; deterministic encoders for byte-identical builds."""
+"""Image and video encode/decode with Pillow and PyAV; deterministic encoders for byte-identical builds.
+
+The clip codecs a table may use (`VIDEO_CODECS`, `check_video_codec`, `is_lossless`) are named here once.
+PyAV and Pillow are imported where they are used, so the command line can offer the codec names in its
+parser without loading them.
+"""
 
 from __future__ import annotations
 
 import io
 from collections.abc import Iterator
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
-import av
 import numpy as np
-from PIL import Image
 
-from .errors import MediaError
+from .errors import MediaError, WdspqError
+
+if TYPE_CHECKING:
+    import av
+
+VIDEO_CODECS = ("ffv1", "h264")  # ffv1: lossless RGB in Matroska; h264: lossy yuv420p in MP4 (crf, default 18)
+LOSSLESS_CODEC = "ffv1"  # the default clip codec: frames decode exactly as they were encoded
+
+
+def check_video_codec(codec: str, error: type[WdspqError] = MediaError) -> str:
+    """`codec` if a table may use it, else `error` naming the choices (importers raise `SchemaError`, so
+    an unknown codec refuses the build before any input is read)."""
+    if codec not in VIDEO_CODECS:
+        raise error(f"video codec {codec!r} is not one of {', '.join(VIDEO_CODECS)}")
+    return codec
+
+
+def is_lossless(codec: str) -> bool:
+    """Whether clips of `codec` decode to exactly the frames that were encoded."""
+    return codec == LOSSLESS_CODEC
 
 
 def encode_image(rgb: np.ndarray, fmt: str = "PNG", **options: object) -> bytes:
     """(H, W, 3) uint8 -> image bytes in Pillow format `fmt` with its save `options` (deterministic)."""
+    from PIL import Image
+
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), mode="RGB").save(buf, format=fmt, **options)
     return buf.getvalue()
@@ -27,15 +52,14 @@ def encode_png(rgb: np.ndarray) -> bytes:
 
 def decode_image(data: bytes, where: str = "image") -> np.ndarray:
     """PNG/JPEG bytes -> (3, H, W) uint8, channels first."""
+    from PIL import Image
+
     try:
         with Image.open(io.BytesIO(data)) as im:
             rgb = np.asarray(im.convert("RGB"))
     except Exception as e:  # Pillow raises several types for bad bytes
         raise MediaError(f"{where}: cannot decode image bytes ({len(data)} bytes): {e}") from None
     return np.ascontiguousarray(rgb.transpose(2, 0, 1))
-
-
-VIDEO_CODECS = ("ffv1", "h264")  # ffv1: lossless RGB in Matroska; h264: lossy yuv420p in MP4 (crf, default 18)
 
 
 def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
@@ -69,8 +93,9 @@ class ClipWriter:
     """
 
     def __init__(self, height: int, width: int, codec: str = "ffv1", fps: int = 20, crf: int = 18) -> None:
-        if codec not in VIDEO_CODECS:
-            raise MediaError(f"video codec {codec!r} is not one of {VIDEO_CODECS}")
+        import av
+
+        check_video_codec(codec)
         if codec == "h264" and (height % 2 or width % 2):
             raise MediaError(
                 f"frame size {height}x{width} (HxW) is odd; h264 (yuv420p) needs an even height and width "
@@ -92,6 +117,8 @@ class ClipWriter:
 
     def add(self, frame: np.ndarray) -> None:
         """One (H, W, 3) uint8 RGB frame of the clip's size."""
+        import av
+
         arr = np.asarray(frame, dtype=np.uint8)
         if arr.shape != self.shape:
             raise MediaError(f"frame {self.frames} is {arr.shape}, the clip's frames are {self.shape} (H, W, 3)")
@@ -148,6 +175,8 @@ def frame_chw(frame: av.VideoFrame) -> np.ndarray:
 
 def decode_video(data: bytes, where: str = "video") -> tuple[np.ndarray, float]:
     """Encoded clip -> ((N, 3, H, W) uint8 frames, nominal fps or 0). Decodes the whole clip once."""
+    import av
+
     try:
         with av.open(io.BytesIO(data), "r") as container:
             stream = container.streams.video[0]
@@ -164,6 +193,8 @@ def decode_video(data: bytes, where: str = "video") -> tuple[np.ndarray, float]:
 def probe_clip(data: bytes, full: bool = False) -> tuple[int, int, float, int]:
     """(height, width, fps, frames) of a clip: the first frame is decoded, the frames are counted from the
     demuxed packets (every frame decoded with `full`)."""
+    import av
+
     with av.open(io.BytesIO(data), "r") as container:
         if not container.streams.video:
             raise ValueError("no video stream")
@@ -212,6 +243,8 @@ def iter_timed_range(
     `start`, so cutting one episode out of a long multi-episode file does not decode the file's start.
     Errors name the file and, when the decoder is missing, the codec.
     """
+    import av
+
     where = where or str(path)
     half = 0.5 / fps if fps > 0 else 1e-4
     codec = "?"

@@ -40,10 +40,19 @@ def rate_fraction(rate_hz: float) -> Fraction:
     return f if abs(float(f) - rate_hz) <= 1e-12 * rate_hz else Fraction(float(rate_hz))
 
 
+def round_half_up(x: float | Fraction) -> int:
+    """Nearest integer, halves up: `floor(x + 1/2)`, exact for a `Fraction`, on the float as given otherwise.
+
+    The one rounding rule of the window rules; callers add a tolerance to `x` where float noise must not
+    decide a half.
+    """
+    return math.floor(x + (Fraction(1, 2) if isinstance(x, Fraction) else 0.5))
+
+
 def length_rows(seconds: float, rate: Fraction) -> int:
-    """Rows of a window `seconds` long at `rate`: `floor(seconds * rate + 1/2)` in exact arithmetic, so
+    """Rows of a window `seconds` long at `rate`: `round_half_up(seconds * rate)` in exact arithmetic, so
     halves round up (0.145 s at 100 Hz is 15 rows, 0.25 s at 10 Hz is 3)."""
-    return math.floor(decimal_fraction(seconds) * rate + Fraction(1, 2))
+    return round_half_up(decimal_fraction(seconds) * rate)
 
 
 def first_row(ts: np.ndarray, t: float, rate_hz: float, align: str = "at_or_before") -> int:
@@ -121,9 +130,9 @@ def nearest_frame(ts: np.ndarray, t: float, rate_hz: float | None = None) -> int
 
 
 def frame_indices(t0: float, video_t0: float, fps: float, offsets: np.ndarray) -> np.ndarray:
-    """Version 1 constant-rate clips: `floor((t0 - video_t0) * fps + 0.5) + offsets` (halves within the
+    """Version 1 constant-rate clips: `round_half_up((t0 - video_t0) * fps) + offsets` (halves within the
     tolerance round up)."""
-    base = math.floor((t0 - video_t0 + tolerance(None, t0, video_t0)) * fps + 0.5)
+    base = round_half_up((t0 - video_t0 + tolerance(None, t0, video_t0)) * fps)
     return base + offsets
 
 
@@ -131,13 +140,13 @@ def base_frame(ts: np.ndarray, t0: float, rate_hz: float) -> int:
     """The base frame of a window anchored at `t0` (docs/windows.md "Cameras").
 
     Inside the clip's time span: the frame nearest in time (ties later). Before the first or after the
-    last frame the index runs on at `rate_hz`: `floor((t0 - ts[0]) * rate + 0.5)` before (<= 0) and
-    `n - 1 + floor((t0 - ts[-1]) * rate + 0.5)` after, so a window far outside the clip gets masked
+    last frame the index runs on at `rate_hz`: `round_half_up((t0 - ts[0]) * rate)` before (<= 0) and
+    `n - 1 + round_half_up((t0 - ts[-1]) * rate)` after, so a window far outside the clip gets masked
     frames, never a stale end frame.
     """
     n = len(ts)
     if t0 < ts[0]:
-        return math.floor((t0 - float(ts[0]) + tolerance(None, t0, float(ts[0]))) * rate_hz + 0.5)
+        return round_half_up((t0 - float(ts[0]) + tolerance(None, t0, float(ts[0]))) * rate_hz)
     if t0 > ts[-1]:
-        return n - 1 + math.floor((t0 - float(ts[-1]) + tolerance(None, t0, float(ts[-1]))) * rate_hz + 0.5)
+        return n - 1 + round_half_up((t0 - float(ts[-1]) + tolerance(None, t0, float(ts[-1]))) * rate_hz)
     return nearest_frame(ts, t0, rate_hz)

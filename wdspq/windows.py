@@ -17,14 +17,13 @@ import numpy as np
 
 from . import offsets as _offsets
 from .errors import SpecError
-from .timegrid import (  # base_frame, frame_indices, nearest_frame: re-exported (they lived here)
+from .timegrid import (
     OBS_ALIGN,
     base_frame,
     decimal_fraction,
     first_row,
-    frame_indices,  # noqa: F401
+    frame_indices,
     length_rows,
-    nearest_frame,  # noqa: F401
     rate_fraction,
     resample_rows,
 )
@@ -33,11 +32,6 @@ RESAMPLE_MODES = ("none", "linear", "nearest")
 WINDOW_RULES_VERSION = 2  # docs/windows.md "Versions": 1 = every export before this field existed
 SIGNAL_FIELDS = ("obs_length_sec", "obs_offset_sec", "obs_resample", "obs_rate_hz", "obs_align")
 CAMERA_FIELDS = ("video_frame_offsets",)
-
-
-def round_half_up(x: float) -> int:
-    """Nearest integer, halves up (floats as given; window lengths use `timegrid.length_rows`, exact)."""
-    return int(math.floor(x + 0.5))
 
 
 @dataclass(frozen=True)
@@ -340,7 +334,7 @@ class CameraClip:
     """One episode's decoded camera: frames (n, 3, H, W) uint8 and each frame's time (n,) float64.
 
     `fps` is set for version 1 clips (constant rate from `ts[0]`): their base frame keeps the version 1
-    rule `floor((t0 - ts[0]) * fps + 0.5)`, so their samples are unchanged.
+    rule `round_half_up((t0 - ts[0]) * fps)`, so their samples are unchanged.
     """
 
     ts: np.ndarray

@@ -7,14 +7,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..errors import MediaError, SchemaError
-from ..media import VIDEO_CODECS, ClipWriter, encode_clip
-
-
-def check_video_codec(codec: str) -> str:
-    """The table's clip codec, refused early (before any input is read) when unknown."""
-    if codec not in VIDEO_CODECS:
-        raise SchemaError(f"video codec {codec!r} is not one of {', '.join(VIDEO_CODECS)}")
-    return codec
+from ..media import ClipWriter, encode_clip
 
 
 def encode_frames(frames: Iterable[np.ndarray], hw: tuple[int, int], codec: str, fps: float, rows: int | None,

@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import SchemaError
-from ..media import VIDEO_CODECS
+from ..media import check_video_codec, is_lossless
 from ..table import (
     Episode,
     TableMeta,
@@ -86,8 +86,7 @@ class Hdf5Layout:
         for k in ("observations_group", "frames_group", "text_dataset"):
             if d[k] == "":
                 d[k] = None
-        if d["video_codec"] not in VIDEO_CODECS:
-            raise SchemaError(f"video codec {d['video_codec']!r} is not one of {', '.join(VIDEO_CODECS)}")
+        check_video_codec(d["video_codec"], SchemaError)
         return Hdf5Layout(**d)
 
     def signal_groups(self) -> dict[str, str]:
@@ -315,7 +314,7 @@ def build_from_hdf5(
                 first = (path, shapes)
                 streams = [actions_stream(shapes["actions"])]
                 streams += [signal_stream(n, shapes[n]) for n in layout.signal_groups()]
-                lossless = layout.video_codec == "ffv1"
+                lossless = is_lossless(layout.video_codec)
                 streams += [camera_stream(n, *shapes[n], codec=layout.video_codec, lossless=lossless)
                             for n in layout.camera_groups()]
                 writer = TableWriter(out, streams, row_group_size=row_group_size, overwrite=overwrite)

@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from ..errors import MediaError, SchemaError
-from ..media import decode_image, iter_timed_range
+from ..media import check_video_codec, decode_image, is_lossless, iter_timed_range
 from ..table import (
     Episode,
     Stream,
@@ -53,7 +53,7 @@ from ..table import (
     check_output_path,
     signal_stream,
 )
-from .common import check_video_codec, encode_frames, select, split_of
+from .common import encode_frames, select, split_of
 
 SNAP_S = 1e-4  # LeRobot's default tolerance_s: a frame this close to a row's timestamp is that row's frame
 VERSIONS = {"v2.0": 2, "v2.1": 2, "v3.0": 3}
@@ -165,7 +165,7 @@ def plan_streams(info: dict[str, Any], video_codec: str = "ffv1") -> tuple[list[
             streams.insert(0, actions_stream(width, _dim_names(feat, width)))
         elif dtype in ("video", "image"):
             cameras[name] = dtype
-            streams.append(camera_stream(name, *_hw(name, feat), codec=video_codec, lossless=video_codec == "ffv1"))
+            streams.append(camera_stream(name, *_hw(name, feat), codec=video_codec, lossless=is_lossless(video_codec)))
         elif dtype in FLOAT_DTYPES and name not in INDEX_COLUMNS:
             streams.append(signal_stream(name, width, _dim_names(feat, width)))
         elif name not in INDEX_COLUMNS:
@@ -397,7 +397,7 @@ def build_from_lerobot(
     overwrite: bool = True,
 ) -> TableMeta:
     """Import the LeRobot dataset folder `root` (optionally only `episodes` / one `split`) into a table at `out`."""
-    check_video_codec(video_codec)
+    check_video_codec(video_codec, SchemaError)
     root = Path(root)
     info, generation = read_info(root)
     check_output_path(Path(out), overwrite=overwrite)

@@ -29,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import SchemaError
+from ..media import check_video_codec, is_lossless
 from ..table import (
     Episode,
     Stream,
@@ -39,7 +40,7 @@ from ..table import (
     check_output_path,
     signal_stream,
 )
-from .common import check_video_codec, encode_frames, select, split_of
+from .common import encode_frames, select, split_of
 
 _DEMO = re.compile(r"^demo_(\d+)$")
 
@@ -139,7 +140,7 @@ def build_from_robomimic(
     overwrite: bool = True,
 ) -> TableMeta:
     """Import the robomimic file `path` (optionally only `episodes` / one filter key `split`) into a table at `out`."""
-    check_video_codec(video_codec)
+    check_video_codec(video_codec, SchemaError)
     where = str(path)
     check_output_path(Path(out), overwrite=overwrite, inputs=[path])
     try:
@@ -164,7 +165,8 @@ def build_from_robomimic(
         a_shape = first["actions"].shape
         streams: list[Stream] = [actions_stream(int(np.prod(a_shape[1:])) if len(a_shape) > 1 else 1)]
         streams += [signal_stream(k, w) for k, w in sigs.items()]
-        streams += [camera_stream(k, h, w, codec=video_codec, lossless=video_codec == "ffv1") for k, (h, w) in cams.items()]
+        lossless = is_lossless(video_codec)
+        streams += [camera_stream(k, h, w, codec=video_codec, lossless=lossless) for k, (h, w) in cams.items()]
         sentence = text if text is not None else _text(env_args, problem)
         extra = {"robomimic": {"env_args": env_args, "rate_hz": rate, "skipped_obs": skipped,
                                "filter_keys": sorted(masks), "episodes": len(chosen), "of_episodes": len(demos)}}

@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import SchemaError
-from ..media import encode_clip, encode_png
+from ..media import encode_clip, encode_png, is_lossless
 from ..table import (
     Episode,
     TableMeta,
@@ -240,7 +240,7 @@ def build_synthetic(
                signal_stream("observations", OBS_DIM, [f"s{i}" for i in range(OBS_DIM)])]
     if cfg.force_hz:
         streams.append(signal_stream("force", FORCE_DIM, ["fx", "fy", "fz", "tx", "ty", "tz"]))
-    lossless = video_codec == "ffv1"
+    lossless = is_lossless(video_codec)
     streams += [camera_stream(name, video_size, video_size, codec=video_codec, lossless=lossless) for name in cfg.cameras]
     streams.append(image_stream("image", image_size, image_size))
     with TableWriter(out, streams, row_group_size=row_group_size, overwrite=overwrite) as writer:

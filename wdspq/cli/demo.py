@@ -6,6 +6,7 @@ from typing import Any
 
 from ..demo import run_demo
 from ..errors import WdspqError
+from .common import add_tokenizer_arg
 
 
 def add_demo(sub: Any) -> None:
@@ -22,7 +23,7 @@ def add_demo(sub: Any) -> None:
     p.add_argument("--seconds", type=float, default=6.0, help="mean episode length in seconds (default: 6)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
     p.add_argument("--num-workers", type=int, default=2, help="DataLoader workers (default: 2)")
-    p.add_argument("--tokenizer", default=None, help="tokenizer name or folder (default: the installed BERT-uncased)")
+    add_tokenizer_arg(p)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=_run)
 

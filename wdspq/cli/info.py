@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
@@ -12,6 +11,7 @@ from .common import (
     EXIT_ERROR,
     _desc,
     _formatter,
+    is_export_source,
 )
 from .summary import format_export, format_summary, table_summary
 
@@ -84,7 +84,7 @@ def run_info(args: argparse.Namespace) -> int:
         from .mixture import run_mixture_info
 
         return run_mixture_info(src)
-    if src.startswith("s3://") or os.path.isdir(src) or src.endswith(".json"):
+    if is_export_source(src):
         from ..shardfmt import load_manifest
 
         print(format_export(load_manifest(src)))

@@ -18,8 +18,10 @@ from .common import (
     _int_at_least,
     _one_line,
     _progress,
+    add_seed_arg,
+    add_tokenizer_arg,
 )
-from .spec_args import _add_tokenizer, add_spec_args, spec_from_args
+from .spec_args import add_spec_args, spec_from_args
 
 EXIT_FAIL = 1
 
@@ -60,10 +62,10 @@ def add_export(sub: Any) -> None:
     p.add_argument("table", metavar="TABLE", help="the table file")
     p.add_argument("out", metavar="OUT", help="output folder or s3://bucket/prefix")
     add_spec_args(p)
-    _add_tokenizer(p)
+    add_tokenizer_arg(p)
     p.add_argument("--samples-per-shard", type=_int_at_least(1), default=1000, metavar="N",
                    help="samples per shard (default 1000)")
-    p.add_argument("--seed", type=_int_at_least(0), default=0, help="shuffle seed (default 0)")
+    add_seed_arg(p, "shuffle seed")
     p.add_argument("--no-shuffle", action="store_true", help="keep the canonical window order")
     p.add_argument("--workers", type=_int_at_least(1), default=1, metavar="W", help="export processes (default 1)")
     e = p.add_argument_group("encoding")
@@ -173,8 +175,8 @@ def add_verify(sub: Any) -> None:
     p.add_argument("shards", metavar="SHARDS", help="export folder, its manifest.json, or s3://bucket/prefix")
     p.add_argument("--table", metavar="TABLE", help="compare the samples with this table's map-style samples")
     p.add_argument("--sample", type=_int_at_least(1), metavar="N", help="compare a random N windows (default: all)")
-    p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of the --sample choice (default 0)")
-    _add_tokenizer(p)
+    add_seed_arg(p, "seed of the --sample choice")
+    add_tokenizer_arg(p, export_first=True)
     _add_progress(p)
     p.set_defaults(func=run_verify)
 

@@ -11,6 +11,8 @@ from .common import (
     _desc,
     _formatter,
     _int_at_least,
+    add_tokenizer_arg,
+    is_export_source,
 )
 from .spec_args import add_spec_args, spec_from_args
 
@@ -45,13 +47,9 @@ def add_show(sub: Any) -> None:
                    help="for a mixture file: the epoch whose samples --window counts (default 0)")
     p.add_argument("-o", "--out", required=True, metavar="PNG", help="the picture to write")
     add_spec_args(p, "window spec (for a table, as given to export; an export uses its own)")
-    p.add_argument("--tokenizer", metavar="NAME_OR_PATH", default=None, help="tokenizer for the task text (default: the export's, or the bundled one)")
+    add_tokenizer_arg(p, export_first=True)
     p.add_argument("--overwrite", action="store_true", help="replace an existing PNG")
     p.set_defaults(func=run_show)
-
-
-def _is_export(src: str) -> bool:
-    return src.startswith("s3://") or os.path.isdir(src) or src.endswith(".json")
 
 
 def run_show(args: argparse.Namespace) -> int:
@@ -79,7 +77,7 @@ def run_show(args: argparse.Namespace) -> int:
         viz.show_window(sample, out, ctx)
         print(what)
     elif args.stats:
-        if not _is_export(src):
+        if not is_export_source(src):
             raise WdspqError(f"{src}: --stats draws an export's manifest statistics; give the export folder")
         import json
 
@@ -89,13 +87,13 @@ def run_show(args: argparse.Namespace) -> int:
         m = load_manifest(src)
         viz.show_stats(m.data["stats"], out, TableMeta.from_json(json.dumps(m.data["table_meta"])))
     elif args.episode is not None:
-        if _is_export(src):
+        if is_export_source(src):
             raise WdspqError(f"{src}: --episode needs the table (an export holds windows, not episodes)")
         from ..table.episodes import EpisodeSource
 
         ds = EpisodeSource(src, spec_from_args(args), tokenizer=args.tokenizer)
         viz.show_episode(ds, args.episode, out)
-    elif _is_export(src):
+    elif is_export_source(src):
         sample, ctx = viz.shards_window(src, args.window, args.tokenizer)
         viz.show_window(sample, out, ctx)
     else:

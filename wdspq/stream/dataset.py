@@ -343,8 +343,8 @@ class ShardStream(StreamPipeline):
         self._ring_generation = block.generation
         self._order_epoch = block.epoch
         order = epoch_shard_order(n, self.seed, block.epoch, bool(self.shuffle))
-        plan = Plan.build(self.shard_sizes, block.base, order, topo, block.consumed, split_mode(self.shard_order),
-                          self._blocks)
+        plan = Plan(self.shard_sizes, block.base, order, topo, block.consumed, split_mode(self.shard_order),
+                    self._blocks)
         return plan, block.skip, block.start_worker, j, n_workers
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
