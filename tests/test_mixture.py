@@ -192,6 +192,33 @@ def test_a_key_with_another_shape_names_both_sources_and_rename_fixes_it(exports
         wdspq.ShardStream(exports[0], samples_per_epoch=10)
 
 
+def test_renaming_a_stream_renames_its_mask_and_timestamps(exports) -> None:
+    # rename the stream key alone (as in `rename={"observation.images.top": "front"}`): its `_mask` and `_ts`
+    # follow, so a source's mask never claims a stream that is zeros under the old name
+    stream = wdspq.ShardStream(sources(exports, rename={2: {"image": "wrist", "frames": "cam"}}), seed=0,
+                               samples_per_epoch=300)
+    assert {"wrist", "wrist_mask", "cam", "cam_mask", "cam_ts"} <= set(stream.schema)
+    batches = list(wdspq.StreamLoader(stream, batch_size=50))
+    assert any(bool((b["source_index"] == 2).any()) for b in batches)
+    for b in batches:
+        from2, rest = b["source_index"] == 2, b["source_index"] != 2
+        assert not b["image_mask"][from2].any() and not b["frames_mask"][from2].any()
+        assert (b["frames_ts"][from2] == 0).all()
+        assert b["wrist_mask"][from2].all() and not b["wrist_mask"][rest].any()
+        assert b["cam_mask"][from2].any() and (b["cam_ts"][from2] != 0).any() and not b["cam_mask"][rest].any()
+    # a companion named explicitly keeps its own name
+    explicit = wdspq.ShardStream(sources(exports, rename={2: {"image": "wrist", "image_mask": "wrist_ok"}}),
+                                 samples_per_epoch=30)
+    assert "wrist_ok" in explicit.schema and "wrist_mask" not in explicit.schema
+
+
+@pytest.mark.parametrize("rename", [{"image": "frames"}, {"image": "x", "actions": "x"}, {"image_mask": "frames_mask"}])
+def test_a_rename_onto_a_key_the_source_already_has_is_a_clear_error(exports, rename) -> None:
+    with pytest.raises(WdspqError, match=r"rename.*two keys|two keys.*rename") as e:
+        wdspq.ShardStream([wdspq.Source(exports[0]), wdspq.Source(exports[1], rename=rename)])
+    assert exports[1] in str(e.value)
+
+
 def test_stats_and_normalize_are_per_source(exports) -> None:
     stream = mix(exports, spe=200)
     stats = stream.stats()

@@ -41,7 +41,8 @@ _SEED_TAG = 0x6D6978  # "mix": a source's order seed differs from any other use 
 class Source:
     """One export of a mixture: its location (a shard folder, a manifest path or `s3://bucket/prefix`), its
     `weight` (> 0; weights are normalised over the mixture) and `rename` ({key in the export: key in the
-    mixture}, applied to sample keys and statistics) to give conflicting or differently named streams one name."""
+    mixture}, applied to sample keys and statistics; a renamed stream's `_mask` and `_ts` keys follow it) to
+    give conflicting or differently named streams one name."""
 
     path: str | os.PathLike
     weight: float = 1.0
@@ -144,7 +145,15 @@ class SourceReader:
         if missing:
             raise WdspqError(f"{self.manifest.url}: rename names keys this export does not have: {missing} "
                              f"(it has {list(self.codec.schema)})")
-        self.schema = {source.rename.get(k, k): v for k, v in self.codec.schema.items()}
+        self.rename = rename_with_companions(source.rename, self.codec.schema)
+        self.schema = {}
+        for k, v in self.codec.schema.items():
+            m = self.rename.get(k, k)
+            if m in self.schema:
+                other = next(o for o in self.codec.schema if o != k and self.rename.get(o, o) == m)
+                raise WdspqError(f"{self.manifest.url}: rename {source.rename} gives two keys of this export, {other!r} "
+                                 f"and {k!r}, the one name {m!r}; rename to a name the export does not have")
+            self.schema[m] = v
         self._passes: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._perms: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
 
@@ -194,6 +203,20 @@ class SourceReader:
             finally:
                 it.close()
             k += q1 - q
+
+
+COMPANIONS = ("_mask", "_ts")  # a stream's validity mask and (cameras) frame times: keys named after the stream
+
+
+def rename_with_companions(rename: Mapping[str, str], schema: Mapping[str, Any]) -> dict[str, str]:
+    """`rename` with each renamed stream's companion keys (``<key>_mask``, ``<key>_ts``) renamed alike unless
+    named themselves: renaming a camera renames its mask and times, so its mask never vouches for zeros."""
+    out = dict(rename)
+    for k, v in rename.items():
+        for suffix in COMPANIONS:
+            if k + suffix in schema and k + suffix not in rename:
+                out[k + suffix] = v + suffix
+    return out
 
 
 def union_schema(readers: Sequence[SourceReader]) -> dict[str, dict[str, Any]]:

@@ -77,7 +77,7 @@ def union_dtype(first: SourceReader, schema: Mapping[str, Mapping[str, Any]]) ->
     names, formats, offsets = [], [], []
     for k in own.names or ():
         dt, off = own.fields[k][:2]
-        names.append(first.source.rename.get(k, k))
+        names.append(first.rename.get(k, k))
         formats.append(dt)
         offsets.append(off)
     end = own.itemsize
@@ -212,7 +212,7 @@ class MixtureStream(ShardStream):
             if "stats" not in r.manifest.data:
                 raise WdspqError(f"{r.manifest.url}: this export records no statistics")
             st = stats_tensors(r.manifest.data["stats"])
-            out.append({r.source.rename.get(k, k): v for k, v in st.items()})
+            out.append({r.rename.get(k, k): v for k, v in st.items()})
         return out
 
     def in_shard_order(self, shard: int, epoch: int) -> np.ndarray:
@@ -257,7 +257,7 @@ class MixtureStream(ShardStream):
     # -- reading -------------------------------------------------------------------------------------
     def _keymap(self, r: SourceReader) -> list[tuple[str, str | None, np.dtype, tuple[int, ...]]]:
         """(mixture key, key in the source's records or None, dtype, shape) for every key of the union."""
-        back = {r.source.rename.get(k, k): k for k in r.codec.schema}
+        back = {r.rename.get(k, k): k for k in r.codec.schema}
         return [(k, back.get(k), np.dtype(v["dtype"]), tuple(v["shape"])) for k, v in self.schema.items()
                 if k != SOURCE_KEY]
 
@@ -266,7 +266,7 @@ class MixtureStream(ShardStream):
         rename, in the same order, same dtypes, shapes and offsets, no other key inside it), else 0."""
         union, own = self._codec.dtype, r.codec.dtype
         names, unames = list(own.names or ()), list(union.names or ())
-        mapped = [r.source.rename.get(k, k) for k in names]
+        mapped = [r.rename.get(k, k) for k in names]
         if unames[: len(mapped)] != mapped:
             return 0
         for k, m in zip(names, mapped):
