@@ -235,3 +235,19 @@ def test_workers_of_a_mixture_read_equal_shares_of_an_odd_epoch(exports, spe) ->
     r = resume(ld.stream.fresh_state(0, ld.topology), ld.stream.shard_sizes, ld.topology, 0, ld.stream._blocks)
     assert sorted(r.plan.slot_real_count(s) for s in range(2)) == [spe // 2, spe - spe // 2]
     assert sum(1 for _ in ld) == len(ld)
+
+
+def test_a_state_without_its_mixture_entry_still_checks_the_pass_order(exports) -> None:
+    # a state without its "mixture" entry is checked by the virtual manifest id alone (docs/mixtures.md "Resume"),
+    # so the id must tell a mixture read in another pass order (shuffle, shard_order) from this one
+    def loader(**kw: Any) -> wdspq.StreamLoader:
+        sources = [wdspq.Source(p, weight=w) for p, w in zip(exports, WEIGHTS)]
+        return wdspq.StreamLoader(wdspq.ShardStream(sources, samples_per_epoch=300, **kw), batch_size=8)
+
+    ld = loader()
+    take(ld, 2)
+    stripped = {k: v for k, v in ld.state_dict().items() if k != "mixture"}
+    for kw in ({"shuffle": False}, {"shard_order": "sequential"}):
+        with pytest.raises(wdspq.StateError):
+            loader(**kw).load_state_dict(stripped)
+    loader().load_state_dict(stripped)

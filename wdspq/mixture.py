@@ -243,10 +243,16 @@ def union_schema(readers: Sequence[SourceReader]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def mixture_id(described: Sequence[Mapping[str, Any]], samples_per_epoch: int, chunk: int) -> str:
-    """Identity of a mixture's epoch layout (the virtual export the cursor plans over)."""
-    blob = json.dumps({"sources": [{k: d[k] for k in ("manifest_id", "weight", "rename")} for d in described],
-                       "samples_per_epoch": int(samples_per_epoch), "chunk": int(chunk)}, sort_keys=True)
+def mixture_id(described: Sequence[Mapping[str, Any]], samples_per_epoch: int, chunk: int,
+               shuffle: bool = True, order: str = "block") -> str:
+    """Identity of a mixture's epoch layout and its sources' pass order (the virtual export the cursor plans
+    over), so a state without its mixture entry is still refused by another mixture. The default pass order
+    (shuffled, "block") is left out of the hash: ids of states saved before it was hashed stay valid."""
+    d: dict[str, Any] = {"sources": [{k: d[k] for k in ("manifest_id", "weight", "rename")} for d in described],
+                         "samples_per_epoch": int(samples_per_epoch), "chunk": int(chunk)}
+    if (bool(shuffle), order) != (True, default_order(True)):
+        d["pass_order"] = [bool(shuffle), str(order)]
+    blob = json.dumps(d, sort_keys=True)
     return "mix-" + hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -171,7 +171,8 @@ class MixtureStream(ShardStream):
             sizes = [self.group] * (self.samples_per_epoch // self.group)
         described = [r.describe() for r in self.readers]
         spec = hashlib.sha256("|".join(r.manifest.spec_id for r in self.readers).encode()).hexdigest()[:16]
-        self.manifest = VirtualManifest(mixture_id(described, self.samples_per_epoch, self.chunk), spec,
+        self.manifest = VirtualManifest(mixture_id(described, self.samples_per_epoch, self.chunk,
+                                                   self.source_shuffle, self.readers[0].order), spec,
                                         sizes,
                                         "mixture(" + ", ".join(r.manifest.url for r in self.readers) + ")")
         self.source = self.manifest.url
