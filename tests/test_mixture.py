@@ -234,6 +234,27 @@ def test_stats_and_normalize_are_per_source(exports) -> None:
     assert torch.allclose(back["actions"], batch["actions"], atol=1e-4)
 
 
+def test_normalize_covers_a_stream_only_some_sources_have(exports) -> None:
+    # one robot's observations renamed (e.g. another dimension): each source's observations are still
+    # normalised by its own statistics, rows of sources without the stream are left as they are
+    stream = wdspq.ShardStream(sources(exports, rename={1: {"observations": "obs_b"}}), samples_per_epoch=200)
+    stats = stream.stats()
+    norm = wdspq.Normalize(stats)
+    assert {"actions", "observations", "obs_b"} <= set(norm.keys)
+    batch = next(iter(wdspq.StreamLoader(stream, batch_size=64)))
+    out = norm(batch)
+    for j, key in ((0, "observations"), (2, "observations"), (1, "obs_b")):
+        sel = batch["source_index"] == j
+        assert bool(sel.any())
+        want = wdspq.Normalize(stats[j], keys=[key])({k: v[sel] for k, v in batch.items()})
+        assert torch.equal(out[key][sel], want[key]) and not torch.equal(out[key][sel], batch[key][sel])
+    sel1 = batch["source_index"] == 1
+    assert torch.equal(out["observations"][sel1], batch["observations"][sel1])
+    assert torch.allclose(norm.inverse(out)["obs_b"], batch["obs_b"], atol=1e-4)
+    with pytest.raises(WdspqError, match="nope"):
+        wdspq.Normalize(stats, keys=["nope"])
+
+
 # ----------------------------------------------------------------------------------------------- resume
 
 

@@ -38,7 +38,8 @@ class Normalize:
 
     A mixture's `stream.stats()` is a list, one entry per source: each sample (row of a batch) is then
     normalised by the statistics of its own `source_index`, so one robot's statistics never scale
-    another's actions; `keys` defaults to the streams every source has statistics for.
+    another's actions; `keys` defaults to every stream some source has statistics for (rows of a source
+    without that stream, zeros with the mask false, are left as they are).
     """
 
     def __new__(cls, stats: Any = None, *args: Any, **kwargs: Any) -> Normalize:
@@ -109,10 +110,15 @@ class PerSourceNormalize(Normalize):
         if not stats:
             raise WdspqError("Normalize: the list of per-source statistics is empty")
         if keys is None:
-            keys = [k for k in stats[0] if all(k in st for st in stats)]
+            keys = list(dict.fromkeys(k for st in stats for k in st))
         self.keys = list(keys)
+        missing = [k for k in self.keys if not any(k in st for st in stats)]
+        if missing:
+            raise WdspqError(f"Normalize: no source has statistics for {missing} (there are: "
+                             f"{sorted({k for st in stats for k in st})})")
         self.mode = mode
-        self.parts = [Normalize(st, mode, self.keys, eps) for st in stats]
+        # a stream only some sources have (e.g. renamed): each of those normalises it, the others leave it
+        self.parts = [Normalize(st, mode, [k for k in self.keys if k in st], eps) for st in stats]
 
     def _rows(self, batch: Mapping[str, Any], forward: bool) -> dict[str, Any]:
         if "source_index" not in batch:
@@ -126,7 +132,7 @@ class PerSourceNormalize(Normalize):
             y = x.clone()
             for j, part in enumerate(self.parts):
                 sel = src == j
-                if not bool(sel.any()):
+                if k not in part._shift or not bool(sel.any()):
                     continue
                 m = _mask(batch, k)
                 if src.ndim == 0:
