@@ -149,11 +149,17 @@ def test_every_epoch_delivers_its_schedule_exactly_once(exports, world, workers,
         assert [shares[j] for j in range(3)] == [360, 180, 60]
 
 
-def test_shares_of_delivered_batches_stay_close_at_every_point(exports) -> None:
-    seq = [s for s, _ in real(run(loader(exports, spe=3000, batch_size=16)))]
+@pytest.mark.parametrize("workers", [0, 2])
+def test_shares_of_delivered_batches_stay_close_at_every_point(exports, workers) -> None:
+    seq = [s for s, _ in real(run(loader(exports, spe=3001, batch_size=16, num_workers=workers)))]
+    assert len(seq) == 3001
     counts = np.cumsum(np.eye(3)[seq], axis=0)
     pos = np.arange(1, len(seq) + 1)[:, None]
-    assert np.abs(counts - pos * np.array(WEIGHTS)).max() <= 1.5
+    if workers == 0:
+        assert np.abs(counts - pos * np.array(WEIGHTS)).max() <= 1.5
+    # every 1,000 consecutive delivered samples (workers interleave their stretches batch by batch)
+    win = (counts[1000:] - counts[:-1000]) / 1000.0
+    assert np.abs(win - np.array(WEIGHTS)).max() <= 0.01
 
 
 # ------------------------------------------------------------------------------------------------- keys
@@ -334,6 +340,9 @@ def test_mismatched_states_are_clear_errors(exports) -> None:
     cases = {
         "weight": dict(weights=(0.5, 0.4, 0.1)),
         "samples_per_epoch": dict(spe=700),
+        "seed": dict(seed=1),
+        "shuffle": dict(shuffle=False),
+        "shard_order": dict(shard_order="sequential"),
     }
     for what, kw in cases.items():
         other = loader(exports, **{"spe": 600, **kw})
