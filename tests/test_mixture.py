@@ -510,6 +510,15 @@ def test_worker_collation_equals_default_collation_of_samples(exports, workers) 
 
     fast = list(loader(exports, 300, batch_size=16, num_workers=workers))  # with workers: the shared ring
     slow = list(wdspq.StreamLoader(mix(exports, 300), batch_size=16, num_workers=workers, collate_fn=default_collate))
+    # renamed sources are not laid out like the union's prefix: their rows are filled key by key
+    renamed = {1: {"image": "wrist"}, 2: {"actions": "act2"}}
+
+    def other() -> Any:
+        return wdspq.ShardStream(sources(exports, rename=renamed), seed=0, samples_per_epoch=300)
+
+    assert [bool(d) for d in other()._direct] == [True, False, False]
+    fast += list(wdspq.StreamLoader(other(), batch_size=16, num_workers=workers))
+    slow += list(wdspq.StreamLoader(other(), batch_size=16, num_workers=workers, collate_fn=default_collate))
     assert len(fast) == len(slow)
     for a, b in zip(fast, slow):
         assert list(a) == list(b)
