@@ -472,6 +472,21 @@ def test_info_on_a_mixture_file(exports, tmp_path, capsys) -> None:
     assert [os.path.dirname(r[6]) for r in rows] == exports
 
 
+def test_a_mixture_file_with_a_misspelt_field_is_a_clear_error(exports, tmp_path) -> None:
+    from wdspq.mixture import read_mixture_file
+
+    f = tmp_path / "mix.json"
+    f.write_text(json.dumps({"sources": [{"path": exports[0], "weight": 0.7}, {"path": exports[1], "weigth": 0.3}]}))
+    with pytest.raises(WdspqError, match=r"source 1.*'weigth'"):  # not silently weight 1
+        read_mixture_file(f)
+    f.write_text(json.dumps({"sources": [{"path": exports[0]}], "samples_per_epoc": 10}))
+    with pytest.raises(WdspqError, match="samples_per_epoc"):
+        read_mixture_file(f)
+    f.write_text(json.dumps({"sources": [{"path": os.path.relpath(exports[0], tmp_path), "rename": {"image": "w"}}]}))
+    (src,), opts = read_mixture_file(f)
+    assert src.path == exports[0] and src.rename == {"image": "w"} and src.weight == 1.0 and opts == {}
+
+
 def test_show_draws_a_sample_of_a_mixture_file_with_its_source_named(exports, tmp_path, capsys) -> None:
     pytest.importorskip("matplotlib")
     from wdspq import viz

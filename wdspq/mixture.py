@@ -288,8 +288,11 @@ def read_mixture_file(path: str | os.PathLike) -> tuple[list[Source], dict[str, 
     for i, s in enumerate(d["sources"]):
         if not isinstance(s, dict) or "path" not in s:
             raise WdspqError(f'{path}: source {i} must be an object with a "path" (and "weight", "rename")')
+        odd = set(s) - {"path", "weight", "rename"}
+        if odd:
+            raise WdspqError(f"{path}: source {i} has unknown fields {sorted(odd)} (known: path, weight, rename)")
         p = str(s["path"])
         if "://" not in p and not os.path.isabs(p):
-            p = os.path.join(here, p)
+            p = os.path.normpath(os.path.join(here, p))
         out.append(Source(p, weight=s.get("weight", 1.0), rename=s.get("rename") or {}))
     return out, {k: d[k] for k in ("samples_per_epoch", "seed", "shuffle") if k in d}
