@@ -19,11 +19,10 @@ from wdspq.build import build_synthetic
 from wdspq.cli import main as cli_main
 from wdspq.errors import ShardError
 from wdspq.shardfmt import Encoding, SampleCodec, load_manifest, read_run
+from wdspq.shardfmt.delta import delta_decode, delta_encode
 from wdspq.shardfmt.tuning import (
     DICTIONARY_NAME,
     choose_delta_keys,
-    delta_decode,
-    delta_encode,
     train_codec,
     train_dictionary,
 )

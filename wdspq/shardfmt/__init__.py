@@ -1,7 +1,8 @@
 """The shard format, version 2 (docs/shards.md): the only code in wdspq that knows bytes.
 
 - `encoding`: Encoding (frame codec, compression) and SampleCodec (sample <-> tar members <-> record).
-- `tuning`: the zstd record's per-export tuning (delta filter of float time series, trained dictionary).
+- `delta`: the delta filter of float time series in a zstd record.
+- `tuning`: the zstd record's per-export tuning (which keys get the delta filter, a trained dictionary).
 - `layout`: tar bytes of a sample, end of archive, parsing a sample's span.
 - `index`: the per-shard index sidecar (each sample's byte offset and length).
 - `manifest`: the O(shards) manifest, its checks, and loading a shard's index.

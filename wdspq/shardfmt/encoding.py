@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ShardError, WdspqError
-from .tuning import delta_candidates, delta_decode_into, delta_encode
+from .delta import delta_candidates, delta_decode_into, delta_encode
 
 FRAME_CODECS = ("raw", "png", "webp", "jpeg")
 COMPRESSIONS = ("none", "zstd")

@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import ShardError, WdspqError
+from .delta import delta_decode, delta_encode
 from .encoding import RAW, Encoding, SampleCodec, frame_keys
 from .layout import parse_members, single_member
-from .tuning import delta_decode, delta_encode
 
 PACK_MEMBER = "frames.npy.zst"
 SAMPLE_MEMBER = "sample.npy.zst"
