@@ -548,6 +548,8 @@ def prepare_sim(work: Path, args: argparse.Namespace) -> dict[str, Any] | None:
 
 def make_4x(shards: Path) -> Path:
     """A 4x export: the 1x shards hard-linked 4 times under new names, and a manifest listing 4x the shards."""
+    from wdspq.shardfmt import index_name, shard_name
+
     out = shards.parent / "shards-4x"
     m = json.loads((shards / "manifest.json").read_text())
     if (out / "manifest.json").exists():
@@ -557,8 +559,8 @@ def make_4x(shards: Path) -> Path:
     for copy in range(4):
         for i, s in enumerate(m["shards"]):
             e = dict(s)
-            e["name"] = f"shard-{copy * n + i:06d}.tar"
-            e["index"] = {**s["index"], "name": f"shard-{copy * n + i:06d}.idx.npy"}
+            e["name"] = shard_name(copy * n + i)
+            e["index"] = {**s["index"], "name": index_name(copy * n + i)}
             if "first_window" in e:
                 e["first_window"] = int(e["first_window"]) + copy * w
             for src, dst in ((s["name"], e["name"]), (s["index"]["name"], e["index"]["name"])):

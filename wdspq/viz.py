@@ -249,17 +249,14 @@ def table_window(table: str | os.PathLike, window: int, spec: WindowSpec, tokeni
 
 def shards_window(source: str, window: int, tokenizer: Any = None) -> tuple[dict[str, np.ndarray], WindowContext]:
     """Window `window` of an export, found through the export's seeded assignment (one sample read)."""
-    from .export.plan import shard_assignment
-    from .shardfmt import load_manifest, read_run
+    from .shardfmt import load_manifest, locate_window, read_run
 
     m = load_manifest(source)
     d = m.data
     n = m.num_windows
     if not 0 <= window < n:
         raise WdspqError(f"{m.url}: window {window} out of range (the export has {n})")
-    order = np.concatenate(shard_assignment(n, int(d["samples_per_shard"]), int(d["seed"]), bool(d["shuffle"])))
-    p = int(np.flatnonzero(order == window)[0])
-    shard, pos = divmod(p, int(d["samples_per_shard"]))
+    shard, pos = locate_window(d, window)
     sample = next(iter(read_run(m, shard, pos, pos + 1)))
     if int(sample["window_index"]) != window:
         raise WdspqError(f"{m.shard_url(shard)}, sample {pos}: holds window {int(sample['window_index'])}, not {window}")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -41,8 +40,8 @@ from ..shardfmt import (
     Encoding,
     stats_digest,
 )
-from ..shardfmt.index import INDEX_SUFFIX
 from ..shardfmt.manifest import tuning_entry
+from ..shardfmt.names import SHARD_PREFIX, is_export_file, parse_shard_index, shard_assignment, shard_name
 from ..shardfmt.tuning import DICTIONARY_NAME
 from ..storage import open_storage
 from ..table import read_meta
@@ -51,7 +50,7 @@ from ..table.stats import table_stats
 from ..windows import WINDOW_RULES_VERSION, WindowSpec
 from .journal import JOURNAL_NAME, Journal, config_difference, existing_manifest, read_journal, shard_intact
 from .lock import LocalLock, export_lock
-from .phases import assemble_shard, shard_name, spill_chunk
+from .phases import assemble_shard, spill_chunk
 from .plan import (
     SPILL_PREFIX,
     check_int,
@@ -60,7 +59,6 @@ from .plan import (
     default_spill_dir,
     estimate_export,
     segment_assignment,
-    shard_assignment,
     space_problem,
     table_fingerprint,
     tune_codec,
@@ -69,8 +67,6 @@ from .pool import Workers
 
 EPISODES_PER_CHUNK = 8
 EXPORT_CACHE_BYTES = 64 * 2**20  # the exporter reads each episode once: a decode cache would only grow with the table
-_SHARD_RE = re.compile(r"^shard-\d{6}\.tar$")
-_INDEX_RE = re.compile(r"^shard-\d{6}" + re.escape(INDEX_SUFFIX) + "$")
 
 
 def _say(progress: bool, msg: str) -> None:
@@ -322,7 +318,7 @@ def _export_locked(ds: Any, enc: Encoding, config: dict[str, Any], digest: str, 
 
                 for entry in pool.run(assemble_shard, jobs2(), io_threads=2):  # overlaps one shard's fsync with the next
                     lock.check()
-                    entries[int(entry["name"][6:12])] = entry
+                    entries[parse_shard_index(entry["name"])] = entry
                     journal.append(entry)
                     bar.update(entry["samples"])
             lock.check()
@@ -372,7 +368,7 @@ def _export_locked(ds: Any, enc: Encoding, config: dict[str, Any], digest: str, 
     _remove_stale_staging(spill_root, out)  # with --spill-dir: partial spill files of killed runs
     keep = {e["name"] for e in entries if e is not None}
     keep |= {e["index"]["name"] for e in entries if e is not None}
-    for name in storage.list("shard-"):
-        if (_SHARD_RE.match(name) or _INDEX_RE.match(name)) and name not in keep:  # of a replaced, larger export
+    for name in storage.list(SHARD_PREFIX):
+        if is_export_file(name) and name not in keep:  # of a replaced, larger export
             storage.delete(name)
     return manifest

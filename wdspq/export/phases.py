@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import interrupt
 from ..errors import ShardError, WdspqError
-from ..shardfmt import SampleCodec, end_of_archive, index_bytes, index_name, key_of, sample_tar
+from ..shardfmt import SampleCodec, end_of_archive, index_bytes, index_name, key_of, sample_tar, shard_name
 from ..shardfmt.shared import pack_tar_length
 from ..storage import Storage
 from ..table.episodes import EpisodeSource
@@ -45,10 +45,6 @@ def _write(f: Any, data: bytes, path: Path) -> None:
         f.write(data)
     except OSError as e:
         raise disk_error(path, e, "spill file") from None
-
-
-def shard_name(i: int) -> str:
-    return f"shard-{i:06d}.tar"
 
 
 def chunk_paths(spill_root: str | Path, chunk: int) -> tuple[Path, Path, Path]:

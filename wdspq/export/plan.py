@@ -30,13 +30,6 @@ TRAIN_BYTES = 32 * 2**20  # ... at most this many record bytes of them
 _MARGIN = 1.05  # headroom on top of the estimate when checking free space
 
 
-def shard_assignment(n_windows: int, samples_per_shard: int, seed: int, shuffle: bool) -> list[np.ndarray]:
-    """Window indices of each shard in write order: a seeded permutation cut into consecutive runs."""
-    order = np.random.default_rng(seed).permutation(n_windows) if shuffle else np.arange(n_windows, dtype=np.int64)
-    order = order.astype(np.int32) if n_windows < 2**31 else order  # 4 bytes a window (the same order)
-    return [order[i : i + samples_per_shard] for i in range(0, n_windows, samples_per_shard)]
-
-
 def segment_assignment(starts: np.ndarray, counts: np.ndarray, segment: int, samples_per_shard: int, seed: int,
                        shuffle: bool) -> list[np.ndarray]:
     """Shared frames: window indices of each shard in write order. Each episode's windows are cut into

@@ -1,4 +1,4 @@
-"""The per-shard index: a sidecar `shard-NNNNNN.idx.npy` next to each shard (docs/shards.md).
+"""The per-shard index: a sidecar `shard-NNNNNN.idx.npy` next to each shard (`names.index_name`; docs/shards.md).
 
 It is an int64 array of shape (samples, 2): each sample's byte offset in the tar (its first member
 header) and its length in bytes (all its members, headers and padding). Samples are contiguous, so
@@ -15,14 +15,7 @@ import numpy as np
 
 from ..errors import ShardError
 
-INDEX_SUFFIX = ".idx.npy"
 TAR_BLOCK = 512
-
-
-def index_name(shard_name: str) -> str:
-    """`shard-000012.tar` -> `shard-000012.idx.npy`."""
-    stem = shard_name[:-4] if shard_name.endswith(".tar") else shard_name
-    return stem + INDEX_SUFFIX
 
 
 def index_bytes(spans: Any) -> bytes:
