@@ -6,8 +6,6 @@ Pure numpy in, numpy out: no I/O, no torch. The map-style dataset and the shard 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +15,7 @@ import numpy as np
 
 from . import offsets as _offsets
 from .errors import SpecError
+from .jsonutil import short_digest
 from .timegrid import (
     OBS_ALIGN,
     base_frame,
@@ -152,7 +151,7 @@ class WindowSpec:
 
     def digest(self) -> str:
         """A stable hash of the spec (for manifests and loader states)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        return short_digest(self.to_dict())
 
     def for_stream(self, name: str) -> WindowSpec:
         """The spec with stream `name`'s overrides applied (observation fields or frame offsets)."""

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import WdspqError
-from ..shardfmt import MANIFEST_FORMAT, MANIFEST_NAME
+from ..shardfmt import MANIFEST_NAME
+from ..shardfmt.manifest import entry_mismatch, is_file_entry, parse_manifest
 from ..storage import Storage
 
 JOURNAL_NAME = "journal.jsonl"  # inside the spill folder (local), one line per committed shard
@@ -52,9 +53,10 @@ class Journal:
             pass  # a line cut by a full disk: that shard is simply redone by the re-run
 
 
-def _intact(storage: Storage, name: str, size: int, sha256: str) -> bool:
+def _intact(storage: Storage, entry: dict[str, Any]) -> bool:
     try:
-        return storage.exists(name) and storage.size(name) == size and storage.sha256(name) == (size, sha256)
+        return (storage.exists(entry["name"]) and storage.size(entry["name"]) == entry["bytes"]
+                and entry_mismatch(entry, *storage.sha256(entry["name"])) is None)
     except WdspqError:
         return False
 
@@ -62,10 +64,9 @@ def _intact(storage: Storage, name: str, size: int, sha256: str) -> bool:
 def shard_intact(storage: Storage, entry: dict[str, Any]) -> bool:
     """Whether the shard and its index have the journalled sizes and sha256 (reads them once)."""
     ix = entry.get("index")
-    if not isinstance(ix, dict):
+    if not is_file_entry(ix):
         return False
-    return _intact(storage, ix["name"], ix["bytes"], ix["sha256"]) and _intact(
-        storage, entry["name"], entry["bytes"], entry["sha256"])
+    return _intact(storage, ix) and _intact(storage, entry)
 
 
 def existing_manifest(storage: Storage) -> tuple[dict[str, Any] | None, str | None]:
@@ -73,12 +74,9 @@ def existing_manifest(storage: Storage) -> tuple[dict[str, Any] | None, str | No
     if not storage.exists(MANIFEST_NAME):
         return None, None
     try:
-        data = json.loads(storage.read_bytes(MANIFEST_NAME))
-    except (ValueError, WdspqError) as e:
+        return parse_manifest(storage.read_bytes(MANIFEST_NAME), storage.url(MANIFEST_NAME)), None
+    except WdspqError as e:
         return {}, f"it cannot be read ({e})"
-    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
-        return {}, "it is not a wdspq manifest"
-    return data, None
 
 
 def config_difference(old: dict[str, Any] | None, new: dict[str, Any]) -> str:

@@ -30,17 +30,14 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import interrupt
-from .._version import __version__
 from ..errors import WdspqError
 from ..shardfmt import (
     DEFAULT_ENCODING,
-    MANIFEST_FORMAT,
     MANIFEST_NAME,
     MANIFEST_VERSION,
     Encoding,
-    stats_digest,
 )
-from ..shardfmt.manifest import tuning_entry
+from ..shardfmt.manifest import build_manifest, manifest_bytes
 from ..shardfmt.names import SHARD_PREFIX, is_export_file, parse_shard_index, shard_assignment, shard_name
 from ..shardfmt.tuning import DICTIONARY_NAME
 from ..storage import open_storage
@@ -328,38 +325,19 @@ def _export_locked(ds: Any, enc: Encoding, config: dict[str, Any], digest: str, 
         pool.close(abort=aborted)
         _remove_worker_staging(spill_root, out, getattr(pool, "stopped", []))
 
-    stats_out = {f: st.to_dict() for f, st in stats.items()}
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "version": MANIFEST_VERSION,
-        "wdspq_version": __version__,
-        "export_config": config,
-        "export_config_digest": digest,
-        "table": {"name": Path(table).name, **config["table"]},
-        "table_meta": json.loads(ds.meta.to_json()),
-        "spec": spec.to_dict(),
-        "window_rules_version": WINDOW_RULES_VERSION,
-        "resolved": ds.rspec.summary(),
-        "tokenizer": dict(ds.tokenizer_id),
-        "sample_schema": [{"key": k, **v} for k, v in ds.sample_schema().items()],  # ordered: the record layout
-        "encoding": {**enc.to_dict(), "lossless": enc.lossless, "max_abs_error": int(frame_error),
-                     "describe": enc.describe(), **tuning_entry(codec)},
-        "num_windows": n,
-        "num_episodes": ds.num_episodes,
-        "seed": seed,
-        "shuffle": bool(shuffle),
-        "samples_per_shard": samples_per_shard,
-        "stats": stats_out,
-        "stats_sha256": stats_digest(stats_out),
-        "shards": entries,
-    }
+    manifest = build_manifest(
+        config=config, digest=digest, table_name=Path(table).name, table_meta=json.loads(ds.meta.to_json()),
+        spec=spec.to_dict(), window_rules_version=WINDOW_RULES_VERSION, resolved=ds.rspec.summary(),
+        tokenizer=dict(ds.tokenizer_id), sample_schema=ds.sample_schema(), encoding=enc, codec=codec,
+        max_abs_error=frame_error, num_windows=n, num_episodes=ds.num_episodes,
+        stats={f: st.to_dict() for f, st in stats.items()}, shards=entries)
     if codec.dictionary is not None:
         storage.put_bytes(DICTIONARY_NAME, codec.dictionary)  # before the manifest that names it
     elif storage.exists(DICTIONARY_NAME):  # of a replaced export
         storage.delete(DICTIONARY_NAME)
     interrupt.check()  # a SIGTERM that arrived after the pools: no manifest, the re-run finishes
     lock.check()
-    storage.put_bytes(MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True).encode())
+    storage.put_bytes(MANIFEST_NAME, manifest_bytes(manifest))
     if own_spill:
         shutil.rmtree(spill_root, ignore_errors=True)
         if not out.startswith("s3://"):  # spill folders of interrupted exports of other configurations

@@ -23,6 +23,7 @@ import numpy as np
 from .. import interrupt
 from ..errors import ShardError, WdspqError
 from ..shardfmt import SampleCodec, end_of_archive, index_bytes, index_name, key_of, sample_tar, shard_name
+from ..shardfmt.manifest import file_entry
 from ..shardfmt.shared import pack_tar_length
 from ..storage import Storage
 from ..table.episodes import EpisodeSource
@@ -211,10 +212,8 @@ def assemble_shard(job: tuple[int, np.ndarray, np.ndarray]) -> dict[str, Any]:
         for fd in files.values():
             fd.close()
     return {
-        "name": name,
+        **file_entry(name, size, h.hexdigest()),
         "samples": len(windows),
-        "bytes": size,
-        "sha256": h.hexdigest(),
-        "index": {"name": ix_name, "bytes": len(ix_data), "sha256": hashlib.sha256(ix_data).hexdigest()},
+        "index": file_entry(ix_name, len(ix_data), hashlib.sha256(ix_data).hexdigest()),
         "first_window": int(windows[0]) if len(windows) else None,
     }

@@ -9,7 +9,6 @@ where they go. A real export refuses to start when a disk cannot hold its share 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import WdspqError
+from ..jsonutil import short_digest
 from ..shardfmt import Encoding, SampleCodec, end_of_archive, index_bytes, key_of, sample_tar
 from ..shardfmt.tuning import held_out, train_codec
 
@@ -91,7 +91,7 @@ def check_int(name: str, value: Any, lo: int) -> int:
 
 
 def config_digest(config: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    return short_digest(config)
 
 
 def table_fingerprint(path: str) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The shard manifest (format version 2): loading, validation, identity, and each shard's index.
+"""The shard manifest (format version 2): building and writing it (`build_manifest`, `manifest_bytes`),
+reading and checking it (`parse_manifest`, `load_manifest`), its identity, and each shard's index.
 
 The manifest is O(shards): per shard its name, sample count, bytes, sha256 and its index sidecar's
 name, bytes and sha256; per-sample byte offsets live only in the index sidecars, which a process
@@ -17,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from .._version import __version__
 from ..errors import ExportChangedError, ShardError, WdspqError
+from ..jsonutil import COMPACT, json_sha256, short_digest
 from ..storage import open_storage
 from .encoding import RAW, Encoding, SampleCodec
 from .index import check_spans, parse_index, spans_from_offsets
@@ -35,6 +38,24 @@ class OldWindowRulesWarning(UserWarning):
     """An export made under older window rules is being read."""
 
 
+def file_entry(name: str, size: int, sha256: str) -> dict[str, Any]:
+    """A manifest's record of one file beside it (a shard, an index, the dictionary): name, bytes, sha256."""
+    return {"name": name, "bytes": int(size), "sha256": sha256}
+
+
+def is_file_entry(entry: Any) -> bool:
+    """Whether `entry` has the name, bytes and sha256 of a file record."""
+    return isinstance(entry, dict) and {"name", "bytes", "sha256"} <= set(entry)
+
+
+def entry_mismatch(entry: dict[str, Any], size: int, sha256: str, what: str = "file") -> str | None:
+    """None when a file of `size` bytes and `sha256` is the one `entry` records, else what differs."""
+    if size == int(entry["bytes"]) and sha256 == entry["sha256"]:
+        return None
+    return (f"the manifest records {entry['bytes']} bytes with sha256 {entry['sha256']}, the {what} has "
+            f"{size} bytes with sha256 {sha256}")
+
+
 def tuning_entry(codec: SampleCodec) -> dict[str, Any]:
     """The manifest's record of how `codec` was tuned: its delta keys and its dictionary file, if any."""
     out: dict[str, Any] = {}
@@ -44,14 +65,14 @@ def tuning_entry(codec: SampleCodec) -> dict[str, Any]:
         out["shared_keys"] = [[k, n] for k, n in codec.shared]
         out["pack_delta_keys"] = list(codec.pack_delta)
     if codec.dictionary is not None:
-        out["dictionary_file"] = {"name": DICTIONARY_NAME, "bytes": len(codec.dictionary),
-                                  "sha256": hashlib.sha256(codec.dictionary).hexdigest()}
+        out["dictionary_file"] = file_entry(DICTIONARY_NAME, len(codec.dictionary),
+                                            hashlib.sha256(codec.dictionary).hexdigest())
     return out
 
 
 def stats_digest(stats: Any) -> str:
     """sha256 of the canonical JSON of the manifest's `stats` (what `stats_sha256` records)."""
-    return hashlib.sha256(json.dumps(stats, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return json_sha256(stats, COMPACT)
 
 
 @dataclass
@@ -126,7 +147,7 @@ class Manifest:
 
     @property
     def spec_id(self) -> str:
-        return hashlib.sha256(json.dumps(self.data["spec"], sort_keys=True).encode()).hexdigest()[:16]
+        return short_digest(self.data["spec"])
 
     @property
     def sample_schema(self) -> dict[str, dict[str, Any]]:
@@ -167,12 +188,9 @@ class Manifest:
             data = self.storage.read_bytes(entry["name"])
         except WdspqError as e:
             raise ShardError(f"{url}: cannot read {what}: {e}") from None
-        digest = hashlib.sha256(data).hexdigest()
-        if len(data) != int(entry["bytes"]) or digest != entry["sha256"]:
-            raise ShardError(
-                f"{url}: {short} checksum mismatch: the manifest records {entry['bytes']} bytes with sha256 "
-                f"{entry['sha256']}, the file has {len(data)} bytes with sha256 {digest}"
-            )
+        wrong = entry_mismatch(entry, len(data), hashlib.sha256(data).hexdigest())
+        if wrong:
+            raise ShardError(f"{url}: {short} checksum mismatch: {wrong}")
         return data
 
     def shard_url(self, shard: int) -> str:
@@ -225,7 +243,7 @@ def _check_entries(url: str, data: dict[str, Any]) -> None:
                 raise ShardError(f"{url}: shard entry {i} ({s['name']}) needs samples+1 offsets (format version 1)")
             continue
         ix = s.get("index")
-        if not (isinstance(ix, dict) and {"name", "bytes", "sha256"} <= set(ix) and "sha256" in s and "bytes" in s):
+        if not (is_file_entry(ix) and is_file_entry(s)):
             raise ShardError(f"{url}: shard entry {i} ({s['name']}) is incomplete (needs bytes, sha256 and an index)")
     if version >= 2:
         if "encoding" not in data:
@@ -235,7 +253,7 @@ def _check_entries(url: str, data: dict[str, Any]) -> None:
         except WdspqError as e:
             raise ShardError(f"{url}: manifest encoding: {e}") from None
         f = data["encoding"].get("dictionary_file")
-        if f is not None and not (isinstance(f, dict) and {"name", "bytes", "sha256"} <= set(f)):
+        if f is not None and not is_file_entry(f):
             raise ShardError(f"{url}: manifest encoding: dictionary_file needs name, bytes and sha256")
         if "stats" in data and data.get("stats_sha256") != stats_digest(data["stats"]):
             raise ShardError(f"{url}: the manifest's normalisation statistics do not match their sha256 (stats_sha256)")
@@ -260,6 +278,13 @@ def load_manifest(source: str, storage_options: dict[str, Any] | None = None) ->
         if missing:
             raise ShardError(f"{url}: no manifest here; is this an exported shard folder?") from None
         raise ShardError(f"{url}: cannot read the manifest: {e}") from None
+    data = parse_manifest(raw, url)
+    return Manifest(data=data, storage=storage, id=hashlib.sha256(raw).hexdigest(), url=url, name=name, stamp=stamp)
+
+
+def parse_manifest(raw: bytes, url: str) -> dict[str, Any]:
+    """The one reader of manifest bytes: JSON, format, a readable version, the required keys and every
+    shard entry checked; a ShardError naming `url` and what is wrong."""
     try:
         data = json.loads(raw)
     except ValueError as e:
@@ -275,4 +300,44 @@ def load_manifest(source: str, storage_options: dict[str, Any] | None = None) ->
         if key not in data:
             raise ShardError(f"{url}: manifest has no {key!r}")
     _check_entries(url, data)
-    return Manifest(data=data, storage=storage, id=hashlib.sha256(raw).hexdigest(), url=url, name=name, stamp=stamp)
+    return data
+
+
+def build_manifest(*, config: dict[str, Any], digest: str, table_name: str, table_meta: dict[str, Any],
+                   spec: dict[str, Any], window_rules_version: int, resolved: dict[str, Any],
+                   tokenizer: dict[str, Any], sample_schema: dict[str, dict[str, Any]], encoding: Encoding,
+                   codec: SampleCodec, max_abs_error: int, num_windows: int, num_episodes: int,
+                   stats: dict[str, Any], shards: list[dict[str, Any]]) -> dict[str, Any]:
+    """The manifest of a finished export (docs/shards.md "manifest.json"): the one place its layout is
+    written. `config` and `digest` are the export configuration and its identity, `sample_schema` the
+    record layout in order, `stats` the normalisation statistics (their sha256 is added), `shards` the
+    shard entries in shard order."""
+    return {
+        "format": MANIFEST_FORMAT,
+        "version": MANIFEST_VERSION,
+        "wdspq_version": __version__,
+        "export_config": config,
+        "export_config_digest": digest,
+        "table": {"name": table_name, **config["table"]},
+        "table_meta": table_meta,
+        "spec": spec,
+        "window_rules_version": window_rules_version,
+        "resolved": resolved,
+        "tokenizer": tokenizer,
+        "sample_schema": [{"key": k, **v} for k, v in sample_schema.items()],  # ordered: the record layout
+        "encoding": {**encoding.to_dict(), "lossless": encoding.lossless, "max_abs_error": int(max_abs_error),
+                     "describe": encoding.describe(), **tuning_entry(codec)},
+        "num_windows": num_windows,
+        "num_episodes": num_episodes,
+        "seed": config["seed"],
+        "shuffle": config["shuffle"],
+        "samples_per_shard": config["samples_per_shard"],
+        "stats": stats,
+        "stats_sha256": stats_digest(stats),
+        "shards": shards,
+    }
+
+
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    """The bytes a manifest is written as (indented, keys sorted: byte-identical for the same export)."""
+    return json.dumps(manifest, indent=1, sort_keys=True).encode()
