@@ -351,7 +351,7 @@ def test_s3_lock_heartbeat_that_cannot_read_the_new_holder_still_marks_the_lock_
 def test_s3_export_whose_lock_is_taken_over_stops_committing_shards(table, tokenizer_path, s3_bucket, monkeypatch,
                                                                      tmp_path):
     import wdspq
-    from wdspq.export import local
+    from wdspq.export import exporter as local
     from wdspq.export.lock import LockError, S3Lock
     from wdspq.storage import open_storage
 

@@ -6,7 +6,6 @@ import argparse
 import os
 import signal
 import sys
-import time
 import traceback
 from collections.abc import Sequence
 from concurrent.futures import BrokenExecutor
@@ -158,10 +157,7 @@ def _run(args_list: list[str], debug: bool, hint: str) -> int:
     except BrokenExecutor as e:  # a worker process died: most often the SIGTERM sent to the whole group
         if debug:
             traceback.print_exc()
-        deadline = time.monotonic() + 1.0  # our own SIGTERM may land a moment after the pool noticed
-        while not interrupt.requested() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if interrupt.requested():
+        if interrupt.requested():  # (the pool waited a moment for our own SIGTERM)
             print(f"wdspq: interrupted{hint}", file=sys.stderr)
             return EXIT_INTERRUPTED
         print(f"wdspq: error: a worker process died unexpectedly ({type(e).__name__}: {_one_line(str(e))}){hint}",

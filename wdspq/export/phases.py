@@ -3,7 +3,8 @@
 *spill*: a chunk of episodes is cut into windows; each window is encoded into its final tar bytes
 (`shardfmt.sample_tar`, position-independent) and appended to one local spill file, with an index
 (window, offset, length) and, for a lossy encoding, its largest frame error,
-written atomically so an interrupted export resumes per chunk.
+written atomically (`storage.base.commit_file`: fsync, rename, fsync the folder) so an interrupted export
+resumes per chunk.
 *assemble*: a shard is the concatenation of its windows' spilled bytes in shard order plus the end of
 the archive; its index sidecar is written beside it. Both are committed under their final names only
 when complete (a rename locally, an upload on S3).
@@ -26,8 +27,9 @@ from ..shardfmt import SampleCodec, end_of_archive, index_bytes, index_name, key
 from ..shardfmt.manifest import file_entry
 from ..shardfmt.shared import pack_tar_length
 from ..storage import Storage
+from ..storage.base import commit_file
 from ..table.episodes import EpisodeSource
-from .pool import W, check_parent
+from .pool import JOB_STATE, check_parent
 
 _OPEN_SPILLS = 64  # spill files a shard writer keeps open at once
 
@@ -46,6 +48,18 @@ def _write(f: Any, data: bytes, path: Path) -> None:
         f.write(data)
     except OSError as e:
         raise disk_error(path, e, "spill file") from None
+
+
+def _spill_staging(path: Path, pid: int | None = None) -> Path:
+    """Where a spill file is written before its commit: `<name>.tmp-<pid>` beside it."""
+    return path.with_name(f"{path.name}.tmp-{os.getpid() if pid is None else pid}")
+
+
+def remove_spill_staging(spill_root: str | Path, pids: list[int] | None = None) -> None:
+    """Partial spill files of the processes `pids`, or with None of every process (none may be writing)."""
+    for pattern in ["*.tmp-*"] if pids is None else [f"*.tmp-{pid}" for pid in pids]:
+        for p in Path(spill_root).glob(pattern):
+            p.unlink(missing_ok=True)
 
 
 def chunk_paths(spill_root: str | Path, chunk: int) -> tuple[Path, Path, Path]:
@@ -72,15 +86,14 @@ def spill_chunk(job: tuple[int, int, int]) -> dict[str, Any]:
     """Phase 1 job: cut every window of episodes [e0, e1) and write their encoded tar bytes to one spill file."""
     check_parent()
     chunk, e0, e1 = job
-    ds: EpisodeSource = W["ds"]
-    spill_root: str = W["spill_root"]
+    ds: EpisodeSource = JOB_STATE.ds
+    spill_root = JOB_STATE.spill_root
     done = _load_chunk(chunk, spill_root)
     if done is not None:
         return done
-    codec: SampleCodec = W["codec"]
+    codec: SampleCodec = JOB_STATE.codec
     paths = chunk_paths(spill_root, chunk)
-    suffix = f".tmp-{os.getpid()}"
-    tmp = [p.with_name(p.name + suffix) for p in paths]
+    tmp = [_spill_staging(p) for p in paths]
     rows: list[tuple[int, int, int]] = []
     frame_error = 0
     segment = codec.encoding.segment if codec.encoding.layout == "shared-frames" else 0
@@ -108,8 +121,6 @@ def spill_chunk(job: tuple[int, int, int]) -> dict[str, Any]:
                     blob = sample_tar(key_of(w), members)
                     rows.append((w, f.tell(), len(blob)))
                     _write(f, blob, paths[0])
-            f.flush()
-            os.fsync(f.fileno())
         index = np.array(rows, dtype=np.int64).reshape(-1, 3)
         for t, p, data in ((tmp[1], paths[1], index), (tmp[2], paths[2], None)):
             try:
@@ -121,7 +132,7 @@ def spill_chunk(job: tuple[int, int, int]) -> dict[str, Any]:
             except OSError as e:
                 raise disk_error(p, e, "spill file") from None
         for t, p in zip(tmp, paths):
-            os.replace(t, p)  # the done file last: its presence marks the chunk complete
+            commit_file(t, p)  # the done file last: its presence marks the chunk complete
     except OSError as e:
         raise disk_error(paths[0], e, "spill file") from None
     finally:  # a partial spill file never stays behind (it could keep a full disk full)
@@ -160,11 +171,12 @@ def assemble_shard(job: tuple[int, np.ndarray, np.ndarray]) -> dict[str, Any]:
     """Phase 2 job: write one shard and its index from spilled samples in shard order; its manifest entry."""
     check_parent()
     number, windows, locations = job
-    storage: Storage = W["storage"]
-    spill_root: str = W["spill_root"]
+    storage: Storage = JOB_STATE.storage
+    spill_root = JOB_STATE.spill_root
     name = shard_name(number)
     staging = storage.staging_path(name)
-    shared = getattr(W.get("codec"), "encoding", None) is not None and W["codec"].encoding.layout == "shared-frames"
+    encoding = getattr(JOB_STATE.codec, "encoding", None)
+    shared = encoding is not None and encoding.layout == "shared-frames"
     spans = np.zeros((len(windows), 4 if shared else 2), dtype=np.int64)
     h = hashlib.sha256()
     files: OrderedDict[int, Any] = OrderedDict()

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..errors import WdspqError
-from .pool import W, init_worker
+from .pool import JOB_STATE, bounded_results, init_worker
 
 TASK_RETRIES = 3
 
@@ -29,8 +29,8 @@ def _ray() -> Any:
 
 def _call(state_key: str, state: dict[str, Any], fn: Callable[[Any], Any], job: Any) -> Any:
     """Runs in a Ray worker: install the job state once per worker process, then run the job."""
-    if W.get("_state_key") != state_key:
-        init_worker({**state, "parent": None, "_state_key": state_key})
+    if JOB_STATE.key != state_key:
+        init_worker({**state, "parent": None, "key": state_key})
     return fn(job)
 
 
@@ -53,23 +53,16 @@ class RayWorkers:
         """Results of `fn` over `jobs` as Ray tasks finish (`io_threads` is the local engine's: Ray tasks
         already run side by side)."""
         ray = self.ray
-        it = iter(jobs)
-        running: list[Any] = []
-        for job in it:
-            running.append(self._remote.remote(self._key, self._state, fn, job))
-            if len(running) >= self.inflight:
-                break
-        while running:
-            done, running = ray.wait(running, num_returns=1)
-            for ref in done:
-                try:
-                    yield ray.get(ref)
-                except ray.exceptions.RayTaskError as e:  # the job itself failed: its own error, one line
-                    cause = e.as_instanceof_cause()
-                    raise (cause if isinstance(cause, WdspqError) else WdspqError(str(cause))) from None
-                nxt = next(it, None)
-                if nxt is not None:
-                    running.append(self._remote.remote(self._key, self._state, fn, nxt))
+
+        def result(ref: Any) -> Any:
+            try:
+                return ray.get(ref)
+            except ray.exceptions.RayTaskError as e:  # the job itself failed: its own error, one line
+                cause = e.as_instanceof_cause()
+                raise (cause if isinstance(cause, WdspqError) else WdspqError(str(cause))) from None
+
+        return bounded_results(lambda job: self._remote.remote(self._key, self._state, fn, job),
+                               lambda running: ray.wait(running, num_returns=1), result, jobs, self.inflight)
 
     def close(self, abort: bool = False) -> None:
         self._state = None

@@ -8,6 +8,7 @@ import io
 import os
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -165,6 +166,12 @@ class Storage(ABC):
 
         On failure the staging file is left in place for `discard`.
         """
+
+    @abstractmethod
+    def remove_staging(self, pids: Iterable[int] | None = None) -> None:
+        """Remove the staging files of unfinished writes into this storage: those of the processes `pids`
+        (terminated mid-write), or with None all of them (only while no write is running, e.g. under the
+        export's lock); they can be large and would keep a full disk full."""
 
     def discard(self, staging_path: str | os.PathLike) -> None:
         """Remove a staging file that will not be committed (missing is fine)."""

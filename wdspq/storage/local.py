@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,14 @@ class LocalStorage(Storage):
         except OSError as exc:
             raise StorageError(f"{final.parent}: cannot create folder: {exc}") from exc
         return final.with_name(f".{final.name}{STAGING_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+    def remove_staging(self, pids: Iterable[int] | None = None) -> None:
+        if not self.root.is_dir():
+            return
+        patterns = [f".*{STAGING_MARK}*"] if pids is None else [f".*{STAGING_MARK}{pid}-*" for pid in pids]
+        for pattern in patterns:
+            for p in self.root.glob(pattern):
+                p.unlink(missing_ok=True)
 
     def commit(self, staging_path: str | os.PathLike, name: str) -> None:
         final = self._path(name)

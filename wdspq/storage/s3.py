@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -21,6 +22,7 @@ from .s3_errors import DENIED_CODES, MISSING_CODES, client_error_code, is_retrya
 from .s3_time import attempt_timeouts, resolve_timeout, retry_wait
 
 DEFAULT_MULTIPART_THRESHOLD = 16 * MiB
+STAGING_PREFIX = "wdspq-s3-staging-"  # the per-process local staging folders of uploads
 DEFAULT_MULTIPART_CHUNKSIZE = 16 * MiB
 
 S3_OPTIONS = {
@@ -325,12 +327,19 @@ class S3Storage(Storage):
         with self._lock:
             if self._stage_dir is None or not os.path.isdir(self._stage_dir):
                 try:
-                    self._stage_dir = tempfile.mkdtemp(prefix="wdspq-s3-staging-", dir=self.staging_dir)
+                    self._stage_dir = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.staging_dir)
                 except OSError as exc:
                     raise StorageError(f"cannot create a local staging folder for {self.url()}: {exc}") from exc
                 weakref.finalize(self, shutil.rmtree, self._stage_dir, True)
         base = name.rsplit("/", 1)[-1]
         return Path(self._stage_dir) / f"{uuid.uuid4().hex[:12]}-{base}"
+
+    def remove_staging(self, pids: Iterable[int] | None = None) -> None:
+        """Staging folders are per process and unnamed by pid: with None, every one under `staging_dir`
+        (when given) is removed; a terminated process's is removed with its spill folder."""
+        if pids is None and self.staging_dir is not None:
+            for p in Path(self.staging_dir).glob(f"{STAGING_PREFIX}*"):
+                shutil.rmtree(p, ignore_errors=True)
 
     def commit(self, staging_path: str | os.PathLike, name: str) -> None:
         from boto3.s3.transfer import TransferConfig

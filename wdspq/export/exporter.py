@@ -7,21 +7,23 @@ Two phases (`phases.py`), both byte-deterministic whatever the number of worker 
    appended to the chunk's local spill file, written atomically, so an interrupted export resumes per
    chunk. Memory is bounded by one decoded episode per worker, never by the number of windows.
 2. *assemble*: each shard's windows (a seeded permutation of all windows, cut into consecutive runs of
-   `samples_per_shard`) are copied from the spills into a staging file, committed with its index
+   `samples_per_shard`: `shardfmt.names.shard_assignment`) are copied from the spills into a staging file, committed with its index
    sidecar through the storage layer. After each commit one line is appended to a local journal in
    the spill folder; a re-run reuses journalled shards whose sizes and sha256 still match.
 
 The manifest (O(shards): per shard its size, sha256 and index's sha256; normalisation statistics of
-actions and every signal over every table row, with their own sha256; the export configuration) is written last, then the spill folder is removed. Held in memory
-beyond one episode: a few int64 arrays of length `num_windows` (the permutation and each window's
-spill location) in the exporting process only.
+actions and every signal over every table row, with their own sha256; the export configuration) is
+written last, then the spill folder is removed (`finish.py`). Held in memory beyond one episode: a few
+int64 arrays of length `num_windows` (the permutation and each window's spill location) in the
+exporting process only.
+
+This module is the orchestration: checks, the reuse of a finished export, the lock, the two phases
+run by an engine (`pool.Workers`, local processes; `ray_engine.RayWorkers`, Ray tasks).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,19 +39,17 @@ from ..shardfmt import (
     MANIFEST_VERSION,
     Encoding,
 )
-from ..shardfmt.manifest import build_manifest, manifest_bytes
-from ..shardfmt.names import SHARD_PREFIX, is_export_file, parse_shard_index, shard_assignment, shard_name
-from ..shardfmt.tuning import DICTIONARY_NAME
+from ..shardfmt.names import parse_shard_index, shard_assignment, shard_name
 from ..storage import open_storage
 from ..table import read_meta
 from ..table.episodes import EpisodeSource
 from ..table.stats import table_stats
 from ..windows import WINDOW_RULES_VERSION, WindowSpec
+from .finish import finish_export, remove_staging
 from .journal import JOURNAL_NAME, Journal, config_difference, existing_manifest, read_journal, shard_intact
 from .lock import LocalLock, export_lock
 from .phases import assemble_shard, spill_chunk
 from .plan import (
-    SPILL_PREFIX,
     check_int,
     config_digest,
     credit_existing,
@@ -209,28 +209,6 @@ def _inside(path: Path, folder: Path) -> bool:
         return False
 
 
-def _remove_stale_staging(spill_root: Path, out: str) -> None:
-    """Staging files of earlier runs that died (this run holds the lock, so none is in use): they can be
-    large (a partial spill or shard) and would keep a full disk full."""
-    for p in spill_root.glob("*.tmp-*"):
-        p.unlink(missing_ok=True)
-    for p in spill_root.glob("wdspq-s3-staging-*"):
-        shutil.rmtree(p, ignore_errors=True)
-    if not out.startswith("s3://") and Path(out).is_dir():
-        for p in Path(out).glob(".shard-*.tmp-*"):
-            p.unlink(missing_ok=True)
-
-
-def _remove_worker_staging(spill_root: Path, out: str, pids: list[int]) -> None:
-    """Partial files of the workers just terminated (they die by SIGTERM's default action, mid-write)."""
-    for pid in pids:
-        for p in spill_root.glob(f"*.tmp-{pid}"):
-            p.unlink(missing_ok=True)
-        if not out.startswith("s3://") and Path(out).is_dir():
-            for p in Path(out).glob(f".shard-*.tmp-{pid}-*"):
-                p.unlink(missing_ok=True)
-
-
 def _export_locked(ds: Any, enc: Encoding, config: dict[str, Any], digest: str, storage: Any, out: str, table: str,
                    spec: WindowSpec, spill_root: Path, own_spill: bool, shards_windows: list[np.ndarray],
                    overwrite: bool, force: bool, progress: bool, engine: str, ray_address: str | None, workers: int,
@@ -248,7 +226,7 @@ def _export_locked(ds: Any, enc: Encoding, config: dict[str, Any], digest: str, 
                 f"{storage.url(MANIFEST_NAME)}: the output already holds an export and {why}; "
                 "pass overwrite=True (wdspq export --overwrite) to replace it, or choose another output"
             )
-    _remove_stale_staging(spill_root, out)
+    remove_staging(spill_root, storage)
     codec = tune_codec(ds, enc)  # after the reuse check: a finished export is returned without it
     if not force:  # also on a re-run: what is already spilled is space it will not need again
         est = estimate_export(ds, codec, samples_per_shard, out, spill_root, config["table"]["bytes"])
@@ -323,30 +301,8 @@ def _export_locked(ds: Any, enc: Encoding, config: dict[str, Any], digest: str, 
     finally:
         journal.close()
         pool.close(abort=aborted)
-        _remove_worker_staging(spill_root, out, getattr(pool, "stopped", []))
+        remove_staging(spill_root, storage, getattr(pool, "stopped", []))
 
-    manifest = build_manifest(
-        config=config, digest=digest, table_name=Path(table).name, table_meta=json.loads(ds.meta.to_json()),
-        spec=spec.to_dict(), window_rules_version=WINDOW_RULES_VERSION, resolved=ds.rspec.summary(),
-        tokenizer=dict(ds.tokenizer_id), sample_schema=ds.sample_schema(), encoding=enc, codec=codec,
-        max_abs_error=frame_error, num_windows=n, num_episodes=ds.num_episodes,
-        stats={f: st.to_dict() for f, st in stats.items()}, shards=entries)
-    if codec.dictionary is not None:
-        storage.put_bytes(DICTIONARY_NAME, codec.dictionary)  # before the manifest that names it
-    elif storage.exists(DICTIONARY_NAME):  # of a replaced export
-        storage.delete(DICTIONARY_NAME)
-    interrupt.check()  # a SIGTERM that arrived after the pools: no manifest, the re-run finishes
-    lock.check()
-    storage.put_bytes(MANIFEST_NAME, manifest_bytes(manifest))
-    if own_spill:
-        shutil.rmtree(spill_root, ignore_errors=True)
-        if not out.startswith("s3://"):  # spill folders of interrupted exports of other configurations
-            for p in Path(out).glob(SPILL_PREFIX + "*"):  # (the lock on out: no other export is using one)
-                shutil.rmtree(p, ignore_errors=True)
-    _remove_stale_staging(spill_root, out)  # with --spill-dir: partial spill files of killed runs
-    keep = {e["name"] for e in entries if e is not None}
-    keep |= {e["index"]["name"] for e in entries if e is not None}
-    for name in storage.list(SHARD_PREFIX):
-        if is_export_file(name) and name not in keep:  # of a replaced, larger export
-            storage.delete(name)
-    return manifest
+    return finish_export(ds=ds, enc=enc, codec=codec, config=config, digest=digest, storage=storage, out=out,
+                         table=table, spec=spec, spill_root=spill_root, own_spill=own_spill, entries=entries,
+                         frame_error=frame_error, stats=stats, lock=lock)
