@@ -1,7 +1,8 @@
 """Check an export against its manifest and, optionally, against the table (`wdspq verify`).
 
 Integrity, one sequential read per shard: size and sha256 equal the manifest's; the index sidecar
-matches its sha256 and its spans; the tar parses to the end; it holds exactly the manifest's sample
+matches its sha256 and its spans; the tar parses to the end (walked by `tarfile` through
+`shardfmt.oracle`, an oracle independent of shardfmt's own reader); it holds exactly the manifest's sample
 count, each sample's members decode (with the manifest's encoding) and its key matches its
 `window_index`; each index offset points at that sample's first tar header; every window index
 appears exactly once across shards.
@@ -18,7 +19,6 @@ Problems are collected (not raised) so one run reports all of them.
 from __future__ import annotations
 
 import hashlib
-import tarfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from .errors import ShardError, TableReadError, WdspqError
 from .shardfmt import Manifest, SampleCodec, key_of, load_manifest, read_records, read_run
-from .shardfmt.layout import member_end
+from .shardfmt.oracle import TarWalkError, tar_members
 
 _MAX_PER_SHARD = 20  # problems listed per shard before the rest are summarised
 PARITY_BLOCK = 4096  # windows compared per block, in canonical order (the table decodes each episode once)
@@ -161,17 +161,16 @@ def _check_shard(
                 report.samples += 1
 
             try:
-                tar = tarfile.open(fileobj=f, mode="r|")  # type: ignore[call-overload]
-                for ti in tar:
-                    if not ti.isfile():
-                        add(f"member {ti.name!r} is not a regular file")
+                for mb in tar_members(f):  # tarfile's own walk: independent of shardfmt's reader
+                    if mb.data is None:
+                        add(f"member {mb.name!r} is not a regular file")
                         continue
-                    k, _, ext = ti.name.partition(".")
+                    k, ext = mb.key, mb.ext
                     if shared and ext == "frames.npy.zst":
                         finish()
-                        key, sample, end = None, {}, member_end(ti.offset_data, ti.size)
+                        key, sample, end = None, {}, mb.end
                         try:
-                            pack = codec.decode_pack(tar.extractfile(ti).read(), f"frame pack {ti.name!r}")  # type: ignore[union-attr]
+                            pack = codec.decode_pack(mb.data, f"frame pack {mb.name!r}")
                         except WdspqError as e:
                             add(str(e))
                             pack = None
@@ -179,17 +178,18 @@ def _check_shard(
                     if k != key:
                         finish()
                         key, sample = k, {}
-                        if pos < len(offsets) - 1 and ti.offset != offsets[pos]:
-                            add(f"sample {pos} (key {k!r}) starts at byte {ti.offset}, the index offset is {offsets[pos]}")
+                        if pos < len(offsets) - 1 and mb.offset != offsets[pos]:
+                            add(f"sample {pos} (key {k!r}) starts at byte {mb.offset}, the index offset is {offsets[pos]}")
                     if ext not in codec.member_names:
-                        add(f"sample {pos} (key {k!r}): unexpected member {ti.name!r} (expected {codec.member_names})")
-                    sample[ext] = tar.extractfile(ti).read()  # type: ignore[union-attr]
-                    end = member_end(ti.offset_data, ti.size)
+                        add(f"sample {pos} (key {k!r}): unexpected member {mb.name!r} (expected {codec.member_names})")
+                    sample[ext] = mb.data
+                    end = mb.end
                 finish()
                 if pos == len(offsets) - 1 and end != offsets[-1]:
                     add(f"the last sample ends at byte {end}, the index's end offset is {offsets[-1]}")
-            except (tarfile.TarError, EOFError, OSError) as e:
-                add(f"tar does not parse after {pos} samples, near byte {f.count}: {type(e).__name__}: {e}")
+            except (TarWalkError, EOFError, OSError) as e:
+                why = str(e) if isinstance(e, TarWalkError) else f"{type(e).__name__}: {e}"
+                add(f"tar does not parse after {pos} samples, near byte {f.count}: {why}")
             f.drain()
     except WdspqError as e:
         add(f"cannot be read: {e}")
