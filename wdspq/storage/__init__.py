@@ -14,7 +14,8 @@ Export, stream and verify all go through a `Storage` (see README "Shards on S3")
   time spent.
 - `put_bytes` writes small objects atomically; big files are written to `staging_path(name)` and then
   published with `commit` (local: a rename in the same folder; S3: a managed, multipart-above-a-threshold
-  upload), so a reader never sees a partial object under its final name.
+  upload), so a reader never sees a partial object under its final name. `remove_staging` removes the
+  staging files of writes that died (their names are the storage's own business).
 - Every failure is a `StorageError` naming the URL.
 
 `S3Storage` takes endpoint, region and credentials from the standard AWS environment and config files

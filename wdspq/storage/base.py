@@ -167,11 +167,11 @@ class Storage(ABC):
         On failure the staging file is left in place for `discard`.
         """
 
-    @abstractmethod
     def remove_staging(self, pids: Iterable[int] | None = None) -> None:
         """Remove the staging files of unfinished writes into this storage: those of the processes `pids`
         (terminated mid-write), or with None all of them (only while no write is running, e.g. under the
-        export's lock); they can be large and would keep a full disk full."""
+        export's lock); they can be large and would keep a full disk full. Here: none to remove."""
+        return None
 
     def discard(self, staging_path: str | os.PathLike) -> None:
         """Remove a staging file that will not be committed (missing is fine)."""

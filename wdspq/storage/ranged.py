@@ -109,17 +109,16 @@ class S3RangeRaw(RangeRaw):
     def _failed(self, exc: BaseException) -> None:
         """Count a failed attempt; raise when retries are exhausted, else back off before the reopen."""
         self._failures += 1
-        if self._failures > self._s.max_retries:
-            raise StorageError(
-                f"{self.url}: read failed at byte offset {self._pos} after {self._s.max_retries} retries: "
-                f"{type(exc).__name__}: {exc}") from exc
-        if self.reopens >= self._s.max_reopens:
-            raise StorageError(
-                f"{self.url}: read failed at byte offset {self._pos}: the connection broke {self.reopens + 1} "
-                f"times during this read (max_reopens={self._s.max_reopens}); last: {type(exc).__name__}: {exc}"
-            ) from exc
-        where = f"{self.url}: read at byte offset {self._pos}"
-        time.sleep(self._s._retry_wait(exc, where, self._started, self._failures))
+
+        def reopens_left() -> None:
+            if self.reopens >= self._s.max_reopens:
+                raise StorageError(
+                    f"{self.url}: read failed at byte offset {self._pos}: the connection broke {self.reopens + 1} "
+                    f"times during this read (max_reopens={self._s.max_reopens}); last: {type(exc).__name__}: {exc}"
+                ) from exc
+
+        self._s.back_off(exc, self._failures, self._started, f"{self.url}: read failed at byte offset {self._pos}",
+                         f"{self.url}: read at byte offset {self._pos}", reopens_left)
         self.reopens += 1
 
     def _close_body(self) -> None:

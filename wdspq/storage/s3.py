@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -181,10 +181,18 @@ class S3Storage(Storage):
             return str(self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
                        or "the default AWS endpoint")
 
-    def _retry_wait(self, exc: BaseException, where: str, started: float, failures: int) -> float:
-        """Backoff before attempt `failures + 1`, or StorageError when it could not finish within `timeout`."""
-        return retry_wait(exc, where, self.endpoint(), started, failures, self.backoff, self.backoff_max,
-                          self.timeout, sum(self.attempt_timeouts))
+    def back_off(self, exc: BaseException, failures: int, started: float, failed: str, where: str,
+                 also: Callable[[], None] | None = None) -> None:
+        """The one retry sequence of an S3 request (`_call`, the range reader), after its failed attempt
+        number `failures` of a request that began at `started`: StorageError "<failed> after N retries"
+        once `max_retries` are spent; then the caller's own limit (`also`, which raises); else sleep the
+        backoff, or StorageError naming `where` when the next attempt could not finish within `timeout`."""
+        if failures > self.max_retries:
+            raise StorageError(f"{failed} after {self.max_retries} retries: {type(exc).__name__}: {exc}") from exc
+        if also is not None:
+            also()
+        time.sleep(retry_wait(exc, where, self.endpoint(), started, failures, self.backoff, self.backoff_max,
+                              self.timeout, sum(self.attempt_timeouts)))
 
     def _call(self, name: str, action: str, fn: Any) -> Any:
         """`fn(client)` for one request, retried here (network faults, 5xx, throttling) within `timeout`
@@ -198,10 +206,7 @@ class S3Storage(Storage):
                     raise
                 failures += 1
                 where = f"{self.url(name) if name else self.url()} ({action})"
-                if failures > self.max_retries:
-                    raise StorageError(f"{where}: failed after {self.max_retries} retries: "
-                                       f"{type(exc).__name__}: {exc}") from exc
-                time.sleep(self._retry_wait(exc, where, started, failures))
+                self.back_off(exc, failures, started, f"{where}: failed", where)
 
     # -- names ------------------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 for its next bytes, a HEAD, LIST, DELETE or PUT together take at most `timeout` seconds.
 
 `S3Storage` (storage/s3.py) applies the rule: its clients get the per-attempt timeouts of `attempt_timeouts`,
-and its retry loops ask `retry_wait` before each new attempt.
+and its one retry sequence (`S3Storage.back_off`) asks `retry_wait` before each new attempt.
 """
 
 from __future__ import annotations
