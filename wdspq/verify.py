@@ -290,7 +290,7 @@ def _parity(
             ))
             return
     if tokenizer is None:
-        tokenizer = _export_tokenizer(m)
+        tokenizer = m.requested_tokenizer()
     try:
         ds = EpisodeSource(table, m.data["spec"], tokenizer=tokenizer)
     except WdspqError as e:
@@ -399,16 +399,3 @@ def _parity_shard(m: Manifest, codec: SampleCodec, s: int, wins: np.ndarray, pos
                     report.problems.append(Problem(f"cannot read the sample: {e}", name, wi))
                     continue
                 compare(got, wi, name)
-
-
-def _export_tokenizer(m: Manifest) -> Any:
-    """The tokenizer the export asked for (the manifest's `requested`), when it can be loaded here;
-    None (the default) otherwise; the vocabulary hash then tells whether they agree."""
-    import os
-
-    requested = (m.data.get("tokenizer") or {}).get("requested")
-    if not requested or requested == "default":
-        return None
-    if os.path.sep in requested and not os.path.isdir(requested):
-        return None
-    return requested

@@ -265,7 +265,7 @@ def shards_window(source: str, window: int, tokenizer: Any = None) -> tuple[dict
 
 def export_context(m: Any, sample: dict[str, Any], tokenizer: Any = None, caption: str = "") -> WindowContext:
     """The drawing context of a sample of the export with manifest `m`: its table's streams, its spec and the
-    sample's task text (with `tokenizer`, else the export's own when it is a local folder, else the bundled one)."""
+    sample's task text (with `tokenizer`, else the export's own when it can be loaded here, else the bundled one)."""
     import json
 
     from .text import load_tokenizer
@@ -273,7 +273,6 @@ def export_context(m: Any, sample: dict[str, Any], tokenizer: Any = None, captio
     d = m.data
     meta = TableMeta.from_json(json.dumps(d["table_meta"]))
     if tokenizer is None:
-        requested = (d.get("tokenizer") or {}).get("requested")
-        tokenizer = requested if requested and requested != "default" and os.path.isdir(requested) else None
+        tokenizer = m.requested_tokenizer()
     return WindowContext(meta, WindowSpec.from_dict(d["spec"]), d.get("resolved", {}),
                          _decode_text(load_tokenizer(tokenizer), sample), caption)

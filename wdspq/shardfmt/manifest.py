@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -144,6 +145,16 @@ class Manifest:
             "episode's first sample, see docs/windows.md); its samples differ from the map-style dataset "
             "and `wdspq verify --table` reports them; re-export the table to get the current rules"
         ), stacklevel=3)
+
+    def requested_tokenizer(self) -> str | None:
+        """The tokenizer the export asked for (`tokenizer.requested`) when it can be loaded here (a folder
+        that exists, or a name); None, the default, otherwise: the vocabulary hash then tells whether they agree."""
+        requested = (self.data.get("tokenizer") or {}).get("requested")
+        if not requested or requested == "default":
+            return None
+        if os.path.sep in requested and not os.path.isdir(requested):
+            return None
+        return requested
 
     @property
     def spec_id(self) -> str:
