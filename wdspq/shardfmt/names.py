@@ -1,4 +1,4 @@
-"""The names of an export's files and where a window lives in it (docs/shards.md "Layout").
+"""The names of an export's files and where a window lives in it (docs/shards.md "Files of an export").
 
 Shard `i` is `shard-NNNNNN.tar` (six digits, zero-padded), its index sidecar `shard-NNNNNN.idx.npy`;
 the manifest and the zstd dictionary sit beside them. Every name is built and parsed here only.
