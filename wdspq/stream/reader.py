@@ -34,6 +34,7 @@ import numpy as np
 from ..cursor import PAD_INDEX
 from ..errors import ExportChangedError, ShardError, StorageError, WdspqError
 from ..shardfmt import Manifest, SampleCodec, read_records, read_run
+from ..shardfmt.manifest import entry_mismatch, is_file_entry
 from ..shardfmt.read import MappedSamples
 
 logger = logging.getLogger("wdspq")
@@ -173,7 +174,6 @@ class SampleReader:
             return self._checked[shard]
         entry = self.manifest.shards[shard]
         name, url = entry["name"], self._url(shard)
-        want_size, want_sha = entry.get("bytes"), entry.get("sha256")
         err: ShardError | None = None
         size, digest = 0, ""
         try:
@@ -182,13 +182,11 @@ class SampleReader:
             err = ShardError(f"{url}: cannot verify the checksum: {e}")
         except Exception as e:
             err = ShardError(f"{url}: cannot verify the checksum: {type(e).__name__}: {e}")
-        if err is None and (want_size is None or want_sha is None):
+        if err is None and not is_file_entry(entry):
             err = ShardError(f"{url}: the manifest records no size/sha256 for this shard; cannot verify it")
-        if err is None and (size != int(want_size) or digest != want_sha):
-            err = ShardError(
-                f"{url}: checksum mismatch: the manifest records {want_size} bytes with sha256 {want_sha}, "
-                f"the shard has {size} bytes with sha256 {digest}"
-            )
+        wrong = None if err is not None else entry_mismatch(entry, size, digest, "shard")
+        if wrong:
+            err = ShardError(f"{url}: checksum mismatch: {wrong}")
         self._checked[shard] = err
         return err
 
