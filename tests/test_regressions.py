@@ -109,7 +109,8 @@ def test_table_writer_pools_bounded_timestamp_diffs(tmp_path, monkeypatch):
 
 def test_manifest_records_the_requested_tokenizer_and_verify_reloads_it(export, table, tokenizer_path, tmp_path):
     from wdspq.shardfmt import load_manifest
-    from wdspq.verify import _export_tokenizer, verify_shards
+    from wdspq.shardfmt.manifest import requested_tokenizer as _export_tokenizer
+    from wdspq.verify import verify_shards
 
     m = load_manifest(str(export))
     assert m.data["tokenizer"]["requested"] == tokenizer_path

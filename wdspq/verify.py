@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from .errors import ShardError, TableReadError, WdspqError
 from .shardfmt import Manifest, SampleCodec, key_of, load_manifest, read_records, read_run
+from .shardfmt.manifest import requested_tokenizer
 from .shardfmt.oracle import TarWalkError, tar_members
 
 _MAX_PER_SHARD = 20  # problems listed per shard before the rest are summarised
@@ -290,7 +291,7 @@ def _parity(
             ))
             return
     if tokenizer is None:
-        tokenizer = m.requested_tokenizer()
+        tokenizer = requested_tokenizer(m)
     try:
         ds = EpisodeSource(table, m.data["spec"], tokenizer=tokenizer)
     except WdspqError as e:

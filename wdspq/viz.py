@@ -268,11 +268,12 @@ def export_context(m: Any, sample: dict[str, Any], tokenizer: Any = None, captio
     sample's task text (with `tokenizer`, else the export's own when it can be loaded here, else the bundled one)."""
     import json
 
+    from .shardfmt.manifest import requested_tokenizer
     from .text import load_tokenizer
 
     d = m.data
     meta = TableMeta.from_json(json.dumps(d["table_meta"]))
     if tokenizer is None:
-        tokenizer = m.requested_tokenizer()
+        tokenizer = requested_tokenizer(m)
     return WindowContext(meta, WindowSpec.from_dict(d["spec"]), d.get("resolved", {}),
                          _decode_text(load_tokenizer(tokenizer), sample), caption)

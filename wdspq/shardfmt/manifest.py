@@ -146,16 +146,6 @@ class Manifest:
             "and `wdspq verify --table` reports them; re-export the table to get the current rules"
         ), stacklevel=3)
 
-    def requested_tokenizer(self) -> str | None:
-        """The tokenizer the export asked for (`tokenizer.requested`) when it can be loaded here (a folder
-        that exists, or a name); None, the default, otherwise: the vocabulary hash then tells whether they agree."""
-        requested = (self.data.get("tokenizer") or {}).get("requested")
-        if not requested or requested == "default":
-            return None
-        if os.path.sep in requested and not os.path.isdir(requested):
-            return None
-        return requested
-
     @property
     def spec_id(self) -> str:
         return short_digest(self.data["spec"])
@@ -233,6 +223,17 @@ class Manifest:
         if len(spans) == 0:
             return np.zeros(1, dtype=np.int64)
         return np.append(spans[:, 0], spans[-1, 0] + spans[-1, 1])
+
+
+def requested_tokenizer(m: Manifest) -> str | None:
+    """The tokenizer export `m` asked for (`tokenizer.requested`) when it can be loaded here (a folder that
+    exists, or a name); None, the default, otherwise: the vocabulary hash then tells whether they agree."""
+    requested = (m.data.get("tokenizer") or {}).get("requested")
+    if not requested or requested == "default":
+        return None
+    if os.path.sep in requested and not os.path.isdir(requested):
+        return None
+    return requested
 
 
 def split_source(source: str) -> tuple[str, str]:
