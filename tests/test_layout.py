@@ -181,7 +181,7 @@ def test_the_cycle_finder_finds_lazy_and_relative_imports(tmp_path: Path) -> Non
 
 def test_the_episode_source_the_exporter_and_verify_do_not_import_torch() -> None:
     """The torch-free path: reading episodes, exporting and verifying never load torch (a fresh interpreter)."""
-    code = ("import sys; import wdspq.table.episodes, wdspq.export, wdspq.export.local, wdspq.verify; "
+    code = ("import sys; import wdspq.table.episodes, wdspq.export, wdspq.export.exporter, wdspq.export.finish, wdspq.verify; "
             "loaded = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')); "
             "assert not loaded, loaded[:5]")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE.parent), os.environ.get("PYTHONPATH", "")])}
