@@ -284,7 +284,8 @@ def _episodes_per_batch(counts: list[int], segment: int, per_shard: int, workers
     """Mean distinct episodes in a full batch of 32 (interleave 4) over epochs 0 and 1 of the stream's plan:
     shards as the exporter groups windows (segments for shared frames, else a permutation of windows)."""
     from wdspq.cursor import Topology
-    from wdspq.export.plan import segment_assignment, shard_assignment
+    from wdspq.export.plan import segment_assignment
+    from wdspq.shardfmt.names import shard_assignment
 
     bm = _batchmates()
     c = np.asarray(counts)
