@@ -68,13 +68,13 @@ def time_samples(ds: ParquetWindowDataset, order: np.ndarray) -> tuple[float, fl
 
 
 def cache_stats(ds: ParquetWindowDataset) -> dict:
-    c = ds._proc()["episodes"]
+    c = ds._proc()["cache"]
     total = c.hits + c.misses
     return {
         "cache_bytes": c.bytes,
         "cache_mib": round(c.bytes / 2**20, 2),
         "cache_limit_mib": round(c.max_bytes / 2**20, 2),
-        "cached_episodes": len(c.items),
+        "cached_episodes": sum(1 for k in c.items if k[0] == "episode"),
         "hits": c.hits,
         "misses": c.misses,
         "hit_rate": round(c.hits / total, 4) if total else None,
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     first_order = rng.permutation(n)[: args.samples]
     first_sps, first_ms = time_samples(ds, first_order)
     first_stats = cache_stats(ds)
-    c = ds._proc()["episodes"]
+    c = ds._proc()["cache"]
     c.hits = c.misses = 0
     warm_order = rng.integers(0, n, size=args.samples)
     warm_sps, warm_ms = time_samples(ds, warm_order)
