@@ -22,6 +22,7 @@ shard format (else rebuilt). `--only local` runs only the local raw figures.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -98,10 +99,12 @@ def prepare(work: Path, episodes: int, one_shard: bool = True) -> dict[str, Any]
 
 def epoch_mb_s(source: str, order: str) -> tuple[float, float]:
     """ShardStream iterated directly for one epoch: MB/s of shard data per wall second and per CPU second
-    (the second is what a loaded machine distorts least)."""
+    (the second is what a loaded machine distorts least). The garbage of earlier rounds is collected before
+    the clock starts (as `timeit` does): otherwise a collection of the previous round's stream lands in this one."""
     m = json.loads((Path(source) / "manifest.json").read_text())
     nbytes = sum(int(s["bytes"]) for s in m["shards"])
     stream = ShardStream(source, seed=0, shard_order=order)
+    gc.collect()
     t, c = time.perf_counter(), time.process_time()
     for _ in stream:
         pass
