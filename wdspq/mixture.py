@@ -18,6 +18,7 @@ Pure functions and small readers behind `MixtureStream` (wdspq.stream.mixture; d
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from collections import OrderedDict
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .cursor import epoch_shard_order
-from .epoch_order import check_order, default_order, in_shard_order, read_in_order, shard_blocks
+from .epoch_order import block_layout, check_order, default_order, in_shard_order, read_in_order, shard_blocks
 from .errors import WdspqError
 from .shardfmt import Manifest, load_manifest
 from .stream.reader import SampleReader
@@ -189,20 +190,112 @@ class SourceReader:
         start = int(ends[i - 1]) if i else 0
         return p, int(order[i]), off - start
 
-    def records(self, k0: int, k1: int) -> Iterator[tuple[Any, int]]:
-        """(record bytes, sample position in its shard) of samples ``k0 .. k1-1`` of the source's endless
-        sequence, one ranged read per block (R5: nothing outside the range is read)."""
-        k = int(k0)
+    def records(self, k0: int, k1: int) -> Iterator[Any]:
+        """Record bytes of samples ``k0 .. k1-1`` of the source's endless sequence, in order, one ranged read
+        per run of a block (R5: nothing outside the range is read).
+
+        A shuffled block's samples are all read and decoded before its first is yielded (its order is a
+        permutation of them); doing that when the block is reached makes one batch in ~15 cost as much as
+        all the others together, and with several workers, whose blocks begin at other batches, the loader's
+        in-order hand-over makes the others wait out each such batch. So the next block is decoded a few
+        samples per sample yielded of the current one, and is whole when it is reached."""
+        jobs = self._jobs(int(k0), int(k1))
+        cur, nxt = next(jobs, None), next(jobs, None)
+        try:
+            while cur is not None:
+                if isinstance(cur, PacedBlock):
+                    step = -(-nxt.n // max(1, cur.n)) if isinstance(nxt, PacedBlock) else 0
+                    for rec in cur.ordered():
+                        yield rec
+                        if step:
+                            nxt.advance(step)
+                else:
+                    yield from cur
+                _close_job(cur)
+                cur, nxt = nxt, next(jobs, None)
+        finally:
+            _close_job(cur)
+            _close_job(nxt)
+            jobs.close()
+
+    def _jobs(self, k: int, k1: int) -> Iterator[Any]:
+        """The reads of samples ``k .. k1-1``: a `PacedBlock` per (stretch of an) ordinal block of a shuffled
+        shard, or one streaming read where the order is the identity (as `read_in_order` splits them)."""
         while k < k1:
             p, shard, q = self.locate(k)
             q1 = min(self.sizes[shard], q + (k1 - k))
             perm = self.perm(p, shard)
-            it = read_in_order(lambda a, b, s=shard: self.reader.run_records(s, a, b), perm, self.blocks[shard], q, q1)
-            try:
-                yield from it
-            finally:
-                it.close()
+
+            def run(a: int, b: int, s: int = shard) -> Iterator[Any]:
+                return self.reader.run_records(s, a, b)
+
+            part = perm[q:q1]
+            if part[-1] - part[0] == q1 - q - 1 and np.array_equal(part, np.arange(part[0], part[0] + q1 - q)):
+                yield read_in_order(run, perm, self.blocks[shard], q, q1)
+            else:
+                c, n = block_layout(self.blocks[shard])
+                g = c * n
+                at = q
+                while at < q1:
+                    e = min(q1, (at // g + 1) * g)
+                    yield PacedBlock(run, perm[at:e])
+                    at = e
             k += q1 - q
+
+
+class PacedBlock:
+    """The samples at a stretch of ordinals of one ordinal block (`phys`: their positions, in ordinal order),
+    read as `read_in_order` reads a block (one ranged read per run of consecutive positions, ascending), but
+    decoded on demand: `advance(n)` decodes n more, `ordered()` the rest and then yields them in order."""
+
+    def __init__(self, run: Any, phys: np.ndarray) -> None:
+        self.run, self.n = run, len(phys)
+        by_pos = np.argsort(phys, kind="stable")
+        srt = phys[by_pos]
+        self.rank = np.empty(len(phys), dtype=np.int64)
+        self.rank[by_pos] = np.arange(len(phys))  # phys[t] is srt[rank[t]]
+        self.runs = [(int(s[0]), int(s[-1]) + 1) for s in np.split(srt, np.flatnonzero(np.diff(srt) != 1) + 1)]
+        self.got: list[Any] = []
+        self._next_run, self._it, self._left = 0, None, 0
+
+    def advance(self, n: int) -> None:
+        """Read and decode up to `n` more samples (in position order)."""
+        while n > 0:
+            if self._it is None:
+                if self._next_run >= len(self.runs):
+                    return
+                a, b = self.runs[self._next_run]
+                self._next_run += 1
+                self._it, self._left = self.run(a, b), b - a
+            take = min(n, self._left)
+            before = len(self.got)
+            self.got.extend(itertools.islice(self._it, take))
+            n -= take
+            self._left = 0 if len(self.got) - before < take else self._left - take
+            if self._left == 0:
+                self.close()
+
+    def ordered(self) -> Iterator[Any]:
+        """Every sample, in ordinal order (the rest read first)."""
+        self.advance(self.n)
+        if len(self.got) != self.n:
+            raise WdspqError(f"a read of {self.n} samples gave {len(self.got)}")
+        got = self.got
+        for j in self.rank.tolist():
+            yield got[j]
+
+    def close(self) -> None:
+        """Close the run being read, if any."""
+        if self._it is not None:
+            close = getattr(self._it, "close", None)
+            self._it = None
+            if close is not None:
+                close()
+
+
+def _close_job(job: Any) -> None:
+    if job is not None:
+        job.close()
 
 
 COMPANIONS = ("_mask", "_ts")  # a stream's validity mask and (cameras) frame times: keys named after the stream
