@@ -5,7 +5,9 @@ exports each with the same spec, then, alternating in one run, measures samples/
 - `StreamLoader(ShardStream(single_export))` and
 - `StreamLoader(ShardStream([Source(a, w), Source(b, w), Source(c, w)], samples_per_epoch=its windows))`
 (weights proportional to the sources' windows, so both read the same number of samples of the same size),
-for each --workers value. Prints the medians and their ratio; writes JSON with --json.
+for each --workers value. Prints the medians and their ratio; writes JSON with --json. With --persistent
+each loader is built once with persistent workers (start-up outside the rounds) and only wall-clock
+samples/s is reported (the workers' CPU clocks are read when they exit).
 
 Besides wall-clock samples/s (noisy on a shared machine) it reports CPU figures from the processes' own
 clocks: samples per CPU second of all processes together (main + workers: the total work), and samples
@@ -75,6 +77,22 @@ def epoch_rate(make: Any, batch_size: int, workers: int) -> dict[str, float]:
             "samples": n, "cpu_s": [round(main_cpu, 3), *(round(c, 3) for c in worker_cpu)]}
 
 
+def persistent_rates(make: Any, batch_size: int, workers: int, rounds: int) -> list[dict[str, float]]:
+    """Wall samples/s of `rounds` epochs of one loader with persistent workers (one warm-up epoch first)."""
+    import wdspq
+
+    loader = wdspq.StreamLoader(make(), batch_size=batch_size, num_workers=workers, persistent_workers=True)
+    out = []
+    for epoch in range(rounds + 1):
+        loader.set_epoch(epoch)
+        t0, n = time.perf_counter(), 0
+        for batch in loader:
+            n += len(batch["window_index"])
+        if epoch:
+            out.append({"wall": n / (time.perf_counter() - t0), "samples": n})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", type=Path, default=Path("/tmp/wdspq-bench-mixture"))
@@ -84,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     p.add_argument("--json", type=Path)
+    p.add_argument("--persistent", action="store_true", help="persistent workers: one loader, --rounds epochs")
     args = p.parse_args(argv)
     import wdspq
 
@@ -102,6 +121,14 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, Any] = {"sizes": sizes, "single_windows": n_single, "batch_size": args.batch_size, "by_workers": {}}
     for w in args.workers:
+        if args.persistent and w > 0:
+            pr = {name: persistent_rates(make, args.batch_size, w, args.rounds) for name, make in (("single", one), ("mixture", mixture))}
+            med = {name: statistics.median(r["wall"] for r in rs) for name, rs in pr.items()}
+            results["by_workers"][w] = {"persistent": pr, "median_wall": med}
+            print(f"num_workers={w} persistent wall-clock: single {med['single']:,.0f} samples/s, mixture "
+                  f"{med['mixture']:,.0f} samples/s, mixture/single {med['mixture'] / med['single']:.3f} (epochs: "
+                  f"{[round(r['wall']) for r in pr['single']]} / {[round(r['wall']) for r in pr['mixture']]})")
+            continue
         rates: dict[str, list[dict[str, float]]] = {"single": [], "mixture": []}
         for _ in range(args.rounds):
             for name, make in (("single", one), ("mixture", mixture)):

@@ -297,6 +297,7 @@ class MixtureStream(ShardStream):
         for piece, e in zip(pieces, taken):
             runs.setdefault(piece.shard, []).append((piece.start, piece.start + e))
         readers: dict[tuple[int, int, int], Iterator[Any]] = {}
+        paced = get_worker_info() is not None  # workers hand batches over in turn: no batch may carry a block's decode
         try:
             for s, p, is_pad in plan.slot_sequence(slot, skip) if entries is None else entries:
                 g = s * C + p
@@ -313,7 +314,7 @@ class MixtureStream(ShardStream):
                     it = readers.get(key)
                     if it is None:
                         _, k_end = sched.k_range(j, s * C + a, s * C + end)
-                        it = readers[key] = src.records(K, epoch * self.counts[j] + k_end)
+                        it = readers[key] = src.records(K, epoch * self.counts[j] + k_end, paced)
                     rec = next(it, None)
                 if rec is None:
                     raise WdspqError(f"{src.manifest.url}: sample {K} of the mixture's source {j} is missing")
