@@ -287,7 +287,8 @@ class PacedBlock:
             raise WdspqError(f"a read of {self.n} samples gave {len(self.got)}")
         got = self.got
         for j in self.rank.tolist():
-            yield got[j]
+            rec, got[j] = got[j], None  # held by the caller alone: one block's worth decoded at a time, not two
+            yield rec
 
     def close(self) -> None:
         """Close the run being read, if any."""
