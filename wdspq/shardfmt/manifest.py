@@ -108,6 +108,22 @@ class Manifest:
                 f"`wdspq export --overwrite`); stopped before shard {self.shards[shard]['name']} so that "
                 "samples of two exports are never mixed; start again from the new export")
 
+    def open_checked(self, shard: int, begin: int, end: int) -> Any:
+        """Open bytes `begin .. end` of a shard, then `check_current`: the bytes opened are this export's.
+        A failed open is a ShardError naming the shard, unless the export changed (ExportChangedError)."""
+        name = self.shards[shard]["name"]
+        try:
+            f = self.storage.open_read(name, begin, end)
+        except WdspqError as e:
+            self.check_current(shard)
+            raise ShardError(f"{self.storage.url(name)}: cannot open shard: {e}") from None
+        try:
+            self.check_current(shard)
+        except BaseException:
+            f.close()
+            raise
+        return f
+
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_indexes": OrderedDict()}  # a worker loads the indexes it needs
 

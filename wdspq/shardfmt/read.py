@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ShardError, WdspqError
+from ..errors import ShardError
 from ..storage.local import LocalStorage
 from .encoding import SampleCodec
 from .layout import (
@@ -52,16 +52,7 @@ def read_records(
     if len(spans) != stop - start:
         raise ShardError(f"{url}: samples {start}..{stop - 1} requested, the shard has {len(manifest.index(shard))}")
     begin, end = int(spans[0, 0]), int(spans[-1, 0] + spans[-1, 1])
-    try:
-        f = manifest.storage.open_read(name, begin, end)
-    except WdspqError as e:
-        manifest.check_current(shard)
-        raise ShardError(f"{url}: cannot open shard: {e}") from None
-    try:
-        manifest.check_current(shard)  # the bytes just opened are this export's (Manifest.check_current)
-    except BaseException:
-        f.close()
-        raise
+    f = manifest.open_checked(shard, begin, end)
     raw = getattr(f, "raw", f)
     spans_of = map_spans if hasattr(raw, "local_file") and mmap_enabled() else read_spans
     try:
@@ -127,12 +118,7 @@ class MappedSamples:
                 self._open.pop(next(iter(self._open))).close()
             spans = self.manifest.index(self.shard)
             a, b = int(self._starts[run]), int(self._stops[run])
-            f = self.manifest.storage.open_read(self.name, int(spans[a, 0]), int(spans[b - 1, 0] + spans[b - 1, 1]))
-            try:
-                self.manifest.check_current(self.shard)
-            except BaseException:
-                f.close()
-                raise
+            f = self.manifest.open_checked(self.shard, int(spans[a, 0]), int(spans[b - 1, 0] + spans[b - 1, 1]))
         self._open[run] = f  # most recently used last
         return f
 

@@ -359,23 +359,6 @@ def _pack_of(codec: SharedFramesCodec, buf: memoryview, url: str, i: int, at: in
     return codec.decode_pack(payload, where)
 
 
-def _open(manifest: Any, shard: int, begin: int, end: int) -> Any:
-    """Open bytes `begin .. end` of a shard, then check that the export was not rewritten meanwhile
-    (`Manifest.check_current`, as for per-sample shards)."""
-    name = manifest.shards[shard]["name"]
-    try:
-        f = manifest.storage.open_read(name, begin, end)
-    except WdspqError as e:
-        manifest.check_current(shard)
-        raise ShardError(f"{manifest.storage.url(name)}: cannot open shard: {e}") from None
-    try:
-        manifest.check_current(shard)
-    except BaseException:
-        f.close()
-        raise
-    return f
-
-
 def read_shared(manifest: Any, shard: int, start: int, stop: int, codec: SharedFramesCodec) -> Iterator[memoryview]:
     """Full records of samples `start .. stop-1` of a shared-frames shard, in order (see the module doc)."""
     name = manifest.shards[shard]["name"]
@@ -392,14 +375,14 @@ def read_shared(manifest: Any, shard: int, start: int, stop: int, codec: SharedF
     cur = -1
     inside = po[0] + pl[0] != off[0]  # the run starts inside a segment: its pack is read on its own
     if inside:
-        f = _open(manifest, shard, po[0], po[0] + pl[0])
+        f = manifest.open_checked(shard, po[0], po[0] + pl[0])
         try:
             pack = _pack_of(codec, _read_exact(getattr(f, "raw", f), pl[0], url, f"frame pack of sample {start}", po[0]),
                             url, start, po[0])
         finally:
             f.close()
         cur = po[0]
-    f = _open(manifest, shard, off[0] if inside else po[0], off[-1] + ln[-1])
+    f = manifest.open_checked(shard, off[0] if inside else po[0], off[-1] + ln[-1])
     raw = getattr(f, "raw", f)
     suffix = b"." + SAMPLE_MEMBER.encode()
     try:
