@@ -127,9 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         "windows": n,
         "spec": spec.to_dict(),
         "A": ds.rspec.A,
-        "O": ds.rspec.signals["observations"].O,
-        "frame_hw": list(ds.shapes.frame_hw),
-        "image_hw": list(ds.shapes.image_hw) if ds.shapes.image_hw else None,
+        "signals": {name: sig.O for name, sig in ds.rspec.signals.items()},
+        "camera_hw": {c.name: list(c.hw) for c in ds.meta.cameras},
+        "image_hw": {c.name: list(c.hw) for c in ds.meta.images},
         "sample_bytes": sample_bytes,
         "build_s": None if built_s is None else round(built_s, 2),
         "open_s": round(open_s, 3),
@@ -142,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
     }
 
-    print(f"table: {result['table']}  episodes={ds.num_episodes} windows={n} A={ds.rspec.A} O={ds.rspec.signals['observations'].O} "
-          f"frames={len(offsets)}x3x{ds.shapes.frame_hw[0]}x{ds.shapes.frame_hw[1]} sample={sample_bytes / 1024:.1f} KiB")
+    cams = ", ".join(f"{k} {len(offsets)}x3x{h}x{w}" for k, (h, w) in result["camera_hw"].items())
+    print(f"table: {result['table']}  episodes={ds.num_episodes} windows={n} A={ds.rspec.A} signals={result['signals']} "
+          f"frames: {cams} sample={sample_bytes / 1024:.1f} KiB")
     print(f"open: {open_s:.2f} s" + (f"   build: {built_s:.1f} s" if built_s is not None else ""))
     print(f"{'regime':<28}{'samples':>9}{'samples/s':>12}{'ms/sample':>11}{'hit rate':>10}{'cache MiB':>11}")
     rows = [
