@@ -108,6 +108,19 @@ class Manifest:
                 f"`wdspq export --overwrite`); stopped before shard {self.shards[shard]['name']} so that "
                 "samples of two exports are never mixed; start again from the new export")
 
+    def sample_spans(self, shard: int, start: int, stop: int) -> Any:
+        """The index rows of samples `start .. stop-1` of a shard, all of them or a ShardError naming the shard
+        (an index of another export says that, not "checksum mismatch": `check_current` first)."""
+        try:
+            spans = self.index(shard)[start:stop]
+        except ShardError:
+            self.check_current(shard)
+            raise
+        if len(spans) != stop - start:
+            url = self.storage.url(self.shards[shard]["name"])
+            raise ShardError(f"{url}: samples {start}..{stop - 1} requested, the shard has {len(self.index(shard))}")
+        return spans
+
     def open_checked(self, shard: int, begin: int, end: int) -> Any:
         """Open bytes `begin .. end` of a shard, then `check_current`: the bytes opened are this export's.
         A failed open is a ShardError naming the shard, unless the export changed (ExportChangedError)."""

@@ -44,13 +44,7 @@ def read_records(
         return
     name = manifest.shards[shard]["name"]
     url = manifest.storage.url(name)
-    try:
-        spans = manifest.index(shard)[start:stop]
-    except ShardError:
-        manifest.check_current(shard)  # an index of another export: say that, not "checksum mismatch"
-        raise
-    if len(spans) != stop - start:
-        raise ShardError(f"{url}: samples {start}..{stop - 1} requested, the shard has {len(manifest.index(shard))}")
+    spans = manifest.sample_spans(shard, start, stop)
     begin, end = int(spans[0, 0]), int(spans[-1, 0] + spans[-1, 1])
     f = manifest.open_checked(shard, begin, end)
     raw = getattr(f, "raw", f)

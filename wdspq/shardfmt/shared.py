@@ -363,13 +363,7 @@ def read_shared(manifest: Any, shard: int, start: int, stop: int, codec: SharedF
     """Full records of samples `start .. stop-1` of a shared-frames shard, in order (see the module doc)."""
     name = manifest.shards[shard]["name"]
     url = manifest.storage.url(name)
-    try:
-        spans = manifest.index(shard)[start:stop]
-    except ShardError:
-        manifest.check_current(shard)  # an index of another export: say that, not "checksum mismatch"
-        raise
-    if len(spans) != stop - start:
-        raise ShardError(f"{url}: samples {start}..{stop - 1} requested, the shard has {len(manifest.index(shard))}")
+    spans = manifest.sample_spans(shard, start, stop)
     off, ln, po, pl = (spans[:, i].tolist() for i in range(4))
     pack: dict[str, np.ndarray] | None = None
     cur = -1
