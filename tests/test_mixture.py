@@ -131,6 +131,30 @@ def test_a_pass_delivers_every_window_once_before_any_repeats(exports) -> None:
         (j, w) for j in (1, 2) for w in source_windows(small, j, small.counts[j], 2 * small.counts[j]))
 
 
+@pytest.mark.parametrize("world,workers,batch", [(2, 2, 8), (1, 3, 5)])
+def test_no_window_repeats_before_its_pass_is_complete_as_delivered(exports, world, workers, batch) -> None:
+    """Passes hold in the order the training loop sees: every rank's batches, step by step and rank by rank,
+    over three epochs (each source crosses at least one pass boundary, and passes are cut at epoch ends): source j's delivered
+    windows, cut into consecutive runs of its N_j windows, are each every window once."""
+    loaders = [loader(exports, spe=600, batch_size=batch, num_workers=workers, rank=r, world_size=world)
+               for r in range(world)]
+    seq: list[tuple[int, int]] = []
+    for epoch in range(3):
+        per_rank = []
+        for ld in loaders:
+            ld.set_epoch(epoch)
+            per_rank.append(run(ld))
+        for step in zip(*per_rank):
+            seq.extend(real(step))
+    stream = mix(exports, spe=600)
+    for j, r in enumerate(stream.readers):
+        mine = [w for s, w in seq if s == j]
+        assert len(mine) == 3 * stream.counts[j] > r.n  # at least one pass boundary
+        for p in range(len(mine) // r.n):
+            assert len(set(mine[p * r.n:(p + 1) * r.n])) == r.n, (j, p)
+        assert len(set(mine[(len(mine) // r.n) * r.n:])) == len(mine) % r.n
+
+
 @pytest.mark.parametrize("world,workers,batch", [(1, 0, 8), (2, 2, 5), (3, 1, 16)])
 def test_every_epoch_delivers_its_schedule_exactly_once(exports, world, workers, batch) -> None:
     for epoch in (0, 1, 2):
@@ -448,6 +472,10 @@ def test_source_batches_give_batches_of_one_source_and_resume(exports) -> None:
     again = make(num_workers=2)
     again.load_state_dict(ld.state_dict())
     assert head + run(again) == full
+    # the units are the batches of one virtual shard, not shards of their own: the state does not grow with them
+    big = wdspq.StreamLoader(mix(exports, 20_000, source_batches=8), batch_size=8, num_workers=0)
+    run(big, 5)
+    assert len(json.dumps(big.state_dict())) < 3000
     with pytest.raises(WdspqError, match="batch_size=8"):
         run(wdspq.StreamLoader(mix(exports, 640, source_batches=8), batch_size=16))
     with pytest.raises(WdspqError, match="multiple"):

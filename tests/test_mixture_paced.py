@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 from stream_child import SPEC, make_export
 
@@ -64,3 +65,39 @@ def test_paced_reads_spread_each_blocks_decode(stream, monkeypatch) -> None:
     # paced: after the first block, a yield decodes ceil(next / current) samples of the next block (a shard's
     # short last block makes that a few), and whatever is left of the block it reaches
     assert max(paced[block:]) <= 8 < block
+
+
+def _sparse(r: Any, slots: int, mine: int, size: int, passes: int = 2) -> list[int]:
+    """The K a slot reads of a source when batches of `size` of it are dealt to `slots` slots in turn."""
+    return [k for k in range(passes * r.n) if (k // size) % slots == mine]
+
+
+@pytest.mark.parametrize("mmap", ["1", "0"])
+@pytest.mark.parametrize("paced", [False, True])
+def test_a_slots_share_of_each_block_reads_the_same_records_as_one_by_one(stream, monkeypatch, mmap, paced) -> None:
+    """`records_at` (a slot's samples of one source: every other batch's stretch, and stretches of one sample)
+    gives exactly the records `records` gives for each K, mapped or through ranged runs, and takes them from one
+    mapping per ordinal block on a local shard instead of one read per run of positions."""
+    monkeypatch.setenv("WDSPQ_MMAP", mmap)
+    r = stream.readers[0]
+    for slots, mine, size in [(2, 1, 5), (3, 0, 1), (1, 0, 7)]:
+        ks = _sparse(r, slots, mine, size)
+        runs = [0]
+        run_records = r.reader.run_records
+
+        def counted(shard: int, a: int, b: int, runs: list[int] = runs, run_records: Any = run_records) -> Any:
+            runs[0] += 1
+            return run_records(shard, a, b)
+
+        r.reader.run_records = counted
+        try:
+            chunks = [np.asarray(ks[i:i + 11], dtype=np.int64) for i in range(0, len(ks), 11)]
+            got = [bytes(x) for x in r.records_at(chunks, paced)]
+        finally:
+            del r.reader.run_records
+        want = [bytes(next(r.records(k, k + 1))) for k in ks]
+        assert got == want, (slots, mine, size)
+        if slots > 1 and mmap == "1":
+            assert runs[0] == 0  # every block share taken from its mapping
+        elif slots > 1:
+            assert runs[0] > len(ks) // 10  # ranged runs: several per block share

@@ -17,10 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from mixture_child import pairs
 from stream_child import SPEC, make_export
 
 import wdspq
+from wdspq.cursor import Plan, Topology
 
 HERE = Path(__file__).resolve().parent
 WEIGHTS = (0.6, 0.3, 0.1)
@@ -67,27 +70,19 @@ def job_of(srcs: list[str], spe: int, batch_size: int, workers: int, state: dict
 
 def pass_boundary_save_point(stream: Any, workers: int, sizes=range(4, 17)) -> tuple[int, int, int, int, list[int]]:
     """(source, batch size, batches to run, position, per-slot delivered counts) of a save point that lies
-    exactly where a source's first pass ends in epoch 0: the last sample of the pass is the last sample of
-    one slot's batch. Slots read equal contiguous stretches of the schedule (the epoch divides evenly) and
-    batches come round-robin from the workers, so the save point follows from the schedule alone."""
+    exactly where a source's first pass ends in epoch 0: the last sample of the pass is the last sample of a
+    batch. Batches are dealt to the workers in delivery order (docs/mixtures.md), so the first `cut` batches
+    are the schedule's first ``cut x B`` positions and the save point follows from the schedule alone."""
     slots = max(1, workers)
-    spe = len(stream)
-    assert spe % slots == 0
-    stretch = spe // slots
     for B in sizes:
-        if stretch % B:
-            continue  # keep every slot's batches full, so batches alternate strictly between workers
         for j, r in enumerate(stream.readers):
             if stream.counts[j] < r.n:
                 continue  # no pass of this source ends in epoch 0
             g = int(stream.sched.where[j][r.n - 1]) + 1  # positions up to and including the pass's last sample
-            s, local = divmod(g - 1, stretch)
-            local += 1
-            if local % B:
+            if g % B:
                 continue
-            m = local // B
-            delivered = [m * B if t <= s else (m - 1) * B for t in range(slots)]
-            return j, B, (m - 1) * slots + s + 1, g, delivered
+            cut = g // B
+            return j, B, cut, g, [B * len(range(t, cut, slots)) for t in range(slots)]
     raise AssertionError("no save point at a pass boundary for these batch sizes")
 
 
@@ -106,12 +101,12 @@ def test_exact_resume_in_a_fresh_process_exactly_at_a_pass_boundary(exports, tmp
     st = ld.state_dict()
     assert st["delivered"] == delivered and not st["complete"]
     n = stream.readers[j].n
-    if workers == 0:  # one slot: the head is the schedule's first g positions, so it holds pass 0 of source j whole
-        seen = [w for b in head for s, w in b if s == j]
-        assert len(seen) == n and len(set(seen)) == n
-        nxt = next(w for b in full[cut:] for s, w in b if s == j)
-        first_of_pass_1 = stream.readers[j].codec.record_array(next(stream.readers[j].records(n, n + 1)))
-        assert nxt == int(first_of_pass_1["window_index"])
+    # with any number of workers the head is the schedule's first g positions: pass 0 of source j whole
+    seen = [w for b in head for s, w in b if s == j]
+    assert len(seen) == n and len(set(seen)) == n
+    nxt = next(w for b in full[cut:] for s, w in b if s == j)
+    first_of_pass_1 = stream.readers[j].codec.record_array(next(stream.readers[j].records(n, n + 1)))
+    assert nxt == int(first_of_pass_1["window_index"])
     got = child(job_of(exports, spe, B, workers, st), tmp_path)
     assert got["batches"] == full[cut:], (j, B, cut, g)
     assert got["state"]["complete"] and got["state"]["digest"] == full_state["digest"]
@@ -180,60 +175,75 @@ def test_three_sources_on_s3_with_dropped_connections_resume_in_a_fresh_process(
     assert dropped(fault_proxy) == 3  # the resumed process met every drop and retried
 
 
-@pytest.mark.parametrize("case", range(8))
-def test_a_mixture_epoch_is_cut_into_one_near_equal_contiguous_stretch_per_slot(case: int) -> None:
-    """The plan of a mixture's epoch (one virtual shard): every slot reads one stretch, sizes within one sample
-    of each other, whatever the epoch's length; an epoch that divides evenly is cut as before (same order)."""
-    import numpy as np
+def deliver(plan: Any, steps: int | None = None) -> tuple[list[int], list[int]]:
+    """Real positions the loaders of `plan` deliver in their first `steps` steps (all: None), step by step and
+    rank by rank (ranks step together), and the per-slot counts delivered (pads included)."""
+    W, N = plan.topology.world_size, plan.topology.workers
+    entries = [plan.slot_arrays(slot) for slot in range(W * N)]
+    at = [0] * (W * N)
+    orders = [plan.batch_order(r) for r in range(W)]
+    out: list[int] = []
+    for t in range(max(len(o) for o in orders) if steps is None else steps):
+        for r in range(W):
+            if t < len(orders[r]):
+                w, n = orders[r][t]
+                slot = r * N + w
+                _, pos, pad = (x[at[slot]:at[slot] + n] for x in entries[slot])
+                out.extend(pos[~pad].tolist())
+                at[slot] += n
+    return out, at
 
-    from wdspq.cursor import Plan, Topology
-    from wdspq.cursor.plan import contiguous_pieces
 
-    rng = np.random.default_rng(case)
-    W, N = int(rng.integers(1, 4)), int(rng.integers(1, 5))
-    k = W * N
-    T = int(rng.integers(k, 5000)) if case % 2 else int(rng.integers(1, 400)) * k
-    topo = Topology(world_size=W, num_workers=N, batch_size=8)
-    plan = Plan([T], [0], [0], topo, (), "contiguous", [1])
-    real = [plan.slot_real_count(s) for s in range(k)]
-    assert sum(real) == T and max(real) - min(real) <= 1
-    assert all(len(plan.slot_pieces(s)) == 1 for s in range(k))
-    if T % k == 0:  # the block split of the cursor gives the same pieces to the same slots
-        old = Plan([T], [0], [0], topo, (), True, [1])
-        assert [old.slot_pieces(s) for s in range(k)] == [plan.slot_pieces(s) for s in range(k)]
-    # what is left after an elastic fold (several ranges) is still cut into near-equal stretches, each once
-    cuts = sorted(set(rng.integers(1, T, size=6).tolist()) | {0, T}) if T > 1 else [0, T]
-    ranges = [(0, a, b) for i, (a, b) in enumerate(zip(cuts, cuts[1:])) if i % 2 == 0]
-    dealt = contiguous_pieces(ranges, W, N)
-    per_slot = [sum(b - a for s, (_, a, b) in dealt if s == slot) for slot in range(k)]
-    assert max(per_slot) - min(per_slot) <= 1
-    assert [p for _, p in dealt] == sorted(p for _, p in dealt)
-    got = sorted(x for _, (_, a, b) in dealt for x in range(a, b))
-    assert got == [x for _, a, b in ranges for x in range(a, b)]
+topologies = st.builds(lambda w, n, b, i, e: Topology(world_size=w, num_workers=n, batch_size=b, interleave=i, even=e),
+                       st.integers(1, 3), st.integers(0, 3), st.integers(1, 17), st.integers(1, 4),
+                       st.sampled_from(["pad", "drop", "none"]))
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(T=st.integers(1, 2500), a=topologies, b=topologies, frac=st.floats(0, 1))
+def test_batches_are_delivered_in_the_schedules_order_for_any_topology_and_elastic_resume(T, a, b, frac) -> None:
+    """The mixture's plan ("batches"): the batches of all ranks and workers, step by step and rank by rank, are the
+    epoch's positions in order, also when a save at any step resumes under another topology (R4), so one
+    source's samples arrive in its sequence's order and its passes whole, one after the other. Interleave is
+    ignored (it would mix two batches); `even="drop"` leaves out a tail, never a position in the middle."""
+    plan = Plan([T], [0], [0], a, (), "batches", [1])
+    steps = int(frac * min(plan.rank_batches(r) for r in range(a.world_size)))
+    head, delivered = deliver(plan, steps)
+    base, consumed = plan.fold(delivered)
+    rest = Plan([T], base, [0], b, consumed, "batches", [1])
+    tail, _ = deliver(rest)
+    seq = head + tail
+    assert seq == list(range(len(seq)))
+    if b.even != "drop":
+        assert len(seq) == T
+    assert consumed == []  # a save at a step boundary is a prefix: the state stays O(1), not O(slots)
 
 
 def test_a_state_from_the_uneven_mixture_plan_is_refused_clearly(exports) -> None:
-    """Mixture states saved when the epoch was cut with the block split (uneven pieces per worker) cannot
-    continue exactly under the contiguous plan: a StateError that says so, not a silently different order."""
+    """Mixture states saved under an earlier plan of the epoch (the block split: uneven pieces per worker; one
+    contiguous stretch per worker; units read as shards) cannot continue exactly under the batches dealt in
+    delivery order: a StateError that says so, not a silently different order."""
     from wdspq.errors import StateError
 
     ld = make(exports, 600, 8, 0)
     take(ld, 3)
-    st = ld.state_dict()
-    assert st["shard_order"] == "contiguous"
-    with pytest.raises(StateError, match="earlier wdspq.*start the epoch afresh"):
-        make(exports, 600, 8, 0).load_state_dict({**st, "shard_order": "block"})
+    state = ld.state_dict()
+    assert state["shard_order"] == "batches"
+    for old in ("block", "contiguous", "sequential"):
+        with pytest.raises(StateError, match="earlier wdspq.*start the epoch afresh"):
+            make(exports, 600, 8, 0).load_state_dict({**state, "shard_order": old})
 
 
 @pytest.mark.parametrize("spe", [601, 14_899])
 def test_workers_of_a_mixture_read_equal_shares_of_an_odd_epoch(exports, spe) -> None:
-    """The throughput rule: with 2 workers each reads half the epoch (the block split gave one of them two
-    of three pieces, 2/3 of the work, so the mixture did not speed up with workers)."""
+    """The throughput rule: with 2 workers each reads half the epoch, within one batch (the block split gave
+    one of them two of three pieces, 2/3 of the work, so the mixture did not speed up with workers)."""
     from wdspq.cursor import resume
 
     ld = make(exports, spe, 8, 2)
     r = resume(ld.stream.fresh_state(0, ld.topology), ld.stream.shard_sizes, ld.topology, 0, ld.stream._blocks)
-    assert sorted(r.plan.slot_real_count(s) for s in range(2)) == [spe // 2, spe - spe // 2]
+    counts = [r.plan.slot_real_count(s) for s in range(2)]
+    assert sum(counts) == spe and abs(counts[0] - counts[1]) <= 8
     assert sum(1 for _ in ld) == len(ld)
 
 

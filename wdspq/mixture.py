@@ -22,7 +22,7 @@ import itertools
 import json
 import os
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +30,7 @@ import numpy as np
 
 from .cursor import epoch_shard_order
 from .epoch_order import block_layout, check_order, default_order, in_shard_order, read_in_order, shard_blocks
-from .errors import WdspqError
+from .errors import ExportChangedError, WdspqError
 from .shardfmt import Manifest, load_manifest
 from .stream.reader import SampleReader
 
@@ -202,7 +202,20 @@ class SourceReader:
         when it is reached; the same runs are read in the same order, only earlier (a read error of the next
         block surfaces while the current one is yielded). In one process nothing waits: blocks are decoded
         when reached."""
-        jobs = self._jobs(int(k0), int(k1))
+        return self._paced(self._jobs(int(k0), int(k1)), paced)
+
+    def records_at(self, chunks: Iterable[np.ndarray], paced: bool = False) -> Iterator[Any]:
+        """Record bytes of the samples ``K`` of the source's endless sequence given by `chunks` (arrays of
+        ascending ``K``, ascending across arrays, consumed lazily), in that order: what one slot of a mixture
+        reads of this source. A stretch of consecutive ``K`` is read as `records` reads it; where a slot takes
+        only some samples of an ordinal block (the others are other slots' batches), that block's share is
+        one job: its positions taken from one mapping of the chunks they lie in (a local shard), else read
+        as runs of consecutive positions (never a sample outside the share, R5). `paced` as in `records`."""
+        return self._paced(self._sparse_jobs(iter(chunks)), paced)
+
+    def _paced(self, jobs: Iterator[Any], paced: bool) -> Iterator[Any]:
+        """The records of `jobs` in order; with `paced`, a next `PacedBlock` is decoded while the current one is
+        yielded (`records`)."""
         cur, nxt = next(jobs, None), next(jobs, None)
         try:
             while cur is not None:
@@ -221,6 +234,52 @@ class SourceReader:
             _close_job(cur)
             _close_job(nxt)
             jobs.close()
+
+    def _sparse_jobs(self, chunks: Iterator[np.ndarray]) -> Iterator[Any]:
+        """The reads of the ascending ``K`` in `chunks` (`records_at`): `_jobs` for each stretch of consecutive
+        ``K`` within a shard of a pass, one sparse `PacedBlock` per ordinal block otherwise."""
+        pending = np.zeros(0, dtype=np.int64)
+        done = False
+
+        def fill(until: int) -> None:  # pull chunks until `pending` reaches K >= until, or the end
+            nonlocal pending, done
+            while not done and (len(pending) == 0 or pending[-1] < until):
+                nxt = next(chunks, None)
+                if nxt is None:
+                    done = True
+                elif len(nxt):
+                    pending = np.concatenate([pending, np.asarray(nxt, dtype=np.int64)])
+
+        while True:
+            fill(-1)
+            if len(pending) == 0:
+                return
+            k0 = int(pending[0])
+            p, shard, q = self.locate(k0)
+            first = k0 - q  # K of the shard's ordinal 0 in this pass
+            c, m = block_layout(self.blocks[shard])
+            block_end = first + min(self.sizes[shard], (q // (c * m) + 1) * c * m)
+            fill(block_end)
+            cut = int(np.searchsorted(pending, block_end))
+            if int(pending[cut - 1]) - k0 == cut - 1:  # consecutive: one stretch, as far as it goes in this shard
+                shard_end = first + self.sizes[shard]
+                fill(shard_end)
+                upto = pending[: int(np.searchsorted(pending, shard_end))]
+                brk = np.flatnonzero(np.diff(upto) != 1)
+                n = int(brk[0]) + 1 if len(brk) else len(upto)
+                yield from self._jobs(k0, k0 + n)
+                pending = pending[n:]
+                continue
+            phys = self.perm(p, shard)[pending[:cut] - first]
+            chunks_at = np.unique(phys // c)
+            needed = (chunks_at[:, None] * c + np.arange(c)).reshape(-1)
+            needed = needed[needed < self.sizes[shard]]
+
+            def run(a: int, b: int, s: int = shard) -> Iterator[Any]:
+                return self.reader.run_records(s, a, b)
+
+            yield PacedBlock(run, phys, self.reader.mapped(shard, needed))
+            pending = pending[cut:]
 
     def _jobs(self, k: int, k1: int) -> Iterator[Any]:
         """The reads of samples ``k .. k1-1``: a `PacedBlock` per (stretch of an) ordinal block of a shuffled
@@ -251,36 +310,51 @@ PACE = 16  # a next block is decoded this many current samples at a time (fewer,
 
 
 class PacedBlock:
-    """The samples at a stretch of ordinals of one ordinal block (`phys`: their positions, in ordinal order),
-    read as `read_in_order` reads a block (one ranged read per run of consecutive positions, ascending), but
-    decoded on demand: `advance(n)` decodes n more, `ordered()` the rest and then yields them in order."""
+    """The samples at a stretch (or a slot's share) of one ordinal block's ordinals (`phys`: their positions, in
+    ordinal order), read as `read_in_order` reads a block (one ranged read per run of consecutive positions,
+    ascending; or, given `mapped`, a local shard's `MappedSamples`, taken from its mapping), but decoded on
+    demand: `advance(n)` decodes n more, `ordered()` the rest and then yields them in order. A failed mapped
+    take (but an export changed under the reader) falls back to the runs, which apply the error policy."""
 
-    def __init__(self, run: Any, phys: np.ndarray) -> None:
-        self.run, self.n = run, len(phys)
+    def __init__(self, run: Any, phys: np.ndarray, mapped: Any = None) -> None:
+        self.run, self.n, self.mapped = run, len(phys), mapped
         by_pos = np.argsort(phys, kind="stable")
-        srt = phys[by_pos]
+        self.srt = phys[by_pos]
         self.rank = np.empty(len(phys), dtype=np.int64)
         self.rank[by_pos] = np.arange(len(phys))  # phys[t] is srt[rank[t]]
-        self.runs = [(int(s[0]), int(s[-1]) + 1) for s in np.split(srt, np.flatnonzero(np.diff(srt) != 1) + 1)]
+        self._run_ends = np.append(np.flatnonzero(np.diff(self.srt) != 1) + 1, len(phys))  # srt index after each run
         self.got: list[Any] = []
-        self._next_run, self._it, self._left = 0, None, 0
+        self._it, self._left = None, 0
 
     def advance(self, n: int) -> None:
         """Read and decode up to `n` more samples (in position order)."""
-        while n > 0:
+        while n > 0 and len(self.got) < self.n:
+            lo = len(self.got)
+            if self.mapped is not None:
+                hi = min(self.n, lo + n)
+                try:
+                    self.got.extend(self.mapped.take(self.srt[lo:hi]))
+                except ExportChangedError:
+                    raise  # never read on: samples of two exports would mix
+                except Exception:
+                    self.mapped.close()
+                    self.mapped = None
+                    continue
+                n -= hi - lo
+                continue
             if self._it is None:
-                if self._next_run >= len(self.runs):
-                    return
-                a, b = self.runs[self._next_run]
-                self._next_run += 1
-                self._it, self._left = self.run(a, b), b - a
+                hi = int(self._run_ends[np.searchsorted(self._run_ends, lo, side="right")])
+                a = int(self.srt[lo])
+                self._it, self._left = self.run(a, a + hi - lo), hi - lo
             take = min(n, self._left)
-            before = len(self.got)
             self.got.extend(itertools.islice(self._it, take))
+            got = len(self.got) - lo
             n -= take
-            self._left = 0 if len(self.got) - before < take else self._left - take
+            self._left = 0 if got < take else self._left - take
             if self._left == 0:
-                self.close()
+                self._close_run()
+                if got < take:
+                    return  # a short read: `ordered` says so
 
     def ordered(self) -> Iterator[Any]:
         """Every sample, in ordinal order (the rest read first)."""
@@ -292,13 +366,19 @@ class PacedBlock:
             rec, got[j] = got[j], None  # held by the caller alone: one block's worth decoded at a time, not two
             yield rec
 
-    def close(self) -> None:
-        """Close the run being read, if any."""
+    def _close_run(self) -> None:
         if self._it is not None:
             close = getattr(self._it, "close", None)
             self._it = None
             if close is not None:
                 close()
+
+    def close(self) -> None:
+        """Close the run being read and the mapping, if any."""
+        self._close_run()
+        if self.mapped is not None:
+            self.mapped.close()
+            self.mapped = None
 
 
 def _close_job(job: Any) -> None:

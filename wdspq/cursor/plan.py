@@ -14,7 +14,7 @@ import numpy as np
 from .. import epoch_order
 from ..errors import StateError, WdspqError
 from .interleave import CHUNK, Piece, _Interleaver
-from .state import CONTIGUOUS
+from .state import BATCHES
 from .topology import Topology, epoch_shard_order
 
 if TYPE_CHECKING:
@@ -23,29 +23,34 @@ if TYPE_CHECKING:
 
 def split_mode(shard_order: str) -> bool | str:
     """How a plan with this order cuts the remaining ranges: ``True`` (``"block"``: `epoch_order.split_ranges`),
-    ``"contiguous"`` (`contiguous_pieces`) or ``False`` (whole shards)."""
-    return CONTIGUOUS if shard_order == CONTIGUOUS else shard_order == "block"
+    ``"batches"`` (`batch_pieces`) or ``False`` (whole shards)."""
+    return BATCHES if shard_order == BATCHES else shard_order == "block"
 
 
-def contiguous_pieces(ranges: Sequence[tuple[int, int, int]], world_size: int, workers: int) -> list[tuple[int, tuple[int, int, int]]]:
-    """The remaining ranges, in order, cut into one stretch per slot: stretch ``i`` is positions
-    ``i*T//k .. (i+1)*T//k - 1`` of their concatenation (``T`` positions, ``k`` slots; sizes differ by at most
-    one) and goes to rank ``i % world_size``, worker ``i // world_size`` (the slot the least-load dealing
-    gives the ``i``-th of ``k`` equal pieces). Returns (slot, piece) in order; a stretch may span ranges."""
-    k = int(world_size) * int(workers)
-    total = sum(b - a for _, a, b in ranges)
+def batch_pieces(ranges: Sequence[tuple[int, int, int]], world_size: int, workers: int,
+                 batch_size: int) -> list[tuple[int, tuple[int, int, int]]]:
+    """The remaining ranges, in order, cut into batches of ``batch_size`` positions (the last may be short),
+    batch ``i`` dealt to the slot that delivers the ``i``-th batch of the whole job: rank ``i % world_size``
+    (ranks step together), worker ``(i // world_size) % workers`` (a rank's loader takes its workers' batches
+    in turn). So the batches, taken step by step and rank by rank, are the positions in order, for any
+    topology. Returns (slot, piece) in order; a batch may span ranges (several pieces), and consecutive
+    pieces of one slot that touch are merged (one slot: the ranges as they are)."""
+    W, N, B = int(world_size), int(workers), int(batch_size)
     out: list[tuple[int, tuple[int, int, int]]] = []
-    cuts = [i * total // k for i in range(k + 1)]
-    i, seen = 0, 0
+    i, fill = 0, 0  # batch number, positions already in batch i
     for s, a, b in ranges:
         pos = a
         while pos < b:
-            while seen + (pos - a) >= cuts[i + 1]:
-                i += 1
-            end = min(b, a + (cuts[i + 1] - seen))
-            out.append(((i % world_size) * workers + i // world_size, (s, pos, end)))
+            end = min(b, pos + (B - fill))
+            slot = (i % W) * N + (i // W) % N
+            if out and out[-1][0] == slot and out[-1][1][0] == s and out[-1][1][2] == pos:
+                out[-1] = (slot, (s, out[-1][1][1], end))
+            else:
+                out.append((slot, (s, pos, end)))
+            fill += end - pos
             pos = end
-        seen += b - a
+            if fill == B:
+                i, fill = i + 1, 0
     return out
 
 
@@ -69,8 +74,8 @@ class Plan:
     The segment starts from ``base`` (per-shard consumed prefix) and the ``consumed`` ranges past it,
     shards in ``order``; ``split`` cuts long ranges into pieces (``shard_order="block"``), on the shards'
     ordinal block boundaries where it can when ``blocks`` (samples per block) is given;
-    ``split="contiguous"`` gives each slot one near-equal contiguous stretch (`contiguous_pieces`). All
-    per-slot sequences, pad counts and batch orders derive from it.
+    ``split="batches"`` deals batches of positions in delivery order (`batch_pieces`; pieces are then read
+    one at a time, whatever ``interleave``). All per-slot sequences, pad counts and batch orders derive from it.
     """
 
     def __init__(
@@ -101,11 +106,13 @@ class Plan:
         self.consumed: tuple[tuple[int, int, int], ...] = tuple(
             tuple(r) for r in epoch_order.check_consumed(consumed, self.shard_sizes, self.base)  # type: ignore[misc]
         )
-        self.split: bool | str = CONTIGUOUS if split == CONTIGUOUS else bool(split)
+        self.split: bool | str = BATCHES if split == BATCHES else bool(split)
+        # batches dealt in delivery order are read one piece at a time: interleaving would mix two batches
+        self._k = 1 if self.split == BATCHES else int(topology.interleave)
         self.blocks: tuple[int, ...] | None = None if blocks is None else tuple(int(g) for g in blocks)
         ranges = epoch_order.remaining_ranges(self.shard_sizes, self.base, self.consumed, self.order)
-        if self.split == CONTIGUOUS:
-            dealt = contiguous_pieces(ranges, int(topology.world_size), topology.workers)
+        if self.split == BATCHES:
+            dealt = batch_pieces(ranges, int(topology.world_size), topology.workers, int(topology.batch_size))
             self.pieces: tuple[Piece, ...] = tuple(Piece(*r) for _, r in dealt)
             slots: list[list[Piece]] = [[] for _ in range(topology.n_slots)]
             for slot, piece in zip((x for x, _ in dealt), self.pieces):
@@ -201,7 +208,7 @@ class Plan:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Entries ``skip .. skip+limit-1`` of the slot as arrays (shard, position, is_pad)."""
         shards, pos, pads = [], [], []
-        for s, p, d in self._slot_chunks(slot, skip, limit):
+        for s, p, d in self.slot_chunks(slot, skip, limit):
             shards.append(s)
             pos.append(p)
             pads.append(d)
@@ -215,19 +222,20 @@ class Plan:
         lazily, one chunk of at most CHUNK entries at a time (a worker's memory does not grow with the
         epoch). Skipping costs O(k) per piece passed, never per sample (R5: the stream then seeks).
         """
-        for s, p, d in self._slot_chunks(slot, skip, None):
+        for s, p, d in self.slot_chunks(slot, skip, None):
             yield from zip(s.tolist(), p.tolist(), d.tolist())
 
-    def _slot_chunks(
-        self, slot: int, skip: int, limit: int | None
+    def slot_chunks(
+        self, slot: int, skip: int = 0, limit: int | None = None
     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Entries ``skip .. skip+limit-1`` of the slot as arrays (shard, position, is_pad), a chunk at a time."""
         length = self.slot_length(slot)
         if skip < 0 or skip > length:
             raise StateError(f"slot {slot}: cannot skip {skip} of {length} entries")
         stop = length if limit is None else min(length, skip + max(0, limit))
         kept = self._kept[slot]
         if skip < kept:
-            it = _Interleaver(self._slot_pieces[slot], int(self.topology.interleave))
+            it = _Interleaver(self._slot_pieces[slot], self._k)
             it.skip(skip)
             for s, p in it.chunks(min(stop, kept) - skip):
                 yield s, p, np.zeros(len(s), dtype=bool)
@@ -248,7 +256,7 @@ class Plan:
         length = self.slot_length(slot)
         if not 0 <= delivered <= length:
             raise StateError(f"slot {slot}: delivered {delivered} is outside [0, {length}]")
-        it = _Interleaver(self._slot_pieces[slot], int(self.topology.interleave))
+        it = _Interleaver(self._slot_pieces[slot], self._k)
         it.skip(min(delivered, self._kept[slot]))
         return it.emitted()
 

@@ -14,10 +14,11 @@ from ..errors import StateError
 from .digest import ZERO_SET, combine_set_digests
 from .topology import Topology
 
-# A plan-only order (not a stream option): one virtual shard read in position order, each slot one near-equal
-# contiguous stretch of what is left (wdspq.cursor.plan.contiguous_pieces); a mixture's epoch is planned so.
-CONTIGUOUS = "contiguous"
-PLAN_ORDERS = (*epoch_order.ORDERS, CONTIGUOUS)
+# A plan-only order (not a stream option): one virtual shard read in position order, what is left cut into
+# batches dealt in the order the loaders deliver them (wdspq.cursor.plan.batch_pieces), so the delivered stream
+# of every rank and worker together is the position order; a mixture's epoch is planned so.
+BATCHES = "batches"
+PLAN_ORDERS = (*epoch_order.ORDERS, BATCHES)
 
 STATE_VERSION = 2  # 2: in-shard order and consumed ranges (1: sequential order, prefixes only)
 
@@ -196,7 +197,7 @@ def new_epoch_state(
     """Start-of-epoch state: nothing consumed. Full (every slot known), so any rank may save it.
     ``shard_order`` defaults to ``"block"`` when shuffling, else ``"sequential"`` (wdspq.epoch_order)."""
     W = topology.world_size
-    order = shard_order if shard_order == CONTIGUOUS else epoch_order.check_order(
+    order = shard_order if shard_order == BATCHES else epoch_order.check_order(
         shard_order or epoch_order.default_order(shuffle), shuffle)
     return CursorState(
         manifest_id=manifest_id,

@@ -1,12 +1,13 @@
 """`ShardStream([Source, ...])`: one resumable stream over a weighted mixture of exports (docs/mixtures.md).
 
 The epoch's ``samples_per_epoch`` positions (wdspq.mixture: the stratified schedule) are one virtual
-shard that the shard cursor plans over exactly like a shard of one export: cut into near-equal contiguous
-pieces, one per slot (after an elastic resume, the unread rest re-cut). So the split over ranks, workers
-and batches, the state, R3 (exact resume) and R4 (elastic resume) are the single-export cursor's,
-unchanged; the state adds one entry naming every source (manifest, weight, rename) that is checked on
-load (R7). A slot reads its piece in order; the samples of one source within it are consecutive samples
-of that source's pass order, read with one ranged read per block (R5).
+shard that the shard cursor plans over: cut into batches dealt to (rank, worker) slots in the order the
+loaders deliver them (the plan order "batches"), so the delivered stream of all ranks and workers together
+is the schedule's order for any topology, and each source's passes arrive whole, one after the other.
+The state, R3 (exact resume) and R4 (elastic resume: what is left is dealt again) are the single-export
+cursor's; the state adds one entry naming every source (manifest, weight, rename) that is checked on
+load (R7). Each slot reads its samples of a source with one reader over the source's pass order, one
+ranged read (or one mapping) per block and run (R5).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from torch.utils.data import get_worker_info
 
 from ..cursor import PAD_INDEX, Plan
-from ..cursor.state import CONTIGUOUS
+from ..cursor.state import BATCHES
 from ..errors import StateError, WdspqError
 from ..mixture import (
     SOURCE_KEY,
@@ -143,7 +144,7 @@ class MixtureStream(ShardStream):
         super(ShardStream, self).__init__()  # the pipeline's stages; not ShardStream's single-export setup
         self.sources = as_sources(sources if isinstance(sources, (list, tuple)) else [sources])
         # one-source batches read whole units one at a time: interleave 1
-        self._init_common(seed, 1 if source_batches else interleave, even, rank, world_size)
+        self._init_common(seed, 1, even, rank, world_size)  # batches are read one at a time: no interleave
         self.source_shuffle = bool(shuffle)
         self.readers = [SourceReader(j, s, self.seed, shuffle, shard_order, storage_options, on_error, verify_checksums)
                         for j, s in enumerate(self.sources)]
@@ -156,19 +157,17 @@ class MixtureStream(ShardStream):
         if self.group is None:
             self.counts = apportion([s.weight for s in self.sources], self.samples_per_epoch)
             self.sched = Schedule(self.counts)
-            self.chunk = self.samples_per_epoch  # one virtual shard: the cursor cuts it into one piece per slot
-            sizes = [self.samples_per_epoch]
         else:
-            # one-source batches: the schedule places units of `group` samples; each unit is a virtual shard,
-            # so a slot reads whole units and every batch of `group` entries is one unit (one source)
+            # one-source batches: the schedule places units of `group` samples of one source; batches of `group`
+            # dealt in order are then the units (the loader's batch size must be `group`)
             if self.group < 1 or self.samples_per_epoch % self.group:
                 raise WdspqError(f"source_batches={source_batches}: samples_per_epoch ({self.samples_per_epoch}) must "
                                  "be a positive multiple of it")
             units = apportion([s.weight for s in self.sources], self.samples_per_epoch // self.group)
             self.counts = [u * self.group for u in units]
             self.sched = Schedule(units, self.group)
-            self.chunk = self.group
-            sizes = [self.group] * (self.samples_per_epoch // self.group)
+        self.chunk = self.samples_per_epoch  # one virtual shard: the epoch
+        sizes = [self.samples_per_epoch]
         described = [r.describe() for r in self.readers]
         spec = hashlib.sha256("|".join(r.manifest.spec_id for r in self.readers).encode()).hexdigest()[:16]
         self.manifest = VirtualManifest(mixture_id(described, self.samples_per_epoch, self.chunk,
@@ -176,11 +175,10 @@ class MixtureStream(ShardStream):
                                         sizes,
                                         "mixture(" + ", ".join(r.manifest.url for r in self.readers) + ")")
         self.source = self.manifest.url
-        # The cursor plans over the epoch as one virtual shard, one near-equal contiguous stretch per slot (its
-        # "contiguous" plan order; nothing is permuted: positions are the schedule's); the sources' orders shuffle.
-        # One-source batches: the units are the shards, dealt in schedule order (no cutting, no permutation).
+        # The cursor plans over the epoch as one virtual shard whose batches are dealt in delivery order (its
+        # "batches" plan order; nothing is permuted: positions are the schedule's); the sources' orders shuffle.
         self.shuffle = self.group is None
-        self.shard_order = CONTIGUOUS if self.group is None else "sequential"
+        self.shard_order = BATCHES
         # the union's record layout: what worker collation fills and the loader's shared ring carries
         self._codec = UnionLayout(union_dtype(self.readers[0], self.schema), self.schema)
         self._reader = None
@@ -227,10 +225,13 @@ class MixtureStream(ShardStream):
         """StateError naming every difference between a saved mixture (the state's entry) and this one."""
         if not isinstance(state, Mapping):
             return
-        if self.group is None and state.get("shard_order") == "block" and str(state.get("manifest_id")).startswith("mix-"):
-            raise StateError("loader state was saved by an earlier wdspq, which cut a mixture's epoch into uneven "
-                             "pieces per worker; this one gives each worker an equal stretch, so that state cannot "
-                             "continue its epoch exactly: start the epoch afresh (loader.set_epoch)")
+        old_plan = state.get("shard_order")
+        if str(state.get("manifest_id")).startswith("mix-") and old_plan != BATCHES:
+            how = {"block": "into uneven pieces per worker", "contiguous": "into one stretch per worker",
+                   "sequential": "into units read as shards"}.get(str(old_plan), f"by the plan {old_plan!r}")
+            raise StateError(f"loader state was saved by an earlier wdspq, which cut a mixture's epoch {how}; this one "
+                             "deals the epoch's batches in delivery order, so that state cannot continue its epoch "
+                             "exactly: start the epoch afresh (loader.set_epoch)")
         saved = state.get(MIXTURE_STATE_KEY)
         if saved is None:
             if state.get("manifest_id") != self.manifest.id:
@@ -282,48 +283,51 @@ class MixtureStream(ShardStream):
                     entries: Iterator[tuple[int, int, bool]] | None = None) -> Iterator[tuple[Any, bool]]:
         """((source, record), is_pad) of one slot from entry `skip` on.
 
-        A chunk piece's real entries are consecutive positions; within them one source's samples are
-        consecutive samples of its sequence, so one reader per (piece run, source) serves them in order."""
-        C, sched, epoch = self.chunk, self.sched, self._order_epoch
+        The slot's positions are known from the plan, so each source gets one reader over the slot's samples
+        of it (ascending in the source's sequence; `SourceReader.records_at`), fed lazily from the plan."""
+        sched, epoch = self.sched, self._order_epoch
         if self.group is not None and self._control is not None:
             topo = plan.topology
-            if topo.batch_size != self.group or topo.interleave != 1:
+            if topo.batch_size != self.group:
                 raise WdspqError(f"this mixture makes one-source batches of {self.group} (source_batches): its loader "
-                                 f"needs batch_size={self.group} and interleave=1, not {topo.batch_size} and "
-                                 f"{topo.interleave}")
-        pieces = plan.slot_pieces(slot)
-        taken = plan.slot_emitted(slot, plan.slot_real_count(slot))
-        runs: dict[int, list[tuple[int, int]]] = {}
-        for piece, e in zip(pieces, taken):
-            runs.setdefault(piece.shard, []).append((piece.start, piece.start + e))
-        readers: dict[tuple[int, int, int], Iterator[Any]] = {}
+                                 f"needs batch_size={self.group}, not {topo.batch_size}")
+        src_of = sched.src
+        readers: dict[int, Iterator[Any]] = {}
         paced = get_worker_info() is not None  # workers hand batches over in turn: no batch may carry a block's decode
         try:
-            for s, p, is_pad in plan.slot_sequence(slot, skip) if entries is None else entries:
-                g = s * C + p
-                j, k = sched.at(g)
-                src = self.readers[j]
-                K = epoch * self.counts[j] + k
+            for _, p, is_pad in plan.slot_sequence(slot, skip) if entries is None else entries:
+                j = int(src_of[p])
+                r = self.readers[j]
                 if is_pad:
-                    it = src.records(K, K + 1)
+                    K = epoch * self.counts[j] + sched.at(p)[1]
+                    it = r.records(K, K + 1)
                     rec = next(it, None)
                     _close(it)
                 else:
-                    a, end = next(r for r in runs[s] if r[0] <= p < r[1])
-                    key = (s, a, j)
-                    it = readers.get(key)
+                    it = readers.get(j)
                     if it is None:
-                        _, k_end = sched.k_range(j, s * C + a, s * C + end)
-                        it = readers[key] = src.records(K, epoch * self.counts[j] + k_end, paced)
+                        it = readers[j] = r.records_at(self._slot_ks(plan, slot, skip, j), paced)
                     rec = next(it, None)
                 if rec is None:
-                    raise WdspqError(f"{src.manifest.url}: sample {K} of the mixture's source {j} is missing")
+                    raise WdspqError(f"{r.manifest.url}: a sample of the mixture's source {j} (epoch {epoch}, "
+                                     f"position {p}) is missing")
                 yield (j, rec), is_pad
         finally:
             for it in readers.values():
                 _close(it)
             for r in self.readers:
                 r.reader.end_iteration()
+
+    def _slot_ks(self, plan: Plan, slot: int, skip: int, j: int) -> Iterator[np.ndarray]:
+        """Source `j`'s samples ``K`` (its sequence) among the slot's real entries from `skip` on, ascending,
+        in arrays (a slot's positions ascend, and so do one source's ranks in the schedule)."""
+        kept = plan.slot_real_count(slot)
+        first = min(int(skip), kept)
+        where, src_of, base = self.sched.where[j], self.sched.src, self._order_epoch * self.counts[j]
+        for _, pos, _ in plan.slot_chunks(slot, first, kept - first):
+            mine = pos[src_of[pos] == j]
+            if len(mine):
+                yield base + np.searchsorted(where, mine)
 
     def _decode_records(self, records: Iterator[tuple[Any, bool]]) -> Iterator[dict[str, torch.Tensor]]:
         """`((source, record), is_pad)` as sample dicts over the union of keys, with `source_index`."""
