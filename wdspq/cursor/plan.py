@@ -36,6 +36,8 @@ def batch_pieces(ranges: Sequence[tuple[int, int, int]], world_size: int, worker
     topology. Returns (slot, piece) in order; a batch may span ranges (several pieces), and consecutive
     pieces of one slot that touch are merged (one slot: the ranges as they are)."""
     W, N, B = int(world_size), int(workers), int(batch_size)
+    if W * N == 1:  # one slot: every batch is its own, the ranges as they are (no loop per batch)
+        return [(0, (int(s), int(a), int(b))) for s, a, b in ranges if b > a]
     out: list[tuple[int, tuple[int, int, int]]] = []
     i, fill = 0, 0  # batch number, positions already in batch i
     for s, a, b in ranges:
