@@ -5,7 +5,10 @@ One run, on the same data: builds (or reuses, keyed by scale and data options) a
 (default 16 episodes x ~8 s at 100 Hz actions, 96x96 video at 20 fps, 64x64 images; `--grow K`
 multiplies the episode count; `--scale` runs tools/bench_scale.py instead: 250k and 1M windows;
 `--epoch-order` runs tools/bench_epoch.py instead: batch-mate repeats, raw stream vs `cat`, S3 bytes per
-epoch and a one-shard export's worker scaling, block vs sequential in-shard order), exports it with 1 s windows, frame offsets [-2, -1, 0] and stride 4
+epoch and a one-shard export's worker scaling, block vs sequential in-shard order; `--mixture` runs
+tools/bench_mixture.py instead: a 3-source mixture against one export of the same size; `--shared-frames`
+runs tools/bench_shared.py instead: shared-frames against per-sample shards), exports it with 1 s windows,
+frame offsets [-2, -1, 0] and stride 4
 (about 3,300 windows of ~103 KiB, ~330 MiB at scale 1), then measures:
 
   export       export_shards windows/s and MB/s written (single process; build time reported apart);
@@ -594,6 +597,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run the scale check instead (tools/bench_scale.py: 250k and 1M windows; minutes, ~3 GB)")
     p.add_argument("--epoch-order", action="store_true",
                    help="run tools/bench_epoch.py instead (in-shard order: batch-mates, cat, S3 bytes, one shard)")
+    p.add_argument("--mixture", action="store_true",
+                   help="run tools/bench_mixture.py instead (3-source mixture vs one export, 0 and 2 workers)")
+    p.add_argument("--shared-frames", action="store_true",
+                   help="run tools/bench_shared.py instead (shared-frames vs per-sample shards)")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported (default 3)")
     p.add_argument("--json", dest="json_path", default="bench_out/bench.json", help="write all figures here")
     p.add_argument("--work", default="bench_out/data", help="folder for tables and shards (reused, keyed by scale)")
@@ -646,6 +653,9 @@ def main(argv: list[str] | None = None) -> int:
         from bench_epoch import main as epoch_main  # tools/ is on sys.path when this file runs as a script
 
         return epoch_main(["--rounds", str(args.rounds), *(["--json", args.json_path] if args.json_path else [])])
+    if args.mixture or args.shared_frames:
+        tool, extra = ("bench_mixture.py", ["--workers", "0", "2"]) if args.mixture else ("bench_shared.py", [])
+        return subprocess.call([sys.executable, str(Path(__file__).with_name(tool)), "--rounds", str(args.rounds), *extra])
     t_start = time.perf_counter()
     # import what every measurement needs once, before forking (no data is touched here)
     import torch  # noqa: F401

@@ -46,6 +46,9 @@ def prepare(work: Path, episodes: int, seconds: float) -> tuple[list[str], str]:
     return out[:3], out[3]
 
 
+TARGET = 0.9  # the mixture's throughput within 10 % of one export of the same total size
+
+
 def _record_cpu(slots: Any, worker: int) -> None:
     """In a DataLoader worker: write this process's CPU seconds into `slots[worker]` when it exits."""
     from multiprocessing import util
@@ -144,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{[round(r[m]) for r in rates['single']]} / {[round(r[m]) for r in rates['mixture']]})")
         print(f"num_workers={w} CPU seconds per round [main, workers...]: single {[r['cpu_s'] for r in rates['single']]}, "
               f"mixture {[r['cpu_s'] for r in rates['mixture']]}")
+        verdict = "PASS" if ratio["wall"] >= TARGET else "FAIL"
+        print(f"target: num_workers={w} mixture/single wall-clock >= {TARGET} (within 10 %): {ratio['wall']:.3f} {verdict}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0
