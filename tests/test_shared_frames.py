@@ -170,6 +170,33 @@ def test_resume_at_90_percent_is_exact(export: Path) -> None:
             assert torch.equal(g[k], w[k]), k
 
 
+def test_a_block_order_state_names_its_blocks_and_an_older_one_is_refused_clearly(export: Path) -> None:
+    """A block-order state names the in-shard blocks it was read in (their digest): a state saved before the
+    blocks of shared-frames shards were cut at segments (it lacks the entry) or under other blocks is a clear
+    StateError mid-epoch, never a silently different order; a finished epoch's state still moves on."""
+    from wdspq.errors import StateError
+
+    first = StreamLoader(ShardStream(str(export), seed=1), 8, 0)
+    it = iter(first)
+    next(it)
+    state = json.loads(json.dumps(first.state_dict()))
+    it.close()
+    assert state["shard_order"] == "block" and len(state["blocks"]) == 16
+    StreamLoader(ShardStream(str(export), seed=1), 8, 0).load_state_dict(state)
+    older = {k: v for k, v in state.items() if k != "blocks"}
+    with pytest.raises(StateError, match="earlier wdspq.*start the epoch afresh"):
+        StreamLoader(ShardStream(str(export), seed=1), 8, 0).load_state_dict(older)
+    with pytest.raises(StateError, match="other in-shard blocks"):
+        StreamLoader(ShardStream(str(export), seed=1), 8, 0).load_state_dict({**state, "blocks": "0" * 16})
+    done = StreamLoader(ShardStream(str(export), seed=1), 8, 0)
+    list(done)
+    finished = {k: v for k, v in done.state_dict().items() if k != "blocks"}
+    assert finished["complete"]
+    again = StreamLoader(ShardStream(str(export), seed=1), 8, 0)
+    again.load_state_dict(finished)
+    assert len(list(again) or list(again)) == len(list(done))  # the rest of the finished epoch (none), then the next
+
+
 # ------------------------------------------------------------------------------------------------ S3
 
 def _gets(proxy: Any) -> list:

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from .cursor import epoch_shard_order
+from .cursor.state import blocks_digest
 from .epoch_order import block_layout, check_order, default_order, in_shard_order, read_in_order, shard_blocks
 from .errors import ExportChangedError, WdspqError
 from .shardfmt import Manifest, load_manifest
@@ -161,7 +162,7 @@ class SourceReader:
     def describe(self) -> dict[str, Any]:
         """What a saved state names of this source (checked on load)."""
         return {"url": self.manifest.url, "manifest_id": self.manifest.id, "weight": self.source.weight,
-                "rename": dict(sorted(self.source.rename.items()))}
+                "rename": dict(sorted(self.source.rename.items())), "blocks": blocks_digest(self.blocks)}
 
     def pass_layout(self, p: int) -> tuple[np.ndarray, np.ndarray]:
         """(shard order, cumulative ends in that order) of pass `p`."""

@@ -3,6 +3,7 @@ states, the compatibility check against a stream, and merging per-rank states.""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,8 @@ from .topology import Topology
 # of every rank and worker together is the position order; a mixture's epoch is planned so.
 BATCHES = "batches"
 PLAN_ORDERS = (*epoch_order.ORDERS, BATCHES)
+
+STREAM_KEYS = ("mixture", "blocks")  # entries a stream adds to its saved states (`merge_states` keeps them)
 
 STATE_VERSION = 2  # 2: in-shard order and consumed ranges (1: sequential order, prefixes only)
 
@@ -309,8 +312,16 @@ def merge_states(states: Sequence[CursorState | Mapping[str, Any]]) -> dict[str,
         missing = [r for r in range(merged.topology.world_size) if r not in known]
         raise StateError(f"cannot merge states: no state for rank(s) {missing} (have {known})")
     out = merged.to_dict()
-    # a mixture's states also name its sources (wdspq.stream.mixture): kept when every state names the same
-    extra = [s.get("mixture") if isinstance(s, Mapping) else None for s in states]
-    if extra[0] is not None and all(e == extra[0] for e in extra):
-        out["mixture"] = extra[0]
+    # what a stream adds to its states (a mixture names its sources, wdspq.stream.mixture; the block order names
+    # its blocks): kept when every state has the same
+    for key in STREAM_KEYS:
+        extra = [s.get(key) if isinstance(s, Mapping) else None for s in states]
+        if extra[0] is not None and all(e == extra[0] for e in extra):
+            out[key] = extra[0]
     return out
+
+
+def blocks_digest(blocks: Sequence[int]) -> str:
+    """A short digest of every shard's in-shard block size (wdspq.epoch_order.shard_blocks): a block-order state
+    names it, so a state read under another block rule is refused instead of continuing in another order."""
+    return hashlib.sha256(",".join(str(int(b)) for b in blocks).encode()).hexdigest()[:16]

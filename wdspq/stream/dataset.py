@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -28,6 +28,7 @@ from ..cursor import (
     resume,
 )
 from ..cursor.plan import split_mode
+from ..cursor.state import blocks_digest
 from ..epoch_order import check_order, default_order, in_shard_order, read_in_order, shard_blocks
 from ..errors import StateError, WdspqError
 from ..shardfmt import Manifest, load_manifest
@@ -168,13 +169,31 @@ class ShardStream(StreamPipeline):
         return stats_tensors(self.manifest.data["stats"])
 
     def _annotate_state(self, state: dict[str, Any]) -> dict[str, Any]:
-        """The loader's saved state, with what this kind of stream adds (a mixture names its sources)."""
+        """The loader's saved state, with what this kind of stream adds (a mixture names its sources; the block
+        order names its blocks, `blocks_digest`)."""
+        if self.shard_order == "block":
+            return {**state, "blocks": blocks_digest(self._blocks)}
         return state
 
     def _check_state(self, state: Any) -> None:
-        """Raise StateError for a state this stream cannot continue, beyond `check_compatible` (mixtures)."""
-        if isinstance(state, dict) and "mixture" in state:
+        """Raise StateError for a state this stream cannot continue, beyond `check_compatible` (mixtures, and a
+        block-order state read under other blocks than it was saved with)."""
+        if not isinstance(state, Mapping):
+            return
+        if "mixture" in state:
             raise StateError("loader state was saved for a mixture of exports, not this single export")
+        if state.get("shard_order") != "block" or state.get("complete"):
+            return  # a finished epoch: the next one starts afresh under today's blocks
+        saved = state.get("blocks")
+        shared = self.manifest.data.get("encoding", {}).get("layout") == "shared-frames"
+        if saved is None and shared:
+            raise StateError(f"{self.manifest.url}: loader state was saved by an earlier wdspq, whose block order cut "
+                             "shared-frames shards into other chunks (they hold whole segments since), so that state "
+                             "cannot continue its epoch exactly: start the epoch afresh (loader.set_epoch)")
+        if saved is not None and saved != blocks_digest(self._blocks):
+            raise StateError(f"{self.manifest.url}: loader state was saved with other in-shard blocks than this "
+                             f"wdspq reads the export in (blocks {saved} in the state vs {blocks_digest(self._blocks)}), "
+                             "so it cannot continue its epoch exactly: start the epoch afresh (loader.set_epoch)")
 
     def set_epoch(self, epoch: int) -> None:
         """Epoch of the next direct iteration (StreamLoader has its own `set_epoch`)."""
