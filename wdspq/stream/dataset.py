@@ -182,8 +182,8 @@ class ShardStream(StreamPipeline):
             return
         if "mixture" in state:
             raise StateError("loader state was saved for a mixture of exports, not this single export")
-        if state.get("shard_order") != "block" or state.get("complete"):
-            return  # a finished epoch: the next one starts afresh under today's blocks
+        if state.get("shard_order") != "block" or state.get("complete") or state.get("manifest_id") != self.manifest.id:
+            return  # a finished epoch starts the next afresh; another export is `check_compatible`'s to name
         saved = state.get("blocks")
         shared = self.manifest.data.get("encoding", {}).get("layout") == "shared-frames"
         if saved is None and shared:
