@@ -342,6 +342,34 @@ def test_mapped_samples_take_positions_across_gaps(one_shard, monkeypatch):
     assert MappedSamples.create(m, 0, needed) is None  # mapping off: per-run reads
 
 
+def test_local_block_order_decodes_each_record_as_it_is_handed_out(one_shard, monkeypatch):
+    """A local shard in the block order: a block is mapped in one go, but each record is decoded when its
+    sample is handed out, not the whole block before its first sample (that made one batch in a block's
+    worth carry the block's decode, and DataLoader workers wait for each other); the samples are those of
+    the per-chunk reads."""
+    from wdspq import epoch_order
+    from wdspq.shardfmt.encoding import SampleCodec
+
+    monkeypatch.setattr(epoch_order, "BLOCK_BYTES", 2**16)  # several blocks in this small shard
+    stream = wdspq.ShardStream(one_shard, seed=5)
+    assert stream.shard_order == "block" and stream._blocks[0] >= CHUNKS
+    decoded = [0]
+    original = SampleCodec.record_from
+
+    def counting(self, payload, where):
+        decoded[0] += 1
+        return original(self, payload, where)
+
+    monkeypatch.setattr(SampleCodec, "record_from", counting)
+    ahead, got = [], []
+    for k, x in enumerate(stream):
+        ahead.append(decoded[0] - k)  # records decoded before this sample, beyond those handed out
+        got.append((int(x["window_index"]), x["actions"].numpy().tobytes()))
+    assert max(ahead) == 1 and decoded[0] == len(got)
+    monkeypatch.setenv("WDSPQ_MMAP", "0")
+    assert got == [(int(x["window_index"]), x["actions"].numpy().tobytes()) for x in wdspq.ShardStream(one_shard, seed=5)]
+
+
 def test_format_1_states_resume_in_the_sequential_order_only(small_table, tokenizer_path, tmp_path):
     export = make_export(small_table, tokenizer_path, tmp_path)
     def loader(order):

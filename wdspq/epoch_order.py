@@ -126,9 +126,11 @@ def read_in_order(
     order streams one run.
 
     ``mapped`` (optional, a local shard's `shardfmt.read.MappedSamples` for the positions of ``q0 .. q1-1``)
-    takes a block's positions in one call from ranges opened once, instead of one ``run`` per chunk. Any
-    error there but an export changed under the reader drops it: the block and the rest are read again
-    through ``run`` (and its error policy). It is closed when this generator ends."""
+    takes a block's positions in one call from ranges opened once, instead of one ``run`` per chunk, and
+    each record is decoded when it is yielded (so a block's decode is spread over its samples). Any error
+    of the take but an export changed under the reader drops it: the block and the rest are read again
+    through ``run`` (and its error policy); a sample that does not decode is read again alone through
+    ``run``. It is closed when this generator ends."""
     if q1 <= q0:
         return
     part = perm[q0:q1]
@@ -146,17 +148,17 @@ def read_in_order(
             srt = phys[by_pos]
             rank = np.empty(len(phys), dtype=np.int64)
             rank[by_pos] = np.arange(len(phys))  # phys[t] is srt[rank[t]]
-            got: list[Any] | None = None
+            got: Any = None
             if mapped is not None:
                 try:
-                    got = mapped.take(srt)
+                    got = mapped.take(srt)  # records decoded as they are yielded
                 except ExportChangedError:
                     raise  # never read on: samples of two exports would mix
                 except Exception:
                     mapped.close()
                     mapped = None
             if got is None:
-                got = []
+                got = []  # records decoded as they are read
                 for seg in np.split(srt, np.flatnonzero(np.diff(srt) != 1) + 1):
                     a, b = int(seg[0]), int(seg[-1]) + 1
                     it = run(a, b)
@@ -168,12 +170,34 @@ def read_in_order(
                             close()
                 if len(got) != len(srt):
                     raise WdspqError(f"a read of {len(srt)} samples gave {len(got)}")
-            for j in rank.tolist():
-                yield got[j]
+            if isinstance(got, list):
+                for j in rank.tolist():
+                    yield got[j]
+            else:
+                for j in rank.tolist():
+                    yield _decoded(got, j, run)
             q = e
     finally:
         if mapped is not None:
             mapped.close()
+
+
+def _decoded(got: Any, j: int, run: Callable[[int, int], Iterator[Any]]) -> Any:
+    """Entry `j` of mapped records (`shardfmt.read.MappedRecords`), decoded; a sample that does not decode is
+    read again alone through ``run`` (its error policy: raise naming it, or a placeholder)."""
+    try:
+        return got[j]
+    except ExportChangedError:
+        raise
+    except Exception:
+        p = got.sample(j)
+        it = run(p, p + 1)
+        try:
+            return next(iter(it))
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ shards, any positions of several runs kept open (`MappedSamples`); decode to rec
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -57,19 +57,53 @@ def read_records(
 
 def _records(bufs: Iterator[memoryview], samples: Any, spans: np.ndarray, codec: SampleCodec, url: str) -> Iterator[memoryview]:
     """Each sample span's record bytes (`samples`: their sample numbers, for messages)."""
-    suffix = None if codec.coded else ("." + codec.record_member).encode()  # one member per sample
+    suffix = _suffix(codec)
     for k, (i, buf) in enumerate(zip(samples, bufs)):
-        payload = single_member(buf, suffix) if suffix is not None else None
-        if payload is not None:  # the common case: one member, as this codec writes it
-            try:
-                rec = codec.record_from(payload, "")  # the message is built only for a bad sample
-            except ShardError:
-                rec = codec.record_from(payload, f"{url}, sample {i}, member {codec.record_member!r}")
-            yield rec
-            continue
-        where = f"{url}, sample {i}"
-        _, members = parse_members(buf, where, int(spans[k, 0]))
-        yield codec.record(members, where)
+        yield _record(buf, i, int(spans[k, 0]), codec, url, suffix)
+
+
+def _suffix(codec: SampleCodec) -> bytes | None:
+    """The record member's name suffix when a sample is one member (as this codec writes it), else None."""
+    return None if codec.coded else ("." + codec.record_member).encode()
+
+
+def _record(buf: memoryview, i: int, offset: int, codec: SampleCodec, url: str, suffix: bytes | None) -> memoryview:
+    """One sample's record bytes from its span's bytes `buf` (sample `i`, at byte `offset`, for messages)."""
+    payload = single_member(buf, suffix) if suffix is not None else None
+    if payload is not None:  # the common case: one member, as this codec writes it
+        try:
+            return codec.record_from(payload, "")  # the message is built only for a bad sample
+        except ShardError:
+            return codec.record_from(payload, f"{url}, sample {i}, member {codec.record_member!r}")
+    where = f"{url}, sample {i}"
+    _, members = parse_members(buf, where, offset)
+    return codec.record(members, where)
+
+
+class MappedRecords(Sequence):
+    """The records of some mapped samples, each decoded when it is indexed (`MappedSamples.take`).
+
+    Why: a block order hands a block's samples out in another order than it reads them; holding the
+    mapped bytes and decoding each record when it is handed out spreads a block's decode over its samples
+    (no batch carries a whole block's decode, which made DataLoader workers wait for each other) and keeps
+    one decoded record alive at a time instead of a block's (whose memory was faulted in afresh per block).
+    An index decodes again each time; a bad sample raises when indexed."""
+
+    def __init__(self, bufs: list[memoryview], samples: list[int], offsets: list[int], codec: SampleCodec, url: str) -> None:
+        self._bufs, self._samples, self._offsets = bufs, samples, offsets
+        self._codec, self._url, self._suffix = codec, url, _suffix(codec)
+
+    def __len__(self) -> int:
+        return len(self._bufs)
+
+    def __getitem__(self, k: Any) -> Any:
+        if isinstance(k, slice):
+            return [self[j] for j in range(*k.indices(len(self)))]
+        return _record(self._bufs[k], self._samples[k], self._offsets[k], self._codec, self._url, self._suffix)
+
+    def sample(self, k: int) -> int:
+        """The sample number (position in the shard) of entry `k`."""
+        return self._samples[k]
 
 
 class MappedSamples:
@@ -116,12 +150,13 @@ class MappedSamples:
         self._open[run] = f  # most recently used last
         return f
 
-    def take(self, positions: np.ndarray) -> list[memoryview]:
-        """Record bytes of `positions` (ascending, each in `needed`), in that order."""
+    def take(self, positions: np.ndarray) -> MappedRecords:
+        """Record bytes of `positions` (ascending, each in `needed`), in that order, each decoded when indexed
+        (`MappedRecords`): opening and mapping errors raise here, a bad sample's when it is indexed."""
         spans = self.manifest.index(self.shard)[positions]
         run_of = np.searchsorted(self._starts, positions, side="right") - 1
         bounds = [0, *(np.flatnonzero(np.diff(run_of)) + 1).tolist(), len(positions)]
-        out: list[memoryview] = []
+        bufs: list[memoryview] = []
         for lo, hi in zip(bounds, bounds[1:]):
             run = int(run_of[lo])
             f = self._reader(run)
@@ -131,11 +166,10 @@ class MappedSamples:
                 base, mv = mapped
                 offs, lens = spans[lo:hi, 0].tolist(), spans[lo:hi, 1].tolist()
                 f.raw.bytes_read += sum(lens)
-                bufs: Iterator[memoryview] = (mv[o - base : o - base + n] for o, n in zip(offs, lens))
+                bufs.extend(mv[o - base : o - base + n] for o, n in zip(offs, lens))
             else:
-                bufs = map_spans(f.raw, self.url, spans[lo:hi], int(part[0]), part)
-            out.extend(_records(bufs, part.tolist(), spans[lo:hi], self.codec, self.url))
-        return out
+                bufs.extend(map_spans(f.raw, self.url, spans[lo:hi], int(part[0]), part))
+        return MappedRecords(bufs, positions.tolist(), spans[:, 0].tolist(), self.codec, self.url)
 
     def _map_run(self, run: int, raw: Any) -> tuple[int, memoryview] | None:
         """One mapping of a whole open run, reused by every block that takes from it, when the run is at most
