@@ -94,6 +94,52 @@ def test_stream_epoch_is_exactly_once_and_equal(export: Path, ds: Any) -> None:
                "stream")
 
 
+def test_block_order_builds_each_record_as_it_is_handed_out(export: Path, ds: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The block order reads a block's bytes at once but builds each record when its sample is handed out,
+    not every record of the block before its first (which made one batch carry the block's decode and
+    DataLoader workers wait for each other)."""
+    from wdspq.shardfmt.shared import SharedFramesCodec
+
+    built = [0]
+    original = SharedFramesCodec.record_from
+
+    def counting(self: Any, payload: Any, pack: Any, where: str) -> Any:
+        built[0] += 1
+        return original(self, payload, pack, where)
+
+    monkeypatch.setattr(SharedFramesCodec, "record_from", counting)
+    ahead, got = [], []
+    for k, x in enumerate(ShardStream(str(export), shuffle=True, seed=5)):
+        ahead.append(built[0] - k)  # records built before this sample, beyond those handed out
+        got.append(x)
+    assert max(ahead) == 1 and built[0] == len(got) == len(ds)
+    for x in got[:: max(1, len(got) // 25)]:
+        _equal({k: np.asarray(v) for k, v in x.items()}, ds.sample_numpy(int(x["window_index"])), "stream")
+
+
+def test_block_order_damaged_frame_pack_is_named_or_its_samples_skipped(export: Path, ds: Any, tmp_path: Path) -> None:
+    """A frame pack that does not decode, read in the block order: the default policy names it; with
+    on_error="skip" exactly its segment's samples become placeholders and every other window comes once."""
+    bad = tmp_path / "bad"
+    __import__("shutil").copytree(export, bad)
+    idx = load_manifest(str(bad)).index(0)
+    po = int(idx[0, 2])
+    segment = {int(x["window_index"]) for x in read_run(load_manifest(str(export)), 0, 0, int((idx[:, 2] == po).sum()))}
+    shard = bad / "shard-000000.tar"
+    data = bytearray(shard.read_bytes())
+    data[po + 512 + 40] ^= 0xFF  # inside the first frame pack's zstd payload
+    shard.write_bytes(bytes(data))
+    with pytest.raises(WdspqError, match="shard-000000.tar.*frame pack"):
+        list(ShardStream(str(bad), shuffle=True, seed=5))
+    with pytest.warns(UserWarning, match="placeholders"):
+        got = list(ShardStream(str(bad), shuffle=True, seed=5, on_error="skip"))
+    windows = [int(x["window_index"]) for x in got]
+    assert windows.count(-1) == len(segment) and sorted(w for w in windows if w >= 0) == sorted(set(range(len(ds))) - segment)
+    for x in got:
+        if int(x["window_index"]) >= 0:
+            _equal({k: np.asarray(v) for k, v in x.items()}, ds.sample_numpy(int(x["window_index"])), "skip")
+
+
 def test_readme_decoder_reads_shared_frames_with_plain_webdataset(export: Path, ds: Any) -> None:
     from test_shard_format import readme_decoder
 

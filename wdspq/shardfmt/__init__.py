@@ -8,6 +8,7 @@
 - `index`: the per-shard index sidecar (each sample's byte offset and length).
 - `manifest`: the O(shards) manifest, its checks, and loading a shard's index.
 - `read`: reading a run of samples by ranged read.
+- `shared`, `shared_read`: the shared-frames layout, and its block-order reads.
 """
 
 from .encoding import (

@@ -36,6 +36,8 @@ from ..errors import ExportChangedError, ShardError, StorageError, WdspqError
 from ..shardfmt import Manifest, SampleCodec, read_records, read_run
 from ..shardfmt.manifest import entry_mismatch, is_file_entry
 from ..shardfmt.read import MappedSamples
+from ..shardfmt.shared import SharedFramesCodec
+from ..shardfmt.shared_read import SharedSamples
 
 logger = logging.getLogger("wdspq")
 
@@ -93,13 +95,17 @@ class SampleReader:
                 self._bad_from[shard] = (0, str(err))
         yield from self._run(shard, start, stop, raw)
 
-    def mapped(self, shard: int, needed: np.ndarray) -> MappedSamples | None:
-        """Block-order reads of `shard` by mapping (`shardfmt.read.MappedSamples`, for the sorted positions
-        `needed`), or None: not a local shard, checksums to verify first, or the shard already found bad
-        here. Its errors leave the read to `run_records`, which applies this policy."""
+    def mapped(self, shard: int, needed: np.ndarray) -> MappedSamples | SharedSamples | None:
+        """Block-order reads of `shard` whose records are built as they are handed out: by mapping
+        (`shardfmt.read.MappedSamples`, for the sorted positions `needed`; a local shard) or, for a
+        shared-frames shard, `shardfmt.shared_read.SharedSamples`; or None: checksums to verify first, the
+        shard already found bad here, or neither applies. Its errors leave the read to `run_records`, which
+        applies this policy."""
         self._same_process()
         if self.verify_checksums or shard in self._bad_from:
             return None
+        if isinstance(self.codec, SharedFramesCodec):
+            return SharedSamples(self.manifest, shard, self.codec) if len(needed) else None
         return MappedSamples.create(self.manifest, shard, needed, self.codec)
 
     def placeholder(self, raw: bool = False) -> Any:
