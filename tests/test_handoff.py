@@ -86,3 +86,24 @@ def test_no_ring_when_shared_memory_is_small_and_prefetch_stays_the_dataloaders(
     monkeypatch.undo()
     assert _loader(export, num_workers=2).prefetch_factor == 4
     assert _loader(export, num_workers=2, prefetch_factor=3).dataset._ring.per_worker == 5
+
+
+def test_batches_view_their_block_until_every_view_is_gone(export):
+    """A batch's tensors view its ring block (no copy in the main process); the block is freed only when the
+    last view of any of them is gone, so a kept view is never overwritten by later batches or epochs."""
+    want = _epoch(_loader(export, num_workers=2, shared_ring=False))
+    loader = _loader(export, num_workers=2, persistent_workers=True)
+    ring = loader.dataset._ring
+    kept = None
+    for i, b in enumerate(loader):
+        if i == 1:
+            kept = b["actions"][2:]  # a view of one key: the whole block stays held
+    del b
+    assert ring.in_use() == 1
+    loader.set_epoch(1)
+    assert len(_epoch(loader)) > ring.per_worker * 2  # more batches than blocks: every other block reused
+    assert torch.equal(kept, want[1]["actions"][2:])
+    del kept
+    assert ring.in_use() == 0
+    loader.set_epoch(0)
+    assert _same(list(loader), want)  # batches kept without a copy: the ring runs out, workers use fresh segments
