@@ -107,3 +107,29 @@ def test_batches_view_their_block_until_every_view_is_gone(export):
     assert ring.in_use() == 0
     loader.set_epoch(0)
     assert _same(list(loader), want)  # batches kept without a copy: the ring runs out, workers use fresh segments
+
+
+def test_workers_keep_freed_memory_once_each(export, tmp_path, monkeypatch):
+    """Each DataLoader worker sets its malloc thresholds (stream/workermem.py) when it starts reading; the main
+    process does not; a user's own thresholds are left alone."""
+    import os
+
+    from wdspq.stream import dataset, workermem
+
+    calls = tmp_path / "calls"
+    monkeypatch.setattr(dataset, "keep_freed_memory", lambda: calls.open("a").write(f"{os.getpid()}\n"))
+    loader = _loader(export, num_workers=2, persistent_workers=True)
+    for e in range(2):
+        loader.set_epoch(e)
+        _epoch(loader)
+    _epoch(_loader(export, num_workers=0))
+    pids = calls.read_text().split()
+    assert len(set(pids)) == 2 and str(os.getpid()) not in pids
+    if not os.path.exists("/lib/x86_64-linux-gnu/libc.so.6") and not os.path.exists("/lib/aarch64-linux-gnu/libc.so.6"):
+        pytest.skip("glibc only")
+    monkeypatch.setattr(workermem, "_done_pid", None)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000000")
+    assert workermem.keep_freed_memory() is False
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    monkeypatch.setattr(workermem, "_done_pid", None)
+    assert workermem.keep_freed_memory() is True  # this test process's thresholds: harmless

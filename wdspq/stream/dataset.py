@@ -36,6 +36,7 @@ from .control import ControlBlock
 from .pipeline import ShuffleFlag, StageContext, StageError, StreamPipeline, run_stages
 from .reader import SampleReader
 from .ring import BatchRing, batch_tensors
+from .workermem import keep_freed_memory
 
 
 def dist_topology(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -370,6 +371,8 @@ class ShardStream(StreamPipeline):
         if self.batch_stages and self._control is None:
             raise StageError("this stream has batch stages (map_batch), which StreamLoader applies to its batches: "
                              "iterate it with wdspq.StreamLoader, or apply the function to your own batches")
+        if get_worker_info() is not None:
+            keep_freed_memory()  # a worker's decode buffers stay mapped between blocks (stream/workermem.py)
         plan, skip, start, j, n_workers = self._current_plan()
         N = plan.topology.workers
         if n_workers != N:

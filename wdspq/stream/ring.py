@@ -5,19 +5,25 @@ Why: a fresh shared-memory segment costs its creation plus a page fault per 4 Ki
 5 MB batch that was ~2.5 ms here, as much as decoding the batch. A ring block is faulted in once and reused.
 
 Protocol (`BatchRing`): each worker owns `per_worker` blocks. A worker claims a free block (state 0 -> the
-iteration's generation, under a lock), fills it and yields a small descriptor instead of tensors; the main
-process copies the batch out into ordinary memory and frees the block (state -> 0). A worker that finds no
-free block falls back to a fresh segment, so the ring never blocks a worker and never changes a batch.
-Descriptors that the DataLoader discards (an abandoned iteration) would leak their blocks; the loader
-reclaims them once nobody can write them: when that iteration's worker processes have exited, or, with
-persistent workers, when the next iteration has started (the DataLoader drained the old one's batches).
+iteration's generation, under a lock), fills it and yields a small descriptor instead of tensors. The main
+process hands the batch out as tensors viewing the block itself (state -> HELD) and frees the block (state
+-> 0) when the last of those tensors, or of any view of them, is freed; with `pin_memory` it copies the batch
+into pinned memory and frees the block at once. Why no copy: the main process is the one serial step of a
+loader with workers; copying each batch out of the ring was half of its work per batch. A worker that finds
+no free block (e.g. the training loop keeps batches) falls back to a fresh segment, so the ring never blocks
+a worker and never changes a batch. Descriptors that the DataLoader discards (an abandoned iteration) would
+leak their blocks; the loader reclaims them once nobody can write them: when that iteration's worker
+processes have exited, or, with persistent workers, when the next iteration has started (the DataLoader
+drained the old one's batches). A HELD block is never reclaimed: only its tensors' end frees it.
 """
 
 from __future__ import annotations
 
 import functools
 import multiprocessing
+import os
 import shutil
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +32,7 @@ import torch
 
 RING_KEY = "__wdspq_ring__"
 RING_MAX_BYTES = 1 << 30  # never more than this (or a quarter of /dev/shm) for the ring
+HELD = -1  # a block's state while the main process's batch tensors view it (generations are >= 1)
 
 
 @functools.cache
@@ -156,10 +163,20 @@ class BatchRing:
         return {RING_KEY: (idx, len(rec), generation)}
 
     def take(self, descriptor: dict[str, Any], pin: bool = False) -> dict[str, torch.Tensor]:
-        """In the main process: copy a batch out of its block into ordinary memory, then free the block."""
+        """In the main process: the batch of a descriptor as per-key tensors viewing its block, which is freed
+        when they are all gone (`pin`: copied into pinned memory, the block freed now)."""
         idx, n, generation = descriptor[RING_KEY]
         blocks, state = self._views()
         base = idx * self.layout.nbytes
+        if not pin:
+            with self.lock:
+                mine = int(state[idx]) == generation
+                if mine:
+                    state[idx] = HELD
+            if mine:
+                view = blocks[base:base + self.layout.nbytes]
+                weakref.finalize(view, _release, state, idx, os.getpid()).atexit = False
+                return self.layout.tensors(torch.frombuffer(view, dtype=torch.uint8), n)  # holds `view`
         compact = self.layout.resized(n)
         # numpy's allocation: glibc reuses the memory of freed batches, so the copy does not fault in fresh pages
         dst = np.empty(compact.nbytes, dtype=np.uint8)
@@ -180,11 +197,20 @@ class BatchRing:
 
     def reclaim_others(self, generation: int) -> None:
         """Free every block of an older generation (persistent workers, once a new iteration has started: the
-        DataLoader has drained every batch of the old one, so nobody writes or takes those blocks)."""
+        DataLoader has drained every batch of the old one, so nobody writes or takes those blocks); HELD
+        blocks stay held."""
         _, state = self._views()
         with self.lock:
-            state[(state != 0) & (state != generation)] = 0
+            state[(state > 0) & (state != generation)] = 0
 
     def in_use(self) -> int:
         return int((self._views()[1] != 0).sum())
 
+
+
+def _release(state: np.ndarray, idx: int, pid: int) -> None:
+    """Free a HELD block once the batch tensors viewing it are gone, in the process that took it only (a
+    forked child's copies of those tensors say nothing about the parent's). No lock: only the taking process
+    moves a block out of HELD, and a finalizer may run while this process holds the lock (a collection)."""
+    if os.getpid() == pid and state[idx] == HELD:
+        state[idx] = 0
