@@ -133,3 +133,30 @@ def test_workers_keep_freed_memory_once_each(export, tmp_path, monkeypatch):
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
     monkeypatch.setattr(workermem, "_done_pid", None)
     assert workermem.keep_freed_memory() is True  # this test process's thresholds: harmless
+
+
+def test_forked_workers_start_with_the_inherited_objects_frozen(export, tmp_path):
+    """Workers forked by the loader see this process's objects frozen (their collections never walk, and so
+    never copy, those pages); this process's own freeze count is back to 0 at once; a user's own freeze is
+    left alone; batches unchanged."""
+    import gc
+
+    out = tmp_path / "counts"
+
+    def init(_):
+        out.open("a").write(f"{gc.get_freeze_count()}\n")
+
+    want = _epoch(_loader(export, num_workers=2, shared_ring=False, multiprocessing_context="fork"))
+    loader = _loader(export, num_workers=2, persistent_workers=True, worker_init_fn=init, multiprocessing_context="fork")
+    assert gc.get_freeze_count() == 0
+    got = _epoch(loader)
+    assert gc.get_freeze_count() == 0
+    counts = [int(x) for x in out.read_text().split()]
+    assert len(counts) == 2 and min(counts) > 1000
+    assert _same(got, want)
+    gc.freeze()
+    try:
+        assert _same(_epoch(_loader(export, num_workers=2, multiprocessing_context="fork")), want)
+        assert gc.get_freeze_count() > 0  # still frozen: not undone by the loader
+    finally:
+        gc.unfreeze()
