@@ -114,7 +114,8 @@ class BatchRing:
     def __init__(self, layout: BatchLayout, workers: int, per_worker: int, context: Any = None) -> None:
         self.layout, self.workers, self.per_worker = layout, workers, per_worker
         n = workers * per_worker
-        self.blocks = torch.empty(n * layout.nbytes, dtype=torch.uint8).share_memory_()
+        blocks = shared_block(n * layout.nbytes)  # made in shared memory: not made elsewhere, then copied there
+        self.blocks = blocks if blocks is not None else torch.empty(n * layout.nbytes, dtype=torch.uint8).share_memory_()
         self.state = torch.zeros(n, dtype=torch.int64).share_memory_()  # 0: free; else the claiming generation
         self.lock = (context or multiprocessing).Lock()
         self._np: tuple[np.ndarray, np.ndarray] | None = None
