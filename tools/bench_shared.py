@@ -95,10 +95,14 @@ def main() -> None:
     p.add_argument("--segments", default="16,32,64")
     p.add_argument("--samples-per-shard", type=int, default=200)
     p.add_argument("--no-sim", action="store_true")
-    p.add_argument("--workers", type=int, default=2, help="StreamLoader workers compared with 0 (0: skip)")
+    p.add_argument("--workers", type=int, nargs="+", default=[2],
+                   help="StreamLoader workers compared with 0 (0: skip; `--workers 0 2` is `--workers 2`)")
     p.add_argument("--loader-epochs", type=int, default=3)
     p.add_argument("--json", dest="json_path", default=None)
     args = p.parse_args()
+    if len([w for w in args.workers if w]) > 1:
+        p.error("--workers: one worker count to compare with 0")
+    args.workers = max(args.workers)
     import wdspq
     from wdspq.shardfmt import DEFAULT_ENCODING, RAW, Encoding
     from wdspq.text import default_tokenizer
