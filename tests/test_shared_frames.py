@@ -113,6 +113,8 @@ def test_block_order_builds_each_record_as_it_is_handed_out(export: Path, ds: An
         ahead.append(built[0] - k)  # records built before this sample, beyond those handed out
         got.append(x)
     assert max(ahead) == 1 and built[0] == len(got) == len(ds)
+    reader = ShardStream(str(export), seed=5)._reader  # whole blocks only: a piecemeal taker would reread packs
+    assert reader.mapped(0, np.arange(4)) is None and reader.mapped(0, np.arange(4), whole_blocks=True) is not None
     for x in got[:: max(1, len(got) // 25)]:
         _equal({k: np.asarray(v) for k, v in x.items()}, ds.sample_numpy(int(x["window_index"])), "stream")
 

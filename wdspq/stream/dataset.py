@@ -297,7 +297,7 @@ class ShardStream(StreamPipeline):
         run = self._reader.run_records
         mapped = None
         if self.shard_order == "block" and q1 > q0 and isinstance(self._reader, SampleReader):
-            mapped = self._reader.mapped(shard, np.sort(perm[q0:q1]))
+            mapped = self._reader.mapped(shard, np.sort(perm[q0:q1]), whole_blocks=True)
         return read_in_order(lambda a, b: run(shard, a, b), perm, self._blocks[shard], q0, q1, mapped)
 
     def _decode_records(self, records: Iterator[tuple[Any, bool]]) -> Iterator[dict[str, torch.Tensor]]:

@@ -95,17 +95,19 @@ class SampleReader:
                 self._bad_from[shard] = (0, str(err))
         yield from self._run(shard, start, stop, raw)
 
-    def mapped(self, shard: int, needed: np.ndarray) -> MappedSamples | SharedSamples | None:
-        """Block-order reads of `shard` whose records are built as they are handed out: by mapping
-        (`shardfmt.read.MappedSamples`, for the sorted positions `needed`; a local shard) or, for a
-        shared-frames shard, `shardfmt.shared_read.SharedSamples`; or None: checksums to verify first, the
-        shard already found bad here, or neither applies. Its errors leave the read to `run_records`, which
-        applies this policy."""
+    def mapped(self, shard: int, needed: np.ndarray, whole_blocks: bool = False) -> MappedSamples | SharedSamples | None:
+        """Block-order reads of `shard` whose records are decoded when they are indexed: by mapping
+        (`shardfmt.read.MappedSamples`, for the sorted positions `needed`; a local shard) or, with
+        `whole_blocks` (the caller takes a whole block per call, as `epoch_order.read_in_order` does), for
+        a shared-frames shard `shardfmt.shared_read.SharedSamples` (each take reads its runs and their
+        packs: taking a block piecemeal would read a pack once per piece); or None: checksums to verify
+        first, the shard already found bad here, or neither applies. Its errors leave the read to
+        `run_records`, which applies this policy."""
         self._same_process()
         if self.verify_checksums or shard in self._bad_from:
             return None
         if isinstance(self.codec, SharedFramesCodec):
-            return SharedSamples(self.manifest, shard, self.codec) if len(needed) else None
+            return SharedSamples(self.manifest, shard, self.codec) if whole_blocks and len(needed) else None
         return MappedSamples.create(self.manifest, shard, needed, self.codec)
 
     def placeholder(self, raw: bool = False) -> Any:
