@@ -245,6 +245,28 @@ def test_a_block_order_state_names_its_blocks_and_an_older_one_is_refused_clearl
     assert len(list(again) or list(again)) == len(list(done))  # the rest of the finished epoch (none), then the next
 
 
+def test_an_older_start_of_epoch_state_of_shared_frames_still_loads(export: Path) -> None:
+    """A state saved before any sample of its epoch was delivered (before iterating, or after set_epoch past a
+    finished epoch) by a wdspq that did not name the blocks continues nothing: it loads and gives the epoch as
+    today's blocks read it, like a finished epoch's state; only a mid-epoch one is refused."""
+    fresh = StreamLoader(ShardStream(str(export), seed=1), 8, 2)
+    want = [b["window_index"].tolist() for b in fresh]
+    for epoch in (0, 1):
+        saver = StreamLoader(ShardStream(str(export), seed=1), 8, 2)
+        saver.set_epoch(epoch)
+        older = {k: v for k, v in json.loads(json.dumps(saver.state_dict())).items() if k != "blocks"}
+        assert not older["complete"] and not any(older["delivered"])
+        again = StreamLoader(ShardStream(str(export), seed=1), 8, 2)
+        again.load_state_dict(older)
+        got = [b["window_index"].tolist() for b in again]
+        if epoch == 0:
+            assert got == want
+        else:
+            ref = StreamLoader(ShardStream(str(export), seed=1), 8, 2)
+            ref.set_epoch(1)
+            assert got == [b["window_index"].tolist() for b in ref]
+
+
 # ------------------------------------------------------------------------------------------------ S3
 
 def _gets(proxy: Any) -> list:

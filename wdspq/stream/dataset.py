@@ -185,6 +185,8 @@ class ShardStream(StreamPipeline):
             raise StateError("loader state was saved for a mixture of exports, not this single export")
         if state.get("shard_order") != "block" or state.get("complete") or state.get("manifest_id") != self.manifest.id:
             return  # a finished epoch starts the next afresh; another export is `check_compatible`'s to name
+        if not any(state.get("base") or ()) and not state.get("consumed") and not any(state.get("delivered") or ()):
+            return  # nothing of the epoch delivered yet: it starts afresh under today's blocks
         saved = state.get("blocks")
         shared = self.manifest.data.get("encoding", {}).get("layout") == "shared-frames"
         if saved is None and shared:
