@@ -188,8 +188,7 @@ class ShardStream(StreamPipeline):
         if not any(state.get("base") or ()) and not state.get("consumed") and not any(state.get("delivered") or ()):
             return  # nothing of the epoch delivered yet: it starts afresh under today's blocks
         saved = state.get("blocks")
-        shared = self.manifest.data.get("encoding", {}).get("layout") == "shared-frames"
-        if saved is None and shared:
+        if saved is None and self.manifest.encoding.layout == "shared-frames":
             raise StateError(f"{self.manifest.url}: loader state was saved by an earlier wdspq, whose block order cut "
                              "shared-frames shards into other chunks (they hold whole segments since), so that state "
                              "cannot continue its epoch exactly: start the epoch afresh (loader.set_epoch)")

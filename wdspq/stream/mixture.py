@@ -143,7 +143,6 @@ class MixtureStream(ShardStream):
     ) -> None:
         super(ShardStream, self).__init__()  # the pipeline's stages; not ShardStream's single-export setup
         self.sources = as_sources(sources if isinstance(sources, (list, tuple)) else [sources])
-        # one-source batches read whole units one at a time: interleave 1
         self._init_common(seed, 1, even, rank, world_size)  # batches are read one at a time: no interleave
         self.source_shuffle = bool(shuffle)
         self.readers = [SourceReader(j, s, self.seed, shuffle, shard_order, storage_options, on_error, verify_checksums)
@@ -166,13 +165,12 @@ class MixtureStream(ShardStream):
             units = apportion([s.weight for s in self.sources], self.samples_per_epoch // self.group)
             self.counts = [u * self.group for u in units]
             self.sched = Schedule(units, self.group)
-        self.chunk = self.samples_per_epoch  # one virtual shard: the epoch
-        sizes = [self.samples_per_epoch]
         described = [r.describe() for r in self.readers]
         spec = hashlib.sha256("|".join(r.manifest.spec_id for r in self.readers).encode()).hexdigest()[:16]
-        self.manifest = VirtualManifest(mixture_id(described, self.samples_per_epoch, self.chunk,
+        # one virtual shard, the epoch (its size is the id's chunk, as when chunks could be smaller)
+        self.manifest = VirtualManifest(mixture_id(described, self.samples_per_epoch, self.samples_per_epoch,
                                                    self.source_shuffle, self.readers[0].order), spec,
-                                        sizes,
+                                        [self.samples_per_epoch],
                                         "mixture(" + ", ".join(r.manifest.url for r in self.readers) + ")")
         self.source = self.manifest.url
         # The cursor plans over the epoch as one virtual shard whose batches are dealt in delivery order (its
