@@ -378,20 +378,23 @@ def read_shared(manifest: Any, shard: int, start: int, stop: int, codec: SharedF
         cur = po[0]
     f = manifest.open_checked(shard, off[0] if inside else po[0], off[-1] + ln[-1])
     raw = getattr(f, "raw", f)
-    suffix = b"." + SAMPLE_MEMBER.encode()
     try:
         for k in range(len(off)):
             i = start + k
             if po[k] != cur:
                 buf = _read_exact(raw, pl[k], url, f"frame pack of sample {i}", po[k])
                 pack, cur = _pack_of(codec, buf, url, i, po[k]), po[k]
-            buf = _read_exact(raw, ln[k], url, f"sample {i}", off[k])
-            payload = single_member(buf, suffix)
-            where = f"{url}, sample {i}"
-            if payload is None:
-                _, members = parse_members(buf, where, off[k])
-                yield codec.record(members, where, pack)
-            else:
-                yield codec.record_from(payload, pack, where)  # type: ignore[arg-type]
+            yield _sample_record(codec, _read_exact(raw, ln[k], url, f"sample {i}", off[k]), pack, url, i, off[k])  # type: ignore[arg-type]
     finally:
         f.close()
+
+
+def _sample_record(codec: SharedFramesCodec, buf: memoryview, pack: dict[str, np.ndarray], url: str, i: int,
+                   at: int) -> memoryview:
+    """The full record of sample `i` from its span's bytes `buf` (at byte `at`) and its segment's decoded pack."""
+    where = f"{url}, sample {i}"
+    payload = single_member(buf, b"." + SAMPLE_MEMBER.encode())
+    if payload is None:
+        _, members = parse_members(buf, where, at)
+        return codec.record(members, where, pack)
+    return codec.record_from(payload, pack, where)

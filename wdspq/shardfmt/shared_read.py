@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .layout import parse_members, single_member
-from .shared import SAMPLE_MEMBER, SharedFramesCodec, _pack_of, _read_exact
+from .shared import SharedFramesCodec, _pack_of, _read_exact, _sample_record
 
 
 class SharedSamples:
@@ -94,12 +93,7 @@ class SharedRecords(Sequence):
         self._left[p] -= 1
         if self._left[p] <= 0:
             self._decoded.pop(p, None)
-        buf, where = self._members[k], f"{src.url}, sample {i}"
-        payload = single_member(buf, b"." + SAMPLE_MEMBER.encode())
-        if payload is None:
-            _, members = parse_members(buf, where, self._at[k])
-            return src.codec.record(members, where, pack)
-        return src.codec.record_from(payload, pack, where)
+        return _sample_record(src.codec, self._members[k], pack, src.url, i, self._at[k])
 
     def sample(self, k: int) -> int:
         """The sample number (position in the shard) of entry `k`."""
