@@ -19,6 +19,7 @@ from wdspq.cursor import (
     Piece,
     Plan,
     RankCursor,
+    RankDigests,
     Topology,
     _Interleaver,
     check_compatible,
@@ -460,6 +461,26 @@ def test_digest_primitives():
     assert o3 != o and s3 == s
     assert combine_set_digests([set_digest_of([5, 7]), set_digest_of([2])]) == s
     assert mix64(np.array([0, 1])).dtype == np.uint64 and len(set(mix64(np.arange(1000)).tolist())) == 1000
+
+
+@given(st.lists(st.lists(st.integers(-1, 2**40), max_size=6), max_size=40), st.integers(1, 7),
+       st.lists(st.integers(0, 40), max_size=4), st.sampled_from([("", "0" * 16), ("ab" * 32, "0123456789abcdef")]))
+@SETTINGS
+def test_rank_digests_fold_lazily_to_the_batch_by_batch_digests(batches, fold_every, reads, start):
+    """RankDigests (what a loader's main process keeps) equals update_digests applied batch by batch, however
+    its folds fall: every few batches, on a read mid-way, batches of only pads, the caller's arrays reused."""
+    lazy = RankDigests(*start)
+    lazy.FOLD_EVERY = fold_every
+    ordered, sets = start
+    buf = np.empty(8, dtype=np.int64)  # the caller's batch memory, overwritten after each add (a reused block)
+    for i, b in enumerate(batches):
+        buf[:len(b)] = b
+        lazy.add(buf[:len(b)])
+        buf[:] = 123
+        ordered, sets = update_digests(ordered, sets, np.array(b, dtype=np.int64))
+        if i in reads:
+            assert (lazy.ordered, lazy.set_digest) == (ordered, sets)
+    assert (lazy.ordered, lazy.set_digest) == (ordered, sets)
 
 
 # ----------------------------------------------------------------------------------------------

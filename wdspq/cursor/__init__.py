@@ -8,7 +8,15 @@ pieces), `plan` (one segment's plan), `digest` (audit digests), `state` (`Cursor
 `resume` (continuing a state, `RankCursor`).
 """
 
-from .digest import PAD_INDEX, ZERO_SET, combine_set_digests, mix64, set_digest_of, update_digests
+from .digest import (
+    PAD_INDEX,
+    ZERO_SET,
+    RankDigests,
+    combine_set_digests,
+    mix64,
+    set_digest_of,
+    update_digests,
+)
 from .interleave import CHUNK, Piece, _Interleaver, interleave_reference
 from .plan import Plan
 from .resume import RankCursor, Resume, resume
@@ -25,6 +33,7 @@ __all__ = [
     "Piece",
     "Plan",
     "RankCursor",
+    "RankDigests",
     "Resume",
     "Topology",
     "_Interleaver",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import StateError
-from .digest import ZERO_SET, update_digests
+from .digest import ZERO_SET, RankDigests
 from .plan import Plan
 from .state import CursorState
 from .topology import Topology
@@ -130,8 +130,8 @@ class RankCursor:
         self._t = plan._position(rank, state.delivered)
         self._workers, self._sizes = plan._rank_order(rank)
         self.start_worker = self.next_worker() or 0
-        self.ordered = state.digest_ordered[rank] if state.digest_ordered[rank] is not None else ""
-        self.set_digest = state.digest_set[rank] if state.digest_set[rank] is not None else ZERO_SET
+        self.digests = RankDigests(state.digest_ordered[rank] if state.digest_ordered[rank] is not None else "",
+                                   state.digest_set[rank] if state.digest_set[rank] is not None else ZERO_SET)
 
     def next_worker(self) -> int | None:
         """Logical worker of the next batch, None when the rank is done."""
@@ -166,7 +166,7 @@ class RankCursor:
         self.delivered[w] += n
         self._t += 1
         if window_index is not None:
-            self.ordered, self.set_digest = update_digests(self.ordered, self.set_digest, window_index)
+            self.digests.add(window_index)
         return w
 
     def state(self) -> CursorState:
@@ -179,7 +179,7 @@ class RankCursor:
         W = self.plan.topology.world_size
         ordered: list[str | None] = [None] * W
         sets: list[str | None] = [None] * W
-        ordered[rank], sets[rank] = self.ordered, self.set_digest
+        ordered[rank], sets[rank] = self.digests.ordered, self.digests.set_digest
         return CursorState(
             manifest_id=st.manifest_id,
             spec_id=st.spec_id,

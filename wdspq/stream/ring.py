@@ -68,9 +68,18 @@ class BatchLayout:
             total += -(-rows * rb // 64) * 64
         return BatchLayout(self.keys, tuple(offsets), self.dtypes, self.shapes, rows, max(total, 64), self.row_bytes)
 
-    def tensors(self, block: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
-        """Per-key tensors of the first `n` rows, all views of `block` (a uint8 tensor of `nbytes`)."""
+    def tensors(self, block: torch.Tensor | np.ndarray, n: int) -> dict[str, torch.Tensor]:
+        """Per-key tensors of the first `n` rows, all views of `block` (uint8, `nbytes`).
+
+        A torch block gives torch views (a shared storage stays one storage when a worker's batch is
+        pickled); a numpy block gives `from_numpy` of numpy views, each holding `block`'s memory alive: a
+        third of the cost (24 against 57 us for 17 keys), and this is the main process's work per batch."""
         out = {}
+        if isinstance(block, np.ndarray):
+            from_numpy = torch.from_numpy
+            for k, off, dt, shape, rb in zip(self.keys, self.offsets, self.dtypes, self.shapes, self.row_bytes):
+                out[k] = from_numpy(block[off:off + n * rb].view(dt).reshape(n, *shape))
+            return out
         for k, off, dt, shape, rb in zip(self.keys, self.offsets, self.dtypes, self.shapes, self.row_bytes):
             out[k] = block[off:off + n * rb].view(torch_dtype(dt)).view(n, *shape)
         return out
@@ -103,7 +112,12 @@ def batch_tensors(rec: np.ndarray, keys: Any, shared: bool) -> dict[str, torch.T
     layout = _layout(rec.dtype, tuple(keys), len(rec))
     block = shared_block(layout.nbytes) if shared else None
     if block is None:
-        block = torch.empty(layout.nbytes, dtype=torch.uint8)
+        if shared:
+            block = torch.empty(layout.nbytes, dtype=torch.uint8)
+        else:  # numpy views: cheaper tensors (no worker: nothing is pickled)
+            arr = np.empty(layout.nbytes, dtype=np.uint8)
+            layout.fill(arr, rec)
+            return layout.tensors(arr, len(rec))
     layout.fill(block.numpy(), rec)
     return layout.tensors(block, len(rec))
 
@@ -175,9 +189,12 @@ class BatchRing:
                 if mine:
                     state[idx] = HELD
             if mine:
-                view = blocks[base:base + self.layout.nbytes]
-                weakref.finalize(view, _release, state, idx, os.getpid()).atexit = False
-                return self.layout.tensors(torch.frombuffer(view, dtype=torch.uint8), n)  # holds `view`
+                # Every key's array leads back to `owner` (the memoryview under `view`, however numpy
+                # collapses its bases): the block is freed when the last tensor (or view of one) is gone.
+                view = np.frombuffer(memoryview(blocks[base:base + self.layout.nbytes]), dtype=np.uint8)
+                owner = view.base
+                weakref.finalize(owner, _release, state, idx, os.getpid()).atexit = False
+                return self.layout.tensors(view, n)
         compact = self.layout.resized(n)
         # numpy's allocation: glibc reuses the memory of freed batches, so the copy does not fault in fresh pages
         dst = np.empty(compact.nbytes, dtype=np.uint8)
