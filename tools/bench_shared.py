@@ -8,7 +8,8 @@ whole-shard compressor such as Mosaic MDS gets). Then per export: bytes/sample, 
 estimate, export time, stream throughput (one epoch of `ShardStream`, alternating rounds, medians),
 episodes per batch of 32 (`StreamLoader`, 0 workers, distinct `episode_index` per batch), and
 `StreamLoader` throughput with 0 and `--workers` workers (batch 32, `--loader-epochs` epochs with persistent
-workers, start-up included, as in training; alternating rounds, medians) and their ratio.
+workers, each run in a fresh interpreter as a training job is; alternating rounds, medians) and their
+ratio: over all epochs with construction and start-up, and "steady" over the epochs after the first.
 
     MUJOCO_GL=egl python tools/bench_shared.py [--work bench_out/shared] [--rounds 3] [--segments 16,32,64]
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -74,18 +76,36 @@ def episodes_per_batch(folder: Path, batch: int = 32) -> float:
     return statistics.mean(counts) if counts else float("nan")
 
 
-def loader_rate(folder: Path, workers: int, epochs: int, batch: int = 32) -> float:
-    """Samples/s of `epochs` epochs of StreamLoader (persistent workers; start-up included)."""
-    import wdspq
+LOADER_RUN = """
+import json, sys, time
+from wdspq.stream import ShardStream, StreamLoader
+folder, workers, epochs, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+t = time.perf_counter()
+loader = StreamLoader(ShardStream(folder, shuffle=True, seed=0), batch, workers, persistent_workers=workers > 0)
+n, first = 0, None
+for e in range(epochs):
+    loader.set_epoch(e)
+    n += sum(int((b["window_index"] >= 0).sum()) for b in loader)
+    if first is None:
+        first, t1 = n, time.perf_counter()
+t2 = time.perf_counter()
+print(json.dumps({"total": n / (t2 - t), "steady": (n - first) / (t2 - t1) if epochs > 1 else float("nan")}))
+"""
 
-    t = time.perf_counter()
-    loader = wdspq.StreamLoader(wdspq.ShardStream(str(folder), shuffle=True, seed=0), batch, workers,
-                                persistent_workers=workers > 0)
-    n = 0
-    for e in range(epochs):
-        loader.set_epoch(e)
-        n += sum(int((b["window_index"] >= 0).sum()) for b in loader)
-    return n / (time.perf_counter() - t)
+
+def loader_rate(folder: Path, workers: int, epochs: int, batch: int = 32) -> tuple[float, float]:
+    """Samples/s of `epochs` epochs of StreamLoader with persistent workers, in a fresh interpreter (as a
+    training job starts: not the process that just exported, whose heap and size change both the 0-worker
+    speed and the cost of forking): (all epochs with construction and worker start-up, the epochs after
+    the first)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", LOADER_RUN, str(folder), str(workers), str(epochs), str(batch)],
+                         env=env, capture_output=True, text=True, check=True)
+    d = json.loads(out.stdout.strip().splitlines()[-1])
+    return d["total"], d["steady"]
 
 
 def main() -> None:
@@ -97,7 +117,7 @@ def main() -> None:
     p.add_argument("--no-sim", action="store_true")
     p.add_argument("--workers", type=int, nargs="+", default=[2],
                    help="StreamLoader workers compared with 0 (0: skip; `--workers 0 2` is `--workers 2`)")
-    p.add_argument("--loader-epochs", type=int, default=3)
+    p.add_argument("--loader-epochs", type=int, default=5)
     p.add_argument("--json", dest="json_path", default=None)
     args = p.parse_args()
     if len([w for w in args.workers if w]) > 1:
@@ -124,6 +144,7 @@ def main() -> None:
         res["time_ordered_whole_shard_zstd3"] = whole_shard_zstd(raw_dir) / n
         for name, enc in encs.items():
             out = work / f"{tname}-{name}"
+            shutil.rmtree(out, ignore_errors=True)  # timed from scratch (an intact export would be reused)
             t = time.perf_counter()
             m = wdspq.export_shards(table, out, spec, tokenizer=tok, samples_per_shard=args.samples_per_shard,
                                     seed=0, encoding=enc, progress=False, overwrite=True)
@@ -144,29 +165,32 @@ def main() -> None:
             res[name]["stream_samples_per_s"] = statistics.median(r[0] for r in rates[name])
             res[name]["stream_samples_per_cpu_s"] = statistics.median(r[1] for r in rates[name])
         if args.workers:
-            loads: dict[tuple[str, int], list[float]] = {(name, w): [] for name in encs for w in (0, args.workers)}
+            loads: dict[tuple[str, int], list[tuple[float, float]]] = {
+                (name, w): [] for name in encs for w in (0, args.workers)}
             for _ in range(args.rounds):
                 for name, w in loads:
                     loads[(name, w)].append(loader_rate(work / f"{tname}-{name}", w, args.loader_epochs))
             for name in encs:
-                w0, wn = (statistics.median(loads[(name, w)]) for w in (0, args.workers))
+                w0, s0 = (statistics.median(x[i] for x in loads[(name, 0)]) for i in (0, 1))
+                wn, sn = (statistics.median(x[i] for x in loads[(name, args.workers)]) for i in (0, 1))
                 res[name].update({"loader_w0_samples_per_s": w0, f"loader_w{args.workers}_samples_per_s": wn,
-                                  f"loader_w{args.workers}_vs_w0": wn / w0})
+                                  f"loader_w{args.workers}_vs_w0": wn / w0,
+                                  f"loader_w{args.workers}_vs_w0_steady": sn / s0})
         report[tname] = res
         ref = res["time_ordered_whole_shard_zstd3"]
         print(f"\n{tname}: {n} windows; raw {res['raw_bytes_per_sample']:,.0f} B/sample; time-ordered whole-shard "
               f"zstd-3 {ref:,.0f} B/sample")
         wk = f"w{args.workers}"
         print(f"{'layout':<12} {'B/sample':>9} {'/ref':>6} {'dry-run':>8} {'samples/s':>10} {'/CPU s':>8} "
-              f"{'eps/batch32':>11} {'export s':>8}" + (f" {'loader w0':>10} {'loader ' + wk:>10} {wk + '/w0':>6}"
-                                                      if args.workers else ""))
+              f"{'eps/batch32':>11} {'export s':>8}" + (f" {'loader w0':>10} {'loader ' + wk:>10} {wk + '/w0':>6} "
+                                                      f"{'steady':>6}" if args.workers else ""))
         for name in encs:
             r = res[name]
             print(f"{name:<12} {r['bytes_per_sample']:>9,.0f} {r['bytes_per_sample'] / ref:>6.2f} "
                   f"{r['dry_run_total_vs_actual']:>8.2f} {r['stream_samples_per_s']:>10,.0f} "
                   f"{r['stream_samples_per_cpu_s']:>8,.0f} {r['episodes_per_batch32']:>11.1f} {r['export_s']:>8.1f}"
                   + (f" {r['loader_w0_samples_per_s']:>10,.0f} {r[f'loader_{wk}_samples_per_s']:>10,.0f} "
-                     f"{r[f'loader_{wk}_vs_w0']:>6.2f}" if args.workers else ""))
+                     f"{r[f'loader_{wk}_vs_w0']:>6.2f} {r[f'loader_{wk}_vs_w0_steady']:>6.2f}" if args.workers else ""))
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(report, indent=1))
 
