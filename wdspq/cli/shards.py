@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from ..errors import WdspqError
-from ..shardfmt.encoding import COMPRESSIONS, DEFAULT_ENCODING, FRAME_CODECS, LAYOUTS, SUBSAMPLINGS, Encoding
+from ..shardfmt.encoding import COMPRESSIONS, DEFAULT_ENCODING, FRAME_CODECS, LAYOUT_CHOICES, SUBSAMPLINGS, Encoding
 from .common import (
     _add_progress,
     _bytes_text,
@@ -40,13 +40,18 @@ def add_export(sub: Any) -> None:
             "manifest.json (spec, tokenizer, sample schema, encoding, per-shard sizes and sha256, "
             "normalisation statistics) to OUT, a folder or s3://bucket/prefix. The order is shuffled across "
             "shards by --seed; the output is byte-identical for any --workers.\n\n"
-            "Encoding (docs/shards.md has the measurements): by default frames stay raw inside one "
-            "zstd-3-compressed sample.npy.zst record per sample (lossless, smallest and fastest to decode), "
-            "tuned on a few episodes' windows: float time series stored as a delta and a zstd dictionary "
-            "(samples.zdict, next to the manifest), each only where it makes them smaller. "
-            "--frame-codec png|webp stores each frame as a lossless image member; jpeg is lossy "
-            "(--jpeg-quality, --jpeg-subsampling 444|420) and the manifest records its largest pixel error. "
-            "--compression none keeps the record uncompressed (largest, no decode work).\n\n"
+            "Encoding (docs/shards.md has the measurements): by default (--layout auto) frames stay raw and "
+            "are shared: each segment of --segment-windows consecutive windows of an episode stores its "
+            "distinct frames (and action/state rows) once, in a zstd frame pack before its samples, and each "
+            "sample is a small zstd-3 record referring to it (lossless, several times smaller than "
+            "self-contained samples on overlapping windows; a plain webdataset pipeline needs the README's "
+            "decoder). The records are tuned on a few episodes' windows: float time series stored as a delta "
+            "and a zstd dictionary (samples.zdict, next to the manifest), each only where it makes them "
+            "smaller. --layout per-sample keeps every sample self-contained, one sample.npy.zst record with "
+            "its own frames. --frame-codec png|webp stores each frame as a lossless image member; jpeg is "
+            "lossy (--jpeg-quality, --jpeg-subsampling 444|420) and the manifest records its largest pixel "
+            "error. --compression none keeps the record uncompressed (largest, no decode work). Image codecs "
+            "and --compression none are per-sample only.\n\n"
             "--dry-run prints windows, shards, bytes/sample (measured by encoding real windows), total "
             "bytes, amplification versus the table, peak scratch space and free space, and writes nothing; "
             "an export that would not fit is refused unless --force.\n\n"
@@ -81,15 +86,16 @@ def add_export(sub: Any) -> None:
     e.add_argument("--no-dictionary", action="store_true",
                    help="zstd: no dictionary (default: one trained on the table's windows, kept only if it makes "
                         "held-out windows smaller; written next to the manifest)")
-    e.add_argument("--layout", choices=LAYOUTS, default=DEFAULT_ENCODING.layout,
-                   help="per-sample: every sample holds its own frames (one member per sample); shared-frames: "
-                        "each segment of consecutive windows of an episode stores its distinct frames once, in a "
-                        "frame pack before its samples (several times smaller; raw frames, zstd only; "
-                        "docs/shards.md 'Shared frames')")
+    e.add_argument("--layout", choices=LAYOUT_CHOICES, default="auto",
+                   help="shared-frames: each segment of consecutive windows of an episode stores its distinct "
+                        "frames once, in a frame pack before its samples (several times smaller; raw frames, zstd "
+                        "only; docs/shards.md 'Shared frames'); per-sample: every sample holds its own frames (one "
+                        "member per sample, or one per frame with an image codec); auto (default): shared-frames "
+                        "with --frame-codec raw and --compression zstd, per-sample otherwise")
     e.add_argument("--segment-windows", type=_int_at_least(1), default=DEFAULT_ENCODING.segment, metavar="N",
-                   help=f"with --layout shared-frames: windows per frame pack (default {DEFAULT_ENCODING.segment})")
+                   help=f"shared frames: windows per frame pack (default {DEFAULT_ENCODING.segment})")
     e.add_argument("--pack-level", type=_int_at_least(1), default=DEFAULT_ENCODING.pack_level, metavar="L",
-                   help=f"with --layout shared-frames: zstd level of the frame packs (default {DEFAULT_ENCODING.pack_level})")
+                   help=f"shared frames: zstd level of the frame packs (default {DEFAULT_ENCODING.pack_level})")
     e.add_argument("--jpeg-quality", type=_int_at_least(1), default=DEFAULT_ENCODING.quality, metavar="Q",
                    help=f"JPEG quality, 1..100 (default {DEFAULT_ENCODING.quality})")
     e.add_argument("--jpeg-subsampling", choices=SUBSAMPLINGS, default=DEFAULT_ENCODING.subsampling,

@@ -102,9 +102,10 @@ def export_shards(
     Shards are `shard-000000.tar` with index sidecars `shard-000000.idx.npy`; `manifest.json` is
     written last. Returns the manifest dict (with `dry_run=True`: the size estimate, nothing written).
 
-    - `encoding`: how samples are stored (`shardfmt.Encoding`; default raw frames in a zstd-3 record,
-      lossless, tuned on probe windows: `shardfmt.tuning`). A lossy encoding records its largest
-      measured pixel error in the manifest.
+    - `encoding`: how samples are stored (`shardfmt.Encoding`, or a dict of its fields; default raw frames
+      shared by segments of 32 windows in zstd frame packs, each sample a zstd-3 record, lossless, tuned
+      on probe windows: `shardfmt.tuning`; `Encoding(layout="per-sample")` keeps samples self-contained).
+      A lossy encoding records its largest measured pixel error in the manifest.
     - Deterministic: the same table, spec, tokenizer, encoding, `samples_per_shard`, `seed` and
       `shuffle` give byte-identical shards and manifest for any `workers`.
     - Space: a fresh export first estimates its size and refuses to start when a disk cannot hold

@@ -152,9 +152,9 @@ def tune_codec(ds: Any, encoding: Encoding) -> SampleCodec:
         from ..shardfmt.shared import SharedFramesCodec, rest_schema
 
         rest = rest_schema(schema)
-        per_sample = SampleCodec(rest, encoding.__class__(level=encoding.level)).rest_dtype.itemsize
+        per_sample = SampleCodec(rest, Encoding(level=encoding.level, layout="per-sample")).rest_dtype.itemsize
         count = max(8, min(TRAIN_SAMPLES, TRAIN_BYTES // max(per_sample, 1)))
-        plain = encoding.__class__(level=encoding.level, delta=encoding.delta, dictionary=encoding.dictionary)
+        plain = Encoding(level=encoding.level, delta=encoding.delta, dictionary=encoding.dictionary, layout="per-sample")
         tuned = train_codec(rest, plain, [(e, {k: v for k, v in ds.sample_numpy(w).items() if k in rest})
                                           for e, w in probe_windows(ds, count)], len(ds))
         return SharedFramesCodec(schema, encoding, tuned.delta_keys, tuned.dictionary)
@@ -285,7 +285,7 @@ def format_estimate(est: dict[str, Any]) -> str:
     """The dry run's report, a few lines."""
     lines = [
         f"windows            {est['windows']:,} in {est['shards']:,} shards of up to {est['samples_per_shard']:,}",
-        f"encoding           {Encoding.from_dict(est['encoding']).describe()}",
+        f"encoding           {Encoding.from_manifest(est['encoding']).describe()}",
         f"bytes/sample       {est['bytes_per_sample']:,.0f} (measured on {est['probe_windows']} encoded windows)",
         f"total              {gib(est['total_bytes'])} (shards and indexes)",
         f"amplification      {est['amplification']:.1f}x the table ({gib(est['table_bytes'])})",

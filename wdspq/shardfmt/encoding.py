@@ -1,5 +1,7 @@
 """Sample <-> members of one tar sample, for one sample schema and one `Encoding` (docs/shards.md).
 
+`Encoding` also names the layout: this module writes the per-sample one, described below, and
+`shared` the shared-frames one, the default for raw frames with zstd (`Encoding.layout`).
 A sample is stored as one packed record member, `sample.npy` (a 0-d structured numpy record with one
 aligned field per sample key, readable by `np.load`) or `sample.npy.zst` (the same bytes compressed
 with zstd; tuned at export, see `tuning`: float time series named in the manifest's `delta_keys` are
@@ -28,6 +30,7 @@ from .delta import delta_candidates, delta_decode_into, delta_encode
 FRAME_CODECS = ("raw", "png", "webp", "jpeg")
 COMPRESSIONS = ("none", "zstd")
 LAYOUTS = ("per-sample", "shared-frames")  # shardfmt.shared: frames stored once per segment of windows
+LAYOUT_CHOICES = ("auto", *LAYOUTS)  # "auto": shared-frames where the encoding allows it (`Encoding.layout`)
 SUBSAMPLINGS = ("444", "420")
 RECORD = "sample.npy"
 _IMAGE_EXT = {"png": "png", "webp": "webp", "jpeg": "jpg"}
@@ -41,8 +44,13 @@ def key_of(window_index: int) -> str:
 
 @dataclass(frozen=True)
 class Encoding:
-    """How samples are stored: `frames` raw or image-coded, the record raw or zstd-compressed.
+    """How samples are stored: `frames` raw or image-coded, the record raw or zstd-compressed, and the layout.
 
+    `layout` "shared-frames" stores each distinct frame once per segment of `segment` windows (zstd
+    level `pack_level`; `shardfmt.shared`), "per-sample" keeps every sample self-contained (one member
+    with its own frames, or one per frame with an image codec). The default "auto" is resolved here, so
+    `Encoding().layout` is never "auto": shared-frames when frames are raw and the record is zstd (the
+    only combination it supports; several times smaller on overlapping windows), per-sample otherwise.
     `level` is the zstd level; `delta` (the delta filter of float time series) and `dictionary` (a
     zstd dictionary trained on the table's windows) apply to zstd records only, each where it measurably
     helps (see `tuning`); `quality` and `subsampling` ("444" or "420") apply to JPEG only. Every
@@ -56,13 +64,16 @@ class Encoding:
     subsampling: str = "444"
     delta: bool = True
     dictionary: bool = True
-    layout: str = "per-sample"
+    layout: str = "auto"
     segment: int = 32
     pack_level: int = 9  # zstd level of shared-frames packs: 9 is 10-25 % smaller than 3, decodes as fast
 
     def __post_init__(self) -> None:
+        if self.layout == "auto":
+            shared = self.frames == "raw" and self.compression == "zstd"
+            object.__setattr__(self, "layout", "shared-frames" if shared else "per-sample")
         if self.layout not in LAYOUTS:
-            raise WdspqError(f"layout {self.layout!r} is not one of {', '.join(LAYOUTS)}")
+            raise WdspqError(f"layout {self.layout!r} is not one of {', '.join(LAYOUT_CHOICES)}")
         if self.layout == "shared-frames" and (self.frames != "raw" or self.compression != "zstd"):
             raise WdspqError("layout 'shared-frames' stores raw frames in zstd frame packs: it needs "
                              "frames='raw' and compression='zstd'")
@@ -107,15 +118,18 @@ class Encoding:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Encoding:
-        """From `to_dict` output or a user's dict (absent fields take their defaults)."""
+        """From a user's dict (absent fields take their defaults; an absent layout is "auto"). A manifest's
+        or `to_dict`'s dict, where an absent layout means per-sample, is read by `from_manifest`."""
         known = {"frames", "compression", "level", "quality", "subsampling", "delta", "dictionary", "layout", "segment",
                  "pack_level"}
         return cls(**{k: v for k, v in d.items() if k in known})
 
     @classmethod
     def from_manifest(cls, d: Mapping[str, Any]) -> Encoding:
-        """A manifest's encoding: one written before `delta` and `dictionary` existed used neither."""
-        return cls.from_dict({"delta": False, "dictionary": False, **d})
+        """A manifest's (or `to_dict`'s) encoding: one written before `delta` and `dictionary` existed used
+        neither, and one without `layout` (every export before shared frames, and per-sample ones since) is
+        per-sample."""
+        return cls.from_dict({"delta": False, "dictionary": False, "layout": "per-sample", **d})
 
     def describe(self) -> str:
         frames = {"raw": "raw frames", "png": "PNG frames", "webp": "WebP-lossless frames"}.get(
@@ -127,7 +141,7 @@ class Encoding:
         return f"{frames}, {record}{shared} ({'lossless' if self.lossless else 'lossy'})"
 
 
-RAW = Encoding(frames="raw", compression="none")
+RAW = Encoding(frames="raw", compression="none")  # per-sample: shared frames need zstd
 DEFAULT_ENCODING = Encoding()
 
 
