@@ -9,7 +9,14 @@ import time
 from typing import Any
 
 from ..errors import WdspqError
-from ..shardfmt.encoding import COMPRESSIONS, DEFAULT_ENCODING, FRAME_CODECS, LAYOUT_CHOICES, SUBSAMPLINGS, Encoding
+from ..shardfmt.encoding import (
+    COMPRESSIONS,
+    DEFAULT_ENCODING,
+    FRAME_CODECS,
+    LAYOUT_CHOICES,
+    SUBSAMPLINGS,
+    Encoding,
+)
 from .common import (
     _add_progress,
     _bytes_text,
