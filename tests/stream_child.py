@@ -28,16 +28,18 @@ _EXPORTS: dict[tuple[Any, ...], str] = {}
 
 
 def make_export(table: str, tokenizer: str, root: Path, spec: dict[str, Any] | None = None,
-                samples_per_shard: int = SAMPLES_PER_SHARD, seed: int = EXPORT_SEED) -> str:
-    """Export `table` under `root` once per session and argument set; returns the shard folder."""
+                samples_per_shard: int = SAMPLES_PER_SHARD, seed: int = EXPORT_SEED, layout: str = "auto") -> str:
+    """Export `table` under `root` once per session and argument set; returns the shard folder. `layout`:
+    "auto" is the default encoding (shared frames); "per-sample" for tests of one member per sample."""
     import wdspq
 
     spec = dict(SPEC if spec is None else spec)
-    key = (table, tokenizer, json.dumps(spec, sort_keys=True), samples_per_shard, seed)
+    key = (table, tokenizer, json.dumps(spec, sort_keys=True), samples_per_shard, seed, layout)
     if key not in _EXPORTS:
         out = Path(root) / f"export-{len(_EXPORTS)}"
         wdspq.export_shards(table, out, wdspq.WindowSpec(**spec), tokenizer=tokenizer,
-                            samples_per_shard=samples_per_shard, seed=seed, progress=False)
+                            samples_per_shard=samples_per_shard, seed=seed, progress=False,
+                            encoding=wdspq.shardfmt.Encoding(layout=layout))
         _EXPORTS[key] = str(out)
     return _EXPORTS[key]
 

@@ -230,6 +230,13 @@ def one_shard(small_table, tokenizer_path, tmp_path_factory) -> str:
     return make_export(small_table, tokenizer_path, tmp_path_factory.getbasetemp(), samples_per_shard=10_000)
 
 
+@pytest.fixture(scope="module")
+def one_shard_per_sample(small_table, tokenizer_path, tmp_path_factory) -> str:
+    """The one-shard export with one member per sample (the tests of per-sample runs and their bytes)."""
+    return make_export(small_table, tokenizer_path, tmp_path_factory.getbasetemp(), samples_per_shard=10_000,
+                       layout="per-sample")
+
+
 @pytest.mark.parametrize("world_size, persistent", [(1, True), (2, False)])
 def test_one_shard_export_gives_every_worker_samples(one_shard, world_size, persistent):
     m = load_manifest(one_shard)
@@ -292,10 +299,11 @@ def _shard_opens(monkeypatch, manifest, readers: list | None = None) -> list[tup
     return opens
 
 
-def test_local_block_order_opens_each_run_of_needed_samples_once(one_shard, monkeypatch):
+def test_local_block_order_opens_each_run_of_needed_samples_once(one_shard_per_sample, monkeypatch):
     """A fresh epoch of a one-shard local export in the block order (blocks of 64 KiB) opens the shard once
     (the read needs every sample: one run), not once per chunk of every block; the samples and their order are those of
     the per-chunk reads (WDSPQ_MMAP=0 reads each chunk through the reader's error policy)."""
+    one_shard = one_shard_per_sample
     from wdspq import epoch_order
 
     monkeypatch.setattr(epoch_order, "BLOCK_BYTES", 2**16)  # several blocks in this small shard
@@ -312,9 +320,10 @@ def test_local_block_order_opens_each_run_of_needed_samples_once(one_shard, monk
     assert got == want and len(opens) > len(m.shards)
 
 
-def test_mapped_samples_take_positions_across_gaps(one_shard, monkeypatch):
+def test_mapped_samples_take_positions_across_gaps(one_shard_per_sample, monkeypatch):
     """MappedSamples: positions from several runs of needed samples, one open per run touched (covering
     only that run), records equal to read_records', bytes_read counting only the samples taken."""
+    one_shard = one_shard_per_sample
     from wdspq.shardfmt import read_records
     from wdspq.shardfmt.read import MappedSamples
 

@@ -21,7 +21,7 @@ from test_shard_format import readme_decoder
 from wdspq import ParquetWindowDataset, WdspqError, WindowSpec, export_shards
 from wdspq.cli import main as cli_main
 from wdspq.export import SPILL_PREFIX, shard_assignment
-from wdspq.shardfmt import key_of
+from wdspq.shardfmt import Encoding, key_of
 from wdspq.shardfmt.tuning import DICTIONARY_NAME
 from wdspq.storage import open_storage
 from wdspq.text import load_tokenizer, tokenizer_identity
@@ -30,8 +30,12 @@ SPEC = WindowSpec(acts_length_sec=0.5, obs_length_sec=0.5, obs_offset_sec=-0.1, 
 SPP = 40  # samples per shard: ~300 windows -> 8 shards
 
 
+PER_SAMPLE = Encoding(layout="per-sample")  # this file pins the per-sample format (test_shared_frames: the default)
+
+
 def export(table, out, tok, **kw):
     kw.setdefault("samples_per_shard", SPP)
+    kw.setdefault("encoding", PER_SAMPLE)
     return export_shards(table, out, SPEC, tokenizer=tok, progress=False, **kw)
 
 
@@ -135,7 +139,7 @@ def test_manifest_contents(ds, base, tokenizer_path):
         for (off, length), w in zip(spans.tolist(), wins.tolist()):  # each offset is the sample's tar header
             ti = tarfile.TarInfo.frombuf(data[off : off + 512], "utf-8", "surrogateescape")
             assert ti.name == f"{key_of(w)}.sample.npy.zst" and ti.mtime == 0
-            assert length == 512 + -(-ti.size // 512) * 512  # one member per sample in the default encoding
+            assert length == 512 + -(-ti.size // 512) * 512  # one member per sample (per-sample layout)
         end = int(spans[-1].sum())
         assert not any(data[end:]) and len(data) - end >= 1024  # after the last sample: the end-of-archive zeros
     # statistics over every row of the table (each row once), computed directly
@@ -198,7 +202,7 @@ CHILD = textwrap.dedent(
     LocalStorage.commit = slow_commit
     spec = WindowSpec.from_dict({spec!r})
     export_shards(sys.argv[1], sys.argv[2], spec, tokenizer=sys.argv[3], samples_per_shard={spp}, workers=2,
-                  progress=False)
+                  progress=False, encoding={{"layout": "per-sample"}})
     """
 )
 
@@ -250,7 +254,8 @@ def test_cli_export_matches_library(small_table, tokenizer_path, base, tmp_path,
     out = tmp_path / "cli"
     rc = cli_main(["export", small_table, str(out), "--acts-length-sec", "0.5", "--obs-length-sec", "0.5",
                    "--obs-offset-sec=-0.1", "--frame-offsets", "-2,-1,0", "--stride", "4", "--samples-per-shard",
-                   str(SPP), "--tokenizer", tokenizer_path, "--workers", "2", "--no-progress"])
+                   str(SPP), "--tokenizer", tokenizer_path, "--workers", "2", "--no-progress", "--layout",
+                   "per-sample"])
     assert rc == 0
     assert "windows/s" in capsys.readouterr().out
     assert files_of(out) == files_of(base)

@@ -26,7 +26,7 @@ import wdspq
 from wdspq.cursor import Topology, resume
 from wdspq.epoch_order import block_size
 from wdspq.errors import ShardError, StorageError, WdspqError
-from wdspq.shardfmt import DEFAULT_ENCODING, MANIFEST_NAME, RAW
+from wdspq.shardfmt import MANIFEST_NAME, RAW, Encoding
 from wdspq.storage import S3Storage, open_storage
 from wdspq.stream import ShardStream, StreamLoader
 
@@ -36,6 +36,7 @@ PER_SHARD = 40  # ~240 windows of ~15 kB -> 6 shards of ~600 kB
 STREAM_SEED = 1
 BATCH = 8
 WORKERS = 2
+PER_SAMPLE_ZSTD = Encoding(layout="per-sample")  # the tuned zstd records, one member per sample
 
 Batch = dict[str, torch.Tensor]
 
@@ -73,11 +74,12 @@ def reference(local_export: str) -> list[Batch]:
 @pytest.fixture(scope="module")
 def default_exports(small_table: str, tokenizer_path: str, s3_module_bucket: str,
                     tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, list[Batch]]:
-    """The default encoding (zstd records), locally and on S3, and the local epoch's batches."""
+    """Tuned zstd records, per-sample (the exact byte ranges of the samples left; shared frames, whose
+    reads also hold packs: test_shared_frames), locally and on S3, and the local epoch's batches."""
     local = str(tmp_path_factory.mktemp("s3-local-zstd") / "shards")
     remote = s3_module_bucket.rstrip("/") + "/zstd"
-    _export(small_table, local, tokenizer_path, DEFAULT_ENCODING)
-    _export(small_table, remote, tokenizer_path, DEFAULT_ENCODING)
+    _export(small_table, local, tokenizer_path, PER_SAMPLE_ZSTD)
+    _export(small_table, remote, tokenizer_path, PER_SAMPLE_ZSTD)
     return local, remote, list(StreamLoader(ShardStream(local, seed=STREAM_SEED), BATCH, WORKERS))
 
 
@@ -194,13 +196,13 @@ def test_s3_storage_options_reach_spawned_workers(s3_export: str, s3_endpoint: s
     _assert_same(list(loader), reference)
 
 
-@pytest.mark.parametrize("stop_after, encoding", [(3, "raw"), (17, "raw"), (27, "raw"), (5, "default")])
+@pytest.mark.parametrize("stop_after, encoding", [(3, "raw"), (17, "raw"), (27, "raw"), (5, "zstd")])
 def test_s3_resume_mid_shard_ranges_at_manifest_offsets(s3_export: str, s3_endpoint: str, reference: list[Batch],
                                                         maybe_proxy: FaultProxy | None, stop_after: int,
                                                         encoding: str, request: pytest.FixtureRequest) -> None:
     """Resume mid-shard (up to ~90 % of the epoch) with Range GETs at index offsets that cover exactly the
     samples left, one per block run (raw and zstd records): no skipped sample is fetched (R5)."""
-    if encoding == "default":
+    if encoding == "zstd":
         local, s3_export, reference = request.getfixturevalue("default_exports")
         assert json.loads(open_storage(local).read_bytes(MANIFEST_NAME))["encoding"]["compression"] == "zstd"
     first = _loader(s3_export, **_opts(s3_endpoint))

@@ -141,8 +141,10 @@ def test_cli_s3_timeout_flag(hole: BlackHole, small_table: str, command: str, ca
 
 @pytest.fixture(scope="module")
 def s3_export(small_table: str, tokenizer_path: str, s3_module_bucket: str) -> str:
+    # per-sample: the request counts below are one run per shard and block (shared frames add a pack read
+    # where a run starts inside a segment)
     wdspq.export_shards(small_table, s3_module_bucket, SPEC, tokenizer=tokenizer_path, samples_per_shard=40,
-                        seed=3, progress=False)
+                        seed=3, progress=False, encoding=wdspq.shardfmt.Encoding(layout="per-sample"))
     return s3_module_bucket
 
 

@@ -28,8 +28,9 @@ SPEC = wdspq.WindowSpec(acts_length_sec=0.5, obs_length_sec=0.3, video_frame_off
 SPP = 40
 ENCODINGS = {
     "raw": RAW,
-    "default": Encoding(),
-    "zstd-plain": Encoding(delta=False, dictionary=False),  # as exports made before the tuning existed
+    "default": Encoding(),  # shared frames
+    "per-sample": Encoding(layout="per-sample"),
+    "zstd-plain": Encoding(delta=False, dictionary=False, layout="per-sample"),  # as exports made before the tuning
     "png": Encoding(frames="png"),
     "webp": Encoding(frames="webp", compression="none"),
     "jpeg444": Encoding(frames="jpeg", quality=90),
@@ -84,7 +85,7 @@ def test_every_encoding_reads_plainly_streams_and_verifies(name, exports, ds, ta
     src = exports[name]
     enc = ENCODINGS[name]
     m = json.loads((src / "manifest.json").read_text())
-    assert m["encoding"]["lossless"] == enc.lossless and Encoding.from_dict(m["encoding"]) == enc
+    assert m["encoding"]["lossless"] == enc.lossless and Encoding.from_manifest(m["encoding"]).to_dict() == enc.to_dict()
     bound = m["encoding"]["max_abs_error"]
     assert (bound == 0) == enc.lossless and bound < 128
     decode = readme_decoder()(str(src))
@@ -126,10 +127,11 @@ def test_jpeg_bound_is_measured_and_checked(exports, table, tmp_path):
     assert not report.ok and any("exceeds the manifest's bound 1" in str(p) for p in report.problems)
 
 
-def test_manifest_holds_no_per_sample_data(table, tokenizer_path, tmp_path):
+@pytest.mark.parametrize("layout, columns", [("per-sample", 2), ("shared-frames", 4)])
+def test_manifest_holds_no_per_sample_data(table, tokenizer_path, tmp_path, layout, columns):
     spec = wdspq.WindowSpec(acts_length_sec=0.5, obs_length_sec=0.3, video_frame_offsets=[0], stride=1)
     m = wdspq.export_shards(table, tmp_path / "dense", spec, tokenizer=tokenizer_path, samples_per_shard=400,
-                            progress=False)
+                            progress=False, encoding=Encoding(layout=layout))
     n, shards = m["num_windows"], len(m["shards"])
     assert n > 500 and shards <= 3
 
@@ -145,12 +147,13 @@ def test_manifest_holds_no_per_sample_data(table, tokenizer_path, tmp_path):
     longest = max(len(v) for v in lists(m))
     assert longest < n / 10, longest  # schema, stats and shard lists only: nothing per window
     assert all("offsets" not in s for s in m["shards"])
-    # per-sample offsets are in the index sidecars, one (offset, length) row per sample
+    # per-sample offsets are in the index sidecars, one (offset, length) row per sample (shared frames: and
+    # its pack's (offset, length))
     st = wdspq.storage.open_storage(str(tmp_path / "dense"))
     for s in m["shards"]:
         data = st.read_bytes(s["index"]["name"])
         assert hashlib.sha256(data).hexdigest() == s["index"]["sha256"]
-        assert np.load(tmp_path / "dense" / s["index"]["name"]).shape == (s["samples"], 2)
+        assert np.load(tmp_path / "dense" / s["index"]["name"]).shape == (s["samples"], columns)
 
 
 def test_stream_reads_only_the_indexes_of_its_shards(exports, monkeypatch):
@@ -264,7 +267,7 @@ def test_sample_codec_checks_dtype_and_shape():
 
 def test_corrupt_zstd_member_and_index_are_named(exports, tmp_path):
     src = tmp_path / "bad"
-    shutil.copytree(exports["default"], src)
+    shutil.copytree(exports["per-sample"], src)  # sample 3's own member (test_shared_frames: a damaged pack)
     m = load_manifest(str(src))
     off = int(m.index(1)[3, 0])
     path = src / m.shards[1]["name"]

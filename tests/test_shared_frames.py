@@ -75,7 +75,7 @@ def test_every_window_equals_the_map_style_dataset_from_any_start(export: Path, 
 def test_shards_share_frames_and_are_smaller(export: Path, small_table: str, tokenizer_path: str,
                                              tmp_path: Path) -> None:
     per = wdspq.export_shards(small_table, tmp_path / "per", SPEC, tokenizer=tokenizer_path, samples_per_shard=SPP,
-                              seed=3, progress=False)
+                              seed=3, progress=False, encoding=Encoding(layout="per-sample"))
     shared = load_manifest(str(export)).data
     assert sum(s["bytes"] for s in shared["shards"]) < sum(s["bytes"] for s in per["shards"])  # flat synthetic frames:
     # the records dominate here; tools/bench_shared.py measures real frames
@@ -190,7 +190,8 @@ def test_layout_needs_raw_frames_and_zstd() -> None:
         Encoding(layout="shared-frames", frames="png")
     with pytest.raises(WdspqError, match="layout"):
         Encoding(layout="packed")
-    assert "layout" not in Encoding().to_dict()  # per-sample exports keep their manifests and digests
+    assert "layout" not in Encoding(layout="per-sample").to_dict()  # per-sample exports keep their manifests
+    # and digests
 
 
 def _batches(loader: StreamLoader) -> list[dict[str, torch.Tensor]]:

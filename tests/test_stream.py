@@ -36,6 +36,12 @@ def export(small_table, tokenizer_path, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
+def per_sample(small_table, tokenizer_path, tmp_path_factory) -> str:
+    """The same windows, one member per sample: for the tests that count a sample's own bytes."""
+    return make_export(small_table, tokenizer_path, tmp_path_factory.getbasetemp(), layout="per-sample")
+
+
+@pytest.fixture(scope="module")
 def wmap(export) -> dict[tuple[int, int], int]:
     return window_map(export)
 
@@ -114,10 +120,12 @@ def check_sample(sample: dict[str, torch.Tensor], reference: wdspq.ParquetWindow
         assert torch.equal(sample[k], v), (k, int(sample["window_index"]))
 
 
+@pytest.mark.parametrize("layout", ["default", "per-sample"])
 @pytest.mark.parametrize("num_workers", [0, 2])
-def test_parity_with_map_style_dataset(export, reference, n_windows, num_workers):
-    """Every streamed sample equals ParquetWindowDataset[window_index]: keys, dtypes, shapes, values."""
-    stream = wdspq.ShardStream(export, seed=1)
+def test_parity_with_map_style_dataset(export, per_sample, reference, n_windows, num_workers, layout):
+    """Every streamed sample equals ParquetWindowDataset[window_index]: keys, dtypes, shapes, values (the
+    default layout, shared frames, and per-sample)."""
+    stream = wdspq.ShardStream(export if layout == "default" else per_sample, seed=1)
     if num_workers == 0:  # the stream itself, iterated directly: one sample dict at a time
         samples = list(stream)
     else:  # default collation in the workers; each batch row is one sample
@@ -297,9 +305,11 @@ def delivered_positions(state: dict[str, Any], stream: wdspq.ShardStream) -> lis
 
 
 @pytest.mark.parametrize("shard_order, stop", [("block", 20), ("block", 45), ("sequential", 20)])
-def test_r5_resume_reads_only_what_is_left(export, monkeypatch, shard_order, stop):
+def test_r5_resume_reads_only_what_is_left(per_sample, monkeypatch, shard_order, stop):
     """Resume at ~40 % and ~90 %: every read covers only samples not yet delivered, and the bytes read are
-    exactly those of the samples left (no skipped sample is read), in either in-shard order."""
+    exactly those of the samples left (no skipped sample is read), in either in-shard order (per-sample
+    layout; shared frames, whose reads also hold packs: test_shared_frames)."""
+    export = per_sample
     job = dict(source=export, seed=7, batch_size=B, num_workers=0, shard_order=shard_order)
     loader = make_loader(job)
     take(loader, stop)
@@ -338,8 +348,10 @@ def test_r5_resume_reads_only_what_is_left(export, monkeypatch, shard_order, sto
     assert sum(f.bytes_read for *_, f in reads) == expected_bytes
 
 
-def test_r5_corrupt_samples_before_the_resume_point(export, tmp_path, n_windows):
-    """Garbage over every sample delivered before the resume point: the resume does not notice."""
+def test_r5_corrupt_samples_before_the_resume_point(per_sample, tmp_path):
+    """Garbage over every sample delivered before the resume point: the resume does not notice (per-sample
+    layout: a shared-frames pack also serves samples still to come)."""
+    export = per_sample
     job = dict(source=export, seed=7, batch_size=B, num_workers=2)
     full = indices(take(make_loader(job)))
     loader = make_loader(job)
@@ -432,13 +444,13 @@ def test_loader_refuses_arguments_that_break_the_plan(export, kwargs):
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
-def test_in_worker_collation_equals_default_collate(export, num_workers):
+def test_in_worker_collation_equals_default_collate(per_sample, num_workers):
     """The in-worker batched path (one shared block per batch) equals default_collate of the per-sample
     path: keys, dtypes, shapes, strides and values, pads (window_index -1) and short last batches included."""
     from torch.utils.data import default_collate
 
     def run(collate_fn):
-        stream = wdspq.ShardStream(export, seed=2, rank=1, world_size=2, even="pad")
+        stream = wdspq.ShardStream(per_sample, seed=2, rank=1, world_size=2, even="pad")  # uneven shards
         return take(wdspq.StreamLoader(stream, batch_size=B, num_workers=num_workers, collate_fn=collate_fn))
 
     batched, reference = run(None), run(default_collate)

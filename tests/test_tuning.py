@@ -30,6 +30,8 @@ from wdspq.verify import verify_shards
 
 SPEC = wdspq.WindowSpec(acts_length_sec=0.5, obs_length_sec=0.3, video_frame_offsets=[-1, 0], stride=5)
 
+PER_SAMPLE = Encoding(layout="per-sample")
+
 
 @pytest.fixture(scope="module")
 def table(tmp_path_factory) -> str:
@@ -40,8 +42,10 @@ def table(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def tuned(table, tokenizer_path, tmp_path_factory):
-    out = tmp_path_factory.mktemp("tuned") / "x"
-    wdspq.export_shards(table, out, SPEC, tokenizer=tokenizer_path, samples_per_shard=30, progress=False)
+    out = tmp_path_factory.mktemp("tuned") / "x"  # per-sample: every key in the tuned record (shared frames
+    # move frames and action/state rows to the packs; test_shared_frames)
+    wdspq.export_shards(table, out, SPEC, tokenizer=tokenizer_path, samples_per_shard=30, progress=False,
+                        encoding=PER_SAMPLE)
     return out
 
 
@@ -128,7 +132,7 @@ def test_default_export_records_its_tuning_and_reads_back(tuned, table, tokenize
     assert seen == len(ds)
     # a plain (untuned) zstd export of the same windows is larger
     plain = wdspq.export_shards(table, tuned.parent / "plain", SPEC, tokenizer=tokenizer_path, samples_per_shard=30,
-                                progress=False, encoding=Encoding(delta=False, dictionary=False))
+                                progress=False, encoding=Encoding(delta=False, dictionary=False, layout="per-sample"))
     assert "dictionary_file" not in plain["encoding"] and plain["encoding"]["delta_keys"] == []
     assert not (tuned.parent / "plain" / DICTIONARY_NAME).exists()
     assert sum(s["bytes"] for s in m["shards"]) < sum(s["bytes"] for s in plain["shards"])
@@ -159,7 +163,7 @@ def test_manifest_from_before_the_tuning_still_reads(table, tokenizer_path, tmp_
     """A manifest written before `delta`/`dictionary` existed (plain zstd records) reads as plain zstd."""
     out = tmp_path / "old"
     wdspq.export_shards(table, out, SPEC, tokenizer=tokenizer_path, samples_per_shard=30, progress=False,
-                        encoding=Encoding(delta=False, dictionary=False))
+                        encoding=Encoding(delta=False, dictionary=False, layout="per-sample"))  # as they were
     m = json.loads((out / "manifest.json").read_text())
     for k in ("delta", "dictionary", "delta_keys"):
         m["encoding"].pop(k)
@@ -178,7 +182,7 @@ def test_manifest_from_before_the_tuning_still_reads(table, tokenizer_path, tmp_
 
 def test_cli_switches_turn_each_measure_off(table, tokenizer_path, tmp_path):
     base = ["export", table, "--acts-length-sec", "0.5", "--obs-length-sec", "0.3", "--frame-offsets=-1,0",
-            "--stride", "5", "--tokenizer", tokenizer_path, "--no-progress"]
+            "--stride", "5", "--tokenizer", tokenizer_path, "--no-progress", "--layout", "per-sample"]
     assert cli_main([*base[:2], str(tmp_path / "a"), *base[2:], "--no-dictionary"]) == 0
     a = json.loads((tmp_path / "a" / "manifest.json").read_text())["encoding"]
     assert a["dictionary"] is False and "dictionary_file" not in a and a["delta_keys"]

@@ -100,7 +100,7 @@ def c_resume(p: dict[str, Any]) -> dict[str, Any]:
     cursor = probe._cursor
     for _ in range(int(p["fraction"] * cursor.batches_left)):  # count batches without reading them
         cursor.record(cursor.expected_size())
-    state = cursor.state().to_dict()
+    state = stream._annotate_state(cursor.state().to_dict())  # as loader.state_dict() saves it (block order: its blocks)
     loader = StreamLoader(stream, batch_size=BATCH, num_workers=2)
     t = time.perf_counter()
     loader.load_state_dict(state)
