@@ -63,8 +63,9 @@ def run_demo(
         f"{table.stat().st_size / 2**20:.1f} MiB in {time.perf_counter() - t:.1f} s")
 
     t = time.perf_counter()
+    # overwrite: the demo's own folder; one left by an older wdspq (another default encoding) is replaced
     manifest = export_shards(table, shards, spec, tokenizer=tokenizer, samples_per_shard=200, seed=0,
-                             workers=min(2, os.cpu_count() or 1), progress=progress)
+                             workers=min(2, os.cpu_count() or 1), progress=progress, overwrite=True)
     dt = time.perf_counter() - t
     n = manifest["num_windows"]
     total = sum(s["bytes"] for s in manifest["shards"])
