@@ -2,7 +2,8 @@
 
 For the sim table (`wdspq build sim`: MuJoCo, 2 cameras, 96x96; stride 1, offsets [-1, 0]) and the
 synthetic peer-style table (20 episodes x 10 s, 96x96, offsets [-2, -1, 0], stride 4), it exports:
-the default (per-sample) encoding, shared frames with each `--segments` length, and raw records in
+the per-sample layout, shared frames with each `--segments` length (the default layout, segment 32, is
+marked `*` in the table), and raw records in
 window order (not shuffled), whose shard files compressed whole with zstd-3 are the reference (what a
 whole-shard compressor such as Mosaic MDS gets). Then per export: bytes/sample, the dry run's
 estimate, export time, stream throughput (one epoch of `ShardStream`, alternating rounds, medians),
@@ -125,13 +126,15 @@ def main() -> None:
     args.workers = max(args.workers)
     import wdspq
     from wdspq.shardfmt import DEFAULT_ENCODING, RAW, Encoding
+
+    default = f"shared-{DEFAULT_ENCODING.segment}" if DEFAULT_ENCODING.layout == "shared-frames" else "per-sample"
     from wdspq.text import default_tokenizer
 
     work = Path(args.work)
     tok = default_tokenizer()
     report: dict[str, Any] = {}
     for tname, (table, spec) in build_tables(work, args.no_sim).items():
-        encs: dict[str, Encoding] = {"per-sample": DEFAULT_ENCODING}
+        encs: dict[str, Encoding] = {"per-sample": Encoding(layout="per-sample")}
         for s in (int(x) for x in args.segments.split(",") if x):
             encs[f"shared-{s}"] = Encoding(layout="shared-frames", segment=s)
         res: dict[str, Any] = {}
@@ -186,7 +189,7 @@ def main() -> None:
                                                       f"{'steady':>6}" if args.workers else ""))
         for name in encs:
             r = res[name]
-            print(f"{name:<12} {r['bytes_per_sample']:>9,.0f} {r['bytes_per_sample'] / ref:>6.2f} "
+            print(f"{name + (' *' if name == default else ''):<12} {r['bytes_per_sample']:>9,.0f} {r['bytes_per_sample'] / ref:>6.2f} "
                   f"{r['dry_run_total_vs_actual']:>8.2f} {r['stream_samples_per_s']:>10,.0f} "
                   f"{r['stream_samples_per_cpu_s']:>8,.0f} {r['episodes_per_batch32']:>11.1f} {r['export_s']:>8.1f}"
                   + (f" {r['loader_w0_samples_per_s']:>10,.0f} {r[f'loader_{wk}_samples_per_s']:>10,.0f} "
