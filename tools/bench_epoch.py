@@ -5,7 +5,8 @@
   local raw    warm `cat` of a raw export vs ShardStream over it (one epoch, block and sequential order),
                medians of alternating rounds: MB/s of shard data;
   S3           the same export on a local S3 server (tools/s3_server.py, moto): bytes fetched by one
-               epoch of StreamLoader(num_workers=2) / the shard bytes, block and sequential order;
+               epoch of StreamLoader / the shard bytes, block and sequential order; and the same for
+               an export in the default encoding (shared frames);
   one shard    the sim table (MuJoCo, 960 windows; a synthetic table when MuJoCo cannot render) exported
                as one shard with the default encoding: StreamLoader over 5 epochs with persistent
                workers, num_workers=2 vs 0, block and sequential order; the same table in ten shards,
@@ -48,7 +49,7 @@ from wdspq.cursor import Topology  # noqa: E402
 from wdspq.stream import ShardStream, StreamLoader  # noqa: E402
 
 PARTS = ("batchmates", "local", "one-shard", "s3")
-TARGETS = {"stream_vs_cat": 0.5, "s3_bytes_vs_shards": 1.1, "one_shard_w2_vs_w0": 1.3}
+TARGETS = {"stream_vs_cat": 0.5, "s3_bytes_vs_shards": 1.1, "one_shard_w2_vs_w0": 1.3, "s3_default": 1.2}
 ORDERS = ("block", "sequential")
 
 
@@ -136,9 +137,9 @@ def loader_samples_s(source: str, order: str, workers: int, epochs: int = 5) -> 
     return n / (time.perf_counter() - t)
 
 
-def s3_bytes(table: Path, spec: Any) -> dict[str, Any]:
+def s3_bytes(table: Path, spec: Any, encoding: Any = None) -> dict[str, Any]:
     """Bytes fetched by one epoch from a local S3 server, per order, over the shard bytes (client-side count
-    of every ranged GET's body)."""
+    of every ranged GET's body); `encoding`: the export's (default: raw records)."""
     import importlib.util
 
     import boto3
@@ -160,7 +161,7 @@ def s3_bytes(table: Path, spec: Any) -> dict[str, Any]:
         boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
         url = f"s3://{bucket}/shards"
         m = export_shards(table, url, spec, tokenizer=bundled_bert_uncased_path(), samples_per_shard=200, seed=0,
-                          progress=False, encoding=RAW)
+                          progress=False, encoding=encoding or RAW)
         shard_bytes = sum(int(s["bytes"]) for s in m["shards"])
         readers: list[Any] = []
         original = storage.S3Storage.open_read
@@ -229,12 +230,16 @@ def main(argv: list[str] | None = None) -> int:
                    ("control, ten shards: w2 / w0 (sequential)",
                     one_res["ten-sequential_w2"] / one_res["ten-sequential_w0"], ">=", TARGETS["one_shard_w2_vs_w0"])]
     if "s3" in parts:
-        s3 = s3_bytes(data["table"], data["spec"])
-        res["s3"] = s3
-        print(f"S3 (local moto server, {s3['shards']} shards, {s3['shard_bytes'] / 1e6:.0f} MB): bytes fetched per epoch / "
-              "shard bytes: " + ", ".join(f"{o} {s3[o]['vs_shard_bytes']:.3f} ({s3[o]['gets']} GETs)" for o in ORDERS))
-        checks.append(("S3 bytes per epoch / shard bytes (block)", s3["block"]["vs_shard_bytes"], "<=",
-                       TARGETS["s3_bytes_vs_shards"]))
+        from wdspq.shardfmt import DEFAULT_ENCODING
+
+        for label, enc, bound in (("raw", None, TARGETS["s3_bytes_vs_shards"]),
+                                  (f"default, {DEFAULT_ENCODING.layout}", DEFAULT_ENCODING, TARGETS["s3_default"])):
+            s3 = s3_bytes(data["table"], data["spec"], enc)
+            res["s3" if enc is None else "s3_default"] = s3
+            print(f"S3 {label} (local moto server, {s3['shards']} shards, {s3['shard_bytes'] / 1e6:.1f} MB): bytes "
+                  "fetched per epoch / shard bytes: " + ", ".join(f"{o} {s3[o]['vs_shard_bytes']:.3f} ({s3[o]['gets']} GETs)"
+                                                                  for o in ORDERS))
+            checks.append((f"S3 bytes per epoch / shard bytes ({label})", s3["block"]["vs_shard_bytes"], "<=", bound))
     res["targets"] = [{"name": n, "value": v, "op": op, "bound": b, "pass": v <= b if op == "<=" else v >= b}
                       for n, v, op, b in checks]
     res["loadavg_end"] = os.getloadavg()
