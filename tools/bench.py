@@ -27,8 +27,10 @@ frame offsets [-2, -1, 0] and stride 4
                bytes; the manifest, plan and cursor are 4x), full epoch;
   cat          warm sequential read of the raw export's files (`cat` to /dev/null after one warm-up
                read): the bandwidth ceiling ShardStream on the raw encoding is compared with;
-  default enc  the same windows exported with the default encoding (zstd-1 records): bytes/sample
-               versus raw, ShardStream and StreamLoader(num_workers=2) over it.
+  default enc  the same windows exported with the default encoding (shared frames, tuned zstd-3 records):
+               bytes/sample versus raw, ShardStream and StreamLoader(num_workers=2) over it;
+  sim          a `wdspq build sim` table (MuJoCo, 2 cameras) exported raw and with the default encoding:
+               bytes/sample, StreamLoader num_workers 0 and 2 over 5 epochs with persistent workers.
 
 The main export uses the raw encoding (frames raw, record uncompressed), so the webdataset floor and
 the stream compare like for like; `tools/bench_codecs.py` compares every encoding on MuJoCo frames.
@@ -36,7 +38,8 @@ the stream compare like for like; `tools/bench_codecs.py` compares every encodin
 Every measurement runs in its own process, so its peak RSS is its own (ru_maxrss of the process; the
 largest DataLoader worker's from RUSAGE_CHILDREN). By default these processes are forked from this
 parent, which has imported torch/webdataset/wdspq but holds no data (saves ~3 s of imports each);
-`--spawn` starts a fresh interpreter per measurement instead. Rounds alternate over all measurements
+`--spawn` starts a fresh interpreter per measurement instead (the sim loader rows always run in one, as a
+training job starts: forked from this harness the 2-worker run was slower). Rounds alternate over all measurements
 (the order rotates per round) and medians are reported. samples/s and MB/s exclude setup (opening the
 dataset or stream); MB = 10^6 bytes of shard (tar) data. The harness reports PASS/FAIL against the
 issue's targets; it never fails on them (exit status 0 unless a measurement crashed).
@@ -703,6 +706,9 @@ def main(argv: list[str] | None = None) -> int:
     if sim is not None:
         sim_base = {**base, "shards": str(sim["default"])}
         sim_base["epochs"] = 1 if args.smoke else 5  # persistent workers, as in training
+        # A fresh interpreter each, as a training job starts: a child forked from this harness inherits its
+        # heap and state, which slowed the 2-worker run (w2/w0 1.46-1.57 forked, 1.66-1.80 fresh, same export)
+        sim_base["spawn"] = True
         plan["sim_loader_w0"] = ("loader", {**sim_base, "num_workers": 0})
         plan["sim_loader_w2"] = ("loader", {**sim_base, "num_workers": 2})
     once: dict[str, tuple[str, dict[str, Any]]] = {  # RSS only: one round
@@ -715,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
             fn, params = plan[name]
-            results[name].append(run_child(fn, {**params, "round": r}, args.spawn))
+            results[name].append(run_child(fn, {**params, "round": r}, args.spawn or bool(params.get("spawn"))))
         print(f"round {r + 1}/{args.rounds} done ({time.perf_counter() - t_start:.0f} s)", flush=True)
     for name, (fn, params) in once.items():
         results[name].append(run_child(fn, {**params, "round": 0}, args.spawn))
