@@ -19,7 +19,8 @@ import wdspq
 from wdspq.cli import main as cli_main
 from wdspq.errors import WdspqError
 from wdspq.shardfmt import Encoding, load_manifest, read_run
-from wdspq.shardfmt.shared import PACK_MEMBER
+from wdspq.shardfmt.shared import PACK_MEMBER, pack_first_window, pack_key
+from wdspq.shardfmt.shared_read import locate_window
 from wdspq.stream import ShardStream, StreamLoader
 
 SPEC = wdspq.WindowSpec(acts_length_sec=0.5, obs_length_sec=0.5, video_frame_offsets=[-2, -1, 0], stride=2)
@@ -183,6 +184,19 @@ def test_dry_run_estimate_is_close(export: Path, small_table: str, tokenizer_pat
     total = sum(s["bytes"] + s["index"]["bytes"] for s in m["shards"])
     total += m["encoding"].get("dictionary_file", {}).get("bytes", 0)
     assert abs(est["total_bytes"] / total - 1) < 0.25  # a small table; bench_shared.py measures the real ones
+
+
+def test_every_window_is_located_through_its_frame_pack(export: Path) -> None:
+    """`locate_window` (what `wdspq show` uses) finds each window where a plain read of the shards has it."""
+    m = load_manifest(str(export))
+    where = {int(s["window_index"]): (i, p) for i in range(len(m.shards))
+             for p, s in enumerate(read_run(m, i, 0, m.shards[i]["samples"]))}
+    assert len(where) == m.num_windows
+    for w in range(m.num_windows):
+        assert locate_window(m, w) == where[w]
+    assert pack_first_window(f"{pack_key(1234)}.{PACK_MEMBER}") == 1234
+    assert pack_first_window("0000001234.sample.npy.zst") is None
+    assert pack_first_window(f"{pack_key(5)}.sample.npy.zst") is None
 
 
 def test_layout_needs_raw_frames_and_zstd() -> None:

@@ -248,34 +248,21 @@ def table_window(table: str | os.PathLike, window: int, spec: WindowSpec, tokeni
 
 
 def shards_window(source: str, window: int, tokenizer: Any = None) -> tuple[dict[str, np.ndarray], WindowContext]:
-    """Window `window` of an export, found through the export's seeded assignment (one sample read)."""
+    """Window `window` of an export, found through the export's seeded assignment (one sample read; shared
+    frames: through its frame packs' keys, `shardfmt.shared_read.locate_window`)."""
     from .shardfmt import load_manifest, locate_window, read_run
+    from .shardfmt.shared_read import locate_window as locate_shared
 
     m = load_manifest(source)
     d = m.data
     n = m.num_windows
     if not 0 <= window < n:
         raise WdspqError(f"{m.url}: window {window} out of range (the export has {n})")
-    shard, pos = _locate_shared(m, window) if m.encoding.layout == "shared-frames" else locate_window(d, window)
+    shard, pos = locate_shared(m, window) if m.encoding.layout == "shared-frames" else locate_window(d, window)
     sample = next(iter(read_run(m, shard, pos, pos + 1)))
     if int(sample["window_index"]) != window:
         raise WdspqError(f"{m.shard_url(shard)}, sample {pos}: holds window {int(sample['window_index'])}, not {window}")
     return sample, export_context(m, sample, tokenizer)
-
-
-def _locate_shared(m: Any, window: int) -> tuple[int, int]:
-    """(shard, position) of `window` in a shared-frames export: a segment holds consecutive windows from the
-    one its pack's key names, so each pack's tar header (one 512-byte read) places its segment's samples."""
-    for shard, entry in enumerate(m.shards):
-        idx = m.index(shard)
-        packs, first, count = np.unique(idx[:, 2], return_index=True, return_counts=True)
-        for off, pos, n in zip(packs.tolist(), first.tolist(), count.tolist()):
-            with m.storage.open_read(entry["name"], off, off + 512) as f:
-                name = f.read(100).split(b"\0", 1)[0].decode("ascii", "replace")
-            start = int(name.split(".", 1)[0].rsplit("-", 1)[-1])
-            if start <= window < start + n:
-                return shard, pos + window - start
-    raise WdspqError(f"{m.url}: no frame pack holds window {window}")
 
 
 def export_context(m: Any, sample: dict[str, Any], tokenizer: Any = None, caption: str = "") -> WindowContext:

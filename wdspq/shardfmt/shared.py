@@ -43,6 +43,14 @@ def pack_key(first_window: int) -> str:
     return f"frames-{int(first_window):010d}"
 
 
+def pack_first_window(member_name: str) -> int | None:
+    """The first window a frame pack member's name (`pack_key` + "." + PACK_MEMBER) names; None for another name."""
+    key, _, member = member_name.partition(".")
+    head, _, digits = key.partition("-")
+    ok = member == PACK_MEMBER and head == "frames" and len(digits) == 10 and digits.isdigit()
+    return int(digits) if ok else None
+
+
 def default_shared_keys(schema: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, int]]:
     """[(key, refs per window)] in schema order: pixel keys (a camera's F frames, an image as one unit) and
     numeric keys of at least two rows of MIN_ROW_BYTES (one ref per row)."""
@@ -348,6 +356,23 @@ def _read_exact(raw: Any, n: int, url: str, what: str, at: int) -> memoryview:
     return buf
 
 
+def _read_range(manifest: Any, shard: int, begin: int, end: int, url: str, what: str) -> memoryview:
+    """Bytes `begin .. end-1` of a shard, opened with the export's check (`Manifest.open_checked`)."""
+    f = manifest.open_checked(shard, begin, end)
+    try:
+        return _read_exact(getattr(f, "raw", f), end - begin, url, what, begin)
+    finally:
+        f.close()
+
+
+def _run_begin(off0: int, po0: int, pl0: int) -> tuple[bool, int]:
+    """(inside, first byte to read) of a run of samples whose first member is at `off0` and its segment's pack
+    at `po0` (`pl0` bytes): a run that starts inside a segment reads its pack on its own and the rest from its
+    first sample, so a skipped sample is never read (R5); any other run is read from its first pack."""
+    inside = po0 + pl0 != off0
+    return inside, off0 if inside else po0
+
+
 def _pack_of(codec: SharedFramesCodec, buf: memoryview, url: str, i: int, at: int) -> dict[str, np.ndarray]:
     where = f"{url}, frame pack of sample {i}"
     payload = single_member(buf, b"." + PACK_MEMBER.encode())
@@ -367,16 +392,11 @@ def read_shared(manifest: Any, shard: int, start: int, stop: int, codec: SharedF
     off, ln, po, pl = (spans[:, i].tolist() for i in range(4))
     pack: dict[str, np.ndarray] | None = None
     cur = -1
-    inside = po[0] + pl[0] != off[0]  # the run starts inside a segment: its pack is read on its own
+    inside, begin = _run_begin(off[0], po[0], pl[0])
     if inside:
-        f = manifest.open_checked(shard, po[0], po[0] + pl[0])
-        try:
-            pack = _pack_of(codec, _read_exact(getattr(f, "raw", f), pl[0], url, f"frame pack of sample {start}", po[0]),
-                            url, start, po[0])
-        finally:
-            f.close()
-        cur = po[0]
-    f = manifest.open_checked(shard, off[0] if inside else po[0], off[-1] + ln[-1])
+        buf = _read_range(manifest, shard, po[0], po[0] + pl[0], url, f"frame pack of sample {start}")
+        pack, cur = _pack_of(codec, buf, url, start, po[0]), po[0]
+    f = manifest.open_checked(shard, begin, off[-1] + ln[-1])
     raw = getattr(f, "raw", f)
     try:
         for k in range(len(off)):

@@ -1,5 +1,5 @@
 """Block-order reads of a shared-frames shard: a block's bytes read at once, each record built when it is
-handed out (docs/shards.md "Shared frames").
+handed out (docs/shards.md "Shared frames"); and where a window is in such an export (`locate_window`).
 
 Why: the block order hands a block's samples out in another order than it reads them. Building every
 record of a block before its first sample is handed out (a record is ~170 KB on the sim table, a block
@@ -18,7 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from .shared import SharedFramesCodec, _pack_of, _read_exact, _sample_record
+from ..errors import ShardError, WdspqError
+from .shared import (
+    TAR_BLOCK,
+    SharedFramesCodec,
+    _pack_of,
+    _read_range,
+    _run_begin,
+    _sample_record,
+    pack_first_window,
+)
 
 
 class SharedSamples:
@@ -42,11 +51,10 @@ class SharedSamples:
             a, b = int(run[0]), int(run[-1]) + 1
             spans = self.manifest.sample_spans(self.shard, a, b)
             off, ln, po, pl = (spans[:, i].tolist() for i in range(4))
-            if po[0] + pl[0] != off[0] and po[0] not in packs:  # starts inside a segment: its pack on its own
+            inside, begin = _run_begin(off[0], po[0], pl[0])
+            if inside and po[0] not in packs:
                 packs[po[0]] = self._read(po[0], po[0] + pl[0], f"frame pack of sample {a}")
-            begin = off[0] if po[0] + pl[0] != off[0] else po[0]
-            end = off[-1] + ln[-1]
-            buf = self._read(begin, end, f"samples {a}..{b - 1}")
+            buf = self._read(begin, off[-1] + ln[-1], f"samples {a}..{b - 1}")
             for k in range(len(off)):
                 if po[k] not in packs:
                     packs[po[k]] = buf[po[k] - begin : po[k] - begin + pl[k]]
@@ -56,11 +64,7 @@ class SharedSamples:
         return SharedRecords(self, members, at, positions.tolist(), pack_at, packs)
 
     def _read(self, begin: int, end: int, what: str) -> memoryview:
-        f = self.manifest.open_checked(self.shard, begin, end)
-        try:
-            return _read_exact(getattr(f, "raw", f), end - begin, self.url, what, begin)
-        finally:
-            f.close()
+        return _read_range(self.manifest, self.shard, begin, end, self.url, what)
 
     def close(self) -> None:
         """Nothing stays open between takes."""
@@ -98,3 +102,22 @@ class SharedRecords(Sequence):
     def sample(self, k: int) -> int:
         """The sample number (position in the shard) of entry `k`."""
         return self._samples[k]
+
+
+def locate_window(manifest: Any, window: int) -> tuple[int, int]:
+    """(shard, position) of `window` in a shared-frames export (`wdspq show`): a segment's samples follow its
+    pack in ascending, consecutive windows from the one the pack's key names, so each pack's tar header (one
+    512-byte read) places its segment's samples; the caller reads that one sample and checks its window."""
+    for shard, entry in enumerate(manifest.shards):
+        url = manifest.storage.url(entry["name"])
+        packs, first, count = np.unique(manifest.index(shard)[:, 2], return_index=True, return_counts=True)
+        for at, pos, n in zip(packs.tolist(), first.tolist(), count.tolist()):
+            with manifest.storage.open_read(entry["name"], at, at + TAR_BLOCK) as f:
+                name = f.read(100).split(b"\0", 1)[0].decode("ascii", "replace")
+            start = pack_first_window(name)
+            if start is None:
+                raise ShardError(f"{url}: the member at byte {at} (the frame pack of sample {pos}) is {name!r}, "
+                                 "not a frame pack: the index or the shard is corrupt")
+            if start <= window < start + n:
+                return shard, pos + window - start
+    raise WdspqError(f"{manifest.url}: no frame pack holds window {window}")
