@@ -160,14 +160,7 @@ def read_in_order(
             if got is None:
                 got = []  # records decoded as they are read
                 for seg in np.split(srt, np.flatnonzero(np.diff(srt) != 1) + 1):
-                    a, b = int(seg[0]), int(seg[-1]) + 1
-                    it = run(a, b)
-                    try:
-                        got.extend(itertools.islice(it, b - a))
-                    finally:
-                        close = getattr(it, "close", None)
-                        if close is not None:
-                            close()
+                    got.extend(_read_run(run, int(seg[0]), int(seg[-1]) + 1))
                 if len(got) != len(srt):
                     raise WdspqError(f"a read of {len(srt)} samples gave {len(got)}")
             if isinstance(got, list):
@@ -191,13 +184,21 @@ def _decoded(got: Any, j: int, run: Callable[[int, int], Iterator[Any]]) -> Any:
         raise
     except Exception:
         p = got.sample(j)
-        it = run(p, p + 1)
-        try:
-            return next(iter(it))
-        finally:
-            close = getattr(it, "close", None)
-            if close is not None:
-                close()
+        again = _read_run(run, p, p + 1)
+        if not again:
+            raise WdspqError(f"a read of sample {p} gave nothing") from None
+        return again[0]
+
+
+def _read_run(run: Callable[[int, int], Iterator[Any]], a: int, b: int) -> list[Any]:
+    """Samples `a .. b-1` through `run`, its iterator closed after (its reader released now)."""
+    it = run(a, b)
+    try:
+        return list(itertools.islice(it, b - a))
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
 
 
 # ----------------------------------------------------------------------------------------------

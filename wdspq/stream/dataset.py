@@ -187,14 +187,14 @@ class ShardStream(StreamPipeline):
             return  # a finished epoch starts the next afresh; another export is `check_compatible`'s to name
         if not any(state.get("base") or ()) and not state.get("consumed") and not any(state.get("delivered") or ()):
             return  # nothing of the epoch delivered yet: it starts afresh under today's blocks
-        saved = state.get("blocks")
+        saved, now = state.get("blocks"), blocks_digest(self._blocks)
         if saved is None and self.manifest.encoding.layout == "shared-frames":
             raise StateError(f"{self.manifest.url}: loader state was saved by an earlier wdspq, whose block order cut "
                              "shared-frames shards into other chunks (they hold whole segments since), so that state "
                              "cannot continue its epoch exactly: start the epoch afresh (loader.set_epoch)")
-        if saved is not None and saved != blocks_digest(self._blocks):
+        if saved is not None and saved != now:
             raise StateError(f"{self.manifest.url}: loader state was saved with other in-shard blocks than this "
-                             f"wdspq reads the export in (blocks {saved} in the state vs {blocks_digest(self._blocks)}), "
+                             f"wdspq reads the export in (blocks {saved} in the state vs {now}), "
                              "so it cannot continue its epoch exactly: start the epoch afresh (loader.set_epoch)")
 
     def set_epoch(self, epoch: int) -> None:

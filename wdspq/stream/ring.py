@@ -110,14 +110,13 @@ def batch_tensors(rec: np.ndarray, keys: Any, shared: bool) -> dict[str, torch.T
     """Contiguous per-key tensors of a batch of records, all views of ONE storage (in a DataLoader worker, a
     shared one: handing it over passes one segment instead of one per key, and no copy)."""
     layout = _layout(rec.dtype, tuple(keys), len(rec))
-    block = shared_block(layout.nbytes) if shared else None
+    if not shared:  # numpy views: cheaper tensors (no worker: nothing is pickled)
+        arr = np.empty(layout.nbytes, dtype=np.uint8)
+        layout.fill(arr, rec)
+        return layout.tensors(arr, len(rec))
+    block = shared_block(layout.nbytes)
     if block is None:
-        if shared:
-            block = torch.empty(layout.nbytes, dtype=torch.uint8)
-        else:  # numpy views: cheaper tensors (no worker: nothing is pickled)
-            arr = np.empty(layout.nbytes, dtype=np.uint8)
-            layout.fill(arr, rec)
-            return layout.tensors(arr, len(rec))
+        block = torch.empty(layout.nbytes, dtype=torch.uint8)
     layout.fill(block.numpy(), rec)
     return layout.tensors(block, len(rec))
 
@@ -223,7 +222,6 @@ class BatchRing:
 
     def in_use(self) -> int:
         return int((self._views()[1] != 0).sum())
-
 
 
 def _release(state: np.ndarray, idx: int, pid: int) -> None:
