@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from wdspq.shardfmt.tuning import DICTIONARY_NAME as DICTIONARY
+
 REPO = Path(__file__).resolve().parents[1]
 KILLS = 5
 SPS = 40
@@ -82,15 +84,20 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _check_after_kill(out: Path, ref: dict[str, dict]) -> int:
+def _check_after_kill(out: Path, ref: dict[str, dict], ref_dir: Path) -> int:
     """No manifest; every final-named shard complete and matching its recorded sha256. Returns #shards."""
     assert not (out / "manifest.json").exists(), "a manifest appeared before the export completed"
     visible = {p.name for p in out.iterdir() if not p.name.startswith(".")} if out.exists() else set()
     shards = _final_shards(out)
     indexes = {p.name for p in shards} and {p.name.replace(".tar", ".idx.npy") for p in shards}
     assert indexes <= visible, "a committed shard without its index sidecar"
-    # besides shards and their indexes only an index committed just before the kill hit its shard
-    assert {n for n in visible - indexes - {p.name for p in shards} if not n.endswith(".idx.npy")} == set(), visible
+    # the dictionary is committed (atomically) just before the manifest: a kill between the two leaves it, whole
+    if DICTIONARY in visible:
+        assert (out / DICTIONARY).read_bytes() == (ref_dir / DICTIONARY).read_bytes(), "a dictionary cut or different"
+        assert len(shards) == len(ref), "the dictionary was committed before every shard"
+    # besides shards, their indexes and the dictionary only an index committed just before the kill hit its shard
+    rest = visible - indexes - {p.name for p in shards} - {DICTIONARY}
+    assert {n for n in rest if not n.endswith(".idx.npy")} == set(), visible
     journal = _journal(out)
     for p in shards:
         with tarfile.open(p) as tf:  # parses to the end
@@ -152,7 +159,7 @@ def test_export_killed_at_random_points_completes_identically(tmp_path, tokenize
             assert proc.returncode == 0 and not reached, proc.stderr.read().decode()
             break
         kills += 1
-        print(f"kill {kills}: {_spill_chunks(out)} spill files, {_check_after_kill(out, ref)} of {n_shards} shards")
+        print(f"kill {kills}: {_spill_chunks(out)} spill files, {_check_after_kill(out, ref, ref_dir)} of {n_shards} shards")
     assert kills >= KILLS - 1, f"only {kills} kills landed before the export finished"
 
     proc = _start(table, out, tokenizer_path)
