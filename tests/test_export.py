@@ -246,6 +246,32 @@ def test_sigkill_midway_then_rerun_is_identical(small_table, tokenizer_path, bas
     assert not list(out.glob(f"{SPILL_PREFIX}*")) and not list(out.glob(".*"))
 
 
+def test_death_between_the_dictionary_and_the_manifest_then_rerun_is_identical(small_table, tokenizer_path, base,
+                                                                                tmp_path, monkeypatch):
+    """The dictionary is committed whole just before the manifest: an export that dies between the two leaves
+    it (and no manifest), and the re-run completes byte-identical to an uninterrupted export."""
+    from wdspq.storage.local import LocalStorage
+
+    assert (base / DICTIONARY_NAME).exists(), "the fixture export must have a dictionary for this case"
+    real = LocalStorage.put_bytes
+
+    def die_at_the_manifest(self, name, data):
+        if name == "manifest.json":
+            raise KeyboardInterrupt  # stands for a kill: nothing after this line of the export runs
+        return real(self, name, data)
+
+    out = tmp_path / "cut"
+    monkeypatch.setattr(LocalStorage, "put_bytes", die_at_the_manifest)
+    with pytest.raises(KeyboardInterrupt):
+        export(small_table, out, tokenizer_path)
+    monkeypatch.undo()
+    assert not (out / "manifest.json").exists()
+    assert (out / DICTIONARY_NAME).read_bytes() == (base / DICTIONARY_NAME).read_bytes()
+    export(small_table, out, tokenizer_path)
+    assert files_of(out) == files_of(base)
+    assert not list(out.glob(".*"))
+
+
 # ---------------------------------------------------------------------------------------------------
 # wdspq export / verify (CLI)
 
