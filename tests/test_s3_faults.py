@@ -139,13 +139,14 @@ def test_cli_s3_timeout_flag(hole: BlackHole, small_table: str, command: str, ca
 # ----------------------------------------------------------------------------------- request counts
 
 
-@pytest.fixture(scope="module")
-def s3_export(small_table: str, tokenizer_path: str, s3_module_bucket: str) -> str:
-    # per-sample: the request counts below are one run per shard and block (shared frames add a pack read
-    # where a run starts inside a segment)
-    wdspq.export_shards(small_table, s3_module_bucket, SPEC, tokenizer=tokenizer_path, samples_per_shard=40,
-                        seed=3, progress=False, encoding=wdspq.shardfmt.Encoding(layout="per-sample"))
-    return s3_module_bucket
+@pytest.fixture(scope="module", params=["per-sample", "shared-frames"])
+def s3_export(small_table: str, tokenizer_path: str, s3_module_bucket: str, request) -> str:
+    # Shared frames: a compared window inside a segment is read from the segment's first sample, so its pack
+    # comes in the same request (wdspq.verify._runs); without that a run costs a pack read besides.
+    url = f"{s3_module_bucket}/{request.param}"
+    wdspq.export_shards(small_table, url, SPEC, tokenizer=tokenizer_path, samples_per_shard=40, seed=3,
+                        progress=False, encoding=wdspq.shardfmt.Encoding(layout=request.param))
+    return url
 
 
 def _tar_gets(proxy) -> list:

@@ -362,7 +362,10 @@ class _KeepIndexes:
 
 def _runs(spans: np.ndarray, positions: np.ndarray) -> list[tuple[int, int]]:
     """[start, stop) runs of sample positions (ascending) to read with one request each: neighbours
-    are joined when the bytes between them are at most MERGE_BYTES (cheaper than another request)."""
+    are joined when the bytes between them are at most MERGE_BYTES (cheaper than another request).
+
+    Shared frames: a run that would start inside a segment starts at the segment's first sample instead
+    when that is at most MERGE_BYTES earlier, so the segment's frame pack comes in the same request."""
     runs: list[tuple[int, int]] = []
     for p in positions.tolist():
         if runs:
@@ -371,8 +374,22 @@ def _runs(spans: np.ndarray, positions: np.ndarray) -> list[tuple[int, int]]:
             if p < b or gap <= MERGE_BYTES:
                 runs[-1] = (a, max(b, p + 1))
                 continue
-        runs.append((p, p + 1))
+        runs.append((_segment_start(spans, p, runs[-1][1] if runs else 0), p + 1))
     return runs
+
+
+def _segment_start(spans: np.ndarray, p: int, floor: int) -> int:
+    """The first sample (>= `floor`) of sample `p`'s frame segment within MERGE_BYTES of it; `p` itself for
+    per-sample shards (2-column index) or when that sample is further away."""
+    if spans.shape[1] < 4:
+        return p
+    a = p
+    pack_end = int(spans[p, 2] + spans[p, 3])
+    while a > floor and spans[a - 1, 2] == spans[p, 2]:  # same pack: same segment
+        a -= 1
+    if int(spans[a, 0]) != pack_end or int(spans[p, 0]) - pack_end > MERGE_BYTES:
+        return p  # not the segment's first sample (an earlier run holds it), or too far
+    return a
 
 
 def _parity_shard(m: Manifest, codec: SampleCodec, s: int, wins: np.ndarray, positions: np.ndarray,
