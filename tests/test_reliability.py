@@ -599,6 +599,33 @@ def test_sigterm_landing_in_a_finalizer_still_stops_the_export(monkeypatch, caps
     assert "wrote" not in captured.out
 
 
+def test_sigterm_after_the_manifest_commit_keeps_the_outcome_and_cleans_up(table, tokenizer_path, tmp_path,
+                                                                          monkeypatch, capsys):
+    """The manifest decides the outcome: a SIGTERM that lands just after its commit lets the clean-up finish
+    (no spill folder, staging file or lock left: a re-run that finds the export complete writes nothing, so
+    it would never remove them) and `wdspq export` reports the export it wrote, exit 0."""
+    from wdspq import interrupt
+    from wdspq.cli import main as cli_main
+    from wdspq.storage.local import LocalStorage
+
+    real = LocalStorage.put_bytes
+
+    def put_then_signal(self, name, data):
+        real(self, name, data)
+        if name == "manifest.json":
+            os.kill(os.getpid(), signal.SIGTERM)  # its handler runs before the next line of the export
+
+    monkeypatch.setattr(LocalStorage, "put_bytes", put_then_signal)
+    out = tmp_path / "o"
+    rc = cli_main(["export", str(table), str(out), *SPEC_ARGS, "--tokenizer", tokenizer_path])
+    captured = capsys.readouterr()
+    assert interrupt.requested() is False
+    assert rc == 0 and captured.out.startswith("wrote ") and captured.err == "", captured
+    assert (out / "manifest.json").exists()
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # spill, staging and lock removed
+    assert verify_shards(str(out)).ok
+
+
 _IDLE_WORKERS = """
 import os, signal, sys, time
 from wdspq.cli import app as cli

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import interrupt
 from .errors import WdspqError
 from .windows import WindowSpec
 
@@ -66,6 +67,7 @@ def run_demo(
     # overwrite: the demo's own folder; one left by an older wdspq (another default encoding) is replaced
     manifest = export_shards(table, shards, spec, tokenizer=tokenizer, samples_per_shard=200, seed=0,
                              workers=min(2, os.cpu_count() or 1), progress=progress, overwrite=True)
+    interrupt.check()  # a SIGTERM during the export's clean-up after its manifest (shielded there) stops here
     dt = time.perf_counter() - t
     n = manifest["num_windows"]
     total = sum(s["bytes"] for s in manifest["shards"])

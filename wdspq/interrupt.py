@@ -8,7 +8,9 @@ harm:
   command would then "succeed"), and inside `concurrent.futures` it can corrupt the pool (a hang): there
   the handler looks again 50 ms later (SIGALRM) until the main thread is somewhere safe;
 - inside `deferred()` (the export while its pools run) it only sets the flag; the export calls
-  `check()` at safe points.
+  `check()` at safe points;
+- inside `shielded()` (an export's manifest commit and clean-up) it only sets the flag: the export is
+  complete once its manifest is committed, and the CLI's `export` keeps that outcome.
 
 `requested()` lets the CLI exit non-zero even if an exception was lost somewhere all the same.
 Once the command has finished (`settle()`), a SIGTERM no longer changes its outcome.
@@ -110,11 +112,19 @@ def reset() -> None:
 
 
 @contextmanager
-def deferred() -> Iterator[None]:
-    """While inside, SIGTERM only sets the flag; leaving the block checks it."""
+def shielded() -> Iterator[None]:
+    """While inside, SIGTERM only sets the flag, and leaving does not act on it: for work that runs to its
+    end once the outcome is decided (an export's clean-up after its manifest); the caller decides."""
     _defer[0] += 1
     try:
         yield
     finally:
         _defer[0] -= 1
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """While inside, SIGTERM only sets the flag; leaving the block checks it."""
+    with shielded():
+        yield
     check()

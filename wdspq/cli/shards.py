@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any
 
+from .. import interrupt
 from ..errors import WdspqError
 from ..shardfmt.encoding import (
     COMPRESSIONS,
@@ -153,6 +154,11 @@ def run_export(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(format_estimate(m))
         return 0
+    # The export is complete (its manifest committed): the command's outcome is decided, and a SIGTERM that
+    # came during the clean-up after the manifest, or comes now, does not change it (docs/reliability.md).
+    if report.get("outcome") in ("written", "complete"):
+        interrupt.settle()
+        interrupt.reset()
     n = m["num_windows"]
     total = sum(s["bytes"] for s in m["shards"])
     if report.get("outcome") == "complete":  # nothing was written: say so (the folder may even be read-only)

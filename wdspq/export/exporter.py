@@ -195,10 +195,11 @@ def export_shards(
             ds, enc, config, digest, storage, out, table, spec, spill_root, own_spill, shards_windows,
             overwrite, force, progress, engine, ray_address, workers, samples_per_shard, seed, shuffle, locks[0])
     finally:
-        for lock in reversed(locks):
-            lock.release()
+        with interrupt.shielded():  # released whatever happens; a SIGTERM meanwhile is the caller's to act on
+            for lock in reversed(locks):
+                lock.release()
     if report is not None:
-        report["outcome"] = "written"
+        report["outcome"] = "written"  # complete: the CLI keeps this outcome under a SIGTERM that came after it
     return manifest
 
 

@@ -50,15 +50,19 @@ def finish_export(*, ds: Any, enc: Encoding, codec: SampleCodec, config: dict[st
         storage.delete(DICTIONARY_NAME)
     interrupt.check()  # a SIGTERM that arrived after the pools: no manifest, the re-run finishes
     lock.check()
-    storage.put_bytes(MANIFEST_NAME, manifest_bytes(manifest))
-    if own_spill:
-        shutil.rmtree(spill_root, ignore_errors=True)
-        if not out.startswith("s3://"):  # spill folders of interrupted exports of other configurations
-            for p in Path(out).glob(SPILL_PREFIX + "*"):  # (the lock on out: no other export is using one)
-                shutil.rmtree(p, ignore_errors=True)
-    remove_staging(spill_root, storage)  # with --spill-dir: partial spill files of killed runs
-    keep = {e["name"] for e in entries} | {e["index"]["name"] for e in entries}
-    for name in storage.list(SHARD_PREFIX):
-        if is_export_file(name) and name not in keep:  # of a replaced, larger export
-            storage.delete(name)
+    # The manifest decides the outcome: the export is complete once it is committed. A SIGTERM from here on
+    # lets the clean-up run to its end (a re-run that finds the export complete writes nothing, so it would
+    # never remove a spill folder left behind) and the CLI keeps the outcome (docs/reliability.md).
+    with interrupt.shielded():
+        storage.put_bytes(MANIFEST_NAME, manifest_bytes(manifest))
+        if own_spill:
+            shutil.rmtree(spill_root, ignore_errors=True)
+            if not out.startswith("s3://"):  # spill folders of interrupted exports of other configurations
+                for p in Path(out).glob(SPILL_PREFIX + "*"):  # (the lock on out: no other export is using one)
+                    shutil.rmtree(p, ignore_errors=True)
+        remove_staging(spill_root, storage)  # with --spill-dir: partial spill files of killed runs
+        keep = {e["name"] for e in entries} | {e["index"]["name"] for e in entries}
+        for name in storage.list(SHARD_PREFIX):
+            if is_export_file(name) and name not in keep:  # of a replaced, larger export
+                storage.delete(name)
     return manifest
