@@ -35,10 +35,17 @@ def update_digests(ordered: str, set_digest: str, window_index: Any) -> tuple[st
     idx = idx[idx != PAD_INDEX]
     if idx.size == 0:
         return ordered, set_digest
-    h = hashlib.sha256(bytes.fromhex(ordered))
-    h.update(idx.astype("<i8").tobytes())
-    total = (int(set_digest, 16) + int(mix64(idx).sum(dtype=np.uint64))) & _MASK64
-    return h.hexdigest(), f"{total:016x}"
+    return _chain(ordered, idx), _add_to_set(set_digest, idx)
+
+
+def _chain(ordered: str, idx: np.ndarray) -> str:
+    """The ordered chain after one batch of real indices (see `update_digests`)."""
+    return hashlib.sha256(bytes.fromhex(ordered) + idx.astype("<i8").tobytes()).hexdigest()
+
+
+def _add_to_set(set_digest: str, idx: np.ndarray) -> str:
+    """The set digest with real indices `idx` added (see `update_digests`)."""
+    return f"{(int(set_digest, 16) + int(mix64(idx).sum(dtype=np.uint64))) & _MASK64:016x}"
 
 
 class RankDigests:
@@ -75,9 +82,8 @@ class RankDigests:
             if not no_pads:
                 b = b[b != PAD_INDEX]
             if b.size:
-                ordered = hashlib.sha256(bytes.fromhex(ordered) + b.astype("<i8").tobytes()).hexdigest()
-        total = (int(self._set, 16) + int(mix64(real).sum(dtype=np.uint64))) & _MASK64
-        self._ordered, self._set = ordered, f"{total:016x}"
+                ordered = _chain(ordered, b)
+        self._ordered, self._set = ordered, _add_to_set(self._set, real)
 
     @property
     def ordered(self) -> str:
