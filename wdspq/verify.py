@@ -29,6 +29,7 @@ from .errors import ShardError, TableReadError, WdspqError
 from .shardfmt import Manifest, SampleCodec, key_of, load_manifest, read_records, read_run
 from .shardfmt.manifest import requested_tokenizer
 from .shardfmt.oracle import TarWalkError, tar_members
+from .shardfmt.shared_read import segment_first
 
 _MAX_PER_SHARD = 20  # problems listed per shard before the rest are summarised
 PARITY_BLOCK = 4096  # windows compared per block, in canonical order (the table decodes each episode once)
@@ -383,12 +384,9 @@ def _segment_start(spans: np.ndarray, p: int, floor: int) -> int:
     per-sample shards (2-column index) or when that sample is further away."""
     if spans.shape[1] < 4:
         return p
-    a = p
-    pack_end = int(spans[p, 2] + spans[p, 3])
-    while a > floor and spans[a - 1, 2] == spans[p, 2]:  # same pack: same segment
-        a -= 1
-    if int(spans[a, 0]) != pack_end or int(spans[p, 0]) - pack_end > MERGE_BYTES:
-        return p  # not the segment's first sample (an earlier run holds it), or too far
+    a = segment_first(spans, p, floor)
+    if a is None or int(spans[p, 0]) - int(spans[a, 0]) > MERGE_BYTES:
+        return p  # its first sample is in an earlier run, or too far
     return a
 
 

@@ -104,6 +104,17 @@ class SharedRecords(Sequence):
         return self._samples[k]
 
 
+def segment_first(spans: np.ndarray, p: int, floor: int = 0) -> int | None:
+    """Position of the first sample of sample `p`'s segment in a shared-frames shard index (rows: offset,
+    length, pack offset, pack length), or None when it lies before `floor`: a segment's samples are
+    consecutive and share their pack, and the first one follows the pack at once (`_run_begin`)."""
+    a = p
+    while a > floor and spans[a - 1, 2] == spans[p, 2]:
+        a -= 1
+    inside, _ = _run_begin(int(spans[a, 0]), int(spans[a, 2]), int(spans[a, 3]))
+    return None if inside else a
+
+
 def locate_window(manifest: Any, window: int) -> tuple[int, int]:
     """(shard, position) of `window` in a shared-frames export (`wdspq show`): a segment's samples follow its
     pack in ascending, consecutive windows from the one the pack's key names, so each pack's tar header (one
