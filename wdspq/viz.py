@@ -248,17 +248,14 @@ def table_window(table: str | os.PathLike, window: int, spec: WindowSpec, tokeni
 
 
 def shards_window(source: str, window: int, tokenizer: Any = None) -> tuple[dict[str, np.ndarray], WindowContext]:
-    """Window `window` of an export, found through the export's seeded assignment (one sample read; shared
-    frames: through its frame packs' keys, `shardfmt.shared_read.locate_window`)."""
-    from .shardfmt import load_manifest, locate_window, read_run
-    from .shardfmt.shared_read import locate_window as locate_shared
+    """Window `window` of an export, found by `Manifest.locate` (one sample read)."""
+    from .shardfmt import load_manifest, read_run
 
     m = load_manifest(source)
-    d = m.data
     n = m.num_windows
     if not 0 <= window < n:
         raise WdspqError(f"{m.url}: window {window} out of range (the export has {n})")
-    shard, pos = locate_shared(m, window) if m.encoding.layout == "shared-frames" else locate_window(d, window)
+    shard, pos = m.locate(window)
     sample = next(iter(read_run(m, shard, pos, pos + 1)))
     if int(sample["window_index"]) != window:
         raise WdspqError(f"{m.shard_url(shard)}, sample {pos}: holds window {int(sample['window_index'])}, not {window}")

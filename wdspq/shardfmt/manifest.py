@@ -25,6 +25,7 @@ from ..jsonutil import COMPACT, json_sha256, short_digest
 from ..storage import open_storage
 from .encoding import RAW, Encoding, SampleCodec
 from .index import check_spans, parse_index, spans_from_offsets
+from .names import locate_window
 from .tuning import DICTIONARY_NAME
 
 MANIFEST_NAME = "manifest.json"
@@ -225,6 +226,15 @@ class Manifest:
 
     def shard_url(self, shard: int) -> str:
         return self.storage.url(self.shards[shard]["name"])
+
+    def locate(self, window: int) -> tuple[int, int]:
+        """(shard, position) of `window`, for reading that one sample (the caller checks its window_index):
+        from the seeded assignment, or for shared frames from the frame packs' keys (`shared_read`)."""
+        if self.encoding.layout == "shared-frames":
+            from .shared_read import locate_window as locate_shared
+
+            return locate_shared(self, window)
+        return locate_window(self.data, window)
 
     def index(self, shard: int) -> np.ndarray:
         """Shard `shard`'s (samples, 2) int64 (offset, length) of each sample, read and checked once per process
