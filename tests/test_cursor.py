@@ -463,6 +463,38 @@ def test_digest_primitives():
     assert mix64(np.array([0, 1])).dtype == np.uint64 and len(set(mix64(np.arange(1000)).tolist())) == 1000
 
 
+def _splitmix64(i: int) -> int:
+    """splitmix64's finaliser in plain Python integers (the oracle for mix64)."""
+    m = (1 << 64) - 1
+    z = (i + 0x9E3779B97F4A7C15) & m
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+    return z ^ (z >> 31)
+
+
+def test_digests_equal_their_definition_computed_another_way():
+    """The documented digests, computed with hashlib, struct and Python integers, batch by batch: the ordered
+    chain sha256(previous digest bytes || int64-LE indices) and the set sum of splitmix64 mod 2**64."""
+    import hashlib
+    import struct
+
+    rng = np.random.default_rng(5)
+    batches = [rng.integers(-1, 2**40, size=int(rng.integers(0, 9))).tolist() for _ in range(300)]
+    ordered, total = "", 0
+    for b in batches:
+        real = [i for i in b if i != -1]
+        if real:
+            ordered = hashlib.sha256(bytes.fromhex(ordered) + struct.pack(f"<{len(real)}q", *real)).hexdigest()
+            total = (total + sum(_splitmix64(i) for i in real)) % (1 << 64)
+    o, s, lazy = "", "0" * 16, RankDigests()
+    for b in batches:
+        o, s = update_digests(o, s, np.array(b, dtype=np.int64))
+        lazy.add(np.array(b, dtype=np.int64))
+    assert (o, s) == (ordered, f"{total:016x}")
+    assert (lazy.ordered, lazy.set_digest) == (ordered, f"{total:016x}")
+    assert set_digest_of([i for b in batches for i in b]) == f"{total:016x}"
+
+
 @given(st.lists(st.lists(st.integers(-1, 2**40), max_size=6), max_size=40), st.integers(1, 7),
        st.lists(st.integers(0, 40), max_size=4), st.sampled_from([("", "0" * 16), ("ab" * 32, "0123456789abcdef")]))
 @SETTINGS
